@@ -1,0 +1,205 @@
+"""Flax linen CNNs for the seed's ladder, built from two parametrised blocks.
+
+Every rung of the seed notebook (../shared/LADDER.md) is one `ConvNet`: a few
+`ConvStage`s (conv, [dropout], conv, max-pool, [dropout]) and a dense head.
+The rungs differ only in the numbers the config passes in, so there is one
+implementation to read and to test, not eight.
+
+Keras 2.3 defaults are reproduced on purpose, because Flax's differ:
+glorot-uniform kernels (Flax: lecun-normal), zero biases, 'same'/'valid'
+padding set per conv (Flax defaults to 'SAME'), 2x2 pools with stride 2 (Flax
+`max_pool` defaults to stride 1), BatchNorm momentum 0.99 / epsilon 1e-3
+(Flax: 1e-5) applied after the ReLU, as the seed's `Conv2D(activation='relu')`
+followed by `BatchNormalization()` did.
+"""
+
+from collections.abc import Sequence
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+_glorot = nn.initializers.glorot_uniform()
+Conv3x3 = functools.partial(nn.Conv, kernel_size=(3, 3), kernel_init=_glorot)
+Dense = functools.partial(nn.Dense, kernel_init=_glorot)
+KerasBatchNorm = functools.partial(nn.BatchNorm, momentum=0.99, epsilon=1e-3)
+
+
+class MaxPool(nn.Module):
+  """Keras `MaxPooling2D((2, 2))`: window 2, stride 2, 'valid' padding."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+
+
+class Flatten(nn.Module):
+  """Keras `Flatten`: (batch, h, w, c) -> (batch, h*w*c) in NHWC order."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return x.reshape((x.shape[0], -1))
+
+
+class ConvStage(nn.Module):
+  """conv - [BN] - [dropout] - conv - [BN] - max-pool - [dropout].
+
+  Attributes:
+    features: filters of both 3x3 convolutions.
+    second_padding: 'SAME' or 'VALID' for the second conv (the first is SAME).
+    inner_dropout: dropout rate between the two convs (0 = no layer).
+    outer_dropout: dropout rate after the pool (0 = no layer).
+    batch_norm: BatchNorm after each conv's ReLU.
+  """
+
+  features: int
+  second_padding: str = 'SAME'
+  inner_dropout: float = 0.0
+  outer_dropout: float = 0.0
+  batch_norm: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(
+      self, x: jax.Array, train: bool, mask: jax.Array | None = None
+  ) -> jax.Array:
+    def conv_bn(x, padding, index):
+      x = Conv3x3(self.features, padding=padding, dtype=self.dtype,
+                  name=f'conv{index}')(x)
+      x = nn.relu(x)
+      if self.batch_norm:
+        # The mask keeps padded examples of a partial batch out of the
+        # batch statistics, so they match Keras' smaller last batch.
+        x = KerasBatchNorm(use_running_average=not train, dtype=self.dtype,
+                           name=f'bn{index}')(x, mask=mask)
+      return x
+
+    x = conv_bn(x, 'SAME', 1)
+    if self.inner_dropout:
+      x = nn.Dropout(self.inner_dropout, deterministic=not train,
+                     name='dropout1')(x)
+    x = conv_bn(x, self.second_padding, 2)
+    x = MaxPool(name='pool')(x)
+    if self.outer_dropout:
+      x = nn.Dropout(self.outer_dropout, deterministic=not train,
+                     name='dropout2')(x)
+    return x
+
+
+class ConvNet(nn.Module):
+  """The seed's family of CNNs: `ConvStage`s, flatten, dense ReLU layers, logits.
+
+  The model returns logits; the softmax of the seed's last layer is folded
+  into the loss (what Keras 2.3 itself did for a softmax output layer).
+
+  Attributes:
+    stage_features: filters of each stage.
+    second_conv_padding: padding of each stage's second conv.
+    conv_dropout: each stage's dropout between its convs.
+    stage_dropout: each stage's dropout after its pool.
+    batch_norm: BatchNorm after every conv.
+    hidden_features: widths of the dense ReLU layers.
+    flatten_dropout: dropout right after Flatten (0 = no layer).
+    hidden_dropout: dropout after every dense ReLU layer (0 = no layer).
+    conv_max_norm: Keras MaxNorm value of every conv kernel (0 = none).
+    hidden_max_norm: MaxNorm value of the dense ReLU kernels (0 = none).
+    num_classes: width of the output layer.
+  """
+
+  stage_features: Sequence[int]
+  second_conv_padding: Sequence[str]
+  conv_dropout: Sequence[float]
+  stage_dropout: Sequence[float]
+  batch_norm: bool
+  hidden_features: Sequence[int]
+  flatten_dropout: float
+  hidden_dropout: float
+  conv_max_norm: float
+  hidden_max_norm: float
+  num_classes: int = 10
+  dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    per_stage = (self.second_conv_padding, self.conv_dropout,
+                 self.stage_dropout)
+    if any(len(v) != len(self.stage_features) for v in per_stage):
+      raise ValueError(
+          'model.second_conv_padding, model.conv_dropout and '
+          'model.stage_dropout need one entry per stage '
+          f'({len(self.stage_features)} stages in model.stage_features), got '
+          f'{tuple(self.second_conv_padding)}, {tuple(self.conv_dropout)}, '
+          f'{tuple(self.stage_dropout)}')
+    for padding in self.second_conv_padding:
+      if padding not in ('SAME', 'VALID'):
+        raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
+    for name in ('stage_features', 'hidden_features'):
+      widths = getattr(self, name)
+      if not all(isinstance(w, int) and w > 0 for w in widths):
+        raise ValueError(f'model.{name} must be positive integers, got '
+                         f'{tuple(widths)}')
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(
+      self, x: jax.Array, train: bool = False, mask: jax.Array | None = None
+  ) -> jax.Array:
+    """Maps (batch, 32, 32, 3) images in [0, 1] to (batch, classes) logits.
+
+    Args:
+      x: float images.
+      train: dropout on and BatchNorm on batch statistics.
+      mask: (batch,) 1 for real examples, 0 for padding of a partial batch;
+        only BatchNorm needs it (everything else is per example).
+    """
+    x = x.astype(self.dtype)
+    if mask is not None:
+      mask = mask.reshape((-1, 1, 1, 1)).astype(bool)
+    for i, features in enumerate(self.stage_features):
+      x = ConvStage(features, self.second_conv_padding[i],
+                    self.conv_dropout[i], self.stage_dropout[i],
+                    self.batch_norm, dtype=self.dtype,
+                    name=f'stage{i + 1}')(x, train, mask)
+    x = Flatten(name='flatten')(x)
+    if self.flatten_dropout:
+      x = nn.Dropout(self.flatten_dropout, deterministic=not train,
+                     name='flatten_dropout')(x)
+    for i, features in enumerate(self.hidden_features):
+      x = nn.relu(Dense(features, dtype=self.dtype, name=f'dense{i + 1}')(x))
+      if self.hidden_dropout:
+        x = nn.Dropout(self.hidden_dropout, deterministic=not train,
+                       name=f'dense{i + 1}_dropout')(x)
+    x = Dense(self.num_classes, dtype=self.dtype, name='logits')(x)
+    return x.astype(jnp.float32)
+
+  def max_norm_values(self, params: Any) -> Any:
+    """A tree like `params`: each kernel's MaxNorm bound, 0.0 = unconstrained.
+
+    Keras attaches `kernel_constraint` to a layer; Optax sees only arrays, so
+    the model, which knows its layers, says which arrays are constrained.
+    """
+    def value(path, leaf):
+      del leaf
+      names = [getattr(p, 'key', str(p)) for p in path]
+      if names[-1] != 'kernel':
+        return 0.0
+      if names[0].startswith('stage'):
+        return float(self.conv_max_norm)
+      if names[0].startswith('dense'):
+        return float(self.hidden_max_norm)
+      return 0.0
+    return jax.tree_util.tree_map_with_path(value, params)
+
+
+def create_model(model_config: ml_collections.ConfigDict,
+                 dtype: Any = jnp.float32) -> nn.Module:
+  """Builds the model named by `model_config.name` from its other fields."""
+  kwargs = dict(model_config)
+  name = kwargs.pop('name')
+  model_cls = globals().get(name)
+  if not (isinstance(model_cls, type) and issubclass(model_cls, nn.Module)):
+    raise ValueError(f'Unknown model.name {name!r}; models.py defines '
+                     "'ConvNet'.")
+  return model_cls(dtype=dtype, **kwargs)

@@ -1,0 +1,126 @@
+"""Optax chains that reproduce Keras 2.3's SGD, Adam and MaxNorm exactly.
+
+Keras and Optax disagree on three details that change results:
+- Keras SGD puts the learning rate inside the velocity (v = m*v - lr_t*g) and
+  decays it per update, lr_t = lr / (1 + decay * t). `optax.sgd` scales after
+  the momentum trace and has no inverse-time schedule, so we chain
+  `scale_by_learning_rate(schedule)` before `trace(momentum)`.
+- Keras 2.3 Adam adds epsilon to sqrt(v) *after* folding the bias correction
+  into the step size; `optax.adam` adds it to sqrt(v_hat). We implement the
+  Keras placement (`scale_by_keras_adam`).
+- A Keras `kernel_constraint=max_norm(c)` rescales the kernel after every
+  update; Optax has no per-unit max-norm, so `keras_max_norm` is a
+  transformation that returns the update which lands on the projected kernel.
+"""
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+KERAS_EPSILON = 1e-7  # keras.backend.epsilon(), used by Adam and MaxNorm.
+
+
+def inverse_time_decay(learning_rate: float, decay: float) -> optax.Schedule:
+  """Keras' `decay`: lr / (1 + decay * t), t = updates made before this one."""
+  def schedule(count):
+    return learning_rate / (1.0 + decay * count)
+  return schedule
+
+
+def keras_sgd(learning_rate: float, momentum: float,
+              decay: float) -> optax.GradientTransformation:
+  """Keras SGD: v = momentum * v - lr_t * g; w = w + v."""
+  return optax.chain(
+      optax.scale_by_learning_rate(inverse_time_decay(learning_rate, decay)),
+      optax.trace(decay=momentum))
+
+
+class KerasAdamState(NamedTuple):
+  count: jax.Array
+  mu: Any
+  nu: Any
+
+
+def scale_by_keras_adam(b1: float, b2: float,
+                        eps: float) -> optax.GradientTransformation:
+  """Adam's direction as Keras 2.3: sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps)."""
+  def init_fn(params):
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    return KerasAdamState(jnp.zeros([], jnp.int32), zeros, zeros)
+
+  def update_fn(updates, state, params=None):
+    del params
+    count = state.count + 1
+    mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
+    nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu,
+                      updates)
+    t = count.astype(jnp.float32)
+    correction = jnp.sqrt(1 - b2**t) / (1 - b1**t)
+    updates = jax.tree.map(lambda m, v: correction * m / (jnp.sqrt(v) + eps),
+                           mu, nu)
+    return updates, KerasAdamState(count, mu, nu)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def keras_adam(learning_rate: float, b1: float, b2: float,
+               eps: float) -> optax.GradientTransformation:
+  """Keras 2.3 Adam: w = w - lr_t * m / (sqrt(v) + eps)."""
+  return optax.chain(scale_by_keras_adam(b1, b2, eps),
+                     optax.scale_by_learning_rate(learning_rate))
+
+
+def max_norm_project(w: jax.Array, max_value: float, axis=0) -> jax.Array:
+  """Keras `MaxNorm(max_value, axis)`: w * clip(n, 0, c) / (eps + n)."""
+  norms = jnp.sqrt(jnp.sum(jnp.square(w), axis=axis, keepdims=True))
+  return w * (jnp.clip(norms, 0, max_value) / (KERAS_EPSILON + norms))
+
+
+def keras_max_norm(max_values: Any, axis=0) -> optax.GradientTransformation:
+  """Projects constrained kernels after the update, as Keras constraints do.
+
+  Args:
+    max_values: a tree like the params with a float per leaf: the MaxNorm
+      bound, or 0.0 for an unconstrained leaf (see ConvNet.max_norm_values).
+    axis: Keras' `axis` argument (default 0, as the seed used, even for conv
+      kernels, where it bounds each length-3 column along the kernel height).
+
+  Returns:
+    A transformation to put last in a chain; it needs `params`.
+  """
+  def update_fn(updates, state, params=None):
+    if params is None:
+      raise ValueError('keras_max_norm needs params.')
+
+    def project(update, param, max_value):
+      if not max_value:
+        return update
+      return max_norm_project(param + update, max_value, axis) - param
+
+    return jax.tree.map(project, updates, params, max_values), state
+
+  return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     max_norm_values: Any) -> optax.GradientTransformation:
+  """The optimizer named by `config.name`, followed by the MaxNorm projection.
+
+  Args:
+    config: the `optimizer` section of a config.
+    max_norm_values: per-parameter MaxNorm bounds from the model.
+  """
+  if config.name == 'sgd':
+    tx = keras_sgd(config.learning_rate, config.momentum, config.decay)
+  elif config.name == 'adam':
+    tx = keras_adam(config.learning_rate, config.beta1, config.beta2,
+                    config.epsilon)
+  else:
+    raise ValueError(f"Unknown optimizer.name {config.name!r}; "
+                     "expected 'sgd' or 'adam'.")
+  if any(jax.tree.leaves(max_norm_values)):
+    tx = optax.chain(tx, keras_max_norm(max_norm_values))
+  return tx

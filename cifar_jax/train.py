@@ -1,0 +1,263 @@
+"""Training and evaluation: state, jitted steps, and the epoch loop.
+
+Data parallelism is JAX's SPMD: one `jax.jit` program over a 1-D device mesh
+with axis 'data'. The state is replicated, each batch is sharded along
+'data', and XLA inserts the gradient all-reduce; BatchNorm statistics are over
+the global batch, as on Keras' single device. (The design named `pmap`; since
+JAX 0.8 pmap is itself built on jit + shard_map and in maintenance mode.)
+
+Every random choice is a function of (config.seed, step): data order
+(`input_pipeline.TrainOrder`) and dropout (`fold_in(key, step)`).
+"""
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+from absl import logging
+from clu import metrics
+import flax
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from cifar_jax import input_pipeline
+from cifar_jax import models
+from cifar_jax import optimizers
+from cifar_jax import progress
+from cifar_jax import summary
+from cifar_jax.errors import NonFiniteLossError
+from cifar_jax.errors import UserError
+
+P = jax.sharding.PartitionSpec
+
+
+class TrainState(train_state.TrainState):
+  """Flax's TrainState plus the BatchNorm statistics ({} without BN)."""
+  batch_stats: Any
+
+
+@flax.struct.dataclass
+class Metrics(metrics.Collection):
+  """Example-weighted mean loss and accuracy, as Keras reports them."""
+  loss: metrics.Average.from_output('loss')
+  accuracy: metrics.Accuracy
+
+
+def create_mesh() -> jax.sharding.Mesh:
+  """All devices on one 'data' axis.
+
+  Auto axes: under the Explicit default of `jax.make_mesh`, linen's Dropout
+  fails to trace (../shared/notes/ECOSYSTEM.md).
+  """
+  return jax.make_mesh((jax.device_count(),), ('data',),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: Any,
+                       rng: jax.Array) -> TrainState:
+  """Initialises parameters (Keras initialisers) and the optimizer."""
+  variables = jax.jit(model.init, static_argnames='train')(
+      rng, jnp.zeros((1,) + input_pipeline.IMAGE_SHAPE), train=False)
+  params = variables['params']
+  tx = optimizers.create_optimizer(config.optimizer,
+                                   model.max_norm_values(params))
+  return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                           batch_stats=variables.get('batch_stats', {}))
+
+
+def _variables(state: TrainState, params: Any) -> dict[str, Any]:
+  if state.batch_stats:
+    return {'params': params, 'batch_stats': state.batch_stats}
+  return {'params': params}
+
+
+def _to_float(images: jax.Array) -> jax.Array:
+  """uint8 -> float32 in [0, 1], the seed's `x / 255.0`."""
+  return images.astype(jnp.float32) / 255.0
+
+
+def train_step(state: TrainState, epoch_metrics: Metrics, data: jax.Array,
+               labels: jax.Array, indices: jax.Array, mask: jax.Array,
+               dropout_key: jax.Array) -> tuple[TrainState, Metrics]:
+  """One update on the batch `data[indices]`; padded examples have mask 0.
+
+  The loss is the mean over the real examples only, so a padded last batch
+  gives the same gradient as Keras' smaller last batch.
+
+  Returns:
+    The new state and `epoch_metrics` merged with this batch's metrics.
+  """
+  images = _to_float(data[indices])
+  labels = labels[indices]
+  rng = jax.random.fold_in(dropout_key, state.step)
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        _variables(state, params), images, train=True, mask=mask,
+        rngs={'dropout': rng}, mutable=['batch_stats'])
+    per_example = optax.softmax_cross_entropy_with_integer_labels(
+        logits, labels)
+    loss = jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    return loss, (logits, per_example, updates)
+
+  grads, (logits, per_example, updates) = jax.grad(loss_fn, has_aux=True)(
+      state.params)
+  state = state.apply_gradients(grads=grads)
+  if state.batch_stats:
+    state = state.replace(batch_stats=updates['batch_stats'])
+  batch_metrics = Metrics.single_from_model_output(
+      loss=per_example, logits=logits, labels=labels, mask=mask)
+  return state, epoch_metrics.merge(batch_metrics)
+
+
+def eval_step(state: TrainState, epoch_metrics: Metrics, data: jax.Array,
+              labels: jax.Array, indices: jax.Array,
+              mask: jax.Array) -> Metrics:
+  """Adds the metrics of `data[indices]` (inference mode) to `epoch_metrics`."""
+  labels = labels[indices]
+  logits = state.apply_fn(_variables(state, state.params),
+                          _to_float(data[indices]), train=False)
+  per_example = optax.softmax_cross_entropy_with_integer_labels(
+      logits, labels)
+  return epoch_metrics.merge(Metrics.single_from_model_output(
+      loss=per_example, logits=logits, labels=labels, mask=mask))
+
+
+def _computed(m: Metrics) -> dict[str, float]:
+  return {k: float(v) for k, v in m.compute().items()}
+
+
+def _check_finite(values: dict[str, float], step: int) -> None:
+  if not np.isfinite(values['loss']):
+    raise NonFiniteLossError(
+        f'The training loss became {values["loss"]} by step {step}; the run '
+        'stops here. Try a lower optimizer.learning_rate.')
+
+
+def _check_divisible(name: str, value: int, num_devices: int) -> None:
+  if value % num_devices:
+    raise UserError(f'{name}={value} must be divisible by the number of '
+                    f'devices ({num_devices}), since each gets an equal '
+                    'share of the global batch.')
+
+
+def evaluate(jit_eval_step, state: TrainState, data: jax.Array,
+             labels: jax.Array, batch_size: int,
+             index_sharding: jax.sharding.Sharding) -> dict[str, float]:
+  """Loss and accuracy over every example of `data` exactly once."""
+  m = Metrics.empty()
+  for idx, mask in input_pipeline.eval_batches(len(labels), batch_size):
+    m = jit_eval_step(state, m, data, labels,
+                      jax.device_put(idx, index_sharding),
+                      jax.device_put(mask, index_sharding))
+  return _computed(m)
+
+
+def _write_json(path: str, value: Any) -> None:
+  """Writes atomically, so a crash never leaves a truncated file."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(value, f, indent=2)
+  os.replace(tmp, path)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       out=sys.stdout) -> tuple[TrainState,
+                                                list[dict[str, float]]]:
+  """Trains `config` in `workdir`, evaluating after every epoch.
+
+  Args:
+    config: a config as in configs/default.py.
+    workdir: the run directory; gets config.json and history.json.
+    out: where the Keras-style progress goes.
+
+  Returns:
+    The final state and the history: one dict per epoch (epoch, loss,
+    accuracy, val_loss, val_accuracy, seconds).
+  """
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+
+  mesh = create_mesh()
+  num_devices = mesh.devices.size
+  _check_divisible('batch_size', config.batch_size, num_devices)
+  _check_divisible('eval_batch_size', config.eval_batch_size, num_devices)
+  replicated = jax.sharding.NamedSharding(mesh, P())
+  batch_sharding = jax.sharding.NamedSharding(mesh, P('data'))
+
+  try:
+    model = models.create_model(config.model)
+  except (TypeError, ValueError) as e:
+    raise UserError(f'Bad model config: {e}') from e
+
+  train_ds = input_pipeline.load_split(config, config.train_split)
+  eval_ds = input_pipeline.load_split(config, config.eval_split)
+  augment = {k: v for k, v in config.augment.items() if v}
+  if augment:
+    print(f'Note: augmentation {augment} is not implemented yet; training '
+          'without it.', file=out)
+    logging.warning('Augmentation %s not implemented yet; ignored.', augment)
+
+  init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
+  state = jax.device_put(create_train_state(config, model, init_key),
+                         replicated)
+  print(summary.keras_summary(
+      model, {'params': state.params, 'batch_stats': state.batch_stats},
+      input_pipeline.IMAGE_SHAPE), file=out)
+  print(f'Train on {len(train_ds)} samples, validate on {len(eval_ds)} '
+        f'samples ({num_devices} device(s): {jax.devices()[0].platform})',
+        file=out)
+
+  # Both splits live on the device(s) for the whole run; steps get indices.
+  train_images, train_labels, eval_images, eval_labels = jax.device_put(
+      (train_ds.images, train_ds.labels, eval_ds.images, eval_ds.labels),
+      replicated)
+  jit_train_step = jax.jit(train_step, donate_argnums=(0, 1),
+                           out_shardings=(replicated, replicated))
+  jit_eval_step = jax.jit(eval_step, donate_argnums=(1,),
+                          out_shardings=replicated)
+
+  order = input_pipeline.TrainOrder(len(train_ds), config.batch_size,
+                                    config.seed)
+  steps_per_epoch = config.steps_per_epoch or order.batches_per_pass
+  history = []
+  for epoch in range(config.num_epochs):
+    start = time.monotonic()
+    epoch_metrics = jax.device_put(Metrics.empty(), replicated)
+    bar = progress.ProgressBar(steps_per_epoch, out=out)
+    for i in range(steps_per_epoch):
+      step = epoch * steps_per_epoch + i
+      idx, mask = jax.device_put(order.batch(step), batch_sharding)
+      state, epoch_metrics = jit_train_step(
+          state, epoch_metrics, train_images, train_labels, idx, mask,
+          dropout_key)
+      if bar.due() or i + 1 == steps_per_epoch:
+        values = _computed(epoch_metrics)
+        _check_finite(values, step)
+        bar.update(i + 1, values)
+    bar.close()
+    train_values = _computed(epoch_metrics)
+    eval_values = evaluate(jit_eval_step, state, eval_images, eval_labels,
+                           config.eval_batch_size, batch_sharding)
+    seconds = time.monotonic() - start
+    row = {'epoch': epoch + 1, **train_values,
+           **{f'val_{k}': v for k, v in eval_values.items()},
+           'seconds': seconds}
+    history.append(row)
+    _write_json(os.path.join(workdir, 'history.json'), history)
+    print(progress.epoch_line(epoch + 1, config.num_epochs, seconds,
+                              {k: row[k] for k in ('loss', 'accuracy',
+                                                   'val_loss',
+                                                   'val_accuracy')}),
+          file=out, flush=True)
+  if history:
+    print(f'Accuracy: {history[-1]["val_accuracy"] * 100:.2f}%', file=out,
+          flush=True)
+  return state, history

@@ -1,0 +1,1 @@
+"""Experiment configs: `configs/<name>.py`, each with `get_config()`."""

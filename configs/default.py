@@ -1,0 +1,84 @@
+"""Every key of a cifar_jax config, with the seed's baseline (simple) values.
+
+The rungs of the ladder (../shared/LADDER.md) import this and override only
+what differs, so each key is documented once, here. Any key can be overridden
+on the command line: `--config.num_epochs=3 --config.optimizer.learning_rate=0.02`.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  """The simple rung: 2 convs + 1 dense layer, SGD with decay, 25 epochs."""
+  config = ml_collections.ConfigDict()
+
+  # Data. 'cifar10' (TFDS), 'image_folder' (<data_dir>/<split>/<class>/*.jpg)
+  # or 'synthetic' (a small learnable offline set for tests and smoke runs).
+  config.dataset = 'cifar10'
+  # TFDS data_dir, or the root of the image folder; None = TFDS's default.
+  config.data_dir = ml_collections.FieldReference(None, field_type=str)
+  # Split names, with TFDS slicing: 'train[:45000]' / 'train[45000:]'.
+  config.train_split = 'train'
+  config.eval_split = 'test'
+  # Sizes of the synthetic data set's train and eval splits.
+  config.synthetic_train_size = 2048
+  config.synthetic_eval_size = 512
+
+  # Loop. Global batch size (split over all devices).
+  config.batch_size = 32
+  # Batch size of evaluation; it changes nothing but speed and memory.
+  config.eval_batch_size = 500
+  config.num_epochs = 25
+  # Batches per epoch; 0 = ceil(examples / batch_size), one full pass with
+  # the last partial batch, as Keras `fit`. k > 0 = exactly k batches, going
+  # on through the shuffled passes as Keras' `fit_generator` did.
+  config.steps_per_epoch = 0
+  # Seeds parameter init, data order and dropout (everything random).
+  config.seed = 0
+
+  # Model: models.ConvNet, a stack of ConvStages and dense layers.
+  config.model = ml_collections.ConfigDict()
+  config.model.name = 'ConvNet'
+  # Filters of each stage's two 3x3 convs.
+  config.model.stage_features = (32,)
+  # Padding of each stage's second conv ('SAME' or 'VALID').
+  config.model.second_conv_padding = ('SAME',)
+  # Dropout between each stage's two convs (0 = none).
+  config.model.conv_dropout = (0.2,)
+  # Dropout after each stage's max-pool (0 = none).
+  config.model.stage_dropout = (0.0,)
+  # BatchNorm after each conv's ReLU (Keras momentum 0.99, epsilon 1e-3).
+  config.model.batch_norm = False
+  # Widths of the dense ReLU layers after Flatten.
+  config.model.hidden_features = (512,)
+  # Dropout right after Flatten, and after each dense ReLU layer (0 = none).
+  config.model.flatten_dropout = 0.0
+  config.model.hidden_dropout = 0.5
+  # Keras MaxNorm bound of the conv and dense kernels (0 = unconstrained).
+  config.model.conv_max_norm = 3.0
+  config.model.hidden_max_norm = 3.0
+  config.model.num_classes = 10
+
+  # Optimizer: 'sgd' (Keras SGD: momentum, lr / (1 + decay * updates)) or
+  # 'adam' (Keras Adam; epsilon added to sqrt(v) as Keras 2.3 did).
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.name = 'sgd'
+  config.optimizer.learning_rate = 0.01
+  # SGD only: momentum and per-update inverse-time decay (seed: lr/epochs).
+  config.optimizer.momentum = 0.9
+  config.optimizer.decay = 0.01 / 25
+  # Adam only: Keras 2.3 defaults.
+  config.optimizer.beta1 = 0.9
+  config.optimizer.beta2 = 0.999
+  config.optimizer.epsilon = 1e-7
+
+  # Augmentation, as Keras' ImageDataGenerator (0 / False = off).
+  config.augment = ml_collections.ConfigDict()
+  config.augment.horizontal_flip = False
+  # Shift by a uniform fraction of the width / height in [-r, r].
+  config.augment.width_shift_range = 0.0
+  config.augment.height_shift_range = 0.0
+  # Zoom x and y independently, uniform in [1 - z, 1 + z].
+  config.augment.zoom_range = 0.0
+
+  return config

@@ -1,0 +1,158 @@
+"""Data loading (synthetic, image folder, TFDS offline) and batch order."""
+
+import os
+import socket
+import time
+import zipfile
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from cifar_jax import input_pipeline
+from cifar_jax.errors import UserError
+from conftest import get_config
+
+
+def _config(**overrides):
+  config = get_config('test')
+  config.update(overrides)
+  return config
+
+
+def test_synthetic_splits_are_deterministic_uint8_and_sliceable():
+  config = _config()
+  train = input_pipeline.load_split(config, 'train')
+  assert train.images.shape == (512, 32, 32, 3)
+  assert train.images.dtype == np.uint8 and train.labels.dtype == np.int32
+  assert set(np.unique(train.labels)) == set(range(10))
+  again = input_pipeline.load_split(config, 'train')
+  np.testing.assert_array_equal(train.images, again.images)
+  head = input_pipeline.load_split(config, 'train[:400]')
+  tail = input_pipeline.load_split(config, 'train[400:]')
+  np.testing.assert_array_equal(
+      np.concatenate([head.labels, tail.labels]), train.labels)
+  test = input_pipeline.load_split(config, 'test')
+  assert len(test) == 200 and not np.array_equal(test.images[:10],
+                                                 train.images[:10])
+
+
+def test_synthetic_refuses_unknown_split():
+  with pytest.raises(UserError, match='validation'):
+    input_pipeline.load_split(_config(), 'validation')
+
+
+def test_train_order_covers_each_pass_once_with_a_partial_last_batch():
+  order = input_pipeline.TrainOrder(num_examples=50, batch_size=16, seed=3)
+  assert order.batches_per_pass == 4
+  for pass_index in range(2):
+    seen = []
+    for j in range(4):
+      idx, mask = order.batch(pass_index * 4 + j)
+      assert idx.shape == mask.shape == (16,)
+      seen.extend(idx[mask == 1])
+    assert mask.sum() == 2  # 50 = 3 * 16 + 2, as Keras' last batch.
+    assert sorted(seen) == list(range(50))
+  first = [order.batch(j)[0] for j in range(4)]
+  second = [order.batch(4 + j)[0] for j in range(4)]
+  assert not np.array_equal(first[0], second[0])  # Reshuffled every pass.
+
+
+def test_train_order_is_a_function_of_seed_and_step_only():
+  a = input_pipeline.TrainOrder(100, 32, seed=7)
+  b = input_pipeline.TrainOrder(100, 32, seed=7)
+  steps = [9, 0, 5, 4, 9]
+  for s in steps:  # Any access order, e.g. after a resume.
+    np.testing.assert_array_equal(a.batch(s)[0], b.batch(s)[0])
+  c = input_pipeline.TrainOrder(100, 32, seed=8)
+  assert not np.array_equal(a.batch(0)[0], c.batch(0)[0])
+
+
+def test_eval_batches_count_every_example_exactly_once():
+  seen, real = [], 0
+  for idx, mask in input_pipeline.eval_batches(103, 25):
+    assert idx.shape == (25,)
+    seen.extend(idx[mask == 1])
+    real += mask.sum()
+  assert sorted(seen) == list(range(103)) and real == 103
+
+
+def _write_folder(root, classes, per_class, size=(32, 32), mode='RGB'):
+  """Images whose colour encodes their class, in <root>/<split>/<class>/."""
+  for split in ('train', 'test'):
+    for c, name in enumerate(classes):
+      os.makedirs(root / split / name)
+      for i in range(per_class):
+        value = 20 * c + i
+        image = Image.new(mode, size, (value,) * len(mode)
+                          if mode != 'L' else value)
+        image.save(root / split / name / f'{i}.png')
+
+
+def test_image_folder_maps_cifar_class_names_to_cifar_label_order(tmp_path):
+  # 'frog' etc.: folder names are CIFAR-10's, listed alphabetically by TFDS.
+  _write_folder(tmp_path, input_pipeline.CIFAR10_CLASSES, per_class=3)
+  config = _config(dataset='image_folder', data_dir=str(tmp_path))
+  train = input_pipeline.load_split(config, 'train')
+  assert train.images.shape == (30, 32, 32, 3)
+  assert train.class_names == input_pipeline.CIFAR10_CLASSES
+  # Each image's colour says which class folder it came from.
+  np.testing.assert_array_equal(train.images[:, 0, 0, 0] // 20, train.labels)
+
+
+def test_image_folder_converts_any_size_and_mode_and_slices(tmp_path):
+  _write_folder(tmp_path, ('cats', 'dogs'), per_class=5, size=(40, 20),
+                mode='L')
+  config = _config(dataset='image_folder', data_dir=str(tmp_path))
+  full = input_pipeline.load_split(config, 'test')
+  assert full.images.shape == (10, 32, 32, 3)
+  assert full.class_names == ('cats', 'dogs')
+  np.testing.assert_array_equal(full.images[:, 5, 5, 0] // 20, full.labels)
+  part = input_pipeline.load_split(config, 'test[4:]')
+  np.testing.assert_array_equal(part.labels, full.labels[4:])
+
+
+def test_image_folder_errors_are_clear(tmp_path):
+  with pytest.raises(UserError, match='needs --config.data_dir'):
+    input_pipeline.load_split(_config(dataset='image_folder'), 'train')
+  with pytest.raises(UserError, match='not a directory'):
+    input_pipeline.load_split(
+        _config(dataset='image_folder', data_dir=str(tmp_path / 'nope')),
+        'train')
+  _write_folder(tmp_path, ('a', 'b'), per_class=1)
+  with pytest.raises(UserError, match="No split 'validation'"):
+    input_pipeline.load_split(
+        _config(dataset='image_folder', data_dir=str(tmp_path)),
+        'validation')
+
+
+def test_offline_tfds_fails_within_seconds_saying_how_to_train_offline(
+    tmp_path, monkeypatch):
+  def no_network(*args, **kwargs):
+    raise OSError('Name or service not known')
+  monkeypatch.setattr(socket, 'create_connection', no_network)
+  start = time.monotonic()
+  with pytest.raises(UserError) as e:
+    input_pipeline.load_split(_config(dataset='cifar10',
+                                      data_dir=str(tmp_path)), 'train')
+  assert time.monotonic() - start < 30
+  assert 'cannot be downloaded' in str(e.value)
+  assert '--config.dataset=image_folder' in str(e.value)
+
+
+def test_real_jpeg_copy_loads_with_cifar_labels(shared_zip, tmp_path):
+  """A few real images per class from the shared copy, via the folder path."""
+  with zipfile.ZipFile(shared_zip) as z:
+    names = [n for n in z.namelist() if n.endswith('.jpg')]
+    picked = []
+    for split in ('train', 'test'):
+      for cls in input_pipeline.CIFAR10_CLASSES:
+        prefix = f'cifar10-jpeg/{split}/{cls}/'
+        picked += [n for n in names if n.startswith(prefix)][:4]
+    z.extractall(tmp_path, picked)
+  config = _config(dataset='image_folder',
+                   data_dir=str(tmp_path / 'cifar10-jpeg'))
+  test = input_pipeline.load_split(config, 'test')
+  assert test.images.shape == (40, 32, 32, 3)
+  assert np.bincount(test.labels).tolist() == [4] * 10
+  assert test.images.std() > 20  # Real photos, not blank decodes.

@@ -1,0 +1,92 @@
+"""The command line, end to end, in subprocesses on synthetic data."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from cifar_jax import main
+from conftest import REPO
+
+
+def _run(*args, devices=1, timeout=300):
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  return subprocess.run(
+      [sys.executable, '-m', 'cifar_jax.main', *args], cwd=REPO, env=env,
+      capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_trains_and_writes_history_config_and_keras_lines(tmp_path):
+  r = _run('--config', 'configs/test.py', '--workdir', str(tmp_path),
+           '--config.num_epochs=2', '--config.seed=3')
+  assert r.returncode == 0, r.stderr[-3000:]
+  history = json.loads((tmp_path / 'history.json').read_text())
+  assert [h['epoch'] for h in history] == [1, 2]
+  for h in history:
+    assert set(h) == {'epoch', 'loss', 'accuracy', 'val_loss',
+                      'val_accuracy', 'seconds'}
+  config = json.loads((tmp_path / 'config.json').read_text())
+  assert config['num_epochs'] == 2 and config['seed'] == 3
+  out = r.stdout
+  assert 'Total params: 66,706' in out
+  lines = re.findall(
+      r'^Epoch (\d)/2 - \d+s - loss: ([\d.]+) - accuracy: ([\d.]+) - '
+      r'val_loss: ([\d.]+) - val_accuracy: ([\d.]+)$', out, re.M)
+  assert len(lines) == 2
+  for line, h in zip(lines, history):
+    assert float(line[1]) == pytest.approx(h['loss'], abs=1e-4)
+    assert float(line[4]) == pytest.approx(h['val_accuracy'], abs=1e-4)
+  final = re.search(r'^Accuracy: (\d+\.\d\d)%$', out, re.M)
+  assert final and float(final.group(1)) == pytest.approx(
+      100 * history[-1]['val_accuracy'], abs=0.005)
+
+
+def test_cli_data_parallel_over_two_devices_matches_one_device(tmp_path):
+  runs = {}
+  for devices in (1, 2):
+    workdir = tmp_path / str(devices)
+    r = _run('--config', 'configs/test.py', '--workdir', str(workdir),
+             '--config.num_epochs=1', devices=devices)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f'({devices} device(s): cpu)' in r.stdout
+    runs[devices] = json.loads((workdir / 'history.json').read_text())[0]
+  for key in ('loss', 'accuracy', 'val_loss', 'val_accuracy'):
+    assert runs[2][key] == pytest.approx(runs[1][key], rel=1e-4, abs=1e-5)
+
+
+def test_cli_refuses_a_batch_that_does_not_split_over_devices(tmp_path):
+  r = _run('--config', 'configs/test.py', '--workdir', str(tmp_path),
+           '--config.batch_size=33', devices=2)
+  assert r.returncode == 1
+  assert 'batch_size=33 must be divisible by the number of devices (2)' in (
+      r.stderr)
+  assert 'Traceback' not in r.stderr
+
+
+def test_cli_typo_in_an_override_fails_with_a_clear_message(tmp_path):
+  r = _run('--config', 'configs/test.py', '--workdir', str(tmp_path),
+           '--config.num_epoch=3', timeout=120)
+  assert r.returncode == 2
+  assert 'Did you mean "num_epochs" instead of "num_epoch"?' in r.stderr
+  assert 'Traceback' not in r.stderr
+  assert not (tmp_path / 'history.json').exists()
+
+
+def test_cli_missing_image_folder_is_one_clear_line(tmp_path):
+  r = _run('--config', 'configs/simple.py', '--workdir', str(tmp_path),
+           '--config.dataset=image_folder',
+           f'--config.data_dir={tmp_path}/missing', timeout=120)
+  assert r.returncode == 1
+  assert 'is not a directory' in r.stderr
+  assert 'Traceback' not in r.stderr
+
+
+def test_default_workdir_is_ckpt_slash_config_name():
+  assert main.default_workdir('configs/large.py') == os.path.join(
+      'ckpt', 'large')
+  assert main.default_workdir('/abs/configs/bn_aug_sgd.py:arg') == (
+      os.path.join('ckpt', 'bn_aug_sgd'))

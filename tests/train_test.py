@@ -1,0 +1,112 @@
+"""Training: it learns, partial batches match Keras, evaluation is exact."""
+
+import io
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cifar_jax import input_pipeline
+from cifar_jax import models
+from cifar_jax import train
+from cifar_jax.errors import NonFiniteLossError
+from conftest import get_config
+
+
+def test_training_on_synthetic_data_lowers_loss_and_beats_chance(tmp_path):
+  config = get_config('test')
+  config.num_epochs = 3
+  out = io.StringIO()
+  _, history = train.train_and_evaluate(config, str(tmp_path), out=out)
+  assert [h['epoch'] for h in history] == [1, 2, 3]
+  assert history[-1]['loss'] < 0.7 * history[0]['loss']
+  assert history[-1]['val_accuracy'] > 0.6  # Chance is 0.1.
+  on_disk = json.loads((tmp_path / 'history.json').read_text())
+  assert on_disk == history
+  assert json.loads((tmp_path / 'config.json').read_text())['seed'] == 0
+
+
+def test_same_seed_gives_the_same_history_and_another_seed_does_not(
+    tmp_path):
+  config = get_config('test')
+  config.num_epochs = 1
+
+  def run(seed, name):
+    config.seed = seed
+    _, h = train.train_and_evaluate(config, str(tmp_path / name),
+                                 out=io.StringIO())
+    return [(r['loss'], r['val_loss']) for r in h]
+
+  assert run(0, 'a') == run(0, 'b')
+  assert run(0, 'c') != run(1, 'd')
+
+
+def _one_step(config, images, labels, mask):
+  model = models.create_model(config.model)
+  state = train.create_train_state(config, model, jax.random.key(0))
+  n = len(labels)
+  new_state, m = train.train_step(
+      state, train.Metrics.empty(), jnp.asarray(images), jnp.asarray(labels),
+      jnp.arange(n), jnp.asarray(mask), jax.random.key(1))
+  return new_state, m
+
+
+def test_padded_partial_batch_equals_keras_smaller_last_batch():
+  """Padding + mask gives the update Keras makes on its last, smaller batch.
+
+  Uses the BatchNorm rung without dropout, so statistics must ignore the
+  padded examples too.
+  """
+  config = get_config('bn_aug_sgd')
+  config.model.stage_dropout = (0.0, 0.0, 0.0)
+  config.model.hidden_dropout = 0.0
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+  labels = rng.integers(0, 10, 8).astype(np.int32)
+  small, m_small = _one_step(config, images[:5], labels[:5], np.ones(5))
+  padded_images = images.copy()
+  padded_images[5:] = 255  # Garbage that must not matter.
+  mask = np.array([1, 1, 1, 1, 1, 0, 0, 0], np.float32)
+  padded, m_padded = _one_step(config, padded_images, labels, mask)
+  for a, b in zip(jax.tree.leaves((small.params, small.batch_stats)),
+                  jax.tree.leaves((padded.params, padded.batch_stats))):
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+  np.testing.assert_allclose(m_small.compute()['loss'],
+                             m_padded.compute()['loss'], rtol=1e-6)
+  assert int(m_padded.accuracy.count) == 5
+
+
+def test_evaluation_is_exact_whatever_the_batch_size():
+  config = get_config('test')
+  model = models.create_model(config.model)
+  state = train.create_train_state(config, model, jax.random.key(0))
+  data = input_pipeline.load_split(config, 'test[:103]')
+  images, labels = jnp.asarray(data.images), jnp.asarray(data.labels)
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  results = [train.evaluate(jax.jit(train.eval_step), state, images, labels,
+                            bs, sharding) for bs in (103, 10, 64)]
+  logits = model.apply({'params': state.params},
+                       images.astype(jnp.float32) / 255)
+  expected = float(np.mean(np.argmax(logits, -1) == data.labels))
+  for r in results:
+    np.testing.assert_allclose(r['accuracy'], expected, rtol=1e-6)
+    np.testing.assert_allclose(r['loss'], results[0]['loss'], rtol=1e-5)
+
+
+def test_non_finite_loss_stops_the_run_with_a_clear_error(tmp_path):
+  config = get_config('test')
+  config.optimizer.learning_rate = 1e30
+  with pytest.raises(NonFiniteLossError, match='learning_rate'):
+    train.train_and_evaluate(config, str(tmp_path), out=io.StringIO())
+
+
+def test_steps_per_epoch_runs_exactly_that_many_batches(tmp_path):
+  config = get_config('test')
+  config.num_epochs = 2
+  config.steps_per_epoch = 5
+  state, history = train.train_and_evaluate(config, str(tmp_path),
+                                            out=io.StringIO())
+  assert int(state.step) == 10 and len(history) == 2
