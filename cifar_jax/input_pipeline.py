@@ -5,17 +5,26 @@ uint8 numpy arrays and kept in memory; training draws batches from them by
 index. TensorFlow is imported only here, only to read data, and is hidden
 from any GPU so it cannot take accelerator memory.
 
-The batch order is a pure function of (seed, step) (`TrainOrder`), so a run
-can be resumed at any step and gets the same data it would have seen.
+Decoded splits are cached on disk (`cache_dir`), so the second start does not
+decode 60,000 JPEGs again. The batch order is drawn on the device and is a
+pure function of (seed, step) (`TrainOrder`), so a run can be resumed at any
+step and gets the same data it would have seen.
 """
 
+from collections.abc import Callable
 import dataclasses
+import functools
+import hashlib
+import json
 import os
 import socket
 import time
 import urllib.parse
+import zipfile
 
 from absl import logging
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -38,17 +47,79 @@ class Dataset:
 
 
 def load_split(config: ml_collections.ConfigDict, split: str) -> Dataset:
-  """Loads `split` of `config.dataset` (TFDS slicing syntax allowed)."""
+  """Loads `split` of `config.dataset`; TFDS slicing ('train[:45000]') works.
+
+  The whole base split is decoded once and cached on disk (see `_cached`);
+  slices are cut from it, in the split's stored order, as TFDS slices it.
+  """
   start = time.time()
+  base = split.split('[')[0]
   if config.dataset == 'synthetic':
-    ds = synthetic(split, config)
+    full = synthetic(base, config)
   elif config.dataset == 'image_folder':
-    ds = _load_image_folder(config.data_dir, split)
+    full = _cached(config, base, _load_image_folder)
   else:
-    ds = _load_tfds(config.dataset, split, config.data_dir)
+    full = _cached(config, base, functools.partial(_load_tfds,
+                                                   name=config.dataset))
+  lo, hi = _slice_bounds(split, {base: len(full)})
+  ds = Dataset(full.images[lo:hi], full.labels[lo:hi], full.class_names)
   logging.info('Loaded %s %r: %d images in %.1fs.', config.dataset, split,
                len(ds), time.time() - start)
   return ds
+
+
+def _cached(config: ml_collections.ConfigDict, split: str,
+            load: Callable[[str, str | None], Dataset]) -> Dataset:
+  """`load(split, data_dir)`, through a .npz cache in `config.cache_dir`.
+
+  The key covers the data set, the resolved data_dir and a fingerprint of
+  the files under it (count, bytes, newest mtime), so a changed folder is
+  decoded again. An unusable cache directory only costs the speed-up.
+  """
+  data_dir = os.path.abspath(os.path.expanduser(config.data_dir)) if (
+      config.data_dir) else None
+  if not config.cache_dir:
+    return load(split, data_dir)
+  if config.dataset == 'image_folder':
+    _check_folder(data_dir)
+    watched = os.path.join(data_dir, split)
+  else:
+    watched = data_dir or os.environ.get(
+        'TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
+    watched = os.path.join(watched, config.dataset)
+  key = json.dumps([config.dataset, data_dir, split, _fingerprint(watched)])
+  name = f'{config.dataset}-{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz'
+  path = os.path.join(os.path.expanduser(config.cache_dir), name)
+  if os.path.exists(path):
+    try:
+      with np.load(path) as f:
+        return Dataset(f['images'], f['labels'],
+                       tuple(str(n) for n in f['class_names']))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+      logging.warning('Ignoring unreadable cache %s: %s', path, e)
+  ds = load(split, data_dir)
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f'{path}.{os.getpid()}.tmp'
+    with open(tmp, 'wb') as f:
+      np.savez(f, images=ds.images, labels=ds.labels,
+               class_names=np.array(ds.class_names))
+    os.replace(tmp, path)  # Atomic: a crash never leaves half a cache.
+    logging.info('Cached decoded %s %r in %s.', config.dataset, split, path)
+  except OSError as e:
+    logging.warning('Could not cache decoded data in %s: %s', path, e)
+  return ds
+
+
+def _fingerprint(root: str) -> tuple[int, int, int]:
+  """(files, bytes, newest mtime) under `root`; (0, 0, 0) if it is absent."""
+  count = size = newest = 0
+  for dirpath, _, files in os.walk(root):
+    for name in files:
+      st = os.stat(os.path.join(dirpath, name))
+      count, size = count + 1, size + st.st_size
+      newest = max(newest, st.st_mtime_ns)
+  return count, size, newest
 
 
 # ---------------------------------------------------------------- synthetic
@@ -60,24 +131,22 @@ def synthetic(split: str, config: ml_collections.ConfigDict) -> Dataset:
   The class patterns are fixed (independent of `config.seed`), so train and
   eval share them; the examples of each split are drawn independently.
   """
-  base = split.split('[')[0]
   sizes = {'train': config.synthetic_train_size,
            'test': config.synthetic_eval_size}
-  if base not in sizes:
+  if split not in sizes:
     raise UserError(f"The synthetic data set has splits 'train' and 'test', "
                     f'not {split!r}.')
-  n = _slice_bounds(split, {base: sizes[base]})
   patterns = np.random.default_rng(1234).uniform(0, 255, (10, 8, 8, 3))
   patterns = patterns.repeat(4, axis=1).repeat(4, axis=2)  # 32x32 blocks.
-  rng = np.random.default_rng(0 if base == 'train' else 1)
-  labels = rng.integers(0, 10, sizes[base]).astype(np.int32)
-  shifts = rng.integers(-2, 3, (sizes[base], 2))
+  rng = np.random.default_rng(0 if split == 'train' else 1)
+  labels = rng.integers(0, 10, sizes[split]).astype(np.int32)
+  shifts = rng.integers(-2, 3, (sizes[split], 2))
   images = patterns[labels]
   images = np.stack([np.roll(im, tuple(s), axis=(0, 1))
                      for im, s in zip(images, shifts)])
   images = images + rng.normal(0, 48, images.shape)
   images = np.clip(images, 0, 255).astype(np.uint8)
-  return Dataset(images[n[0]:n[1]], labels[n[0]:n[1]], CIFAR10_CLASSES)
+  return Dataset(images, labels, CIFAR10_CLASSES)
 
 
 # ---------------------------------------------------------------- TFDS
@@ -90,7 +159,7 @@ def _import_tf():
   return tf
 
 
-def _load_tfds(name: str, split: str, data_dir: str | None) -> Dataset:
+def _load_tfds(split: str, data_dir: str | None, name: str) -> Dataset:
   """A TFDS data set, prepared in `data_dir` or downloaded if possible."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   _import_tf()
@@ -140,39 +209,42 @@ def _check_can_download(builder, timeout: float = 5.0) -> None:
 # ---------------------------------------------------------------- folders
 
 
-def _load_image_folder(root: str | None, split: str) -> Dataset:
+def _check_folder(root: str | None) -> None:
+  if not root:
+    raise UserError('dataset=image_folder needs --config.data_dir=<root>, '
+                    'the folder that holds <split>/<class>/*.jpg.')
+  if not os.path.isdir(root):
+    raise UserError(f'data_dir {root!r} is not a directory.')
+
+
+def _load_image_folder(split: str, root: str | None) -> Dataset:
   """`<root>/<split>/<class>/*.jpg|png` through TFDS's ImageFolder.
 
   Images of any size or mode become 32x32 RGB. When the class folders are
   CIFAR-10's names, labels follow CIFAR-10's order whatever the folder order.
+  ImageFolder's order is deterministic (sorted, then shuffled per split), so
+  slices of it are stable and not grouped by class.
   """
-  if not root:
-    raise UserError('dataset=image_folder needs --config.data_dir=<root>, '
-                    'the folder that holds <split>/<class>/*.jpg.')
-  root = os.path.expanduser(root)
-  if not os.path.isdir(root):
-    raise UserError(f'data_dir {root!r} is not a directory.')
+  _check_folder(root)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   tf = _import_tf()
   builder = tfds.ImageFolder(root)
-  base = split.split('[')[0]
-  sizes = {k: v.num_examples for k, v in builder.info.splits.items()}
-  if base not in sizes:
-    raise UserError(f'No split {base!r} in {root}: it has '
-                    f'{sorted(sizes) or "no <split>/<class>/ folders"}.')
-  start, stop = _slice_bounds(split, sizes)
+  splits = sorted(builder.info.splits.keys())
+  if split not in splits:
+    raise UserError(f'No split {split!r} in {root}: it has '
+                    f'{splits or "no <split>/<class>/ folders"}.')
   names = tuple(builder.info.features['label'].names)
 
   def to_rgb32(image, label):
     image = tf.image.resize(image, IMAGE_SHAPE[:2], antialias=True)
     return tf.cast(tf.round(image), tf.uint8), label
 
-  ds = builder.as_dataset(split=base, shuffle_files=False,
+  ds = builder.as_dataset(split=split, shuffle_files=False,
                           as_supervised=True)
-  ds = ds.skip(start).take(stop - start)
   ds = ds.map(lambda im, y: tf.cond(
       tf.reduce_all(tf.shape(im)[:2] == IMAGE_SHAPE[:2]),
-      lambda: (im, y), lambda: to_rgb32(im, y)))
+      lambda: (im, y), lambda: to_rgb32(im, y)),
+              num_parallel_calls=tf.data.AUTOTUNE)
   images, labels = [], []
   for im, y in tfds.as_numpy(ds.batch(4096)):
     images.append(im)
@@ -212,31 +284,64 @@ def _slice_bounds(split: str, sizes: dict[str, int]) -> tuple[int, int]:
 
 
 class TrainOrder:
-  """Which examples make up training batch `step`: a function of (seed, step).
+  """Which examples make up training batch `step`: a function of (key, step).
 
   The training stream is a sequence of passes over the data, each a fresh
-  permutation seeded by (seed, pass), cut into ceil(N / B) batches with the
-  last one partial, as Keras' `fit` and `fit_generator` drew them. Epochs are
-  windows of `steps_per_epoch` batches over that stream, so an epoch shorter
-  than a pass continues where the previous one stopped (as the seed's
-  generators did) and a resumed run sees exactly the batches it would have.
+  permutation drawn from fold_in(key, pass), cut into ceil(N / B) batches
+  with the last one partial (padded, mask 0), as Keras' `fit` and
+  `fit_generator` drew them. Epochs are windows of `steps_per_epoch` batches
+  over that stream, so an epoch shorter than a pass continues where the
+  previous one stopped (as the seed's generators did), and a resumed run
+  sees exactly the batches it would have seen.
+
+  The permutation is computed on the device(s), once per pass; the train
+  step slices its batch out of it (`batch_at`), so no data crosses from the
+  host during training.
   """
 
-  def __init__(self, num_examples: int, batch_size: int, seed: int):
+  def __init__(self, num_examples: int, batch_size: int, key: jax.Array,
+               sharding: jax.sharding.Sharding | None = None):
     self.num_examples = num_examples
     self.batch_size = batch_size
-    self.seed = seed
     self.batches_per_pass = -(-num_examples // batch_size)
-    self._pass, self._perm = -1, None
+    self._permute = jax.jit(
+        functools.partial(_pass_order, key, num_examples=num_examples,
+                          length=self.batches_per_pass * batch_size),
+        out_shardings=sharding)
+    self._cached = (-1, None)
+
+  def locate(self, step: int) -> tuple[int, int]:
+    """(pass, position of the batch within the pass)."""
+    return divmod(step, self.batches_per_pass)
+
+  def pass_order(self, pass_index: int) -> tuple[jax.Array, jax.Array]:
+    """(indices, mask) of a whole pass, padded to whole batches."""
+    if self._cached[0] != pass_index:
+      self._cached = (pass_index, self._permute(pass_index))
+    return self._cached[1]
 
   def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, mask): `batch_size` indices; mask 0 marks padding."""
-    pass_index, j = divmod(step, self.batches_per_pass)
-    if pass_index != self._pass:
-      rng = np.random.default_rng([self.seed, pass_index])
-      self._pass, self._perm = pass_index, rng.permutation(self.num_examples)
-    return _pad(self._perm[j * self.batch_size:(j + 1) * self.batch_size],
-                self.batch_size)
+    """(indices, mask) of batch `step`, on the host (for inspection)."""
+    pass_index, position = self.locate(step)
+    order = self.pass_order(pass_index)
+    return tuple(np.asarray(batch_at(a, position, self.batch_size))
+                 for a in order)
+
+
+def _pass_order(key: jax.Array, pass_index: jax.Array, *, num_examples: int,
+                length: int) -> tuple[jax.Array, jax.Array]:
+  perm = jax.random.permutation(jax.random.fold_in(key, pass_index),
+                                num_examples)
+  indices = jnp.zeros(length, jnp.int32).at[:num_examples].set(perm)
+  mask = (jnp.arange(length) < num_examples).astype(jnp.float32)
+  return indices, mask
+
+
+def batch_at(order: jax.Array, position: jax.Array,
+             batch_size: int) -> jax.Array:
+  """Batch number `position` of a pass's order (works inside jit)."""
+  return jax.lax.dynamic_slice_in_dim(order, position * batch_size,
+                                      batch_size)
 
 
 def eval_batches(num_examples: int, batch_size: int):

@@ -7,9 +7,12 @@ the global batch, as on Keras' single device. (The design named `pmap`; since
 JAX 0.8 pmap is itself built on jit + shard_map and in maintenance mode.)
 
 Every random choice is a function of (config.seed, step): data order
-(`input_pipeline.TrainOrder`) and dropout (`fold_in(key, step)`).
+(`input_pipeline.TrainOrder`), augmentation and dropout (`fold_in(key, step)`
+of keys split from `key(seed)`). Data and augmentation live on the device:
+the host only dispatches steps.
 """
 
+import functools
 import json
 import os
 import sys
@@ -26,6 +29,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from cifar_jax import augment
 from cifar_jax import input_pipeline
 from cifar_jax import models
 from cifar_jax import optimizers
@@ -83,17 +87,30 @@ def _to_float(images: jax.Array) -> jax.Array:
 
 
 def train_step(state: TrainState, epoch_metrics: Metrics, data: jax.Array,
-               labels: jax.Array, indices: jax.Array, mask: jax.Array,
-               dropout_key: jax.Array) -> tuple[TrainState, Metrics]:
-  """One update on the batch `data[indices]`; padded examples have mask 0.
+               labels: jax.Array, order: tuple[jax.Array, jax.Array],
+               position: jax.Array, dropout_key: jax.Array,
+               augment_key: jax.Array, *, batch_size: int,
+               augment_config: augment.AugmentConfig,
+               batch_sharding: jax.sharding.Sharding | None = None
+               ) -> tuple[TrainState, Metrics]:
+  """One update on batch `position` of the current pass's `order`.
 
-  The loss is the mean over the real examples only, so a padded last batch
-  gives the same gradient as Keras' smaller last batch.
+  The batch is gathered from `data` (uint8, on the device) and augmented
+  here, inside the compiled step. Padded examples (mask 0) of a pass's last
+  batch are left out of the loss, so the gradient is Keras' on its smaller
+  last batch.
 
   Returns:
     The new state and `epoch_metrics` merged with this batch's metrics.
   """
+  indices, mask = (input_pipeline.batch_at(a, position, batch_size)
+                   for a in order)
+  if batch_sharding is not None:  # Each device gathers only its share.
+    indices, mask = jax.lax.with_sharding_constraint((indices, mask),
+                                                     batch_sharding)
   images = _to_float(data[indices])
+  images = augment.augment_batch(jax.random.fold_in(augment_key, state.step),
+                                 images, augment_config)
   labels = labels[indices]
   rng = jax.random.fold_in(dropout_key, state.step)
 
@@ -194,18 +211,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   try:
     model = models.create_model(config.model)
+    augment_config = augment.AugmentConfig.from_config(config.augment)
   except (TypeError, ValueError) as e:
-    raise UserError(f'Bad model config: {e}') from e
+    raise UserError(f'Bad config: {e}') from e
 
   train_ds = input_pipeline.load_split(config, config.train_split)
   eval_ds = input_pipeline.load_split(config, config.eval_split)
-  augment = {k: v for k, v in config.augment.items() if v}
-  if augment:
-    print(f'Note: augmentation {augment} is not implemented yet; training '
-          'without it.', file=out)
-    logging.warning('Augmentation %s not implemented yet; ignored.', augment)
 
-  init_key, dropout_key = jax.random.split(jax.random.key(config.seed))
+  init_key, dropout_key, augment_key, order_key = jax.random.split(
+      jax.random.key(config.seed), 4)
   state = jax.device_put(create_train_state(config, model, init_key),
                          replicated)
   print(summary.keras_summary(
@@ -215,17 +229,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         f'samples ({num_devices} device(s): {jax.devices()[0].platform})',
         file=out)
 
-  # Both splits live on the device(s) for the whole run; steps get indices.
+  # Both splits live on the device(s) for the whole run, as uint8.
   train_images, train_labels, eval_images, eval_labels = jax.device_put(
       (train_ds.images, train_ds.labels, eval_ds.images, eval_ds.labels),
       replicated)
-  jit_train_step = jax.jit(train_step, donate_argnums=(0, 1),
-                           out_shardings=(replicated, replicated))
+  jit_train_step = jax.jit(
+      functools.partial(train_step, batch_size=config.batch_size,
+                        augment_config=augment_config,
+                        batch_sharding=batch_sharding),
+      donate_argnums=(0, 1), out_shardings=(replicated, replicated))
   jit_eval_step = jax.jit(eval_step, donate_argnums=(1,),
                           out_shardings=replicated)
 
   order = input_pipeline.TrainOrder(len(train_ds), config.batch_size,
-                                    config.seed)
+                                    order_key, replicated)
   steps_per_epoch = config.steps_per_epoch or order.batches_per_pass
   history = []
   for epoch in range(config.num_epochs):
@@ -233,14 +250,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     epoch_metrics = jax.device_put(Metrics.empty(), replicated)
     bar = progress.ProgressBar(steps_per_epoch, out=out)
     for i in range(steps_per_epoch):
-      step = epoch * steps_per_epoch + i
-      idx, mask = jax.device_put(order.batch(step), batch_sharding)
+      pass_index, position = order.locate(epoch * steps_per_epoch + i)
       state, epoch_metrics = jit_train_step(
-          state, epoch_metrics, train_images, train_labels, idx, mask,
-          dropout_key)
+          state, epoch_metrics, train_images, train_labels,
+          order.pass_order(pass_index), position, dropout_key, augment_key)
       if bar.due() or i + 1 == steps_per_epoch:
         values = _computed(epoch_metrics)
-        _check_finite(values, step)
+        _check_finite(values, int(state.step))
         bar.update(i + 1, values)
     bar.close()
     train_values = _computed(epoch_metrics)

@@ -17,6 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.dataset = 'cifar10'
   # TFDS data_dir, or the root of the image folder; None = TFDS's default.
   config.data_dir = ml_collections.FieldReference(None, field_type=str)
+  # Decoded splits are cached here as .npz ('' = no cache).
+  config.cache_dir = '~/.cache/cifar_jax'
+
   # Split names, with TFDS slicing: 'train[:45000]' / 'train[45000:]'.
   config.train_split = 'train'
   config.eval_split = 'test'
@@ -80,5 +83,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.height_shift_range = 0.0
   # Zoom x and y independently, uniform in [1 - z, 1 + z].
   config.augment.zoom_range = 0.0
+  # Fast-recipe transforms: random crop after padding by this many pixels
+  # ('reflect' or 'constant' = zero padding), and cutout of a square this
+  # size (0 = off).
+  config.augment.crop_padding = 0
+  config.augment.crop_padding_mode = 'reflect'
+  config.augment.cutout_size = 0
 
   return config

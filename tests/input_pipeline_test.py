@@ -5,6 +5,7 @@ import socket
 import time
 import zipfile
 
+import jax
 import numpy as np
 from PIL import Image
 import pytest
@@ -16,6 +17,7 @@ from conftest import get_config
 
 def _config(**overrides):
   config = get_config('test')
+  config.cache_dir = ''
   config.update(overrides)
   return config
 
@@ -43,11 +45,13 @@ def test_synthetic_refuses_unknown_split():
 
 
 def test_train_order_covers_each_pass_once_with_a_partial_last_batch():
-  order = input_pipeline.TrainOrder(num_examples=50, batch_size=16, seed=3)
+  order = input_pipeline.TrainOrder(num_examples=50, batch_size=16,
+                                    key=jax.random.key(3))
   assert order.batches_per_pass == 4
   for pass_index in range(2):
     seen = []
     for j in range(4):
+      assert order.locate(pass_index * 4 + j) == (pass_index, j)
       idx, mask = order.batch(pass_index * 4 + j)
       assert idx.shape == mask.shape == (16,)
       seen.extend(idx[mask == 1])
@@ -58,13 +62,12 @@ def test_train_order_covers_each_pass_once_with_a_partial_last_batch():
   assert not np.array_equal(first[0], second[0])  # Reshuffled every pass.
 
 
-def test_train_order_is_a_function_of_seed_and_step_only():
-  a = input_pipeline.TrainOrder(100, 32, seed=7)
-  b = input_pipeline.TrainOrder(100, 32, seed=7)
-  steps = [9, 0, 5, 4, 9]
-  for s in steps:  # Any access order, e.g. after a resume.
+def test_train_order_is_a_function_of_key_and_step_only():
+  a = input_pipeline.TrainOrder(100, 32, jax.random.key(7))
+  b = input_pipeline.TrainOrder(100, 32, jax.random.key(7))
+  for s in [9, 0, 5, 4, 9]:  # Any access order, e.g. after a resume.
     np.testing.assert_array_equal(a.batch(s)[0], b.batch(s)[0])
-  c = input_pipeline.TrainOrder(100, 32, seed=8)
+  c = input_pipeline.TrainOrder(100, 32, jax.random.key(8))
   assert not np.array_equal(a.batch(0)[0], c.batch(0)[0])
 
 
@@ -156,3 +159,42 @@ def test_real_jpeg_copy_loads_with_cifar_labels(shared_zip, tmp_path):
   assert test.images.shape == (40, 32, 32, 3)
   assert np.bincount(test.labels).tolist() == [4] * 10
   assert test.images.std() > 20  # Real photos, not blank decodes.
+
+
+def test_decoded_splits_are_cached_and_refreshed_when_files_change(
+    tmp_path, monkeypatch):
+  root = tmp_path / 'data'
+  _write_folder(root, ('a', 'b'), per_class=4)
+  config = _config(dataset='image_folder', data_dir=str(root),
+                   cache_dir=str(tmp_path / 'cache'))
+  first = input_pipeline.load_split(config, 'train[:6]')
+  assert len(list((tmp_path / 'cache').glob('*.npz'))) == 1
+  calls = []
+  real_loader = input_pipeline._load_image_folder
+
+  def counting_loader(*args):
+    calls.append(args)
+    return real_loader(*args)
+  monkeypatch.setattr(input_pipeline, '_load_image_folder', counting_loader)
+  again = input_pipeline.load_split(config, 'train[:6]')
+  full = input_pipeline.load_split(config, 'train')  # Same cached split.
+  assert not calls
+  np.testing.assert_array_equal(again.images, first.images)
+  np.testing.assert_array_equal(full.labels[:6], first.labels)
+  Image.new('RGB', (32, 32)).save(root / 'train' / 'a' / 'new.png')
+  assert len(input_pipeline.load_split(config, 'train')) == 9
+  assert len(calls) == 1
+
+
+def test_unreadable_cache_is_ignored_and_rewritten(tmp_path):
+  root = tmp_path / 'data'
+  _write_folder(root, ('a', 'b'), per_class=2)
+  config = _config(dataset='image_folder', data_dir=str(root),
+                   cache_dir=str(tmp_path / 'cache'))
+  first = input_pipeline.load_split(config, 'test')
+  (cache_file,) = (tmp_path / 'cache').glob('*.npz')
+  cache_file.write_bytes(cache_file.read_bytes()[:100])  # Truncated.
+  again = input_pipeline.load_split(config, 'test')
+  np.testing.assert_array_equal(again.images, first.images)
+  with np.load(cache_file) as f:  # Rewritten whole.
+    np.testing.assert_array_equal(f['labels'], first.labels)

@@ -2,13 +2,13 @@
 
 import io
 import json
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cifar_jax import augment
 from cifar_jax import input_pipeline
 from cifar_jax import models
 from cifar_jax import train
@@ -48,10 +48,11 @@ def _one_step(config, images, labels, mask):
   model = models.create_model(config.model)
   state = train.create_train_state(config, model, jax.random.key(0))
   n = len(labels)
-  new_state, m = train.train_step(
+  order = (jnp.arange(n), jnp.asarray(mask, jnp.float32))
+  return train.train_step(
       state, train.Metrics.empty(), jnp.asarray(images), jnp.asarray(labels),
-      jnp.arange(n), jnp.asarray(mask), jax.random.key(1))
-  return new_state, m
+      order, 0, jax.random.key(1), jax.random.key(2), batch_size=n,
+      augment_config=augment.AugmentConfig())
 
 
 def test_padded_partial_batch_equals_keras_smaller_last_batch():
@@ -110,3 +111,37 @@ def test_steps_per_epoch_runs_exactly_that_many_batches(tmp_path):
   state, history = train.train_and_evaluate(config, str(tmp_path),
                                             out=io.StringIO())
   assert int(state.step) == 10 and len(history) == 2
+
+
+def test_augmentation_runs_inside_the_step_reproducibly():
+  config = get_config('test')
+  rng = np.random.default_rng(1)
+  images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+  labels = rng.integers(0, 10, 8).astype(np.int32)
+  model = models.create_model(config.model)
+  state = train.create_train_state(config, model, jax.random.key(0))
+  order = (jnp.arange(8), jnp.ones(8))
+
+  def step(aug):
+    new_state, _ = train.train_step(
+        state, train.Metrics.empty(), jnp.asarray(images),
+        jnp.asarray(labels), order, 0, jax.random.key(1), jax.random.key(2),
+        batch_size=8, augment_config=aug)
+    return new_state.params['dense1']['kernel']
+
+  plain = step(augment.AugmentConfig())
+  aug = augment.AugmentConfig(horizontal_flip=True, zoom_range=0.2)
+  np.testing.assert_array_equal(step(aug), step(aug))
+  assert not np.allclose(step(aug), plain)
+
+
+def test_training_with_seed_augmentation_still_learns(tmp_path):
+  config = get_config('test')
+  config.num_epochs = 4  # Flips make the synthetic patterns slower to learn.
+  config.augment.width_shift_range = 0.1
+  config.augment.height_shift_range = 0.1
+  config.augment.horizontal_flip = True
+  _, history = train.train_and_evaluate(config, str(tmp_path),
+                                        out=io.StringIO())
+  assert history[-1]['loss'] < 0.7 * history[0]['loss']
+  assert history[-1]['val_accuracy'] > 0.6
