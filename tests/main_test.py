@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cifar_jax import main
+from cifar_jax import cli
 from conftest import REPO
 
 
@@ -86,7 +86,7 @@ def test_cli_missing_image_folder_is_one_clear_line(tmp_path):
 
 
 def test_default_workdir_is_ckpt_slash_config_name():
-  assert main.default_workdir('configs/large.py') == os.path.join(
+  assert cli.default_workdir('configs/large.py') == os.path.join(
       'ckpt', 'large')
-  assert main.default_workdir('/abs/configs/bn_aug_sgd.py:arg') == (
+  assert cli.default_workdir('/abs/configs/bn_aug_sgd.py:arg') == (
       os.path.join('ckpt', 'bn_aug_sgd'))

@@ -1,0 +1,37 @@
+"""Shared pieces of the command-line tools (main, show_augment, ...)."""
+
+import os
+import sys
+
+from absl import flags
+from ml_collections import config_flags
+
+# Every tool takes a config file; defined once here so tools can share it.
+CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'Path to a config file, e.g. configs/simple.py.',
+    lock_config=True)
+
+
+def default_workdir(config_path: str) -> str:
+  """ckpt/<name> for configs/<name>.py (':arg' suffixes are dropped)."""
+  name = os.path.splitext(os.path.basename(config_path.split(':')[0]))[0]
+  return os.path.join('ckpt', name)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with bad `--config.*` overrides as one clear line.
+
+  ml_collections raises AttributeError/ValueError/TypeError for an unknown key
+  or a value of the wrong type; absl would show them as a traceback.
+  """
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f'error: {e}\nPass --help for usage.', file=sys.stderr)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    cause = e.args[0] if e.args else e
+    if isinstance(cause, KeyError) and cause.args:  # Wrapped by ConfigDict.
+      cause = cause.args[0]
+    message = str(cause).replace('\n', ' ')
+    print(f'error: bad --config override: {message}', file=sys.stderr)
+  sys.exit(2)

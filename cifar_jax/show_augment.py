@@ -1,0 +1,88 @@
+"""Draws original training images beside augmented views of them.
+
+  python -m cifar_jax.show_augment --config configs/deep_adam_aug.py \
+      --config.dataset=image_folder --config.data_dir=DIR --out augment.png
+
+Numbers in tests prove the transform equals Keras'; this picture lets a person
+see that the augmentation looks right (nothing upside down, borders filled by
+repeating the edge, zooms centred).
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import matplotlib
+import ml_collections
+import numpy as np
+
+from cifar_jax import augment
+from cifar_jax import cli
+from cifar_jax import input_pipeline
+from cifar_jax.errors import UserError
+
+matplotlib.use('Agg')  # Headless: no display needed.
+from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+
+_OUT = flags.DEFINE_string('out', 'augment.png', 'PNG file to write.')
+_IMAGES = flags.DEFINE_integer('num_images', 8, 'Rows: training images.')
+_VIEWS = flags.DEFINE_integer('num_views', 6, 'Augmented views per image.')
+
+
+def augmented_views(images: np.ndarray, aug: augment.AugmentConfig,
+                    key: jax.Array, num_views: int) -> np.ndarray:
+  """(views, n, h, w, c) float images in [0, 1], one key per view."""
+  x = jnp.asarray(images, jnp.float32) / 255.0
+  views = [augment.augment_batch(jax.random.fold_in(key, v), x, aug)
+           for v in range(num_views)]
+  return np.clip(np.stack(views), 0, 1)
+
+
+def render(config: ml_collections.ConfigDict, out: str, num_images: int,
+           num_views: int) -> None:
+  """Writes the grid: a row per image, the original first, then its views."""
+  aug = augment.AugmentConfig.from_config(config.augment)
+  data = input_pipeline.load_split(config, config.train_split)
+  pick = np.random.default_rng(config.seed).choice(len(data), num_images,
+                                                   replace=False)
+  images = data.images[pick]
+  views = augmented_views(images, aug, jax.random.key(config.seed),
+                          num_views)
+  fig, axes = plt.subplots(num_images, num_views + 1,
+                           figsize=(1.3 * (num_views + 1), 1.3 * num_images),
+                           squeeze=False)
+  for i in range(num_images):
+    row = [images[i] / 255.0] + [views[v, i] for v in range(num_views)]
+    for j, image in enumerate(row):
+      ax = axes[i, j]
+      ax.imshow(image, interpolation='nearest')
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if i == 0:
+        ax.set_title('original' if j == 0 else f'view {j}', fontsize=9)
+    axes[i, 0].set_ylabel(data.class_names[data.labels[pick[i]]], fontsize=9)
+  settings = {k: v for k, v in config.augment.items() if v}
+  if not config.augment.crop_padding:
+    settings.pop('crop_padding_mode')
+  fig.suptitle(f'augment: {settings or "none (all transforms off)"}',
+               fontsize=9)
+  fig.tight_layout()
+  fig.savefig(out, dpi=100)
+  plt.close(fig)
+
+
+def main(argv):
+  del argv
+  try:
+    render(cli.CONFIG.value, _OUT.value, _IMAGES.value, _VIEWS.value)
+  except (UserError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  print(f'Wrote {_OUT.value}')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main, flags_parser=cli.parse_flags)
