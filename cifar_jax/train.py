@@ -12,6 +12,7 @@ of keys split from `key(seed)`). Data and augmentation live on the device:
 the host only dispatches steps.
 """
 
+import dataclasses
 import functools
 import json
 import os
@@ -184,6 +185,95 @@ def _write_json(path: str, value: Any) -> None:
   os.replace(tmp, path)
 
 
+@dataclasses.dataclass
+class Experiment:
+  """What a run builds once: model, data on the device(s), compiled steps."""
+  config: ml_collections.ConfigDict
+  model: Any
+  state: TrainState  # The initial state.
+  train: tuple[jax.Array, jax.Array]  # uint8 images, labels; replicated.
+  eval: tuple[jax.Array, jax.Array]
+  order: input_pipeline.TrainOrder
+  steps_per_epoch: int
+  dropout_key: jax.Array
+  augment_key: jax.Array
+  jit_train_step: Any
+  jit_eval_step: Any
+  replicated: jax.sharding.Sharding
+  batch_sharding: jax.sharding.Sharding
+
+
+def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
+  """Validates the config, loads the data onto the device(s), jits the steps.
+
+  Raises:
+    UserError: for a config or data problem the user can fix.
+  """
+  mesh = create_mesh()
+  num_devices = mesh.devices.size
+  _check_divisible('batch_size', config.batch_size, num_devices)
+  _check_divisible('eval_batch_size', config.eval_batch_size, num_devices)
+  replicated = jax.sharding.NamedSharding(mesh, P())
+  batch_sharding = jax.sharding.NamedSharding(mesh, P('data'))
+  try:
+    model = models.create_model(config.model)
+    augment_config = augment.AugmentConfig.from_config(config.augment)
+  except (TypeError, ValueError) as e:
+    raise UserError(f'Bad config: {e}') from e
+
+  train_ds = input_pipeline.load_split(config, config.train_split)
+  eval_ds = input_pipeline.load_split(config, config.eval_split)
+  init_key, dropout_key, augment_key, order_key = jax.random.split(
+      jax.random.key(config.seed), 4)
+  state = jax.device_put(create_train_state(config, model, init_key),
+                         replicated)
+  # Both splits live on the device(s) for the whole run, as uint8.
+  train_arrays, eval_arrays = jax.device_put(
+      ((train_ds.images, train_ds.labels), (eval_ds.images, eval_ds.labels)),
+      replicated)
+  order = input_pipeline.TrainOrder(len(train_ds), config.batch_size,
+                                    order_key, replicated)
+  return Experiment(
+      config=config, model=model, state=state, train=train_arrays,
+      eval=eval_arrays, order=order,
+      steps_per_epoch=config.steps_per_epoch or order.batches_per_pass,
+      dropout_key=dropout_key, augment_key=augment_key,
+      jit_train_step=jax.jit(
+          functools.partial(train_step, batch_size=config.batch_size,
+                            augment_config=augment_config,
+                            batch_sharding=batch_sharding),
+          donate_argnums=(0, 1), out_shardings=(replicated, replicated)),
+      jit_eval_step=jax.jit(eval_step, donate_argnums=(1,),
+                            out_shardings=replicated),
+      replicated=replicated, batch_sharding=batch_sharding)
+
+
+def train_epoch(exp: Experiment, state: TrainState, first_step: int,
+                num_steps: int, out=sys.stdout
+                ) -> tuple[TrainState, dict[str, float]]:
+  """Runs training steps [first_step, first_step + num_steps) with a bar.
+
+  The host only dispatches steps; it reads the metrics (a device sync) only
+  when the progress bar is due and at the end.
+
+  Returns:
+    The new state and the epoch's training loss and accuracy.
+  """
+  epoch_metrics = jax.device_put(Metrics.empty(), exp.replicated)
+  bar = progress.ProgressBar(num_steps, out=out)
+  for i in range(num_steps):
+    pass_index, position = exp.order.locate(first_step + i)
+    state, epoch_metrics = exp.jit_train_step(
+        state, epoch_metrics, *exp.train, exp.order.pass_order(pass_index),
+        position, exp.dropout_key, exp.augment_key)
+    if bar.due() or i + 1 == num_steps:
+      values = _computed(epoch_metrics)
+      _check_finite(values, int(state.step))
+      bar.update(i + 1, values)
+  bar.close()
+  return state, _computed(epoch_metrics)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        out=sys.stdout) -> tuple[TrainState,
                                                 list[dict[str, float]]]:
@@ -201,67 +291,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     f.write(config.to_json_best_effort(indent=2))
-
-  mesh = create_mesh()
-  num_devices = mesh.devices.size
-  _check_divisible('batch_size', config.batch_size, num_devices)
-  _check_divisible('eval_batch_size', config.eval_batch_size, num_devices)
-  replicated = jax.sharding.NamedSharding(mesh, P())
-  batch_sharding = jax.sharding.NamedSharding(mesh, P('data'))
-
-  try:
-    model = models.create_model(config.model)
-    augment_config = augment.AugmentConfig.from_config(config.augment)
-  except (TypeError, ValueError) as e:
-    raise UserError(f'Bad config: {e}') from e
-
-  train_ds = input_pipeline.load_split(config, config.train_split)
-  eval_ds = input_pipeline.load_split(config, config.eval_split)
-
-  init_key, dropout_key, augment_key, order_key = jax.random.split(
-      jax.random.key(config.seed), 4)
-  state = jax.device_put(create_train_state(config, model, init_key),
-                         replicated)
+  exp = create_experiment(config)
+  state = exp.state
   print(summary.keras_summary(
-      model, {'params': state.params, 'batch_stats': state.batch_stats},
+      exp.model, {'params': state.params, 'batch_stats': state.batch_stats},
       input_pipeline.IMAGE_SHAPE), file=out)
-  print(f'Train on {len(train_ds)} samples, validate on {len(eval_ds)} '
-        f'samples ({num_devices} device(s): {jax.devices()[0].platform})',
-        file=out)
+  print(f'Train on {len(exp.train[1])} samples, validate on '
+        f'{len(exp.eval[1])} samples ({jax.device_count()} device(s): '
+        f'{jax.devices()[0].platform})', file=out)
 
-  # Both splits live on the device(s) for the whole run, as uint8.
-  train_images, train_labels, eval_images, eval_labels = jax.device_put(
-      (train_ds.images, train_ds.labels, eval_ds.images, eval_ds.labels),
-      replicated)
-  jit_train_step = jax.jit(
-      functools.partial(train_step, batch_size=config.batch_size,
-                        augment_config=augment_config,
-                        batch_sharding=batch_sharding),
-      donate_argnums=(0, 1), out_shardings=(replicated, replicated))
-  jit_eval_step = jax.jit(eval_step, donate_argnums=(1,),
-                          out_shardings=replicated)
-
-  order = input_pipeline.TrainOrder(len(train_ds), config.batch_size,
-                                    order_key, replicated)
-  steps_per_epoch = config.steps_per_epoch or order.batches_per_pass
   history = []
   for epoch in range(config.num_epochs):
     start = time.monotonic()
-    epoch_metrics = jax.device_put(Metrics.empty(), replicated)
-    bar = progress.ProgressBar(steps_per_epoch, out=out)
-    for i in range(steps_per_epoch):
-      pass_index, position = order.locate(epoch * steps_per_epoch + i)
-      state, epoch_metrics = jit_train_step(
-          state, epoch_metrics, train_images, train_labels,
-          order.pass_order(pass_index), position, dropout_key, augment_key)
-      if bar.due() or i + 1 == steps_per_epoch:
-        values = _computed(epoch_metrics)
-        _check_finite(values, int(state.step))
-        bar.update(i + 1, values)
-    bar.close()
-    train_values = _computed(epoch_metrics)
-    eval_values = evaluate(jit_eval_step, state, eval_images, eval_labels,
-                           config.eval_batch_size, batch_sharding)
+    state, train_values = train_epoch(exp, state,
+                                      epoch * exp.steps_per_epoch,
+                                      exp.steps_per_epoch, out)
+    eval_values = evaluate(exp.jit_eval_step, state, *exp.eval,
+                           config.eval_batch_size, exp.batch_sharding)
     seconds = time.monotonic() - start
     row = {'epoch': epoch + 1, **train_values,
            **{f'val_{k}': v for k, v in eval_values.items()},
