@@ -6,7 +6,7 @@ Prints, on the machine it runs on:
 1. first (decode + cache) and cached load times of the JPEG copy;
 2. for the simple and bn_aug_sgd rungs, the share of an epoch's training
    time spent outside the compiled train step: the real epoch loop
-   (`train.train_epoch`, as `main` runs it) against the same number of calls
+   (`train.run_steps`, as `main` runs it) against the same number of calls
    of the compiled step, each timed alone until its result is ready;
 3. bn_aug_sgd's epoch time with augmentation over its time without.
 The data is the shared JPEG copy (unzipped to a temporary folder if only the
@@ -29,6 +29,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cifar_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+from cifar_jax import progress
 from cifar_jax import train
 from configs import bn_aug_sgd
 from configs import simple
@@ -87,9 +88,14 @@ def compiled_step_seconds(exp: train.Experiment, state, steps: int):
 
 def loop_seconds(exp: train.Experiment, state, steps: int):
   """Seconds for the real epoch loop over `steps` steps; returns the state."""
-  state, _ = train.train_epoch(exp, state, 0, 3, io.StringIO())  # Compile.
+  def run(state, first, count):
+    bar = progress.ProgressBar(count, out=io.StringIO())
+    state, _, _ = train.run_steps(exp, state, train.Metrics.empty(), first,
+                                  first + count, bar)
+    return state
+  state = run(state, 0, 3)  # Compiles.
   start = time.perf_counter()
-  state, _ = train.train_epoch(exp, state, 3, steps, io.StringIO())
+  state = run(state, 3, steps)
   return time.perf_counter() - start, state
 
 

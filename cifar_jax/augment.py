@@ -161,11 +161,20 @@ def sample_keras_params(key: jax.Array, batch: int, height: int, width: int,
 
 def augment_batch(key: jax.Array, images: jax.Array,
                   config: AugmentConfig) -> jax.Array:
-  """Augments a float (batch, h, w, c) batch; each image independently.
+  """Augments a (batch, h, w, c) batch, each image independently.
 
   Order: Keras' shift/zoom warp, then its flip, then pad-and-crop, then
   cutout. Only the enabled transforms cost anything.
+
+  Args:
+    key: the batch's key (the train step folds the step into its key).
+    images: uint8 or float images.
+    config: which transforms, with which ranges.
+
+  Returns:
+    float32 images in the input's value range (0..255 stays 0..255).
   """
+  images = images.astype(jnp.float32)
   if not config.enabled:
     return images
   batch, height, width, _ = images.shape

@@ -10,3 +10,11 @@ class UserError(Exception):
 
 class NonFiniteLossError(RuntimeError):
   """Training diverged: the loss became NaN or infinite."""
+
+
+class Preempted(Exception):
+  """The run saved a checkpoint and stopped because it was asked to."""
+
+  def __init__(self, message: str, exit_code: int):
+    super().__init__(message)
+    self.exit_code = exit_code

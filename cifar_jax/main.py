@@ -16,6 +16,7 @@ from ml_collections import config_flags
 from cifar_jax import cli
 from cifar_jax import train
 from cifar_jax.errors import NonFiniteLossError
+from cifar_jax.errors import Preempted
 from cifar_jax.errors import UserError
 
 _WORKDIR = flags.DEFINE_string(
@@ -37,6 +38,9 @@ def main(argv):
   except (UserError, NonFiniteLossError) as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
+  except Preempted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(e.exit_code)
 
 
 if __name__ == '__main__':

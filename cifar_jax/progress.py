@@ -29,8 +29,9 @@ class ProgressBar:
 
   def __init__(self, total: int, out: TextIO = sys.stdout,
                interval: float = 0.5, log_interval: float = 30.0,
-               width: int = 30):
+               width: int = 30, initial: int = 0):
     self.total = total
+    self.initial = initial  # Steps already done (a resumed epoch).
     self.out = out
     self.tty = out.isatty()
     self.interval = interval if self.tty else log_interval
@@ -46,7 +47,7 @@ class ProgressBar:
     """Draws the bar after `done` of `total` steps."""
     now = time.monotonic()
     self._last = now
-    per_step = (now - self.start) / max(done, 1)
+    per_step = (now - self.start) / max(done - self.initial, 1)
     eta = per_step * (self.total - done)
     filled = int(self.width * done / self.total)
     arrow = '>' if done < self.total else '='

@@ -31,12 +31,15 @@ import numpy as np
 import optax
 
 from cifar_jax import augment
+from cifar_jax import checkpointing
 from cifar_jax import input_pipeline
 from cifar_jax import models
 from cifar_jax import optimizers
+from cifar_jax import preemption
 from cifar_jax import progress
 from cifar_jax import summary
 from cifar_jax.errors import NonFiniteLossError
+from cifar_jax.errors import Preempted
 from cifar_jax.errors import UserError
 
 P = jax.sharding.PartitionSpec
@@ -248,30 +251,80 @@ def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
       replicated=replicated, batch_sharding=batch_sharding)
 
 
-def train_epoch(exp: Experiment, state: TrainState, first_step: int,
-                num_steps: int, out=sys.stdout
-                ) -> tuple[TrainState, dict[str, float]]:
-  """Runs training steps [first_step, first_step + num_steps) with a bar.
+def run_steps(exp: Experiment, state: TrainState, epoch_metrics: Metrics,
+              step: int, stop: int, bar: progress.ProgressBar,
+              should_stop=lambda step: False
+              ) -> tuple[TrainState, Metrics, int]:
+  """Runs training steps [step, stop), drawing `bar` (steps since epoch start).
 
   The host only dispatches steps; it reads the metrics (a device sync) only
-  when the progress bar is due and at the end.
+  when the bar is due and at `stop`. `should_stop(step)` is asked before each
+  step, so a preemption stops at a step boundary.
 
   Returns:
-    The new state and the epoch's training loss and accuracy.
+    The state, the epoch's metrics so far, and the step reached.
   """
-  epoch_metrics = jax.device_put(Metrics.empty(), exp.replicated)
-  bar = progress.ProgressBar(num_steps, out=out)
-  for i in range(num_steps):
-    pass_index, position = exp.order.locate(first_step + i)
+  epoch_start = step - bar.initial
+  while step < stop and not should_stop(step):
+    pass_index, position = exp.order.locate(step)
     state, epoch_metrics = exp.jit_train_step(
         state, epoch_metrics, *exp.train, exp.order.pass_order(pass_index),
         position, exp.dropout_key, exp.augment_key)
-    if bar.due() or i + 1 == num_steps:
+    step += 1
+    if bar.due() or step == stop:
       values = _computed(epoch_metrics)
-      _check_finite(values, int(state.step))
-      bar.update(i + 1, values)
-  bar.close()
-  return state, _computed(epoch_metrics)
+      _check_finite(values, step)
+      bar.update(step - epoch_start, values)
+  return state, epoch_metrics, step
+
+
+# Config keys that may change when a run resumes: they do not change what
+# the checkpointed steps computed.
+RESUMABLE_CHANGES = ('num_epochs', 'data_dir', 'cache_dir', 'eval_batch_size',
+                     'eval_split', 'checkpoint_every_steps', 'keep_checkpoints',
+                     'init_from')
+
+
+def _flat(d: dict, prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, f'{prefix}{k}.'))
+    else:
+      out[f'{prefix}{k}'] = tuple(v) if isinstance(v, list) else v
+  return out
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+  """'key: saved -> current' for every key that must not change on resume."""
+  saved, current = _flat(saved), _flat(current)
+  return [f'{k}: {saved.get(k, "<absent>")!r} in the checkpoint, '
+          f'{current.get(k, "<absent>")!r} now'
+          for k in sorted(set(saved) | set(current))
+          if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)]
+
+
+def _abstract(tree: Any) -> Any:
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      tree)
+
+
+def _init_from(exp: Experiment, path: str) -> TrainState:
+  """The initial state with params and BN statistics of another run."""
+  loaded = checkpointing.restore_params(path)
+  ours = {'params': exp.state.params, 'batch_stats': exp.state.batch_stats}
+  theirs_shapes = jax.tree.map(np.shape, loaded)
+  ours_shapes = jax.tree.map(np.shape, ours)
+  if theirs_shapes != ours_shapes:
+    raise UserError(f'init_from={path}: its parameters do not fit this '
+                    f'model.\n  checkpoint: {theirs_shapes}\n  model: '
+                    f'{ours_shapes}')
+  loaded = jax.device_put(
+      jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), loaded, ours),
+      exp.replicated)
+  return exp.state.replace(params=loaded['params'],
+                           batch_stats=loaded['batch_stats'])
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -279,20 +332,74 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                                 list[dict[str, float]]]:
   """Trains `config` in `workdir`, evaluating after every epoch.
 
+  Resumes automatically from the newest good checkpoint in
+  `<workdir>/checkpoints`; a finished run only says so.
+
   Args:
     config: a config as in configs/default.py.
-    workdir: the run directory; gets config.json and history.json.
+    workdir: the run directory; gets config.json, history.json and
+      checkpoints/.
     out: where the Keras-style progress goes.
 
   Returns:
     The final state and the history: one dict per epoch (epoch, loss,
     accuracy, val_loss, val_accuracy, seconds).
+
+  Raises:
+    UserError: a config, data or disk problem the user can fix.
+    NonFiniteLossError: training diverged.
+    Preempted: SIGTERM/SIGINT arrived; a checkpoint was saved first.
   """
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json_best_effort(indent=2))
   exp = create_experiment(config)
-  state = exp.state
+  ckpt = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'),
+                                   config.keep_checkpoints)
+  try:
+    return _train(exp, ckpt, config, workdir, out)
+  finally:
+    ckpt.close()  # Waits for the last asynchronous save.
+
+
+def _train(exp: Experiment, ckpt: checkpointing.Checkpoints,
+           config: ml_collections.ConfigDict, workdir: str, out):
+  """The loop of `train_and_evaluate`, with `ckpt` open."""
+  config_dict = json.loads(config.to_json_best_effort())
+
+  def check_meta(meta):
+    diffs = config_differences(meta['config'], config_dict)
+    if diffs:
+      raise UserError(
+          f'The checkpoints in {ckpt.directory} come from a different '
+          'config:\n  ' + '\n  '.join(diffs) +
+          '\nUse another --workdir, or the config they were made with.')
+
+  spe = exp.steps_per_epoch
+  total_steps = config.num_epochs * spe
+  restored = ckpt.restore_latest(_abstract(exp.state),
+                                 _abstract(Metrics.empty()), check_meta)
+  if restored:
+    state, epoch_metrics, step = (restored.state, restored.metrics,
+                                  restored.step)
+    history = restored.meta['history']
+    epoch_seconds = restored.meta['epoch_seconds']
+    if step >= total_steps:
+      print(f'Run in {workdir} already finished: {len(history)}/'
+            f'{config.num_epochs} epochs; nothing to do.', file=out)
+      return state, history
+    print(f'Resuming from step {step} (epoch {step // spe + 1}/'
+          f'{config.num_epochs}, batch {step % spe}/{spe}) of checkpoint '
+          f'{ckpt.directory}/{step}.', file=out, flush=True)
+    logging.info('Resuming from step %d.', step)
+  else:
+    state = (_init_from(exp, config.init_from) if config.init_from
+             else exp.state)
+    epoch_metrics, step, history, epoch_seconds = Metrics.empty(), 0, [], 0.0
+  epoch_metrics = jax.device_put(epoch_metrics, exp.replicated)
+
+  is_writer = jax.process_index() == 0
+  if is_writer:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
   print(summary.keras_summary(
       exp.model, {'params': state.params, 'batch_stats': state.batch_stats},
       input_pipeline.IMAGE_SHAPE), file=out)
@@ -300,25 +407,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         f'{len(exp.eval[1])} samples ({jax.device_count()} device(s): '
         f'{jax.devices()[0].platform})', file=out)
 
-  history = []
-  for epoch in range(config.num_epochs):
-    start = time.monotonic()
-    state, train_values = train_epoch(exp, state,
-                                      epoch * exp.steps_per_epoch,
-                                      exp.steps_per_epoch, out)
-    eval_values = evaluate(exp.jit_eval_step, state, *exp.eval,
-                           config.eval_batch_size, exp.batch_sharding)
-    seconds = time.monotonic() - start
-    row = {'epoch': epoch + 1, **train_values,
-           **{f'val_{k}': v for k, v in eval_values.items()},
-           'seconds': seconds}
-    history.append(row)
-    _write_json(os.path.join(workdir, 'history.json'), history)
-    print(progress.epoch_line(epoch + 1, config.num_epochs, seconds,
-                              {k: row[k] for k in ('loss', 'accuracy',
-                                                   'val_loss',
-                                                   'val_accuracy')}),
-          file=out, flush=True)
+  def save(step, val_accuracy=None):
+    # A snapshot of history: the JSON may be written after we append to it.
+    ckpt.save(step, state, epoch_metrics,
+              {'config': config_dict, 'history': [dict(r) for r in history],
+               'epoch_seconds': epoch_seconds}, val_accuracy)
+
+  every = config.checkpoint_every_steps
+  with preemption.PreemptionWatch() as watch:
+    while step < total_steps:
+      epoch = step // spe
+      epoch_end = (epoch + 1) * spe
+      bar = progress.ProgressBar(spe, out=out, initial=step - epoch * spe)
+      started = time.monotonic() - epoch_seconds
+      while step < epoch_end:
+        stop = min(epoch_end, (step // every + 1) * every if every else
+                   epoch_end)
+        state, epoch_metrics, step = run_steps(
+            exp, state, epoch_metrics, step, stop, bar, watch.requested)
+        epoch_seconds = time.monotonic() - started
+        if step < stop:  # Asked to stop: save where we are, then exit.
+          bar.close()
+          save(step)
+          ckpt.wait()
+          raise Preempted(
+              f'Stopped by {watch.name} at step {step} (epoch {epoch + 1}/'
+              f'{config.num_epochs}); saved checkpoint {ckpt.directory}/'
+              f'{step}. Run the same command to resume.',
+              128 + (watch.signum or 15))
+        if step < epoch_end:
+          save(step)
+      bar.close()
+      train_values = _computed(epoch_metrics)
+      eval_values = evaluate(exp.jit_eval_step, state, *exp.eval,
+                             config.eval_batch_size, exp.batch_sharding)
+      row = {'epoch': epoch + 1, **train_values,
+             **{f'val_{k}': v for k, v in eval_values.items()},
+             'seconds': time.monotonic() - started}
+      history.append(row)
+      epoch_metrics = jax.device_put(Metrics.empty(), exp.replicated)
+      epoch_seconds = 0.0
+      if is_writer:
+        _write_json(os.path.join(workdir, 'history.json'), history)
+      save(step, row['val_accuracy'])
+      print(progress.epoch_line(epoch + 1, config.num_epochs, row['seconds'],
+                                {k: row[k] for k in ('loss', 'accuracy',
+                                                     'val_loss',
+                                                     'val_accuracy')}),
+            file=out, flush=True)
   if history:
     print(f'Accuracy: {history[-1]["val_accuracy"] * 100:.2f}%', file=out,
           flush=True)

@@ -2,7 +2,9 @@
 
 Seed: 83.24%, but the seed did not start from scratch: it continued the
 trained deep_adam model (100 epochs) for 200 more epochs with augmentation.
-Run: python -m cifar_jax.main --config configs/deep_adam_aug.py
+As the seed did, after training deep_adam:
+Run: python -m cifar_jax.main --config configs/deep_adam_aug.py \
+       --config.init_from=ckpt/deep_adam
 """
 
 from configs import deep_adam

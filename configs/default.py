@@ -36,8 +36,18 @@ def get_config() -> ml_collections.ConfigDict:
   # the last partial batch, as Keras `fit`. k > 0 = exactly k batches, going
   # on through the shuffled passes as Keras' `fit_generator` did.
   config.steps_per_epoch = 0
-  # Seeds parameter init, data order and dropout (everything random).
+  # Seeds parameter init, data order, augmentation and dropout.
   config.seed = 0
+
+  # Checkpoints (in <workdir>/checkpoints; a run resumes from the newest).
+  # Every epoch's end is saved; this also saves every N steps within epochs
+  # (0 = only at epoch ends).
+  config.checkpoint_every_steps = 0
+  # Keep the newest this many checkpoints, plus the best by val_accuracy.
+  config.keep_checkpoints = 2
+  # Start from the params (and BatchNorm statistics) of another run
+  # directory or checkpoint, with a fresh optimizer ('' = from scratch).
+  config.init_from = ''
 
   # Model: models.ConvNet, a stack of ConvStages and dense layers.
   config.model = ml_collections.ConfigDict()

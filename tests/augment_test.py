@@ -191,3 +191,15 @@ def test_config_rejects_unknown_keys_and_modes():
   with pytest.raises(ValueError, match='crop_padding_mode'):
     augment.AugmentConfig.from_config(
         ml_collections.ConfigDict({'crop_padding_mode': 'wrap'}))
+
+
+def test_uint8_batches_give_the_float_result_in_0_255():
+  config = augment.AugmentConfig(horizontal_flip=True, zoom_range=0.2,
+                                 width_shift_range=0.1)
+  x = np.random.default_rng(8).integers(0, 256, (4, 32, 32, 3), np.uint8)
+  key = jax.random.key(11)
+  from_uint8 = augment.augment_batch(key, jnp.asarray(x), config)
+  from_float = augment.augment_batch(key, jnp.asarray(x, jnp.float32) / 255,
+                                     config)
+  assert from_uint8.dtype == jnp.float32
+  np.testing.assert_allclose(from_uint8 / 255, from_float, atol=1e-5)

@@ -2,6 +2,9 @@
 
 import io
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +17,7 @@ from cifar_jax import models
 from cifar_jax import train
 from cifar_jax.errors import NonFiniteLossError
 from conftest import get_config
+from conftest import REPO
 
 
 def test_training_on_synthetic_data_lowers_loss_and_beats_chance(tmp_path):
@@ -145,3 +149,31 @@ def test_training_with_seed_augmentation_still_learns(tmp_path):
                                         out=io.StringIO())
   assert history[-1]['loss'] < 0.7 * history[0]['loss']
   assert history[-1]['val_accuracy'] > 0.6
+
+
+def test_tensorflow_stays_off_the_training_path(tmp_path):
+  """TF is only for reading data sets; training synthetic data never loads it."""
+  code = (
+      'import io, sys\n'
+      'from configs import test\n'
+      'from cifar_jax import train\n'
+      'c = test.get_config(); c.num_epochs = 1\n'
+      'c.augment.horizontal_flip = True\n'
+      f'train.train_and_evaluate(c, {str(tmp_path)!r}, out=io.StringIO())\n'
+      'print("tensorflow" in sys.modules)\n')
+  r = subprocess.run([sys.executable, '-c', code], cwd=REPO,
+                     capture_output=True, text=True, timeout=300,
+                     env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.strip().splitlines()[-1] == 'False'
+
+
+def test_validation_split_carved_from_train(tmp_path):
+  config = get_config('test')
+  config.num_epochs = 1
+  config.train_split = 'train[:400]'
+  config.eval_split = 'train[400:]'
+  out = io.StringIO()
+  _, history = train.train_and_evaluate(config, str(tmp_path), out=out)
+  assert 'Train on 400 samples, validate on 112 samples' in out.getvalue()
+  assert 0 <= history[0]['val_accuracy'] <= 1

@@ -1,0 +1,198 @@
+"""Orbax checkpoints of a run: save, find the newest good one, restore.
+
+A thin wrapper over `orbax.checkpoint.CheckpointManager` (the stable V0 API),
+so a move to Orbax's V1 API touches this file only. Each checkpoint holds
+three items:
+- `state`: the TrainState pytree (step, params, optimizer state, BatchNorm
+  statistics); the data position is the step itself, since the data order is
+  a function of (seed, step);
+- `epoch_metrics`: the running metrics of the epoch in progress;
+- `meta` (JSON): the config, the history so far, seconds spent in the
+  current epoch, and a fingerprint of the state to detect garbage.
+
+Orbax writes each checkpoint to a temporary directory and renames it when it
+is complete, so a kill mid-save never leaves a checkpoint that looks whole.
+Retention keeps the newest `keep` checkpoints plus the best by validation
+accuracy, through preservation policies rather than `best_fn`, which deletes
+the newest checkpoints (google/orbax#526).
+"""
+
+import dataclasses
+import os
+import time
+from typing import Any
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+from cifar_jax.errors import UserError
+
+_ITEMS = ('state', 'epoch_metrics', 'meta')  # Orbax reserves 'metrics'.
+
+
+@dataclasses.dataclass
+class Restored:
+  step: int
+  state: Any
+  metrics: Any
+  meta: dict[str, Any]
+
+
+def fingerprint(tree: Any) -> float:
+  """Sum of squares of every float leaf: cheap to keep, catches garbage."""
+  leaves = [x for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  return float(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
+                   for x in leaves))
+
+
+class Checkpoints:
+  """The checkpoints of one run directory."""
+
+  def __init__(self, directory: str, keep: int, asynchronous: bool = True):
+    self.directory = os.path.abspath(directory)
+    policy = checkpoint_managers.AnyPreservationPolicy([
+        checkpoint_managers.LatestN(n=keep),
+        checkpoint_managers.BestN(
+            get_metric_fn=lambda m: m['val_accuracy'], reverse=False, n=1,
+            keep_checkpoints_without_metrics=False),
+    ])
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy, enable_async_checkpointing=asynchronous,
+        create=True)
+    try:
+      self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                            item_names=_ITEMS)
+    except OSError as e:
+      raise UserError(f'Cannot use checkpoint directory {self.directory}: '
+                      f'{e}') from e
+
+  def steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, metrics: Any, meta: dict[str, Any],
+           val_accuracy: float | None) -> None:
+    """Starts saving (asynchronously); errors surface here or at `wait`.
+
+    A step that is already saved (e.g. a preemption right after an epoch's
+    checkpoint) is not saved again.
+    """
+    if step in self.steps():
+      return
+    meta = dict(meta, step=step, fingerprint=fingerprint(
+        (state.params, state.batch_stats)))
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              epoch_metrics=ocp.args.StandardSave(metrics),
+                              meta=ocp.args.JsonSave(meta))
+    scores = None if val_accuracy is None else {'val_accuracy': val_accuracy}
+    self._guard(lambda: self._manager.save(step, args=args, metrics=scores,
+                                           force=True))
+
+  def wait(self) -> None:
+    self._guard(self._manager.wait_until_finished)
+
+  def close(self) -> None:
+    self._guard(self._manager.close)
+
+  def _guard(self, fn):
+    try:
+      return fn()
+    except OSError as e:
+      raise UserError(
+          f'Writing a checkpoint to {self.directory} failed: {e}\n'
+          'Earlier checkpoints are intact (Orbax finalises a checkpoint only '
+          'when it is complete). Free disk space or fix permissions, then '
+          'run the same command again to resume.') from e
+
+  def read_meta(self, step: int) -> dict[str, Any]:
+    return self._manager.restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+
+  def restore_latest(self, target_state: Any, target_metrics: Any,
+                     check_meta) -> Restored | None:
+    """The newest checkpoint that restores cleanly, or None.
+
+    A checkpoint that cannot be read, or whose state does not match its
+    fingerprint, is moved aside (renamed `corrupt-<step>-<time>`, never
+    deleted) with a warning, and the previous one is tried: a damaged
+    checkpoint neither stops the run nor is used.
+
+    Args:
+      target_state, target_metrics: trees of arrays or ShapeDtypeStructs
+        (with shardings) giving structure, dtypes and placement.
+      check_meta: called with a checkpoint's meta before its arrays are
+        read; raises UserError when the checkpoint belongs to another
+        config (that is not damage: nothing is moved).
+    """
+    for step in sorted(self.steps(), reverse=True):
+      try:
+        meta = self.read_meta(step)
+      except Exception as e:  # pylint: disable=broad-except
+        self._quarantine(step, f'its metadata is unreadable ({e})')
+        continue
+      check_meta(meta)
+      try:
+        items = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target_state),
+            epoch_metrics=ocp.args.StandardRestore(target_metrics)))
+      except Exception as e:  # pylint: disable=broad-except
+        self._quarantine(step, f'it cannot be read ({_first_line(e)})')
+        continue
+      state = items['state']
+      found = fingerprint((state.params, state.batch_stats))
+      if not np.isclose(found, meta['fingerprint'], rtol=1e-5):
+        self._quarantine(step, f'its arrays do not match their fingerprint '
+                         f'({found} != {meta["fingerprint"]})')
+        continue
+      return Restored(step, state, items['epoch_metrics'], meta)
+    return None
+
+  def _quarantine(self, step: int, why: str) -> None:
+    path = os.path.join(self.directory, str(step))
+    aside = os.path.join(self.directory,
+                         f'corrupt-{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    logging.warning('Checkpoint %s is damaged: %s. Moving it to %s and '
+                    'trying the previous one.', path, why, aside)
+    print(f'warning: checkpoint {path} is damaged ({why}); moved to {aside}, '
+          'trying the previous one.', flush=True)
+    os.rename(path, aside)
+    self._manager.reload()
+
+
+def restore_params(path: str) -> dict[str, Any]:
+  """{'params', 'batch_stats'} of a run directory's newest checkpoint, or of
+  one checkpoint directory (`<run>/checkpoints/<step>`): for `init_from`."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    path = os.path.join(path, 'checkpoints')
+  if os.path.isdir(os.path.join(path, 'state')):  # One checkpoint.
+    directory, step = os.path.dirname(path), int(os.path.basename(path))
+  else:
+    directory, step = path, None
+  if not os.path.isdir(directory):
+    raise UserError(f'init_from: {path} is not a run directory or a '
+                    'checkpoint.')
+  manager = ocp.CheckpointManager(
+      directory, item_names=_ITEMS,
+      options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+  try:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise UserError(f'init_from: no checkpoint in {directory}.')
+    state = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))['state']
+  finally:
+    manager.close()
+  logging.info('init_from: loaded parameters of step %d from %s.', step,
+               directory)
+  return {'params': state['params'], 'batch_stats': state.get('batch_stats',
+                                                               {})}
+
+
+def _first_line(e: Exception) -> str:
+  return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(
+      e).__name__

@@ -1,0 +1,198 @@
+"""Checkpoints: resume after SIGKILL bit for bit, SIGTERM, damage, mismatch."""
+
+import io
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from cifar_jax import checkpointing
+from cifar_jax import train
+from cifar_jax.errors import UserError
+from conftest import get_config
+from conftest import REPO
+
+# 8 epochs of 32 steps, a checkpoint every 12 steps (mid-epoch ones too),
+# with BatchNorm, dropout and augmentation: everything random or stateful.
+RUN = ('--config', 'configs/test.py', '--config.num_epochs=8',
+       '--config.synthetic_train_size=1024', '--config.checkpoint_every_steps=12',
+       '--config.model.batch_norm=True', '--config.augment.horizontal_flip=True',
+       '--config.augment.width_shift_range=0.1')
+ENV = dict(os.environ, JAX_PLATFORMS='cpu')
+
+
+def _start(workdir, *extra):
+  return subprocess.Popen(
+      [sys.executable, '-m', 'cifar_jax.main', *RUN, '--workdir',
+       str(workdir), *extra], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True)
+
+
+def _run(workdir, *extra):
+  p = _start(workdir, *extra)
+  out, err = p.communicate(timeout=600)
+  return p.returncode, out, err
+
+
+def _wait_for_checkpoint(workdir, proc, timeout=300):
+  deadline = time.monotonic() + timeout
+  ckpt = workdir / 'checkpoints'
+  while time.monotonic() < deadline:
+    if ckpt.exists() and any(p.name.isdigit() for p in ckpt.iterdir()):
+      return
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    time.sleep(0.05)
+  raise TimeoutError('no checkpoint appeared')
+
+
+def _result(workdir):
+  history = json.loads((workdir / 'history.json').read_text())
+  for row in history:
+    del row['seconds']  # Wall-clock time cannot repeat.
+  return history, checkpointing.restore_params(str(workdir))
+
+
+def _assert_same(a, b):
+  assert a[0] == b[0]  # History: every float equal.
+  leaves_a, leaves_b = jax.tree.leaves(a[1]), jax.tree.leaves(b[1])
+  assert len(leaves_a) == len(leaves_b) > 0
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y)  # Bitwise.
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  code, out, err = _run(workdir)
+  assert code == 0, err[-3000:]
+  return workdir, _result(workdir)
+
+
+def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(
+    tmp_path, uninterrupted):
+  delay = random.Random().uniform(0.0, 1.0)
+  proc = _start(tmp_path)
+  _wait_for_checkpoint(tmp_path, proc)
+  time.sleep(delay)
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate()
+  assert proc.returncode == -signal.SIGKILL, f'finished before the kill '
+  code, out, err = _run(tmp_path)
+  assert code == 0, err[-3000:]
+  assert 'Resuming from step' in out, f'delay {delay:.2f}s: {out[-1000:]}'
+  _assert_same(_result(tmp_path), uninterrupted[1])
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path,
+                                                      uninterrupted):
+  proc = _start(tmp_path)
+  _wait_for_checkpoint(tmp_path, proc)
+  proc.send_signal(signal.SIGTERM)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 128 + signal.SIGTERM
+  assert 'Traceback' not in err
+  stopped = int(err.split('Stopped by SIGTERM at step ')[1].split()[0])
+  assert (tmp_path / 'checkpoints' / str(stopped)).is_dir()
+  code, out, err = _run(tmp_path)
+  assert code == 0, err[-3000:]
+  assert f'Resuming from step {stopped} ' in out
+  _assert_same(_result(tmp_path), uninterrupted[1])
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
+    tmp_path, uninterrupted):
+  code, _, err = _run(tmp_path, '--config.num_epochs=2')
+  assert code == 0, err[-3000:]
+  steps = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir()
+                 if p.name.isdigit())
+  assert steps[-1] == 64 and len(steps) >= 2
+  # Truncate the largest data file of the newest checkpoint.
+  files = [os.path.join(d, f) for d, _, fs in
+           os.walk(tmp_path / 'checkpoints' / '64' / 'state') for f in fs]
+  biggest = max(files, key=os.path.getsize)
+  with open(biggest, 'r+b') as f:
+    f.truncate(os.path.getsize(biggest) // 2)
+  code, out, err = _run(tmp_path)  # 8 epochs: goes on from the survivor.
+  assert code == 0, err[-3000:]
+  assert 'checkpoints/64 is damaged' in out
+  assert f'Resuming from step {steps[-2]} ' in out
+  assert any(p.name.startswith('corrupt-64-')
+             for p in (tmp_path / 'checkpoints').iterdir())
+  _assert_same(_result(tmp_path), uninterrupted[1])
+
+
+def test_checkpoints_from_another_config_are_refused_by_name(tmp_path):
+  code, _, err = _run(tmp_path, '--config.num_epochs=1')
+  assert code == 0, err[-3000:]
+  code, out, err = _run(tmp_path, "--config.model.hidden_features=(64,)",
+                        '--config.optimizer.learning_rate=0.02')
+  assert code == 1
+  assert 'come from a different config' in err
+  assert "model.hidden_features: (32,) in the checkpoint, (64,) now" in err
+  assert 'optimizer.learning_rate: 0.01 in the checkpoint, 0.02 now' in err
+  assert 'Traceback' not in err
+
+
+def test_finished_run_rerun_only_says_so(uninterrupted):
+  workdir, _ = uninterrupted
+  code, out, err = _run(workdir)
+  assert code == 0, err[-3000:]
+  assert 'already finished: 8/8 epochs' in out
+  assert 'Epoch ' not in out
+
+
+def test_retention_keeps_the_newest_and_the_best(uninterrupted):
+  workdir, (history, _) = uninterrupted
+  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()
+                 if p.name.isdigit())
+  best_epoch = 1 + int(np.argmax([h['val_accuracy'] for h in history]))
+  assert steps[-1] == 256 and len(steps) <= 3  # keep_checkpoints = 2 ...
+  assert best_epoch * 32 in steps  # ... plus the best epoch's.
+
+
+def test_init_from_loads_params_of_another_run(tmp_path, uninterrupted):
+  workdir, (_, params) = uninterrupted
+  config = get_config('test')
+  config.synthetic_train_size = 1024
+  config.model.batch_norm = True
+  config.num_epochs = 0  # Only build the starting state.
+  config.init_from = str(workdir)
+  state, _ = train.train_and_evaluate(config, str(tmp_path / 'b'),
+                                      out=io.StringIO())
+  loaded = {'params': state.params, 'batch_stats': state.batch_stats}
+  assert jax.tree.leaves(params['batch_stats'])
+  for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
+    np.testing.assert_array_equal(x, y)
+  assert int(state.step) == 0  # Trained afresh: new optimizer, step 0.
+  config.model.hidden_features = (16,)
+  with pytest.raises(UserError, match='do not fit this model'):
+    train.train_and_evaluate(config, str(tmp_path / 'c'), out=io.StringIO())
+
+
+def test_a_failed_save_is_a_clear_error_and_keeps_earlier_checkpoints(
+    tmp_path, monkeypatch):
+  exp = train.create_experiment(get_config('test'))
+  ckpt = checkpointing.Checkpoints(str(tmp_path), keep=2)
+  ckpt.save(1, exp.state, train.Metrics.empty(), {'history': []}, None)
+  ckpt.wait()
+
+  def full_disk(*args, **kwargs):
+    raise OSError(28, 'No space left on device')
+  monkeypatch.setattr(ckpt._manager, 'save', full_disk)  # pylint: disable=protected-access
+  with pytest.raises(UserError, match='No space left on device'):
+    ckpt.save(2, exp.state, train.Metrics.empty(), {'history': []}, None)
+  monkeypatch.undo()
+  ckpt.close()
+  again = checkpointing.Checkpoints(str(tmp_path), keep=2)
+  assert again.steps() == [1]
+  restored = again.restore_latest(exp.state, train.Metrics.empty(),
+                                  lambda meta: None)
+  assert restored.step == 1
+  again.close()
