@@ -9,6 +9,8 @@ Prints, on the machine it runs on:
    (`train.run_steps`, as `main` runs it) against the same number of calls
    of the compiled step, each timed alone until its result is ready;
 3. bn_aug_sgd's epoch time with augmentation over its time without.
+The variants being compared run in alternating chunks (`--chunks`), so a
+change in the machine's speed during the run affects them alike.
 The data is the shared JPEG copy (unzipped to a temporary folder if only the
 zip is given). Evaluation is not part of any timing.
 """
@@ -17,7 +19,6 @@ import argparse
 import io
 import os
 import pathlib
-import platform
 import sys
 import tempfile
 import time
@@ -30,21 +31,10 @@ sys.path.insert(0, str(REPO))
 
 from cifar_jax import input_pipeline  # pylint: disable=g-import-not-at-top
 from cifar_jax import progress
+from cifar_jax import reporting
 from cifar_jax import train
 from configs import bn_aug_sgd
 from configs import simple
-
-
-def machine() -> str:
-  model = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo') as f:
-      model = next(l.split(':', 1)[1].strip() for l in f
-                   if l.startswith('model name'))
-  except (OSError, StopIteration):
-    pass
-  return (f'{model}, {os.cpu_count()} CPUs, jax {jax.__version__}, '
-          f'devices: {jax.devices()}')
 
 
 def data_config(config, data_dir, cache_dir):
@@ -66,49 +56,77 @@ def time_loads(data_dir: str, cache_dir: str) -> None:
         f' cached {times[1]:.2f} s ({times[0] / times[1]:.0f}x faster)')
 
 
-def compiled_step_seconds(exp: train.Experiment, state, steps: int):
-  """Seconds inside the compiled step: each call timed alone, to completion.
+class LoopTimer:
+  """The real epoch loop (`train.run_steps`, as `main` runs it)."""
 
-  (A `lax.fori_loop` over the steps would avoid the per-call dispatch too,
-  but XLA:CPU runs this step about 12x slower inside a while loop.)
-  Returns the seconds and the state.
-  """
-  metrics = train.Metrics.empty()
-  args = lambda i: (*exp.train, exp.order.pass_order(0),
-                    i % exp.order.batches_per_pass, exp.dropout_key,
-                    exp.augment_key)
-  compiled = exp.jit_train_step.lower(state, metrics, *args(0)).compile()
-  total = 0.0
-  for i in range(steps):
+  def __init__(self, exp: train.Experiment, state):
+    self.exp, self.state, self.step = exp, state, 0
+    self(3)  # Compiles.
+
+  def __call__(self, steps: int) -> float:
+    bar = progress.ProgressBar(steps, out=io.StringIO())
     start = time.perf_counter()
-    state, metrics = jax.block_until_ready(compiled(state, metrics, *args(i)))
-    total += time.perf_counter() - start
-  return total, state
+    self.state, _, self.step = train.run_steps(
+        self.exp, self.state, train.Metrics.empty(), self.step,
+        self.step + steps, bar)
+    return time.perf_counter() - start
 
 
-def loop_seconds(exp: train.Experiment, state, steps: int):
-  """Seconds for the real epoch loop over `steps` steps; returns the state."""
-  def run(state, first, count):
-    bar = progress.ProgressBar(count, out=io.StringIO())
-    state, _, _ = train.run_steps(exp, state, train.Metrics.empty(), first,
-                                  first + count, bar)
-    return state
-  state = run(state, 0, 3)  # Compiles.
-  start = time.perf_counter()
-  state = run(state, 3, steps)
-  return time.perf_counter() - start, state
+class CompiledStepTimer:
+  """The compiled step alone: each call timed until its result is ready.
+
+  (A `lax.fori_loop` over the steps would avoid per-call dispatch too, but
+  XLA:CPU runs this step about 12x slower inside a while loop.)
+  """
+
+  def __init__(self, exp: train.Experiment, state):
+    self.exp, self.state, self.step = exp, state, 0
+    self.metrics = train.Metrics.empty()
+    self.compiled = exp.jit_train_step.lower(
+        state, self.metrics, *self._args()).compile()
+
+  def _args(self):
+    exp = self.exp
+    return (*exp.train, exp.order.pass_order(0),
+            self.step % exp.order.batches_per_pass, exp.dropout_key,
+            exp.augment_key)
+
+  def __call__(self, steps: int) -> float:
+    total = 0.0
+    for _ in range(steps):
+      args = self._args()
+      start = time.perf_counter()
+      self.state, self.metrics = jax.block_until_ready(
+          self.compiled(self.state, self.metrics, *args))
+      total += time.perf_counter() - start
+      self.step += 1
+    return total
 
 
-def epoch_report(name: str, config, steps: int) -> float:
+def timers(config) -> tuple[int, LoopTimer, CompiledStepTimer]:
   exp = train.create_experiment(config)
-  steps = steps or exp.steps_per_epoch
-  loop, state = loop_seconds(exp, exp.state, steps)
-  device, _ = compiled_step_seconds(exp, state, steps)
-  share = max(loop - device, 0.0) / loop
-  print(f'{name}: {steps} steps of batch {config.batch_size}: loop '
-        f'{loop:.1f} s ({1000 * loop / steps:.1f} ms/step), compiled steps '
-        f'alone {device:.1f} s; outside the compiled step: {100 * share:.1f}%')
-  return loop
+  copy = jax.tree.map(lambda x: x.copy(), exp.state)  # Steps donate states.
+  return exp.steps_per_epoch, LoopTimer(exp, exp.state), CompiledStepTimer(
+      exp, copy)
+
+
+def interleaved(named_timers: dict, steps: int, chunks: int) -> dict:
+  """Seconds of each timer over `steps` steps, run in alternating chunks so
+  that drift in the machine's speed affects all of them alike."""
+  totals = dict.fromkeys(named_timers, 0.0)
+  for c in range(chunks):
+    n = steps // chunks + (c < steps % chunks)
+    for name, timer in named_timers.items():
+      totals[name] += timer(n)
+  return totals
+
+
+def report(name: str, steps: int, batch: int, loop: float,
+           compiled: float) -> None:
+  share = max(loop - compiled, 0.0) / loop
+  print(f'{name}: {steps} steps of batch {batch}: loop {loop:.1f} s '
+        f'({1000 * loop / steps:.1f} ms/step), compiled steps alone '
+        f'{compiled:.1f} s; outside the compiled step: {100 * share:.1f}%')
 
 
 def main():
@@ -118,8 +136,10 @@ def main():
       REPO.parent / 'shared' / 'data' / 'cifar10-jpeg.zip'))
   parser.add_argument('--steps', type=int, default=0,
                       help='steps per timing (0 = one full epoch)')
+  parser.add_argument('--chunks', type=int, default=8,
+                      help='alternations between the timed variants')
   args = parser.parse_args()
-  print(f'Machine: {machine()}')
+  print(f'Machine: {reporting.machine_description()}, jax {jax.__version__}')
   with tempfile.TemporaryDirectory() as tmp:
     data_dir = args.data_dir
     if not data_dir:
@@ -130,17 +150,29 @@ def main():
       print(f'unzipped {args.zip} in {time.perf_counter() - start:.1f} s')
     cache = os.path.join(tmp, 'cache')
     time_loads(data_dir, cache)
-    epoch_report('simple', data_config(simple.get_config(), data_dir, cache),
-                 args.steps)
-    with_aug = epoch_report(
-        'bn_aug_sgd (augmented)',
-        data_config(bn_aug_sgd.get_config(), data_dir, cache), args.steps)
-    config = data_config(bn_aug_sgd.get_config(), data_dir, cache)
-    config.augment.width_shift_range = config.augment.height_shift_range = 0.
-    config.augment.horizontal_flip = False
-    without = epoch_report('bn_aug_sgd (no augmentation)', config, args.steps)
+
+    config = data_config(simple.get_config(), data_dir, cache)
+    epoch, loop, compiled = timers(config)
+    steps = args.steps or epoch
+    t = interleaved({'loop': loop, 'compiled': compiled}, steps, args.chunks)
+    report('simple', steps, config.batch_size, t['loop'], t['compiled'])
+
+    augmented = data_config(bn_aug_sgd.get_config(), data_dir, cache)
+    plain = data_config(bn_aug_sgd.get_config(), data_dir, cache)
+    plain.augment.width_shift_range = plain.augment.height_shift_range = 0.
+    plain.augment.horizontal_flip = False
+    epoch, aug_loop, aug_compiled = timers(augmented)
+    _, plain_loop, plain_compiled = timers(plain)
+    steps = args.steps or epoch
+    t = interleaved({'aug_loop': aug_loop, 'aug_compiled': aug_compiled,
+                     'plain_loop': plain_loop,
+                     'plain_compiled': plain_compiled}, steps, args.chunks)
+    report('bn_aug_sgd (augmented)', steps, augmented.batch_size,
+           t['aug_loop'], t['aug_compiled'])
+    report('bn_aug_sgd (no augmentation)', steps, plain.batch_size,
+           t['plain_loop'], t['plain_compiled'])
     print(f'bn_aug_sgd epoch time with / without augmentation: '
-          f'{with_aug / without:.2f}x')
+          f'{t["aug_loop"] / t["plain_loop"]:.2f}x')
 
 
 if __name__ == '__main__':

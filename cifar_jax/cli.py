@@ -6,10 +6,16 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-# Every tool takes a config file; defined once here so tools can share it.
+# Flags the tools share, defined once here (absl refuses a second definition).
 CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file, e.g. configs/simple.py.',
     lock_config=True)
+WORKDIR = flags.DEFINE_string(
+    'workdir', None, 'Run directory (for training: default '
+    'ckpt/<config file name>).')
+CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', 'latest', "Which checkpoint of --workdir: 'best' (by "
+    "val_accuracy), 'latest' or a step.")
 
 
 def default_workdir(config_path: str) -> str:
@@ -25,7 +31,11 @@ def parse_flags(argv: list[str]) -> list[str]:
   or a value of the wrong type; absl would show them as a traceback.
   """
   try:
-    return flags.FLAGS(argv)
+    argv = flags.FLAGS(argv)
+    if not flags.FLAGS['verbosity'].present:
+      # Orbax and TFDS log every file at INFO; progress is printed anyway.
+      flags.FLAGS.verbosity = -1  # absl WARNING.
+    return argv
   except flags.Error as e:
     print(f'error: {e}\nPass --help for usage.', file=sys.stderr)
   except (AttributeError, KeyError, TypeError, ValueError) as e:

@@ -152,8 +152,9 @@ def synthetic(split: str, config: ml_collections.ConfigDict) -> Dataset:
 # ---------------------------------------------------------------- TFDS
 
 
-def _import_tf():
-  """Imports TensorFlow for data loading only, hidden from all GPUs."""
+def import_tensorflow():
+  """Imports TensorFlow (for reading data or writing summaries only), with
+  every GPU hidden from it so it never takes accelerator memory."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
   return tf
@@ -162,7 +163,7 @@ def _import_tf():
 def _load_tfds(split: str, data_dir: str | None, name: str) -> Dataset:
   """A TFDS data set, prepared in `data_dir` or downloaded if possible."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  _import_tf()
+  import_tensorflow()
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
@@ -227,7 +228,7 @@ def _load_image_folder(split: str, root: str | None) -> Dataset:
   """
   _check_folder(root)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  tf = _import_tf()
+  tf = import_tensorflow()
   builder = tfds.ImageFolder(root)
   splits = sorted(builder.info.splits.keys())
   if split not in splits:

@@ -19,15 +19,11 @@ from cifar_jax.errors import NonFiniteLossError
 from cifar_jax.errors import Preempted
 from cifar_jax.errors import UserError
 
-_WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Run directory; default ckpt/<config file name>.')
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config_path = config_flags.get_config_filename(flags.FLAGS['config'])
-  workdir = _WORKDIR.value or cli.default_workdir(config_path)
+  workdir = cli.WORKDIR.value or cli.default_workdir(config_path)
   logging.info('JAX process %d/%d, devices: %s', jax.process_index(),
                jax.process_count(), jax.devices())
   logging.info('Config %s, overrides %s, workdir %s', config_path,

@@ -48,8 +48,10 @@ def scale_by_keras_adam(b1: float, b2: float,
                         eps: float) -> optax.GradientTransformation:
   """Adam's direction as Keras 2.3: sqrt(1-b2^t)/(1-b1^t) * m / (sqrt(v) + eps)."""
   def init_fn(params):
-    zeros = jax.tree.map(jnp.zeros_like, params)
-    return KerasAdamState(jnp.zeros([], jnp.int32), zeros, zeros)
+    # Two separate trees: aliased buffers could not both be donated to jit.
+    return KerasAdamState(jnp.zeros([], jnp.int32),
+                          jax.tree.map(jnp.zeros_like, params),
+                          jax.tree.map(jnp.zeros_like, params))
 
   def update_fn(updates, state, params=None):
     del params
@@ -103,6 +105,13 @@ def keras_max_norm(max_values: Any, axis=0) -> optax.GradientTransformation:
     return jax.tree.map(project, updates, params, max_values), state
 
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
+
+
+def learning_rate(config: ml_collections.ConfigDict, step: int) -> float:
+  """The learning rate the optimizer applies at update `step` (for logs)."""
+  if config.name == 'sgd':
+    return float(inverse_time_decay(config.learning_rate, config.decay)(step))
+  return float(config.learning_rate)
 
 
 def create_optimizer(config: ml_collections.ConfigDict,

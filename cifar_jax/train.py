@@ -32,11 +32,13 @@ import optax
 
 from cifar_jax import augment
 from cifar_jax import checkpointing
+from cifar_jax import inference
 from cifar_jax import input_pipeline
 from cifar_jax import models
 from cifar_jax import optimizers
 from cifar_jax import preemption
 from cifar_jax import progress
+from cifar_jax import reporting
 from cifar_jax import summary
 from cifar_jax.errors import NonFiniteLossError
 from cifar_jax.errors import Preempted
@@ -180,14 +182,6 @@ def evaluate(jit_eval_step, state: TrainState, data: jax.Array,
   return _computed(m)
 
 
-def _write_json(path: str, value: Any) -> None:
-  """Writes atomically, so a crash never leaves a truncated file."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(value, f, indent=2)
-  os.replace(tmp, path)
-
-
 @dataclasses.dataclass
 class Experiment:
   """What a run builds once: model, data on the device(s), compiled steps."""
@@ -202,6 +196,7 @@ class Experiment:
   augment_key: jax.Array
   jit_train_step: Any
   jit_eval_step: Any
+  class_names: tuple[str, ...]
   replicated: jax.sharding.Sharding
   batch_sharding: jax.sharding.Sharding
 
@@ -226,6 +221,10 @@ def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
 
   train_ds = input_pipeline.load_split(config, config.train_split)
   eval_ds = input_pipeline.load_split(config, config.eval_split)
+  if len(train_ds.class_names) > config.model.num_classes:
+    raise UserError(f'The data has {len(train_ds.class_names)} classes but '
+                    f'model.num_classes={config.model.num_classes}; set '
+                    f'--config.model.num_classes={len(train_ds.class_names)}.')
   init_key, dropout_key, augment_key, order_key = jax.random.split(
       jax.random.key(config.seed), 4)
   state = jax.device_put(create_train_state(config, model, init_key),
@@ -248,18 +247,20 @@ def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
           donate_argnums=(0, 1), out_shardings=(replicated, replicated)),
       jit_eval_step=jax.jit(eval_step, donate_argnums=(1,),
                             out_shardings=replicated),
-      replicated=replicated, batch_sharding=batch_sharding)
+      class_names=train_ds.class_names, replicated=replicated,
+      batch_sharding=batch_sharding)
 
 
 def run_steps(exp: Experiment, state: TrainState, epoch_metrics: Metrics,
               step: int, stop: int, bar: progress.ProgressBar,
-              should_stop=lambda step: False
+              should_stop=lambda step: False, after_step=lambda step: None
               ) -> tuple[TrainState, Metrics, int]:
   """Runs training steps [step, stop), drawing `bar` (steps since epoch start).
 
   The host only dispatches steps; it reads the metrics (a device sync) only
   when the bar is due and at `stop`. `should_stop(step)` is asked before each
-  step, so a preemption stops at a step boundary.
+  step, so a preemption stops at a step boundary; `after_step(step)` runs
+  after each (throughput reporting).
 
   Returns:
     The state, the epoch's metrics so far, and the step reached.
@@ -271,6 +272,7 @@ def run_steps(exp: Experiment, state: TrainState, epoch_metrics: Metrics,
         state, epoch_metrics, *exp.train, exp.order.pass_order(pass_index),
         position, exp.dropout_key, exp.augment_key)
     step += 1
+    after_step(step)
     if bar.due() or step == stop:
       values = _computed(epoch_metrics)
       _check_finite(values, step)
@@ -285,19 +287,9 @@ RESUMABLE_CHANGES = ('num_epochs', 'data_dir', 'cache_dir', 'eval_batch_size',
                      'init_from')
 
 
-def _flat(d: dict, prefix: str = '') -> dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flat(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = tuple(v) if isinstance(v, list) else v
-  return out
-
-
 def config_differences(saved: dict, current: dict) -> list[str]:
   """'key: saved -> current' for every key that must not change on resume."""
-  saved, current = _flat(saved), _flat(current)
+  saved, current = reporting.flatten(saved), reporting.flatten(current)
   return [f'{k}: {saved.get(k, "<absent>")!r} in the checkpoint, '
           f'{current.get(k, "<absent>")!r} now'
           for k in sorted(set(saved) | set(current))
@@ -354,14 +346,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   exp = create_experiment(config)
   ckpt = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'),
                                    config.keep_checkpoints)
+  reporter = reporting.Reporter(workdir, config,
+                                config.num_epochs * exp.steps_per_epoch)
   try:
-    return _train(exp, ckpt, config, workdir, out)
+    return _train(exp, ckpt, reporter, config, workdir, out)
   finally:
+    reporter.close()
     ckpt.close()  # Waits for the last asynchronous save.
 
 
 def _train(exp: Experiment, ckpt: checkpointing.Checkpoints,
-           config: ml_collections.ConfigDict, workdir: str, out):
+           reporter: reporting.Reporter, config: ml_collections.ConfigDict,
+           workdir: str, out):
   """The loop of `train_and_evaluate`, with `ckpt` open."""
   config_dict = json.loads(config.to_json_best_effort())
 
@@ -396,10 +392,11 @@ def _train(exp: Experiment, ckpt: checkpointing.Checkpoints,
     epoch_metrics, step, history, epoch_seconds = Metrics.empty(), 0, [], 0.0
   epoch_metrics = jax.device_put(epoch_metrics, exp.replicated)
 
-  is_writer = jax.process_index() == 0
-  if is_writer:
+  if reporter.is_writer:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
+    inference.write_dataset_info(workdir, exp.class_names, len(exp.train[1]),
+                                 len(exp.eval[1]), spe)
   print(summary.keras_summary(
       exp.model, {'params': state.params, 'batch_stats': state.batch_stats},
       input_pipeline.IMAGE_SHAPE), file=out)
@@ -424,7 +421,8 @@ def _train(exp: Experiment, ckpt: checkpointing.Checkpoints,
         stop = min(epoch_end, (step // every + 1) * every if every else
                    epoch_end)
         state, epoch_metrics, step = run_steps(
-            exp, state, epoch_metrics, step, stop, bar, watch.requested)
+            exp, state, epoch_metrics, step, stop, bar, watch.requested,
+            reporter.progress)
         epoch_seconds = time.monotonic() - started
         if step < stop:  # Asked to stop: save where we are, then exit.
           bar.close()
@@ -438,6 +436,7 @@ def _train(exp: Experiment, ckpt: checkpointing.Checkpoints,
         if step < epoch_end:
           save(step)
       bar.close()
+      train_seconds = time.monotonic() - started
       train_values = _computed(epoch_metrics)
       eval_values = evaluate(exp.jit_eval_step, state, *exp.eval,
                              config.eval_batch_size, exp.batch_sharding)
@@ -447,8 +446,9 @@ def _train(exp: Experiment, ckpt: checkpointing.Checkpoints,
       history.append(row)
       epoch_metrics = jax.device_put(Metrics.empty(), exp.replicated)
       epoch_seconds = 0.0
-      if is_writer:
-        _write_json(os.path.join(workdir, 'history.json'), history)
+      reporter.epoch(step, history,
+                     optimizers.learning_rate(config.optimizer, step),
+                     train_seconds, spe, spe * config.batch_size)
       save(step, row['val_accuracy'])
       print(progress.epoch_line(epoch + 1, config.num_epochs, row['seconds'],
                                 {k: row[k] for k in ('loss', 'accuracy',

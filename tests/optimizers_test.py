@@ -139,3 +139,17 @@ def test_create_optimizer_refuses_unknown_names():
   config = ml_collections.ConfigDict({'name': 'rmsprop'})
   with pytest.raises(ValueError, match="'sgd' or 'adam'"):
     optimizers.create_optimizer(config, {})
+
+
+def test_adam_state_can_be_donated_to_a_jitted_update():
+  """mu and nu must not share buffers: jit refuses to donate one twice."""
+  tx = optimizers.keras_adam(1e-3, 0.9, 0.999, 1e-7)
+  params = {'w': jnp.ones((3, 2))}
+  state = tx.init(params)
+
+  def update(params, state):
+    updates, state = tx.update({'w': jnp.ones((3, 2))}, state, params)
+    return optax.apply_updates(params, updates), state
+  update = jax.jit(update, donate_argnums=(0, 1))
+  params, state = update(params, state)
+  assert int(state[0].count) == 1

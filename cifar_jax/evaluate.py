@@ -1,0 +1,102 @@
+"""Evaluates a saved model: accuracy, loss, per class, confusion matrix.
+
+  python -m cifar_jax.evaluate --workdir ckpt/large [--checkpoint best|latest|STEP]
+      [--split test] [--data_dir DIR] [--tta]
+
+The numbers equal what training logged for that checkpoint (same model,
+same split). `--tta` adds flip test-time augmentation (the mean of the
+softmax of each image and its mirror), reported separately.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+import numpy as np
+
+from cifar_jax import cli
+from cifar_jax import inference
+from cifar_jax import input_pipeline
+from cifar_jax import plots
+from cifar_jax.errors import UserError
+
+_SPLIT = flags.DEFINE_string('split', '', "Split; default the run's "
+                             'eval_split.')
+_DATA_DIR = flags.DEFINE_string('data_dir', '', "Data directory; default "
+                                "the run's.")
+_TTA = flags.DEFINE_bool('tta', False, 'Also report flip test-time '
+                         'augmentation.')
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+  shifted = logits - logits.max(-1, keepdims=True)
+  return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def metrics(logits: np.ndarray, labels: np.ndarray,
+            num_classes: int) -> dict:
+  """Accuracy, mean cross-entropy, per-class accuracy, confusion counts."""
+  predictions = logits.argmax(-1)
+  loss = -_log_softmax(logits.astype(np.float64))[np.arange(len(labels)),
+                                                    labels]
+  counts = plots.confusion_matrix(labels, predictions, num_classes)
+  with np.errstate(invalid='ignore'):
+    per_class = np.diag(counts) / counts.sum(1)
+  return {'accuracy': float((predictions == labels).mean()),
+          'loss': float(loss.mean()), 'per_class': per_class,
+          'confusion': counts}
+
+
+def flip_tta(run: inference.TrainedRun, images: np.ndarray) -> np.ndarray:
+  """Log of the mean softmax over each image and its horizontal mirror."""
+  probs = [np.exp(_log_softmax(inference.logits(run, x)))
+           for x in (images, images[:, :, ::-1])]
+  return np.log(np.maximum((probs[0] + probs[1]) / 2, 1e-30))
+
+
+def evaluate(workdir: str, checkpoint: str = 'latest', split: str = '',
+             data_dir: str = '', tta: bool = False) -> dict:
+  """Evaluates, prints the report, writes confusion_matrix.png; returns it."""
+  run = inference.load_run(workdir, checkpoint)
+  config = run.config
+  if data_dir:
+    config.data_dir = data_dir
+  split = split or config.eval_split
+  data = input_pipeline.load_split(config, split)
+  result = metrics(inference.logits(run, data.images), data.labels,
+                   len(run.class_names))
+  print(f'{workdir}, checkpoint step {run.step}, {config.dataset} {split!r} '
+        f'({len(data)} images):')
+  print(f'Accuracy: {100 * result["accuracy"]:.2f}% - loss: '
+        f'{result["loss"]:.4f}')
+  if tta:
+    result['tta'] = metrics(flip_tta(run, data.images), data.labels,
+                            len(run.class_names))
+    print(f'With flip TTA: accuracy {100 * result["tta"]["accuracy"]:.2f}% '
+          f'- loss: {result["tta"]["loss"]:.4f}')
+  print('Per class:')
+  for name, acc in zip(run.class_names, result['per_class']):
+    print(f'  {name:>12}: {100 * acc:6.2f}%')
+  path = os.path.join(workdir, 'confusion_matrix.png')
+  plots.confusion_matrix_png(
+      result['confusion'], run.class_names, path,
+      f'{os.path.basename(os.path.normpath(workdir))}, step {run.step}, '
+      f'{split}: {100 * result["accuracy"]:.2f}%')
+  print(f'Wrote {path}')
+  return result
+
+
+def main(argv):
+  del argv
+  try:
+    evaluate(cli.WORKDIR.value, cli.CHECKPOINT.value, _SPLIT.value, _DATA_DIR.value,
+             _TTA.value)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['workdir'])
+  app.run(main, flags_parser=cli.parse_flags)

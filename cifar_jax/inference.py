@@ -1,0 +1,105 @@
+"""Loading a trained run and computing its predictions (evaluate, predict).
+
+A run directory holds what is needed: `config.json` (to rebuild the model),
+`dataset_info.json` (class names, steps per epoch) and `checkpoints/`.
+"""
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cifar_jax import checkpointing
+from cifar_jax import input_pipeline
+from cifar_jax import models
+from cifar_jax.errors import UserError
+
+DATASET_INFO = 'dataset_info.json'
+
+
+@dataclasses.dataclass
+class TrainedRun:
+  config: ml_collections.ConfigDict
+  model: Any
+  variables: dict[str, Any]
+  step: int
+  class_names: tuple[str, ...]
+
+  def __post_init__(self):
+    # Compiled once per run: inference mode, uint8 in, logits out.
+    self.apply = jax.jit(lambda v, x: self.model.apply(
+        v, x.astype(jnp.float32) / 255.0, train=False))
+
+
+def write_dataset_info(workdir: str, class_names, train_examples: int,
+                       eval_examples: int, steps_per_epoch: int) -> None:
+  with open(os.path.join(workdir, DATASET_INFO), 'w') as f:
+    json.dump({'class_names': list(class_names),
+               'train_examples': train_examples,
+               'eval_examples': eval_examples,
+               'steps_per_epoch': steps_per_epoch}, f, indent=2)
+
+
+def _read_json(workdir: str, name: str) -> Any:
+  path = os.path.join(workdir, name)
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError as e:
+    raise UserError(f'{workdir} is not a trained run directory (no {name}); '
+                    'train one with python -m cifar_jax.main.') from e
+
+
+def select_step(workdir: str, which: str) -> int:
+  """The checkpoint step for 'latest', 'best' (by val_accuracy) or 'STEP'."""
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  steps = sorted(int(p) for p in os.listdir(ckpt_dir) if p.isdigit()) if (
+      os.path.isdir(ckpt_dir)) else []
+  if not steps:
+    raise UserError(f'No checkpoints in {ckpt_dir}.')
+  if which == 'latest':
+    return steps[-1]
+  if which == 'best':
+    per_epoch = _read_json(workdir, DATASET_INFO)['steps_per_epoch']
+    history = _read_json(workdir, 'history.json')
+    scored = [(history[s // per_epoch - 1]['val_accuracy'], s) for s in steps
+              if s % per_epoch == 0 and 0 < s // per_epoch <= len(history)]
+    if not scored:
+      raise UserError(f'No end-of-epoch checkpoint in {ckpt_dir} to rank.')
+    return max(scored)[1]
+  if which.isdigit() and int(which) in steps:
+    return int(which)
+  raise UserError(f"--checkpoint must be 'best', 'latest' or one of the "
+                  f'saved steps {steps}, not {which!r}.')
+
+
+def load_run(workdir: str, checkpoint: str = 'latest') -> TrainedRun:
+  """The model and variables of `workdir`'s checkpoint `checkpoint`."""
+  config = ml_collections.ConfigDict(_read_json(workdir, 'config.json'))
+  model = models.create_model(config.model)
+  step = select_step(workdir, checkpoint)
+  variables = checkpointing.restore_params(
+      os.path.join(workdir, 'checkpoints', str(step)))
+  if not variables['batch_stats']:
+    variables = {'params': variables['params']}
+  info_path = os.path.join(workdir, DATASET_INFO)
+  names = (tuple(_read_json(workdir, DATASET_INFO)['class_names'])
+           if os.path.exists(info_path) else input_pipeline.CIFAR10_CLASSES)
+  return TrainedRun(config, model, variables, step, names)
+
+
+def logits(run: TrainedRun, images: np.ndarray,
+           batch_size: int = 500) -> np.ndarray:
+  """(N, classes) logits of uint8 (N, 32, 32, 3) images, in inference mode."""
+  out = []
+  for start in range(0, len(images), batch_size):
+    batch = images[start:start + batch_size]
+    padded = np.zeros((batch_size,) + batch.shape[1:], batch.dtype)
+    padded[:len(batch)] = batch  # One compiled shape for every batch.
+    out.append(np.asarray(run.apply(run.variables, padded))[:len(batch)])
+  return np.concatenate(out) if out else np.zeros((0, len(run.class_names)))

@@ -1,0 +1,199 @@
+"""Runs the seed's ladder, rung by rung, and writes the comparison report.
+
+  python -m cifar_jax.ladder [--configs simple,large,...] [--epochs-scale 0.04]
+      [--root ckpt/ladder] [--config.key=value ...]
+
+Each rung trains in its own run directory `<root>/<rung>/` (so a ladder that
+was interrupted resumes: finished rungs are skipped, partial ones continue),
+then `<root>/REPORT.md` gets a table: the seed's accuracy beside ours (final
+and best epoch), the gap, parameters, seconds per epoch, total time, machine
+and data, and every rung's curves. `--epochs-scale F` trains
+max(1, round(F * epochs)) epochs per rung, for short runs on a CPU.
+`--config.key=value` overrides apply to every rung (e.g. the data options).
+As in the seed, deep_adam_aug starts from the trained deep_adam when both
+are in the ladder.
+"""
+
+import argparse
+import ast
+import datetime
+import importlib
+import os
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+
+from cifar_jax import reporting
+from cifar_jax import train
+from cifar_jax.errors import NonFiniteLossError
+from cifar_jax.errors import Preempted
+from cifar_jax.errors import UserError
+
+RUNGS = ('simple', 'large', 'large_100', 'large_less_dropout', 'deep_adam',
+         'deep_adam_aug', 'deep_adam_aug_dropout', 'bn_aug_sgd')
+# Test accuracy the seed notebook printed at its last epoch (LADDER.md);
+# None where it printed none.
+SEED_ACCURACY = {'simple': 69.88, 'large': None, 'large_100': 82.48,
+                 'large_less_dropout': 74.31, 'deep_adam': 78.07,
+                 'deep_adam_aug': 83.24, 'deep_adam_aug_dropout': 83.42,
+                 'bn_aug_sgd': 83.15}
+SEED_NOTE = {'large': '"about 80%" (no log)'}
+
+
+def apply_override(config: ml_collections.ConfigDict, key: str,
+                   raw: str) -> None:
+  """Sets `config.<key>` from the command-line text `raw`, keeping its type."""
+  *parents, leaf = key.split('.')
+  node = config
+  for name in parents:
+    if name not in node:
+      raise UserError(f'Unknown config key {key!r}.')
+    node = node[name]
+  if leaf not in node:
+    raise UserError(f'Unknown config key {key!r}.')
+  kind = node.get_type(leaf)
+  try:
+    if kind is bool:
+      if raw.lower() not in ('true', 'false', '1', '0'):
+        raise ValueError(raw)
+      value = raw.lower() in ('true', '1')
+    elif kind is str:
+      value = raw
+    else:
+      value = kind(ast.literal_eval(raw))
+    node[leaf] = value
+  except (ValueError, TypeError, SyntaxError) as e:
+    raise UserError(f'--config.{key}={raw}: expected type {kind.__name__}.') from e
+
+
+def rung_config(name: str, epochs_scale: float,
+                overrides: list[tuple[str, str]]) -> ml_collections.ConfigDict:
+  config = importlib.import_module(f'configs.{name}').get_config()
+  config.num_epochs = max(1, round(config.num_epochs * epochs_scale))
+  for key, raw in overrides:
+    apply_override(config, key, raw)
+  return config
+
+
+def _params(config: ml_collections.ConfigDict) -> int:
+  from cifar_jax import models  # pylint: disable=g-import-not-at-top
+  model = models.create_model(config.model)
+  shapes = jax.eval_shape(model.init, jax.random.key(0),
+                          jax.numpy.zeros((1, 32, 32, 3)))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+
+
+def report_row(name: str, config, history: list[dict]) -> dict:
+  best = max(history, key=lambda h: h['val_accuracy'])
+  seed = SEED_ACCURACY[name]
+  final = 100 * history[-1]['val_accuracy']
+  seconds = [h['seconds'] for h in history]
+  return {'rung': name, 'seed': seed, 'final': final,
+          'best': 100 * best['val_accuracy'], 'best_epoch': best['epoch'],
+          'gap': None if seed is None else final - seed,
+          'params': _params(config), 'epochs': len(history),
+          'seed_epochs': importlib.import_module(
+              f'configs.{name}').get_config().num_epochs,
+          'sec_per_epoch': float(np.mean(seconds)),
+          'total_sec': float(np.sum(seconds))}
+
+
+def write_report(rows: list[dict], root: str, data: str,
+                 command: str) -> str:
+  """Writes `<root>/REPORT.md`; returns its text."""
+  def pct(v):
+    return '–' if v is None else f'{v:.2f}%'
+  lines = [
+      '# The seed\'s ladder, reproduced', '',
+      f'- Machine: {reporting.machine_description()}; JAX {jax.__version__}',
+      f'- Data: {data}',
+      f'- Command: `{command}`',
+      f'- Written: {datetime.datetime.now().isoformat(timespec="seconds")}',
+      '',
+      '| rung | seed acc | ours (final) | best epoch | gap | params | '
+      'epochs | s/epoch | total |',
+      '|---|---|---|---|---|---|---|---|---|']
+  for r in rows:
+    seed = SEED_NOTE.get(r['rung'], pct(r['seed']))
+    gap = '–' if r['gap'] is None else f'{r["gap"]:+.2f}'
+    lines.append(
+        f'| {r["rung"]} | {seed} | {pct(r["final"])} | {pct(r["best"])} '
+        f'(epoch {r["best_epoch"]}) | {gap} | {r["params"]:,} | '
+        f'{r["epochs"]}/{r["seed_epochs"]} | {r["sec_per_epoch"]:.1f} | '
+        f'{r["total_sec"] / 60:.1f} min |')
+  total = sum(r['total_sec'] for r in rows)
+  lines += ['', f'Total training time: {total / 60:.1f} min.', '',
+            'Seed accuracies are the test accuracy the notebook printed at '
+            'its last epoch, after all its epochs; "epochs" says how many of '
+            'them we ran.', '']
+  for r in rows:
+    lines += [f'## {r["rung"]}', '', f'![{r["rung"]}]({r["rung"]}/curves.png)',
+              '']
+  text = '\n'.join(lines)
+  with open(os.path.join(root, 'REPORT.md'), 'w') as f:
+    f.write(text)
+  return text
+
+
+def run_ladder(names: list[str], epochs_scale: float,
+               overrides: list[tuple[str, str]], root: str,
+               command: str, out=sys.stdout) -> list[dict]:
+  """Trains the rungs in order (resuming), then writes the report."""
+  unknown = [n for n in names if n not in RUNGS]
+  if unknown:
+    raise UserError(f'Unknown rungs {unknown}; the ladder has {RUNGS}.')
+  os.makedirs(root, exist_ok=True)
+  rows = []
+  for name in names:
+    config = rung_config(name, epochs_scale, overrides)
+    if name == 'deep_adam_aug' and 'deep_adam' in names and not (
+        config.init_from):
+      config.init_from = os.path.join(root, 'deep_adam')  # As the seed did.
+    print(f'=== {name}: {config.num_epochs} epochs ===', file=out, flush=True)
+    _, history = train.train_and_evaluate(config, os.path.join(root, name),
+                                          out=out)
+    rows.append(report_row(name, config, history))
+  data = config.dataset + (f' ({config.data_dir})' if config.data_dir else '')
+  write_report(rows, root, data, command)
+  print(f'Wrote {os.path.join(root, "REPORT.md")}', file=out)
+  return rows
+
+
+def parse_args(argv: list[str]):
+  parser = argparse.ArgumentParser(
+      prog='python -m cifar_jax.ladder', description=__doc__.split('\n')[0])
+  parser.add_argument('--configs', default=','.join(RUNGS),
+                      help='comma-separated rungs, in order')
+  parser.add_argument('--epochs-scale', type=float, default=1.0)
+  parser.add_argument('--root', default=os.path.join('ckpt', 'ladder'))
+  args, rest = parser.parse_known_args(argv)
+  overrides = []
+  for arg in rest:
+    if not arg.startswith('--config.') or '=' not in arg:
+      parser.error(f'unrecognised argument {arg!r} (overrides are '
+                   '--config.key=value)')
+    key, raw = arg[len('--config.'):].split('=', 1)
+    overrides.append((key, raw))
+  if args.epochs_scale <= 0:
+    parser.error('--epochs-scale must be positive')
+  return args, overrides
+
+
+def main(argv: list[str]) -> None:
+  args, overrides = parse_args(argv)
+  try:
+    run_ladder([n.strip() for n in args.configs.split(',') if n.strip()],
+               args.epochs_scale, overrides, args.root,
+               'python -m cifar_jax.ladder ' + ' '.join(argv))
+  except (UserError, NonFiniteLossError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  except Preempted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(e.exit_code)
+
+
+if __name__ == '__main__':
+  main(sys.argv[1:])

@@ -1,0 +1,87 @@
+"""Classifies your own images with a trained run: top-3 classes each.
+
+  python -m cifar_jax.predict --workdir ckpt/large [--checkpoint best] \
+      cat.jpg photos/ ...
+
+Any image Pillow reads works: it is converted to RGB (alpha dropped,
+grayscale and palette images expanded) and resized to 32x32 with Pillow's
+bilinear filter (antialiased when shrinking; the aspect ratio is not kept,
+as the training images were square). Folders are searched for images. A file
+that cannot be read gets a one-line error and the others are still
+classified; the exit code is then 1.
+"""
+
+import os
+import sys
+
+from absl import app
+from absl import flags
+import numpy as np
+from PIL import Image
+from PIL import UnidentifiedImageError
+
+from cifar_jax import cli
+from cifar_jax import inference
+from cifar_jax.errors import UserError
+
+_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif',
+               '.tiff')
+
+
+def to_input(path: str) -> np.ndarray:
+  """(32, 32, 3) uint8 from any image file Pillow reads."""
+  with Image.open(path) as image:
+    image = image.convert('RGB').resize((32, 32), Image.Resampling.BILINEAR)
+    return np.asarray(image, np.uint8)
+
+
+def expand(paths: list[str]) -> list[str]:
+  """Files as given; folders replaced by the images in them (recursively)."""
+  files = []
+  for path in paths:
+    if os.path.isdir(path):
+      for root, _, names in sorted(os.walk(path)):
+        files += [os.path.join(root, n) for n in sorted(names)
+                  if n.lower().endswith(_EXTENSIONS)]
+    else:
+      files.append(path)
+  return files
+
+
+def predict(workdir: str, paths: list[str], checkpoint: str = 'latest',
+            top: int = 3, out=sys.stdout, err=sys.stderr) -> int:
+  """Prints the top classes of each image; returns the number of failures."""
+  run = inference.load_run(workdir, checkpoint)
+  files, images, failures = [], [], 0
+  for path in expand(paths):
+    try:
+      images.append(to_input(path))
+      files.append(path)
+    except (OSError, UnidentifiedImageError, ValueError) as e:
+      print(f'error: {path}: cannot read it as an image ({e})', file=err)
+      failures += 1
+  if images:
+    logits = inference.logits(run, np.stack(images))
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    for path, p in zip(files, probs):
+      best = np.argsort(-p)[:top]
+      print(f'{path}: ' + ', '.join(
+          f'{run.class_names[i]} {100 * p[i]:.1f}%' for i in best), file=out)
+  return failures
+
+
+def main(argv):
+  if len(argv) < 2:
+    raise app.UsageError('Name at least one image file or folder.')
+  try:
+    failures = predict(cli.WORKDIR.value, argv[1:], cli.CHECKPOINT.value)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  sys.exit(1 if failures else 0)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['workdir'])
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,55 @@
+"""The ladder: rungs in order, resumable, and a report with all of them."""
+
+import io
+
+import pytest
+
+from cifar_jax import ladder
+from cifar_jax.errors import UserError
+from conftest import get_config
+
+SMALL = [('dataset', 'synthetic'), ('synthetic_train_size', '256'),
+         ('synthetic_eval_size', '100'), ('steps_per_epoch', '2')]
+
+
+def test_two_rungs_run_and_the_report_holds_both(tmp_path):
+  root = tmp_path / 'ladder'
+  out = io.StringIO()
+  rows = ladder.run_ladder(['deep_adam', 'deep_adam_aug'], 0.02, SMALL,
+                           str(root), 'test', out=out)
+  assert [r['rung'] for r in rows] == ['deep_adam', 'deep_adam_aug']
+  assert [r['epochs'] for r in rows] == [2, 4]  # 0.02 x 100 and x 200.
+  report = (root / 'REPORT.md').read_text()
+  for name, seed in (('deep_adam', '78.07%'), ('deep_adam_aug', '83.24%')):
+    line = next(l for l in report.splitlines() if l.startswith(f'| {name} '))
+    assert seed in line and '1,172,410' in line
+    assert (root / name / 'curves.png').exists()
+    assert f'({name}/curves.png)' in report
+  assert 'Data: synthetic' in report
+  # deep_adam_aug continued deep_adam's parameters, as in the seed.
+  config = (root / 'deep_adam_aug' / 'config.json').read_text()
+  assert str(root / 'deep_adam') in config
+  # Run again: both rungs are finished and only reported.
+  again = io.StringIO()
+  ladder.run_ladder(['deep_adam', 'deep_adam_aug'], 0.02, SMALL, str(root),
+                    'test', out=again)
+  assert again.getvalue().count('already finished') == 2
+
+
+def test_overrides_keep_types_and_refuse_unknown_keys():
+  config = get_config('simple')
+  ladder.apply_override(config, 'num_epochs', '3')
+  ladder.apply_override(config, 'model.hidden_features', '(64, 32)')
+  ladder.apply_override(config, 'augment.horizontal_flip', 'true')
+  ladder.apply_override(config, 'data_dir', '/data')
+  assert config.num_epochs == 3 and config.model.hidden_features == (64, 32)
+  assert config.augment.horizontal_flip is True and config.data_dir == '/data'
+  with pytest.raises(UserError, match='Unknown config key'):
+    ladder.apply_override(config, 'num_epoch', '3')
+  with pytest.raises(UserError, match='expected type int'):
+    ladder.apply_override(config, 'num_epochs', 'many')
+
+
+def test_unknown_rungs_are_refused(tmp_path):
+  with pytest.raises(UserError, match='Unknown rungs'):
+    ladder.run_ladder(['simple', 'huge'], 1.0, [], str(tmp_path), 'test')

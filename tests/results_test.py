@@ -1,0 +1,143 @@
+"""What people look at: TensorBoard, curves.png, evaluate, predict."""
+
+import io
+import json
+import os
+
+import numpy as np
+from PIL import Image
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.util import tensor_util
+
+from cifar_jax import evaluate
+from cifar_jax import predict
+from cifar_jax import train
+from conftest import get_config
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  """A 3-epoch synthetic run: checkpoints at 16, 32, 48; keep 2 + best."""
+  workdir = tmp_path_factory.mktemp('run')
+  config = get_config('test')
+  config.num_epochs = 3
+  _, history = train.train_and_evaluate(config, str(workdir),
+                                        out=io.StringIO())
+  return workdir, history
+
+
+def test_tensorboard_events_hold_the_expected_tags(trained):
+  workdir, history = trained
+  assert list(workdir.glob('events.out.tfevents.*'))
+  events = event_accumulator.EventAccumulator(str(workdir))
+  events.Reload()
+  tags = set(events.Tags()['tensors'])
+  for tag in ('train_loss', 'train_accuracy', 'eval_loss', 'eval_accuracy',
+              'learning_rate', 'steps_per_second', 'images_per_second'):
+    assert tag in tags
+  eval_acc = events.Tensors('eval_accuracy')
+  assert [e.step for e in eval_acc] == [16, 32, 48]
+  np.testing.assert_allclose(
+      [float(tensor_util.make_ndarray(e.tensor_proto)) for e in eval_acc],
+      [h['val_accuracy'] for h in history], rtol=1e-6)
+  lr = events.Tensors('learning_rate')[-1]
+  # SGD with decay 0.01 / 2 per update, after 48 updates.
+  np.testing.assert_allclose(float(tensor_util.make_ndarray(lr.tensor_proto)),
+                             0.01 / (1 + 0.005 * 48), rtol=1e-6)
+
+
+def test_curves_png_is_the_seeds_two_panels(trained):
+  workdir, _ = trained
+  image = Image.open(workdir / 'curves.png')
+  assert image.format == 'PNG' and image.size == (1200, 450)
+  pixels = np.asarray(image.convert('RGB')).astype(int)
+  # Both panels have the two coloured lines (matplotlib's blue and orange).
+  for half in (pixels[:, :600], pixels[:, 600:]):
+    blue = (abs(half - (31, 119, 180)).sum(-1) < 30).sum()
+    orange = (abs(half - (255, 127, 14)).sum(-1) < 30).sum()
+    assert blue > 100 and orange > 100
+
+
+def test_evaluate_reproduces_the_logged_accuracy(trained, capsys):
+  workdir, history = trained
+  result = evaluate.evaluate(str(workdir), 'latest', tta=True)
+  assert result['accuracy'] == pytest.approx(history[-1]['val_accuracy'],
+                                             abs=1e-6)
+  assert result['loss'] == pytest.approx(history[-1]['val_loss'], rel=1e-4)
+  out = capsys.readouterr().out
+  assert f'Accuracy: {100 * history[-1]["val_accuracy"]:.2f}%' in out
+  assert 'With flip TTA: accuracy' in out
+  assert 0 <= result['tta']['accuracy'] <= 1
+  assert result['confusion'].sum() == 200
+  assert len(out.split('Per class:')[1].strip().splitlines()) == 11
+  assert Image.open(workdir / 'confusion_matrix.png').format == 'PNG'
+
+
+def test_evaluate_best_and_step_pick_those_checkpoints(trained):
+  workdir, history = trained
+  kept = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()
+                if p.name.isdigit())
+  best_acc = max(history[s // 16 - 1]['val_accuracy'] for s in kept)
+  assert evaluate.evaluate(str(workdir), 'best')['accuracy'] == (
+      pytest.approx(best_acc, abs=1e-6))
+  step = kept[0]
+  assert evaluate.evaluate(str(workdir), str(step))['accuracy'] == (
+      pytest.approx(history[step // 16 - 1]['val_accuracy'], abs=1e-6))
+  with pytest.raises(Exception, match="'best', 'latest' or one of"):
+    evaluate.evaluate(str(workdir), '7')
+
+
+def _colour_folder(root, per_class=40):
+  colours = {'blue': (30, 60, 220), 'green': (40, 200, 60),
+             'red': (220, 40, 40)}
+  rng = np.random.default_rng(0)
+  for split in ('train', 'test'):
+    for name, rgb in colours.items():
+      os.makedirs(root / split / name)
+      for i in range(per_class):
+        noise = rng.normal(0, 25, (32, 32, 3))
+        pixels = np.clip(np.array(rgb) + noise, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / split / name / f'{i}.png')
+  return colours
+
+
+def test_predict_gives_the_trained_class_for_any_image_and_skips_bad_files(
+    tmp_path):
+  colours = _colour_folder(tmp_path / 'data')
+  config = get_config('test')
+  config.update({'dataset': 'image_folder', 'data_dir': str(tmp_path / 'data'),
+                 'cache_dir': '', 'num_epochs': 4, 'eval_batch_size': 40,
+                 'batch_size': 16})
+  config.model.num_classes = 3
+  workdir = tmp_path / 'run'
+  _, history = train.train_and_evaluate(config, str(workdir),
+                                        out=io.StringIO())
+  assert history[-1]['val_accuracy'] == 1.0
+  images = tmp_path / 'mine'
+  os.makedirs(images / 'more')
+  # Other sizes and modes than the training images.
+  Image.new('RGBA', (64, 48), colours['red'] + (128,)).save(images / 'a.png')
+  Image.new('RGB', (100, 100), colours['green']).save(images / 'b.jpg')
+  Image.new('RGB', (20, 40), colours['blue']).convert('P').save(
+      images / 'more' / 'c.gif')
+  (images / 'broken.png').write_bytes(b'not an image at all')
+  out, err = io.StringIO(), io.StringIO()
+  failures = predict.predict(str(workdir), [str(images / 'a.png'),
+                                            str(images / 'broken.png'),
+                                            str(images / 'b.jpg'),
+                                            str(images / 'more')],
+                             out=out, err=err)
+  assert failures == 1
+  assert err.getvalue().count('\n') == 1
+  assert 'broken.png: cannot read it as an image' in err.getvalue()
+  lines = dict(line.split(': ', 1) for line in out.getvalue().splitlines())
+  expected = {'a.png': 'red', 'b.jpg': 'green', 'c.gif': 'blue'}
+  assert len(lines) == 3
+  for path, classes in lines.items():
+    top = classes.split(', ')
+    assert len(top) == 3
+    assert top[0].split()[0] == expected[os.path.basename(path)]
+    assert sum(float(t.split()[1].rstrip('%')) for t in top) <= 100.1
+  info = json.loads((workdir / 'dataset_info.json').read_text())
+  assert info['class_names'] == ['blue', 'green', 'red']
