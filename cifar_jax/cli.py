@@ -1,10 +1,15 @@
 """Shared pieces of the command-line tools (main, show_augment, ...)."""
 
+import contextlib
 import os
 import sys
 
 from absl import flags
 from ml_collections import config_flags
+
+from cifar_jax.errors import NonFiniteLossError
+from cifar_jax.errors import Preempted
+from cifar_jax.errors import UserError
 
 # Flags the tools share, defined once here (absl refuses a second definition).
 CONFIG = config_flags.DEFINE_config_file(
@@ -45,3 +50,20 @@ def parse_flags(argv: list[str]) -> list[str]:
     message = str(cause).replace('\n', ' ')
     print(f'error: bad --config override: {message}', file=sys.stderr)
   sys.exit(2)
+
+
+@contextlib.contextmanager
+def exit_on_errors():
+  """Turns the errors a user should read into a message and an exit code.
+
+  UserError (bad input) and NonFiniteLossError (divergence) exit with 1,
+  Preempted with 128 + the signal; no traceback for any of them.
+  """
+  try:
+    yield
+  except (UserError, NonFiniteLossError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  except Preempted as e:
+    print(str(e), file=sys.stderr)
+    sys.exit(e.exit_code)

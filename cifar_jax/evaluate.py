@@ -9,7 +9,6 @@ softmax of each image and its mirror), reported separately.
 """
 
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -19,7 +18,6 @@ from cifar_jax import cli
 from cifar_jax import inference
 from cifar_jax import input_pipeline
 from cifar_jax import plots
-from cifar_jax.errors import UserError
 
 _SPLIT = flags.DEFINE_string('split', '', "Split; default the run's "
                              'eval_split.')
@@ -89,12 +87,9 @@ def evaluate(workdir: str, checkpoint: str = 'latest', split: str = '',
 
 def main(argv):
   del argv
-  try:
-    evaluate(cli.WORKDIR.value, cli.CHECKPOINT.value, _SPLIT.value, _DATA_DIR.value,
-             _TTA.value)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  with cli.exit_on_errors():
+    evaluate(cli.WORKDIR.value, cli.CHECKPOINT.value, _SPLIT.value,
+             _DATA_DIR.value, _TTA.value)
 
 
 if __name__ == '__main__':

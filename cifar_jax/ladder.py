@@ -25,10 +25,9 @@ import jax
 import ml_collections
 import numpy as np
 
+from cifar_jax import cli
 from cifar_jax import reporting
 from cifar_jax import train
-from cifar_jax.errors import NonFiniteLossError
-from cifar_jax.errors import Preempted
 from cifar_jax.errors import UserError
 
 RUNGS = ('simple', 'large', 'large_100', 'large_less_dropout', 'deep_adam',
@@ -183,16 +182,10 @@ def parse_args(argv: list[str]):
 
 def main(argv: list[str]) -> None:
   args, overrides = parse_args(argv)
-  try:
+  with cli.exit_on_errors():
     run_ladder([n.strip() for n in args.configs.split(',') if n.strip()],
                args.epochs_scale, overrides, args.root,
                'python -m cifar_jax.ladder ' + ' '.join(argv))
-  except (UserError, NonFiniteLossError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
-  except Preempted as e:
-    print(str(e), file=sys.stderr)
-    sys.exit(e.exit_code)
 
 
 if __name__ == '__main__':

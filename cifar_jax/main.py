@@ -5,8 +5,6 @@ Kept short on purpose: it parses flags, picks the run directory and calls
 e.g. `--config.num_epochs=3`; an unknown key is refused by the flag parser.
 """
 
-import sys
-
 from absl import app
 from absl import flags
 from absl import logging
@@ -15,9 +13,6 @@ from ml_collections import config_flags
 
 from cifar_jax import cli
 from cifar_jax import train
-from cifar_jax.errors import NonFiniteLossError
-from cifar_jax.errors import Preempted
-from cifar_jax.errors import UserError
 
 def main(argv):
   if len(argv) > 1:
@@ -29,14 +24,8 @@ def main(argv):
   logging.info('Config %s, overrides %s, workdir %s', config_path,
                config_flags.get_override_values(flags.FLAGS['config']),
                workdir)
-  try:
+  with cli.exit_on_errors():
     train.train_and_evaluate(cli.CONFIG.value, workdir)
-  except (UserError, NonFiniteLossError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
-  except Preempted as e:
-    print(str(e), file=sys.stderr)
-    sys.exit(e.exit_code)
 
 
 if __name__ == '__main__':

@@ -22,7 +22,6 @@ from PIL import UnidentifiedImageError
 
 from cifar_jax import cli
 from cifar_jax import inference
-from cifar_jax.errors import UserError
 
 _EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif',
                '.tiff')
@@ -74,11 +73,8 @@ def predict(workdir: str, paths: list[str], checkpoint: str = 'latest',
 def main(argv):
   if len(argv) < 2:
     raise app.UsageError('Name at least one image file or folder.')
-  try:
+  with cli.exit_on_errors():
     failures = predict(cli.WORKDIR.value, argv[1:], cli.CHECKPOINT.value)
-  except UserError as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
   sys.exit(1 if failures else 0)
 
 

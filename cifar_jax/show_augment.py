@@ -8,7 +8,6 @@ see that the augmentation looks right (nothing upside down, borders filled by
 repeating the edge, zooms centred).
 """
 
-import sys
 
 from absl import app
 from absl import flags
@@ -75,11 +74,11 @@ def render(config: ml_collections.ConfigDict, out: str, num_images: int,
 
 def main(argv):
   del argv
-  try:
-    render(cli.CONFIG.value, _OUT.value, _IMAGES.value, _VIEWS.value)
-  except (UserError, ValueError) as e:
-    print(f'error: {e}', file=sys.stderr)
-    sys.exit(1)
+  with cli.exit_on_errors():
+    try:
+      render(cli.CONFIG.value, _OUT.value, _IMAGES.value, _VIEWS.value)
+    except ValueError as e:  # A bad augment section.
+      raise UserError(f'Bad config: {e}') from e
   print(f'Wrote {_OUT.value}')
 
 

@@ -83,7 +83,7 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(
   time.sleep(delay)
   proc.send_signal(signal.SIGKILL)
   proc.communicate()
-  assert proc.returncode == -signal.SIGKILL, f'finished before the kill '
+  assert proc.returncode == -signal.SIGKILL, 'finished before the kill'
   code, out, err = _run(tmp_path)
   assert code == 0, err[-3000:]
   assert 'Resuming from step' in out, f'delay {delay:.2f}s: {out[-1000:]}'
