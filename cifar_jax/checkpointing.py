@@ -24,6 +24,7 @@ from typing import Any
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
@@ -157,15 +158,25 @@ class Checkpoints:
                          f'corrupt-{step}-{time.strftime("%Y%m%d-%H%M%S")}')
     logging.warning('Checkpoint %s is damaged: %s. Moving it to %s and '
                     'trying the previous one.', path, why, aside)
-    print(f'warning: checkpoint {path} is damaged ({why}); moved to {aside}, '
-          'trying the previous one.', flush=True)
-    os.rename(path, aside)
+    if jax.process_index() == 0:  # The directory is shared by all processes.
+      print(f'warning: checkpoint {path} is damaged ({why}); moved to '
+            f'{aside}, trying the previous one.', flush=True)
+      os.rename(path, aside)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'quarantine {step}')
     self._manager.reload()
 
 
-def restore_params(path: str) -> dict[str, Any]:
+def restore_params(path: str,
+                   sharding: jax.sharding.Sharding | None = None
+                   ) -> dict[str, Any]:
   """{'params', 'batch_stats'} of a run directory's newest checkpoint, or of
-  one checkpoint directory (`<run>/checkpoints/<step>`): for `init_from`."""
+  one checkpoint directory (`<run>/checkpoints/<step>`).
+
+  For `init_from`, evaluation and prediction. The arrays are placed on
+  `sharding` (default: this process's first device), whatever devices wrote
+  them: Orbax refuses to guess a placement on another topology.
+  """
   path = os.path.abspath(path)
   if os.path.isdir(os.path.join(path, 'checkpoints')):
     path = os.path.join(path, 'checkpoints')
@@ -177,14 +188,19 @@ def restore_params(path: str) -> dict[str, Any]:
     raise UserError(f'init_from: {path} is not a run directory or a '
                     'checkpoint.')
   manager = ocp.CheckpointManager(
-      directory, item_names=_ITEMS,
+      directory, item_handlers={'state': ocp.StandardCheckpointHandler()},
       options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+  sharding = sharding or jax.sharding.SingleDeviceSharding(
+      jax.local_devices()[0])
   try:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise UserError(f'init_from: no checkpoint in {directory}.')
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+        manager.item_metadata(step)['state'])
     state = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))['state']
+        state=ocp.args.StandardRestore(target)))['state']
   finally:
     manager.close()
   logging.info('init_from: loaded parameters of step %d from %s.', step,

@@ -81,7 +81,8 @@ def select_step(workdir: str, which: str) -> int:
 def load_run(workdir: str, checkpoint: str = 'latest') -> TrainedRun:
   """The model and variables of `workdir`'s checkpoint `checkpoint`."""
   config = ml_collections.ConfigDict(_read_json(workdir, 'config.json'))
-  model = models.create_model(config.model)
+  model = models.create_model(config.model,
+                              config.get('compute_dtype', 'float32'))
   step = select_step(workdir, checkpoint)
   variables = checkpointing.restore_params(
       os.path.join(workdir, 'checkpoints', str(step)))

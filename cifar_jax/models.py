@@ -193,13 +193,23 @@ class ConvNet(nn.Module):
     return jax.tree_util.tree_map_with_path(value, params)
 
 
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+
+
 def create_model(model_config: ml_collections.ConfigDict,
-                 dtype: Any = jnp.float32) -> nn.Module:
-  """Builds the model named by `model_config.name` from its other fields."""
+                 compute_dtype: str = 'float32') -> nn.Module:
+  """Builds the model named by `model_config.name` from its other fields.
+
+  `compute_dtype` is the dtype of activations and of the convolutions and
+  matmuls; parameters, BatchNorm statistics and logits stay float32.
+  """
+  if compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(f'compute_dtype must be one of {tuple(COMPUTE_DTYPES)}, '
+                     f'not {compute_dtype!r}')
   kwargs = dict(model_config)
   name = kwargs.pop('name')
   model_cls = globals().get(name)
   if not (isinstance(model_cls, type) and issubclass(model_cls, nn.Module)):
     raise ValueError(f'Unknown model.name {name!r}; models.py defines '
                      "'ConvNet'.")
-  return model_cls(dtype=dtype, **kwargs)
+  return model_cls(dtype=COMPUTE_DTYPES[compute_dtype], **kwargs)

@@ -14,6 +14,7 @@ the host only dispatches steps.
 
 import dataclasses
 import functools
+import io
 import json
 import os
 import sys
@@ -70,15 +71,29 @@ def create_mesh() -> jax.sharding.Mesh:
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: Any,
-                       rng: jax.Array) -> TrainState:
-  """Initialises parameters (Keras initialisers) and the optimizer."""
-  variables = jax.jit(model.init, static_argnames='train')(
-      rng, jnp.zeros((1,) + input_pipeline.IMAGE_SHAPE), train=False)
-  params = variables['params']
-  tx = optimizers.create_optimizer(config.optimizer,
-                                   model.max_norm_values(params))
-  return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                           batch_stats=variables.get('batch_stats', {}))
+                       rng: jax.Array,
+                       sharding: jax.sharding.Sharding | None = None
+                       ) -> TrainState:
+  """Initialises parameters (Keras initialisers) and the optimizer.
+
+  Made by one jitted program that writes it straight to `sharding`: on
+  several processes, moving arrays made on one device to a global sharding
+  is not supported, so nothing of the state is ever made elsewhere.
+  """
+  def init(rng):
+    variables = model.init(rng, jnp.zeros((1,) + input_pipeline.IMAGE_SHAPE),
+                           train=False)
+    params = variables['params']
+    tx = optimizers.create_optimizer(config.optimizer,
+                                     model.max_norm_values(params))
+    return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
+                             batch_stats=variables.get('batch_stats', {}))
+  return jax.jit(init, out_shardings=sharding)(rng)
+
+
+def empty_metrics(sharding: jax.sharding.Sharding | None = None) -> Metrics:
+  """`Metrics.empty()`, made on `sharding` (see `create_train_state`)."""
+  return jax.jit(Metrics.empty, out_shardings=sharding)()
 
 
 def _variables(state: TrainState, params: Any) -> dict[str, Any]:
@@ -174,7 +189,10 @@ def evaluate(jit_eval_step, state: TrainState, data: jax.Array,
              labels: jax.Array, batch_size: int,
              index_sharding: jax.sharding.Sharding) -> dict[str, float]:
   """Loss and accuracy over every example of `data` exactly once."""
-  m = Metrics.empty()
+  m = empty_metrics(
+      jax.sharding.NamedSharding(index_sharding.mesh, P())
+      if isinstance(index_sharding, jax.sharding.NamedSharding)
+      else index_sharding)
   for idx, mask in input_pipeline.eval_batches(len(labels), batch_size):
     m = jit_eval_step(state, m, data, labels,
                       jax.device_put(idx, index_sharding),
@@ -214,7 +232,7 @@ def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
   replicated = jax.sharding.NamedSharding(mesh, P())
   batch_sharding = jax.sharding.NamedSharding(mesh, P('data'))
   try:
-    model = models.create_model(config.model)
+    model = models.create_model(config.model, config.compute_dtype)
     augment_config = augment.AugmentConfig.from_config(config.augment)
   except (TypeError, ValueError) as e:
     raise UserError(f'Bad config: {e}') from e
@@ -225,10 +243,10 @@ def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
     raise UserError(f'The data has {len(train_ds.class_names)} classes but '
                     f'model.num_classes={config.model.num_classes}; set '
                     f'--config.model.num_classes={len(train_ds.class_names)}.')
-  init_key, dropout_key, augment_key, order_key = jax.random.split(
-      jax.random.key(config.seed), 4)
-  state = jax.device_put(create_train_state(config, model, init_key),
-                         replicated)
+  init_key, dropout_key, augment_key, order_key = jax.jit(
+      lambda: tuple(jax.random.split(jax.random.key(config.seed), 4)),
+      out_shardings=replicated)()
+  state = create_train_state(config, model, init_key, replicated)
   # Both splits live on the device(s) for the whole run, as uint8.
   train_arrays, eval_arrays = jax.device_put(
       ((train_ds.images, train_ds.labels), (eval_ds.images, eval_ds.labels)),
@@ -304,7 +322,7 @@ def _abstract(tree: Any) -> Any:
 
 def _init_from(exp: Experiment, path: str) -> TrainState:
   """The initial state with params and BN statistics of another run."""
-  loaded = checkpointing.restore_params(path)
+  loaded = checkpointing.restore_params(path, exp.replicated)
   ours = {'params': exp.state.params, 'batch_stats': exp.state.batch_stats}
   theirs_shapes = jax.tree.map(np.shape, loaded)
   ours_shapes = jax.tree.map(np.shape, ours)
@@ -312,9 +330,7 @@ def _init_from(exp: Experiment, path: str) -> TrainState:
     raise UserError(f'init_from={path}: its parameters do not fit this '
                     f'model.\n  checkpoint: {theirs_shapes}\n  model: '
                     f'{ours_shapes}')
-  loaded = jax.device_put(
-      jax.tree.map(lambda new, old: jnp.asarray(new, old.dtype), loaded, ours),
-      exp.replicated)
+  loaded = jax.tree.map(lambda new, old: new.astype(old.dtype), loaded, ours)
   return exp.state.replace(params=loaded['params'],
                            batch_stats=loaded['batch_stats'])
 
@@ -331,7 +347,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     config: a config as in configs/default.py.
     workdir: the run directory; gets config.json, history.json and
       checkpoints/.
-    out: where the Keras-style progress goes.
+    out: where the Keras-style progress goes (process 0's only).
 
   Returns:
     The final state and the history: one dict per epoch (epoch, loss,
@@ -343,6 +359,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     Preempted: SIGTERM/SIGINT arrived; a checkpoint was saved first.
   """
   os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() > 0:  # One progress report per run, not per host.
+    out = io.StringIO()
   exp = create_experiment(config)
   ckpt = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'),
                                    config.keep_checkpoints)
@@ -372,7 +390,8 @@ def _train(exp: Experiment, ckpt: checkpointing.Checkpoints,
   spe = exp.steps_per_epoch
   total_steps = config.num_epochs * spe
   restored = ckpt.restore_latest(_abstract(exp.state),
-                                 _abstract(Metrics.empty()), check_meta)
+                                 _abstract(empty_metrics(exp.replicated)),
+                                 check_meta)
   if restored:
     state, epoch_metrics, step = (restored.state, restored.metrics,
                                   restored.step)
@@ -389,8 +408,8 @@ def _train(exp: Experiment, ckpt: checkpointing.Checkpoints,
   else:
     state = (_init_from(exp, config.init_from) if config.init_from
              else exp.state)
-    epoch_metrics, step, history, epoch_seconds = Metrics.empty(), 0, [], 0.0
-  epoch_metrics = jax.device_put(epoch_metrics, exp.replicated)
+    epoch_metrics, step, history, epoch_seconds = (
+        empty_metrics(exp.replicated), 0, [], 0.0)
 
   if reporter.is_writer:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -444,7 +463,7 @@ def _train(exp: Experiment, ckpt: checkpointing.Checkpoints,
              **{f'val_{k}': v for k, v in eval_values.items()},
              'seconds': time.monotonic() - started}
       history.append(row)
-      epoch_metrics = jax.device_put(Metrics.empty(), exp.replicated)
+      epoch_metrics = empty_metrics(exp.replicated)
       epoch_seconds = 0.0
       reporter.epoch(step, history,
                      optimizers.learning_rate(config.optimizer, step),

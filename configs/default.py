@@ -36,6 +36,10 @@ def get_config() -> ml_collections.ConfigDict:
   # the last partial batch, as Keras `fit`. k > 0 = exactly k batches, going
   # on through the shuffled passes as Keras' `fit_generator` did.
   config.steps_per_epoch = 0
+  # dtype of activations, convolutions and matmuls: 'float32' or 'bfloat16'
+  # (mixed precision: params, optimizer state, BatchNorm statistics, the
+  # loss and the updates stay float32).
+  config.compute_dtype = 'float32'
   # Seeds parameter init, data order, augmentation and dropout.
   config.seed = 0
 

@@ -3,21 +3,11 @@
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
 
 from cifar_jax import cli
-from conftest import REPO
-
-
-def _run(*args, devices=1, timeout=300):
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-  return subprocess.run(
-      [sys.executable, '-m', 'cifar_jax.main', *args], cwd=REPO, env=env,
-      capture_output=True, text=True, timeout=timeout)
+from conftest import run_main as _run
 
 
 def test_cli_trains_and_writes_history_config_and_keras_lines(tmp_path):
@@ -43,19 +33,6 @@ def test_cli_trains_and_writes_history_config_and_keras_lines(tmp_path):
   final = re.search(r'^Accuracy: (\d+\.\d\d)%$', out, re.M)
   assert final and float(final.group(1)) == pytest.approx(
       100 * history[-1]['val_accuracy'], abs=0.005)
-
-
-def test_cli_data_parallel_over_two_devices_matches_one_device(tmp_path):
-  runs = {}
-  for devices in (1, 2):
-    workdir = tmp_path / str(devices)
-    r = _run('--config', 'configs/test.py', '--workdir', str(workdir),
-             '--config.num_epochs=1', devices=devices)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert f'({devices} device(s): cpu)' in r.stdout
-    runs[devices] = json.loads((workdir / 'history.json').read_text())[0]
-  for key in ('loss', 'accuracy', 'val_loss', 'val_accuracy'):
-    assert runs[2][key] == pytest.approx(runs[1][key], rel=1e-4, abs=1e-5)
 
 
 def test_cli_refuses_a_batch_that_does_not_split_over_devices(tmp_path):
