@@ -60,13 +60,15 @@ class Metrics(metrics.Collection):
   accuracy: metrics.Accuracy
 
 
-def create_mesh() -> jax.sharding.Mesh:
-  """All devices on one 'data' axis.
+def create_mesh(devices: list[jax.Device] | None = None
+                ) -> jax.sharding.Mesh:
+  """`devices` (default: every device of every process) on one 'data' axis.
 
   Auto axes: under the Explicit default of `jax.make_mesh`, linen's Dropout
   fails to trace (../shared/notes/ECOSYSTEM.md).
   """
-  return jax.make_mesh((jax.device_count(),), ('data',),
+  devices = devices or jax.devices()
+  return jax.make_mesh((len(devices),), ('data',), devices=devices,
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 
@@ -219,13 +221,18 @@ class Experiment:
   batch_sharding: jax.sharding.Sharding
 
 
-def create_experiment(config: ml_collections.ConfigDict) -> Experiment:
+def create_experiment(config: ml_collections.ConfigDict,
+                      mesh: jax.sharding.Mesh | None = None) -> Experiment:
   """Validates the config, loads the data onto the device(s), jits the steps.
+
+  Args:
+    config: the run's config.
+    mesh: a 1-D mesh with axis 'data' (default: `create_mesh()`).
 
   Raises:
     UserError: for a config or data problem the user can fix.
   """
-  mesh = create_mesh()
+  mesh = mesh or create_mesh()
   num_devices = mesh.devices.size
   _check_divisible('batch_size', config.batch_size, num_devices)
   _check_divisible('eval_batch_size', config.eval_batch_size, num_devices)
