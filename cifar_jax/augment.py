@@ -20,6 +20,7 @@ with `scipy.ndimage.affine_transform(order=1, mode='nearest')`):
 """
 
 import dataclasses
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +33,10 @@ HIGHEST = jax.lax.Precision.HIGHEST  # Exact f32 matmuls on TPU/GPU too.
 class AugmentConfig:
   """The `augment` section of a config, hashable so jit can close over it."""
   horizontal_flip: bool = False
+  # 'random': each image flipped with probability 1/2 at every step;
+  # 'alternating' (the fast recipes): a random half in the first pass, then
+  # each image flipped in every other pass, so every pass sees both views.
+  flip_mode: str = 'random'
   width_shift_range: float = 0.0
   height_shift_range: float = 0.0
   zoom_range: float = 0.0
@@ -47,6 +52,9 @@ class AugmentConfig:
       raise ValueError(f'Unknown augment keys {sorted(unknown)}; known: '
                        f'{sorted(fields)}.')
     aug = cls(**config.to_dict())
+    if aug.flip_mode not in ('random', 'alternating'):
+      raise ValueError("augment.flip_mode must be 'random' or 'alternating', "
+                       f'got {aug.flip_mode!r}.')
     if aug.crop_padding_mode not in ('reflect', 'constant'):
       raise ValueError("augment.crop_padding_mode must be 'reflect' or "
                        f"'constant', got {aug.crop_padding_mode!r}.")
@@ -159,8 +167,20 @@ def sample_keras_params(key: jax.Array, batch: int, height: int, width: int,
   }
 
 
-def augment_batch(key: jax.Array, images: jax.Array,
-                  config: AugmentConfig) -> jax.Array:
+def alternating_flips(key: jax.Array, indices: jax.Array,
+                      pass_index: jax.Array) -> jax.Array:
+  """Whether to flip each example (by data set index) in pass `pass_index`.
+
+  Each example has a fixed random bit; it is flipped in the passes where
+  bit + pass is odd, so consecutive passes show it both ways.
+  """
+  bits = jax.vmap(
+      lambda i: jax.random.bernoulli(jax.random.fold_in(key, i)))(indices)
+  return (bits.astype(jnp.int32) + pass_index) % 2 == 1
+
+
+def augment_batch(key: jax.Array, images: jax.Array, config: AugmentConfig,
+                  flips: jax.Array | None = None) -> jax.Array:
   """Augments a (batch, h, w, c) batch, each image independently.
 
   Order: Keras' shift/zoom warp, then its flip, then pad-and-crop, then
@@ -170,6 +190,8 @@ def augment_batch(key: jax.Array, images: jax.Array,
     key: the batch's key (the train step folds the step into its key).
     images: uint8 or float images.
     config: which transforms, with which ranges.
+    flips: (batch,) bool, replaces the random flip decisions (for
+      `flip_mode='alternating'`, see `alternating_flips`).
 
   Returns:
     float32 images in the input's value range (0..255 stays 0..255).
@@ -186,7 +208,7 @@ def augment_batch(key: jax.Array, images: jax.Array,
     rows, cols = keras_affine_matrices(p['tx'], p['ty'], p['zx'], p['zy'],
                                        height, width)
   if config.horizontal_flip:
-    flip = flip_matrices(p['flip'], width)
+    flip = flip_matrices(p['flip'] if flips is None else flips, width)
     cols = flip if cols is None else jnp.matmul(flip, cols, precision=HIGHEST)
   if config.crop_padding:
     shifts = jax.random.randint(k_crop, (2, batch), -config.crop_padding,
@@ -205,3 +227,25 @@ def augment_batch(key: jax.Array, images: jax.Array,
     images = images * cutout_mask(k_cutout, batch, height, width,
                                   config.cutout_size)
   return images
+
+
+def tta_logits(apply: Any, images: jax.Array, level: int) -> jax.Array:
+  """Logits with test-time augmentation, as the fast recipes evaluate.
+
+  level 0: the images; 1: the mean with their mirror images; 2: half that,
+  plus a quarter each of the same for the images translated by one pixel
+  up-left and down-right (reflect padding).
+  """
+  def mirrored(x):
+    if level == 0:
+      return apply(x)
+    return 0.5 * (apply(x) + apply(x[:, :, ::-1]))
+
+  logits = mirrored(images)
+  if level >= 2:
+    padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)),
+                     mode='reflect')
+    h, w = images.shape[1:3]
+    logits = 0.5 * logits + 0.25 * (mirrored(padded[:, :h, :w]) +
+                                    mirrored(padded[:, 2:, 2:]))
+  return logits

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from cifar_jax import augment
 from cifar_jax import checkpointing
 from cifar_jax import input_pipeline
 from cifar_jax import models
@@ -31,9 +32,12 @@ class TrainedRun:
   class_names: tuple[str, ...]
 
   def __post_init__(self):
-    # Compiled once per run: inference mode, uint8 in, logits out.
-    self.apply = jax.jit(lambda v, x: self.model.apply(
-        v, x.astype(jnp.float32) / 255.0, train=False))
+    # Compiled once per run: inference mode, uint8 in, logits out, with
+    # the test-time augmentation the run evaluated with.
+    level = self.config.get('eval_tta', 0)
+    self.apply = jax.jit(lambda v, x: augment.tta_logits(
+        lambda y: self.model.apply(v, y, train=False),
+        x.astype(jnp.float32) / 255.0, level))
 
 
 def write_dataset_info(workdir: str, class_names, train_examples: int,

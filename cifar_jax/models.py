@@ -193,6 +193,112 @@ class ConvNet(nn.Module):
     return jax.tree_util.tree_map_with_path(value, params)
 
 
+def dirac_init(base: nn.initializers.Initializer = nn.initializers.variance_scaling(
+    1 / 3, 'fan_in', 'uniform')) -> nn.initializers.Initializer:
+  """`base`, with the first min(in, out) filters made identity maps.
+
+  A deep stack of convolutions then starts close to passing its input
+  through, which lets the fast recipes use large learning rates at once.
+  """
+  def init(key, shape, dtype=jnp.float32):
+    kernel = base(key, shape, dtype)
+    kh, kw, cin, cout = shape
+    n = min(cin, cout)
+    identity = jnp.zeros((kh, kw, n, n), dtype).at[kh // 2, kw // 2].set(
+        jnp.eye(n, dtype=dtype))
+    return kernel.at[:, :, :n, :n].set(identity)
+  return init
+
+
+class FastBlock(nn.Module):
+  """conv - max-pool - BN - GELU, then (conv - BN - GELU) x (depth - 1).
+
+  The airbench block (depth 2; the larger recipes use 3).
+
+  BatchNorm has no learned scale (BN follows a conv, so a scale would only
+  duplicate the kernel's norm) and a fast momentum, as the recipe describes.
+  """
+
+  features: int
+  bn_momentum: float
+  bn_epsilon: float
+  depth: int = 2
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool,
+               mask: jax.Array | None = None) -> jax.Array:
+    norm = functools.partial(
+        nn.BatchNorm, use_running_average=not train, use_scale=False,
+        momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype)
+    conv = functools.partial(nn.Conv, self.features, (3, 3), padding='SAME',
+                             use_bias=False, kernel_init=dirac_init(),
+                             dtype=self.dtype)
+    x = conv(name='conv1')(x)
+    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = nn.gelu(norm(name='bn1')(x, mask=mask))
+    for i in range(2, self.depth + 1):
+      x = nn.gelu(norm(name=f'bn{i}')(conv(name=f'conv{i}')(x), mask=mask))
+    return x
+
+
+class FastNet(nn.Module):
+  """The airbench family (arXiv 2404.00498): whitening conv, 3 blocks, linear.
+
+  The first layer is a 2x2 convolution (no padding) whose filters are set
+  from the training data, not learned from scratch: the eigenvectors of the
+  2x2-patch covariance, scaled to whiten, and their negatives
+  (`initializers.whitening`). Then `FastBlock`s, a max over the remaining
+  positions, and a bias-free linear layer whose output is scaled down.
+
+  Attributes:
+    widths: features of each FastBlock.
+    block_depth: convolutions per FastBlock.
+    whiten_patch: side of the whitening convolution's patches.
+    bn_momentum, bn_epsilon: BatchNorm (Flax's convention: running = m *
+      running + (1 - m) * batch).
+    logit_scale: multiplies the logits (airbench: 1/9).
+    num_classes: outputs.
+  """
+
+  widths: Sequence[int] = (64, 256, 256)
+  block_depth: int = 2
+  whiten_patch: int = 2
+  bn_momentum: float = 0.4
+  bn_epsilon: float = 1e-12
+  logit_scale: float = 1 / 9
+  num_classes: int = 10
+  dtype: Any = jnp.float32
+
+  @property
+  def whiten_features(self) -> int:
+    return 2 * 3 * self.whiten_patch ** 2
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False,
+               mask: jax.Array | None = None) -> jax.Array:
+    """(batch, 32, 32, 3) images in [0, 1] -> (batch, classes) logits."""
+    x = x.astype(self.dtype)
+    if mask is not None:
+      mask = mask.reshape((-1, 1, 1, 1)).astype(bool)
+    x = nn.Conv(self.whiten_features, (self.whiten_patch,) * 2,
+                padding='VALID', dtype=self.dtype, name='whiten')(x)
+    x = nn.gelu(x)
+    for i, width in enumerate(self.widths):
+      x = FastBlock(width, self.bn_momentum, self.bn_epsilon,
+                    self.block_depth, self.dtype,
+                    name=f'block{i + 1}')(x, train, mask)
+    x = jnp.max(x, axis=(1, 2))
+    x = nn.Dense(self.num_classes, use_bias=False,
+                 kernel_init=nn.initializers.variance_scaling(
+                     1 / 3, 'fan_in', 'uniform'),
+                 dtype=self.dtype, name='head')(x)
+    return (x * self.logit_scale).astype(jnp.float32)
+
+  def max_norm_values(self, params: Any) -> Any:
+    return jax.tree.map(lambda _: 0.0, params)
+
+
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
@@ -211,5 +317,5 @@ def create_model(model_config: ml_collections.ConfigDict,
   model_cls = globals().get(name)
   if not (isinstance(model_cls, type) and issubclass(model_cls, nn.Module)):
     raise ValueError(f'Unknown model.name {name!r}; models.py defines '
-                     "'ConvNet'.")
+                     "'ConvNet' and 'FastNet'.")
   return model_cls(dtype=COMPUTE_DTYPES[compute_dtype], **kwargs)

@@ -107,29 +107,140 @@ def keras_max_norm(max_values: Any, axis=0) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
 
 
-def learning_rate(config: ml_collections.ConfigDict, step: int) -> float:
+def triangle(total_steps: int, start: float, peak: float,
+             end: float) -> optax.Schedule:
+  """A learning-rate multiplier: start -> 1 at `peak` (fraction) -> end.
+
+  The fast recipes' schedule: a short linear warm-up, then a linear decay
+  to near zero by the last step.
+  """
+  peak_step = peak * total_steps
+
+  def schedule(count):
+    count = jnp.asarray(count, jnp.float32)
+    return jnp.interp(count, jnp.array([0.0, peak_step, total_steps]),
+                      jnp.array([start, 1.0, end]))
+  return schedule
+
+
+def param_groups(params: Any) -> Any:
+  """'norm_bias', 'whiten_kernel', 'whiten_bias' or 'weight', by name."""
+  def label(path, leaf):
+    del leaf
+    names = [getattr(p, 'key', str(p)) for p in path]
+    if names[0] == 'whiten':
+      return f'whiten_{names[-1]}'
+    if names[-1] == 'bias' and len(names) > 1 and names[-2].startswith('bn'):
+      return 'norm_bias'
+    return 'weight'
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+class LookaheadState(NamedTuple):
+  count: jax.Array
+  slow: Any
+
+
+def ema_lookahead(every: int, max_decay: float,
+                  total_steps: int) -> optax.GradientTransformation:
+  """Every `every` steps: slow = d * slow + (1 - d) * fast, fast = slow.
+
+  Lookahead (Zhang et al., 2019) with an exponential moving average as the
+  slow weights, as airbench uses it: d grows as max_decay * (t / T)^3, so
+  early training is left alone, and the last step syncs too, so the run
+  ends on the slow weights. Must come last in a chain: it sees the update
+  the rest proposes and returns the one that lands on the synced weights.
+  """
+  def init_fn(params):
+    return LookaheadState(jnp.zeros([], jnp.int32),
+                          jax.tree.map(jnp.array, params))
+
+  def update_fn(updates, state, params):
+    count = state.count + 1
+    fast = optax.apply_updates(params, updates)
+    last = count >= total_steps
+    sync = jnp.logical_or(count % every == 0, last)
+    decay = max_decay * (jnp.minimum(count, total_steps) / total_steps) ** 3
+    slow = jax.tree.map(
+        lambda s, f: jnp.where(sync, decay * s + (1 - decay) * f, s),
+        state.slow, fast)
+    new = jax.tree.map(lambda s, f: jnp.where(sync, s, f), slow, fast)
+    updates = jax.tree.map(lambda n, p: n - p, new, params)
+    return updates, LookaheadState(count, slow)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def fast_sgd(config: ml_collections.ConfigDict, groups: Any, total_steps: int,
+             steps_per_epoch: int) -> optax.GradientTransformation:
+  """The fast recipes' SGD: Nesterov, weight decay, grouped learning rates.
+
+  Weight decay is added to the gradient before the momentum (PyTorch's
+  SGD, as airbench). BatchNorm biases get `bias_lr_scale` times the
+  learning rate and 1/`bias_lr_scale` times the decay. The whitening
+  layer's kernel (set from the data) is never trained; its bias learns for
+  `whiten_bias_epochs` epochs, then is frozen.
+  """
+  schedule = triangle(total_steps, config.schedule_start,
+                      config.schedule_peak, config.schedule_end)
+  freeze_at = config.whiten_bias_epochs * steps_per_epoch
+
+  def group(lr_scale, decay_scale, until=None):
+    def lr(count):
+      value = -config.learning_rate * lr_scale * schedule(count)
+      return value if until is None else jnp.where(count < until, value, 0.0)
+    return optax.chain(
+        optax.add_decayed_weights(config.weight_decay * decay_scale),
+        optax.trace(decay=config.momentum, nesterov=True),
+        optax.scale_by_schedule(lr))
+
+  tx = optax.multi_transform({
+      'weight': group(1.0, 1.0),
+      'norm_bias': group(config.bias_lr_scale, 1 / config.bias_lr_scale),
+      'whiten_bias': group(1.0, 1.0, until=freeze_at),
+      'whiten_kernel': optax.set_to_zero(),
+  }, groups)
+  if config.lookahead_every:
+    tx = optax.chain(tx, ema_lookahead(config.lookahead_every,
+                                       config.lookahead_decay, total_steps))
+  return tx
+
+
+def learning_rate(config: ml_collections.ConfigDict, step: int,
+                  total_steps: int = 0) -> float:
   """The learning rate the optimizer applies at update `step` (for logs)."""
   if config.name == 'sgd':
     return float(inverse_time_decay(config.learning_rate, config.decay)(step))
+  if config.name == 'fast_sgd':
+    return float(config.learning_rate * triangle(
+        total_steps, config.schedule_start, config.schedule_peak,
+        config.schedule_end)(step))
   return float(config.learning_rate)
 
 
-def create_optimizer(config: ml_collections.ConfigDict,
-                     max_norm_values: Any) -> optax.GradientTransformation:
+def create_optimizer(config: ml_collections.ConfigDict, max_norm_values: Any,
+                     total_steps: int = 0, steps_per_epoch: int = 0
+                     ) -> optax.GradientTransformation:
   """The optimizer named by `config.name`, followed by the MaxNorm projection.
 
   Args:
     config: the `optimizer` section of a config.
-    max_norm_values: per-parameter MaxNorm bounds from the model.
+    max_norm_values: per-parameter MaxNorm bounds from the model (a tree
+      like the params).
+    total_steps, steps_per_epoch: the run's length, for 'fast_sgd's
+      schedule.
   """
   if config.name == 'sgd':
     tx = keras_sgd(config.learning_rate, config.momentum, config.decay)
   elif config.name == 'adam':
     tx = keras_adam(config.learning_rate, config.beta1, config.beta2,
                     config.epsilon)
+  elif config.name == 'fast_sgd':
+    tx = fast_sgd(config, param_groups(max_norm_values), total_steps,
+                  steps_per_epoch)
   else:
     raise ValueError(f"Unknown optimizer.name {config.name!r}; "
-                     "expected 'sgd' or 'adam'.")
+                     "expected 'sgd', 'adam' or 'fast_sgd'.")
   if any(jax.tree.leaves(max_norm_values)):
     tx = optax.chain(tx, keras_max_norm(max_norm_values))
   return tx

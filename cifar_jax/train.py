@@ -34,6 +34,7 @@ import optax
 from cifar_jax import augment
 from cifar_jax import checkpointing
 from cifar_jax import inference
+from cifar_jax import initializers
 from cifar_jax import input_pipeline
 from cifar_jax import models
 from cifar_jax import optimizers
@@ -74,23 +75,35 @@ def create_mesh(devices: list[jax.Device] | None = None
 
 def create_train_state(config: ml_collections.ConfigDict, model: Any,
                        rng: jax.Array,
-                       sharding: jax.sharding.Sharding | None = None
-                       ) -> TrainState:
-  """Initialises parameters (Keras initialisers) and the optimizer.
+                       sharding: jax.sharding.Sharding | None = None,
+                       total_steps: int = 0, steps_per_epoch: int = 0,
+                       replace: dict[str, Any] | None = None) -> TrainState:
+  """Initialises parameters (the model's initialisers) and the optimizer.
 
   Made by one jitted program that writes it straight to `sharding`: on
   several processes, moving arrays made on one device to a global sharding
   is not supported, so nothing of the state is ever made elsewhere.
+
+  Args:
+    config: the run's config.
+    model: the Flax module.
+    rng: the initialisation key.
+    sharding: where the state lives.
+    total_steps, steps_per_epoch: the run's length (for schedules).
+    replace: top-level parameter subtrees to use instead of the random
+      ones (the data-dependent whitening layer), before the optimizer
+      sees them.
   """
-  def init(rng):
+  def init(rng, replace):
     variables = model.init(rng, jnp.zeros((1,) + input_pipeline.IMAGE_SHAPE),
                            train=False)
-    params = variables['params']
+    params = {**variables['params'], **replace}
     tx = optimizers.create_optimizer(config.optimizer,
-                                     model.max_norm_values(params))
+                                     model.max_norm_values(params),
+                                     total_steps, steps_per_epoch)
     return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
                              batch_stats=variables.get('batch_stats', {}))
-  return jax.jit(init, out_shardings=sharding)(rng)
+  return jax.jit(init, out_shardings=sharding)(rng, replace or {})
 
 
 def empty_metrics(sharding: jax.sharding.Sharding | None = None) -> Metrics:
@@ -114,6 +127,7 @@ def train_step(state: TrainState, epoch_metrics: Metrics, data: jax.Array,
                position: jax.Array, dropout_key: jax.Array,
                augment_key: jax.Array, *, batch_size: int,
                augment_config: augment.AugmentConfig,
+               label_smoothing: float = 0.0,
                batch_sharding: jax.sharding.Sharding | None = None
                ) -> tuple[TrainState, Metrics]:
   """One update on batch `position` of the current pass's `order`.
@@ -132,8 +146,12 @@ def train_step(state: TrainState, epoch_metrics: Metrics, data: jax.Array,
     indices, mask = jax.lax.with_sharding_constraint((indices, mask),
                                                      batch_sharding)
   images = _to_float(data[indices])
+  flips = None
+  if augment_config.flip_mode == 'alternating':
+    pass_index = state.step // (order[0].shape[0] // batch_size)
+    flips = augment.alternating_flips(augment_key, indices, pass_index)
   images = augment.augment_batch(jax.random.fold_in(augment_key, state.step),
-                                 images, augment_config)
+                                 images, augment_config, flips)
   labels = labels[indices]
   rng = jax.random.fold_in(dropout_key, state.step)
 
@@ -143,7 +161,10 @@ def train_step(state: TrainState, epoch_metrics: Metrics, data: jax.Array,
         rngs={'dropout': rng}, mutable=['batch_stats'])
     per_example = optax.softmax_cross_entropy_with_integer_labels(
         logits, labels)
-    loss = jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    targets = optax.smooth_labels(
+        jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+    objective = optax.softmax_cross_entropy(logits, targets)
+    loss = jnp.sum(objective * mask) / jnp.maximum(jnp.sum(mask), 1.0)
     return loss, (logits, per_example, updates)
 
   grads, (logits, per_example, updates) = jax.grad(loss_fn, has_aux=True)(
@@ -158,11 +179,16 @@ def train_step(state: TrainState, epoch_metrics: Metrics, data: jax.Array,
 
 def eval_step(state: TrainState, epoch_metrics: Metrics, data: jax.Array,
               labels: jax.Array, indices: jax.Array,
-              mask: jax.Array) -> Metrics:
-  """Adds the metrics of `data[indices]` (inference mode) to `epoch_metrics`."""
+              mask: jax.Array, *, tta: int = 0) -> Metrics:
+  """Adds the metrics of `data[indices]` (inference mode) to `epoch_metrics`.
+
+  `tta` is the test-time augmentation level of `augment.tta_logits`.
+  """
   labels = labels[indices]
-  logits = state.apply_fn(_variables(state, state.params),
-                          _to_float(data[indices]), train=False)
+  variables = _variables(state, state.params)
+  logits = augment.tta_logits(
+      lambda x: state.apply_fn(variables, x, train=False),
+      _to_float(data[indices]), tta)
   per_example = optax.softmax_cross_entropy_with_integer_labels(
       logits, labels)
   return epoch_metrics.merge(Metrics.single_from_model_output(
@@ -253,25 +279,36 @@ def create_experiment(config: ml_collections.ConfigDict,
   init_key, dropout_key, augment_key, order_key = jax.jit(
       lambda: tuple(jax.random.split(jax.random.key(config.seed), 4)),
       out_shardings=replicated)()
-  state = create_train_state(config, model, init_key, replicated)
+  order = input_pipeline.TrainOrder(len(train_ds), config.batch_size,
+                                    order_key, replicated)
+  steps_per_epoch = config.steps_per_epoch or order.batches_per_pass
+  replace = {}
+  if config.whitening.images:
+    kernel, bias = initializers.whitening(
+        train_ds.images[:config.whitening.images] / 255.0,
+        config.model.whiten_patch, config.whitening.epsilon)
+    replace = {'whiten': {'kernel': kernel, 'bias': bias}}
+  state = create_train_state(config, model, init_key, replicated,
+                             config.num_epochs * steps_per_epoch,
+                             steps_per_epoch, replace)
   # Both splits live on the device(s) for the whole run, as uint8.
   train_arrays, eval_arrays = jax.device_put(
       ((train_ds.images, train_ds.labels), (eval_ds.images, eval_ds.labels)),
       replicated)
-  order = input_pipeline.TrainOrder(len(train_ds), config.batch_size,
-                                    order_key, replicated)
   return Experiment(
       config=config, model=model, state=state, train=train_arrays,
       eval=eval_arrays, order=order,
-      steps_per_epoch=config.steps_per_epoch or order.batches_per_pass,
+      steps_per_epoch=steps_per_epoch,
       dropout_key=dropout_key, augment_key=augment_key,
       jit_train_step=jax.jit(
           functools.partial(train_step, batch_size=config.batch_size,
                             augment_config=augment_config,
+                            label_smoothing=config.label_smoothing,
                             batch_sharding=batch_sharding),
           donate_argnums=(0, 1), out_shardings=(replicated, replicated)),
-      jit_eval_step=jax.jit(eval_step, donate_argnums=(1,),
-                            out_shardings=replicated),
+      jit_eval_step=jax.jit(
+          functools.partial(eval_step, tta=config.eval_tta),
+          donate_argnums=(1,), out_shardings=replicated),
       class_names=train_ds.class_names, replicated=replicated,
       batch_sharding=batch_sharding)
 
@@ -473,7 +510,8 @@ def _train(exp: Experiment, ckpt: checkpointing.Checkpoints,
       epoch_metrics = empty_metrics(exp.replicated)
       epoch_seconds = 0.0
       reporter.epoch(step, history,
-                     optimizers.learning_rate(config.optimizer, step),
+                     optimizers.learning_rate(config.optimizer, step,
+                                              total_steps),
                      train_seconds, spe, spe * config.batch_size)
       save(step, row['val_accuracy'])
       print(progress.epoch_line(epoch + 1, config.num_epochs, row['seconds'],

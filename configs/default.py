@@ -53,6 +53,18 @@ def get_config() -> ml_collections.ConfigDict:
   # directory or checkpoint, with a fresh optimizer ('' = from scratch).
   config.init_from = ''
 
+  # Label smoothing of the training loss (0 = none; the logged loss is
+  # always the plain cross-entropy).
+  config.label_smoothing = 0.0
+  # Test-time augmentation of every evaluation: 0 none, 1 mirror, 2 mirror
+  # and one-pixel translations (train.tta_logits).
+  config.eval_tta = 0
+  # Data-dependent init of a model's 'whiten' layer (models.FastNet): the
+  # patch covariance of the first `images` training images (0 = off).
+  config.whitening = ml_collections.ConfigDict()
+  config.whitening.images = 0
+  config.whitening.epsilon = 5e-4
+
   # Model: models.ConvNet, a stack of ConvStages and dense layers.
   config.model = ml_collections.ConfigDict()
   config.model.name = 'ConvNet'
@@ -88,10 +100,27 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.beta1 = 0.9
   config.optimizer.beta2 = 0.999
   config.optimizer.epsilon = 1e-7
+  # 'fast_sgd' only (optimizers.fast_sgd): Nesterov SGD with `momentum` and
+  # weight decay added to the gradient; BatchNorm biases at bias_lr_scale x
+  # the learning rate; the whitening bias trained for whiten_bias_epochs;
+  # a triangle schedule (x start -> x1 at fraction peak -> x end); and
+  # Lookahead every lookahead_every steps (0 = off) with its EMA decay
+  # rising to lookahead_decay.
+  config.optimizer.weight_decay = 0.0
+  config.optimizer.bias_lr_scale = 1.0
+  config.optimizer.whiten_bias_epochs = 0
+  config.optimizer.schedule_start = 0.0
+  config.optimizer.schedule_peak = 0.5
+  config.optimizer.schedule_end = 0.0
+  config.optimizer.lookahead_every = 0
+  config.optimizer.lookahead_decay = 0.0
 
   # Augmentation, as Keras' ImageDataGenerator (0 / False = off).
   config.augment = ml_collections.ConfigDict()
   config.augment.horizontal_flip = False
+  # 'random' (Keras) or 'alternating' (each image flipped every other pass).
+  config.augment.flip_mode = 'random'
+
   # Shift by a uniform fraction of the width / height in [-r, r].
   config.augment.width_shift_range = 0.0
   config.augment.height_shift_range = 0.0

@@ -1,0 +1,66 @@
+"""Data-dependent initialisation: the whitening convolution of the fast recipes.
+
+airbench (arXiv 2404.00498) starts its network with a 2x2 convolution that
+whitens the input patches: its filters are the eigenvectors of the patch
+covariance of some training images, divided by the square roots of their
+eigenvalues, followed by the same filters negated (so a ReLU-like activation
+after it loses nothing). Training then starts from decorrelated features
+instead of spending epochs learning them.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def patches(images: np.ndarray, size: int) -> np.ndarray:
+  """Every size x size patch ('valid'), flattened in (h, w, c) order."""
+  n, h, w, c = images.shape
+  views = np.lib.stride_tricks.sliding_window_view(images, (size, size),
+                                                   axis=(1, 2))
+  # (n, h-size+1, w-size+1, c, size, size) -> (..., size, size, c).
+  views = np.moveaxis(views, 3, -1)
+  return views.reshape(-1, size * size * c)
+
+
+def whitening(images: np.ndarray, size: int,
+              epsilon: float) -> tuple[np.ndarray, np.ndarray]:
+  """(kernel, bias) of a conv that whitens `images`' size x size patches.
+
+  Args:
+    images: float images (n, h, w, c), as the model sees them.
+    size: patch side.
+    epsilon: added to the eigenvalues, so near-constant directions are not
+      blown up.
+
+  Returns:
+    kernel (size, size, c, 2 * size * size * c) = [W, -W] with W the scaled
+    eigenvectors (largest eigenvalue first), and the bias that centres the
+    patches (-kernel applied to the mean patch).
+  """
+  x = patches(np.asarray(images, np.float64), size)
+  mean = x.mean(axis=0)
+  covariance = np.cov(x, rowvar=False)
+  eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+  order = np.argsort(eigenvalues)[::-1]
+  w = eigenvectors[:, order] / np.sqrt(eigenvalues[order] + epsilon)
+  w = np.concatenate([w, -w], axis=1)
+  c = images.shape[-1]
+  kernel = w.reshape(size, size, c, -1)
+  return kernel.astype(np.float32), (-(mean @ w)).astype(np.float32)
+
+
+def init_whitening(params: Any, images: np.ndarray, size: int,
+                   epsilon: float, name: str = 'whiten') -> Any:
+  """`params` with layer `name` set by `whitening` on `images` (uint8)."""
+  kernel, bias = whitening(np.asarray(images, np.float32) / 255.0, size,
+                           epsilon)
+  layer = params[name]
+  if layer['kernel'].shape != kernel.shape:
+    raise ValueError(f'{name} kernel has shape {layer["kernel"].shape}, the '
+                     f'whitening {kernel.shape}.')
+  return {**params, name: {
+      'kernel': jnp.asarray(kernel, layer['kernel'].dtype),
+      'bias': jnp.asarray(bias, layer['bias'].dtype)}}
