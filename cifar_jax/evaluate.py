@@ -1,11 +1,14 @@
 """Evaluates a saved model: accuracy, loss, per class, confusion matrix.
 
   python -m cifar_jax.evaluate --workdir ckpt/large [--checkpoint best|latest|STEP]
-      [--split test] [--data_dir DIR] [--tta]
+      [--split test] [--data_dir DIR] [--tta] [--tta_level N]
 
 The numbers equal what training logged for that checkpoint (same model,
-same split). `--tta` adds flip test-time augmentation (the mean of the
-softmax of each image and its mirror), reported separately.
+same split, same test-time augmentation level `eval_tta`). `--tta_level`
+evaluates with another level instead (0 none, 1 mirror, 2 mirror and
+translations, as `augment.tta_logits`). `--tta` adds flip test-time
+augmentation (the mean of the softmax of each image and its mirror),
+reported separately.
 """
 
 import os
@@ -18,6 +21,7 @@ from cifar_jax import cli
 from cifar_jax import inference
 from cifar_jax import input_pipeline
 from cifar_jax import plots
+from cifar_jax.errors import UserError
 
 _SPLIT = flags.DEFINE_string('split', '', "Split; default the run's "
                              'eval_split.')
@@ -25,6 +29,9 @@ _DATA_DIR = flags.DEFINE_string('data_dir', '', "Data directory; default "
                                 "the run's.")
 _TTA = flags.DEFINE_bool('tta', False, 'Also report flip test-time '
                          'augmentation.')
+_TTA_LEVEL = flags.DEFINE_integer(
+    'tta_level', None, "Test-time augmentation level instead of the run's "
+    'eval_tta: 0 none, 1 mirror, 2 mirror + translations.')
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -54,9 +61,12 @@ def flip_tta(run: inference.TrainedRun, images: np.ndarray) -> np.ndarray:
 
 
 def evaluate(workdir: str, checkpoint: str = 'latest', split: str = '',
-             data_dir: str = '', tta: bool = False) -> dict:
+             data_dir: str = '', tta: bool = False,
+             tta_level: int | None = None) -> dict:
   """Evaluates, prints the report, writes confusion_matrix.png; returns it."""
-  run = inference.load_run(workdir, checkpoint)
+  if tta_level not in (None, 0, 1, 2):
+    raise UserError(f'--tta_level must be 0, 1 or 2, not {tta_level}.')
+  run = inference.load_run(workdir, checkpoint, tta_level)
   config = run.config
   if data_dir:
     config.data_dir = data_dir
@@ -64,8 +74,9 @@ def evaluate(workdir: str, checkpoint: str = 'latest', split: str = '',
   data = input_pipeline.load_split(config, split)
   result = metrics(inference.logits(run, data.images), data.labels,
                    len(run.class_names))
+  level = config.get('eval_tta', 0) if tta_level is None else tta_level
   print(f'{workdir}, checkpoint step {run.step}, {config.dataset} {split!r} '
-        f'({len(data)} images):')
+        f'({len(data)} images), test-time augmentation level {level}:')
   print(f'Accuracy: {100 * result["accuracy"]:.2f}% - loss: '
         f'{result["loss"]:.4f}')
   if tta:
@@ -89,7 +100,7 @@ def main(argv):
   del argv
   with cli.exit_on_errors():
     evaluate(cli.WORKDIR.value, cli.CHECKPOINT.value, _SPLIT.value,
-             _DATA_DIR.value, _TTA.value)
+             _DATA_DIR.value, _TTA.value, _TTA_LEVEL.value)
 
 
 if __name__ == '__main__':

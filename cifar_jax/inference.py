@@ -30,11 +30,13 @@ class TrainedRun:
   variables: dict[str, Any]
   step: int
   class_names: tuple[str, ...]
+  tta_level: int | None = None  # None: the run's `eval_tta`.
 
   def __post_init__(self):
     # Compiled once per run: inference mode, uint8 in, logits out, with
     # the test-time augmentation the run evaluated with.
-    level = self.config.get('eval_tta', 0)
+    level = (self.config.get('eval_tta', 0) if self.tta_level is None
+             else self.tta_level)
     self.apply = jax.jit(lambda v, x: augment.tta_logits(
         lambda y: self.model.apply(v, y, train=False),
         x.astype(jnp.float32) / 255.0, level))
@@ -82,8 +84,13 @@ def select_step(workdir: str, which: str) -> int:
                   f'saved steps {steps}, not {which!r}.')
 
 
-def load_run(workdir: str, checkpoint: str = 'latest') -> TrainedRun:
-  """The model and variables of `workdir`'s checkpoint `checkpoint`."""
+def load_run(workdir: str, checkpoint: str = 'latest',
+             tta_level: int | None = None) -> TrainedRun:
+  """The model and variables of `workdir`'s checkpoint `checkpoint`.
+
+  Its logits use test-time augmentation `tta_level` (augment.tta_logits),
+  by default the level the run evaluated with, so they match its log.
+  """
   config = ml_collections.ConfigDict(_read_json(workdir, 'config.json'))
   model = models.create_model(config.model,
                               config.get('compute_dtype', 'float32'))
@@ -95,7 +102,7 @@ def load_run(workdir: str, checkpoint: str = 'latest') -> TrainedRun:
   info_path = os.path.join(workdir, DATASET_INFO)
   names = (tuple(_read_json(workdir, DATASET_INFO)['class_names'])
            if os.path.exists(info_path) else input_pipeline.CIFAR10_CLASSES)
-  return TrainedRun(config, model, variables, step, names)
+  return TrainedRun(config, model, variables, step, names, tta_level)
 
 
 def logits(run: TrainedRun, images: np.ndarray,

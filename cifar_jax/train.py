@@ -177,6 +177,24 @@ def train_step(state: TrainState, epoch_metrics: Metrics, data: jax.Array,
   return state, epoch_metrics.merge(batch_metrics)
 
 
+def train_steps(state: TrainState, epoch_metrics: Metrics, data: jax.Array,
+                labels: jax.Array, order: tuple[jax.Array, jax.Array],
+                position: jax.Array, dropout_key: jax.Array,
+                augment_key: jax.Array, *, num_steps: int,
+                **step_kwargs) -> tuple[TrainState, Metrics]:
+  """`num_steps` consecutive `train_step`s of one pass, as one `lax.scan`.
+
+  One dispatch for many steps: on a GPU or TPU the host then never waits
+  between steps, and a whole epoch is one program.
+  """
+  def body(carry, i):
+    return train_step(*carry, data, labels, order, position + i, dropout_key,
+                      augment_key, **step_kwargs), None
+  (state, epoch_metrics), _ = jax.lax.scan(
+      body, (state, epoch_metrics), jnp.arange(num_steps))
+  return state, epoch_metrics
+
+
 def eval_step(state: TrainState, epoch_metrics: Metrics, data: jax.Array,
               labels: jax.Array, indices: jax.Array,
               mask: jax.Array, *, tta: int = 0) -> Metrics:
@@ -234,6 +252,7 @@ class Experiment:
   config: ml_collections.ConfigDict
   model: Any
   state: TrainState  # The initial state.
+  init_params: dict[str, Any]  # Data-dependent params (whitening), NumPy.
   train: tuple[jax.Array, jax.Array]  # uint8 images, labels; replicated.
   eval: tuple[jax.Array, jax.Array]
   order: input_pipeline.TrainOrder
@@ -242,6 +261,8 @@ class Experiment:
   augment_key: jax.Array
   jit_train_step: Any
   jit_eval_step: Any
+  steps_per_dispatch: int  # Steps per call (a `train_steps` scan if > 1).
+  jit_train_steps: Any  # num_steps -> the jitted scan of that many steps.
   class_names: tuple[str, ...]
   replicated: jax.sharding.Sharding
   batch_sharding: jax.sharding.Sharding
@@ -276,41 +297,73 @@ def create_experiment(config: ml_collections.ConfigDict,
     raise UserError(f'The data has {len(train_ds.class_names)} classes but '
                     f'model.num_classes={config.model.num_classes}; set '
                     f'--config.model.num_classes={len(train_ds.class_names)}.')
-  init_key, dropout_key, augment_key, order_key = jax.jit(
-      lambda: tuple(jax.random.split(jax.random.key(config.seed), 4)),
-      out_shardings=replicated)()
-  order = input_pipeline.TrainOrder(len(train_ds), config.batch_size,
-                                    order_key, replicated)
-  steps_per_epoch = config.steps_per_epoch or order.batches_per_pass
-  replace = {}
+  steps_per_epoch = config.steps_per_epoch or -(-len(train_ds) //
+                                               config.batch_size)
+  init_params = {}
   if config.whitening.images:
     kernel, bias = initializers.whitening(
         train_ds.images[:config.whitening.images] / 255.0,
         config.model.whiten_patch, config.whitening.epsilon)
-    replace = {'whiten': {'kernel': kernel, 'bias': bias}}
-  state = create_train_state(config, model, init_key, replicated,
-                             config.num_epochs * steps_per_epoch,
-                             steps_per_epoch, replace)
+    init_params = {'whiten': {'kernel': kernel, 'bias': bias}}
   # Both splits live on the device(s) for the whole run, as uint8.
   train_arrays, eval_arrays = jax.device_put(
       ((train_ds.images, train_ds.labels), (eval_ds.images, eval_ds.labels)),
       replicated)
-  return Experiment(
-      config=config, model=model, state=state, train=train_arrays,
-      eval=eval_arrays, order=order,
-      steps_per_epoch=steps_per_epoch,
-      dropout_key=dropout_key, augment_key=augment_key,
+  step_kwargs = dict(batch_size=config.batch_size,
+                     augment_config=augment_config,
+                     label_smoothing=config.label_smoothing,
+                     batch_sharding=batch_sharding)
+  exp = Experiment(
+      config=config, model=model, state=None, train=train_arrays,
+      eval=eval_arrays, order=None, init_params=init_params,
+      steps_per_epoch=steps_per_epoch, dropout_key=None, augment_key=None,
       jit_train_step=jax.jit(
-          functools.partial(train_step, batch_size=config.batch_size,
-                            augment_config=augment_config,
-                            label_smoothing=config.label_smoothing,
-                            batch_sharding=batch_sharding),
+          functools.partial(train_step, **step_kwargs),
           donate_argnums=(0, 1), out_shardings=(replicated, replicated)),
+      steps_per_dispatch=_steps_per_dispatch(config, steps_per_epoch,
+                                             mesh),
+      jit_train_steps=functools.cache(lambda n: jax.jit(
+          functools.partial(train_steps, num_steps=n, **step_kwargs),
+          donate_argnums=(0, 1), out_shardings=(replicated, replicated))),
       jit_eval_step=jax.jit(
           functools.partial(eval_step, tta=config.eval_tta),
           donate_argnums=(1,), out_shardings=replicated),
       class_names=train_ds.class_names, replicated=replicated,
       batch_sharding=batch_sharding)
+  return with_seed(exp, config.seed)
+
+
+def with_seed(exp: Experiment, seed: int) -> Experiment:
+  """`exp` with the initial state, data order and keys of `seed`.
+
+  The data on the device(s) and the compiled steps are shared, so repeated
+  runs (benchmarks/speedrun.py) compile once.
+  """
+  init_key, dropout_key, augment_key, order_key = jax.jit(
+      lambda: tuple(jax.random.split(jax.random.key(seed), 4)),
+      out_shardings=exp.replicated)()
+  total_steps = exp.config.num_epochs * exp.steps_per_epoch
+  return dataclasses.replace(
+      exp, state=create_train_state(
+          exp.config, exp.model, init_key, exp.replicated, total_steps,
+          exp.steps_per_epoch, exp.init_params),
+      order=input_pipeline.TrainOrder(len(exp.train[1]),
+                                      exp.config.batch_size, order_key,
+                                      exp.replicated),
+      dropout_key=dropout_key, augment_key=augment_key)
+
+
+def _steps_per_dispatch(config: ml_collections.ConfigDict,
+                        steps_per_epoch: int, mesh: jax.sharding.Mesh) -> int:
+  """config.steps_per_dispatch, with 0 = a whole epoch on GPU/TPU, 1 on CPU.
+
+  On XLA:CPU a scan of train steps ran ~12x slower per step than
+  dispatching them one by one (../README.md, "How it runs"), so CPUs keep
+  single steps.
+  """
+  if config.steps_per_dispatch:
+    return config.steps_per_dispatch
+  return 1 if mesh.devices.flat[0].platform == 'cpu' else steps_per_epoch
 
 
 def run_steps(exp: Experiment, state: TrainState, epoch_metrics: Metrics,
@@ -319,8 +372,8 @@ def run_steps(exp: Experiment, state: TrainState, epoch_metrics: Metrics,
               ) -> tuple[TrainState, Metrics, int]:
   """Runs training steps [step, stop), drawing `bar` (steps since epoch start).
 
-  The host only dispatches steps; it reads the metrics (a device sync) only
-  when the bar is due and at `stop`. `should_stop(step)` is asked before each
+  The host only dispatches steps (`exp.steps_per_dispatch` at a time); it
+  reads the metrics (a device sync) only when the bar is due and at `stop`. `should_stop(step)` is asked before each
   step, so a preemption stops at a step boundary; `after_step(step)` runs
   after each (throughput reporting).
 
@@ -330,10 +383,14 @@ def run_steps(exp: Experiment, state: TrainState, epoch_metrics: Metrics,
   epoch_start = step - bar.initial
   while step < stop and not should_stop(step):
     pass_index, position = exp.order.locate(step)
-    state, epoch_metrics = exp.jit_train_step(
+    # A scan never crosses the end of a pass (a new order) or `stop`.
+    n = min(exp.steps_per_dispatch, stop - step,
+            exp.order.batches_per_pass - position)
+    fn = exp.jit_train_step if n == 1 else exp.jit_train_steps(n)
+    state, epoch_metrics = fn(
         state, epoch_metrics, *exp.train, exp.order.pass_order(pass_index),
         position, exp.dropout_key, exp.augment_key)
-    step += 1
+    step += n
     after_step(step)
     if bar.due() or step == stop:
       values = _computed(epoch_metrics)
@@ -345,8 +402,8 @@ def run_steps(exp: Experiment, state: TrainState, epoch_metrics: Metrics,
 # Config keys that may change when a run resumes: they do not change what
 # the checkpointed steps computed.
 RESUMABLE_CHANGES = ('num_epochs', 'data_dir', 'cache_dir', 'eval_batch_size',
-                     'eval_split', 'checkpoint_every_steps', 'keep_checkpoints',
-                     'init_from')
+                     'eval_split', 'eval_tta', 'checkpoint_every_steps',
+                     'keep_checkpoints', 'init_from', 'steps_per_dispatch')
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:

@@ -223,3 +223,39 @@ def test_validation_split_carved_from_train(tmp_path):
   _, history = train.train_and_evaluate(config, str(tmp_path), out=out)
   assert 'Train on 400 samples, validate on 112 samples' in out.getvalue()
   assert 0 <= history[0]['val_accuracy'] <= 1
+
+
+def test_steps_scanned_in_one_dispatch_equal_steps_dispatched_one_by_one(
+    tmp_path):
+  """lax.scan over 5 steps (chunks stop at each pass's end) = single steps.
+
+  Equal to rounding (XLA fuses a scanned step differently), on a config
+  calm enough not to amplify it (see benchmarks/device_count.py).
+  """
+  histories = {}
+  for k in (1, 5):
+    config = get_config('test')
+    config.num_epochs = 2
+    config.steps_per_dispatch = k
+    config.synthetic_train_size = 500  # 16 steps a pass: chunks 5, 5, 5, 1.
+    config.model.batch_norm = True
+    config.model.conv_dropout = (0.0,)
+    config.model.hidden_dropout = 0.0
+    config.optimizer.learning_rate = 0.002
+    config.augment.horizontal_flip = True
+    config.augment.flip_mode = 'alternating'  # Needs the pass in the scan.
+    exp = train.create_experiment(config)
+    assert exp.steps_per_dispatch == k
+    _, histories[k] = train.train_and_evaluate(config, str(tmp_path / str(k)),
+                                               out=io.StringIO())
+  for a, b in zip(histories[1], histories[5]):
+    for key in ('loss', 'val_loss'):
+      assert a[key] == pytest.approx(b[key], rel=1e-4), key
+    for key in ('accuracy', 'val_accuracy'):  # At most 2 examples apart.
+      assert a[key] == pytest.approx(b[key], abs=5e-3), key
+
+
+def test_steps_per_dispatch_auto_is_one_step_on_cpu():
+  config = get_config('test')
+  assert config.steps_per_dispatch == 0
+  assert train.create_experiment(config).steps_per_dispatch == 1
