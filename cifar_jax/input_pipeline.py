@@ -305,10 +305,9 @@ class TrainOrder:
     self.num_examples = num_examples
     self.batch_size = batch_size
     self.batches_per_pass = -(-num_examples // batch_size)
-    self._permute = jax.jit(
-        functools.partial(_pass_order, key, num_examples=num_examples,
-                          length=self.batches_per_pass * batch_size),
-        out_shardings=sharding)
+    permute = _pass_order_fn(num_examples,
+                             self.batches_per_pass * batch_size, sharding)
+    self._permute = functools.partial(permute, key)
     self._cached = (-1, None)
 
   def locate(self, step: int) -> tuple[int, int]:
@@ -327,6 +326,14 @@ class TrainOrder:
     order = self.pass_order(pass_index)
     return tuple(np.asarray(batch_at(a, position, self.batch_size))
                  for a in order)
+
+
+@functools.cache
+def _pass_order_fn(num_examples: int, length: int,
+                   sharding: jax.sharding.Sharding | None):
+  """`_pass_order` jitted once per shape, shared by every seed's order."""
+  return jax.jit(functools.partial(_pass_order, num_examples=num_examples,
+                                   length=length), out_shardings=sharding)
 
 
 def _pass_order(key: jax.Array, pass_index: jax.Array, *, num_examples: int,

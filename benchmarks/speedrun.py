@@ -1,0 +1,113 @@
+"""The speed-record protocol: n seeded runs of a config, accuracy and time.
+
+    python benchmarks/speedrun.py --config configs/fast94.py --runs 25 \\
+        [--target 0.94] [--first_seed 0] [--config.key=value ...]
+
+The protocol of the airbench records (arXiv 2404.00498): the data set is
+loaded and every program compiled first (one warm-up run, not counted); the
+clock of each run covers training and the final evaluation with the
+config's test-time augmentation (`eval_tta`), and excludes loading,
+compilation and per-epoch evaluations (none are made here). Runs differ only
+in the seed (initialisation, data order, augmentation).
+
+Prints each run, then the mean and standard deviation of test accuracy, the
+mean and range of seconds, the warm-up run's extra time (compilation), and a
+one-sided t-test of "mean accuracy >= target".
+"""
+
+import io
+import json
+import math
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+import jax
+
+from cifar_jax import cli
+from cifar_jax import progress
+from cifar_jax import reporting
+from cifar_jax import train
+
+_RUNS = flags.DEFINE_integer('runs', 5, 'Counted runs (seeds).')
+_TARGET = flags.DEFINE_float('target', 0.94, 'Accuracy to test the mean '
+                             'against.')
+_FIRST_SEED = flags.DEFINE_integer('first_seed', 0, 'Seed of the first '
+                                   'counted run; the warm-up uses the one '
+                                   'before.')
+_JSON = flags.DEFINE_string('json', '', 'Also write the results here.')
+
+
+def timed_run(exp: train.Experiment, seed: int) -> tuple[float, float]:
+  """(test accuracy, seconds) of one full run of `exp` with `seed`."""
+  run = train.with_seed(exp, seed)
+  metrics = train.empty_metrics(run.replicated)
+  jax.block_until_ready((run.state, metrics))  # Initialisation: not timed.
+  total = run.config.num_epochs * run.steps_per_epoch
+  start = time.perf_counter()
+  state, _, _ = train.run_steps(run, run.state, metrics, 0, total,
+                                progress.ProgressBar(total, out=io.StringIO()))
+  result = train.evaluate(run.jit_eval_step, state, *run.eval,
+                          run.config.eval_batch_size, run.batch_sharding)
+  return result['accuracy'], time.perf_counter() - start
+
+
+def one_sided_p(values: list[float], target: float) -> float:
+  """p-value of "mean >= target" against "mean < target" (Student's t)."""
+  n = len(values)
+  if n < 2:
+    return float('nan')
+  sd = statistics.stdev(values)
+  if sd == 0:
+    return 0.0 if statistics.mean(values) >= target else 1.0
+  t = (statistics.mean(values) - target) / (sd / math.sqrt(n))
+  try:
+    from scipy import stats  # pylint: disable=g-import-not-at-top
+    return float(stats.t.sf(t, n - 1))
+  except ImportError:  # Normal approximation.
+    return 0.5 * math.erfc(t / math.sqrt(2))
+
+
+def main(argv):
+  del argv
+  config = cli.CONFIG.value
+  with cli.exit_on_errors():
+    exp = train.create_experiment(config)
+  print(f'{reporting.machine_description()}; JAX {jax.__version__}; '
+        f'{config.num_epochs} epochs x {exp.steps_per_epoch} steps of '
+        f'{config.batch_size}, {exp.steps_per_dispatch} steps per dispatch; '
+        f'TTA level {config.eval_tta}; data {config.dataset}', flush=True)
+  warm_acc, warm_s = timed_run(exp, _FIRST_SEED.value - 1)
+  print(f'warm-up (compiles): {100 * warm_acc:.2f}% in {warm_s:.2f} s',
+        flush=True)
+  accuracies, seconds = [], []
+  for seed in range(_FIRST_SEED.value, _FIRST_SEED.value + _RUNS.value):
+    acc, sec = timed_run(exp, seed)
+    accuracies.append(acc)
+    seconds.append(sec)
+    print(f'run {len(seconds):3d} (seed {seed}): {100 * acc:.2f}% in '
+          f'{sec:.3f} s', flush=True)
+  sd = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
+  p = one_sided_p(accuracies, _TARGET.value)
+  mean_s = statistics.mean(seconds)
+  summary = {
+      'runs': len(accuracies), 'accuracy_mean': statistics.mean(accuracies),
+      'accuracy_std': sd, 'seconds_mean': mean_s,
+      'seconds_min': min(seconds), 'seconds_max': max(seconds),
+      'compile_seconds': warm_s - mean_s, 'target': _TARGET.value,
+      'p_value': p, 'accuracies': accuracies, 'seconds': seconds,
+      'machine': reporting.machine_description()}
+  print(f'accuracy: {100 * summary["accuracy_mean"]:.2f}% +- {100 * sd:.2f} '
+        f'(n={len(accuracies)})\n'
+        f'time: {mean_s:.3f} s mean ({min(seconds):.3f} to '
+        f'{max(seconds):.3f}); compilation: {warm_s - mean_s:.2f} s\n'
+        f'mean >= {100 * _TARGET.value:.2f}%: one-sided t-test p = {p:.3g}')
+  if _JSON.value:
+    reporting.write_json(_JSON.value, summary)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main, flags_parser=cli.parse_flags)
