@@ -1,0 +1,69 @@
+"""Steps dispatched one by one vs scanned in one program, per backend.
+
+    python benchmarks/dispatch.py [--configs simple bn_aug_sgd] [--steps 32]
+
+For each config (synthetic data of the config's batch size), times `steps`
+train steps dispatched one at a time (`steps_per_dispatch=1`) and as one
+`lax.scan` (`steps_per_dispatch=steps`), interleaved three times after a
+warm-up, and prints ms per step and the ratio. This is what decides the
+default `steps_per_dispatch=0`: a whole epoch per dispatch on GPU/TPU, one
+step on CPU.
+"""
+
+import argparse
+import io
+import time
+
+import jax
+import jax.numpy as jnp
+
+from cifar_jax import progress
+from cifar_jax import reporting
+from cifar_jax import train
+
+
+def _experiment(name: str, steps_per_dispatch: int, steps: int):
+  config = __import__(f'configs.{name}', fromlist=['get_config']).get_config()
+  config.dataset = 'synthetic'
+  config.synthetic_train_size = steps * config.batch_size
+  config.synthetic_eval_size = config.eval_batch_size
+  config.steps_per_dispatch = steps_per_dispatch
+  return train.create_experiment(config)
+
+
+def _time(exp, steps: int) -> float:
+  bar = progress.ProgressBar(steps, out=io.StringIO())
+  state = jax.tree.map(jnp.copy, exp.state)  # The steps donate theirs.
+  metrics = train.empty_metrics(exp.replicated)
+  jax.block_until_ready((state, metrics))
+  start = time.perf_counter()
+  state, metrics, _ = train.run_steps(exp, state, metrics, 0, steps, bar)
+  jax.block_until_ready((state, metrics))
+  return (time.perf_counter() - start) / steps
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--configs', nargs='+', default=['simple',
+                                                       'bn_aug_sgd'])
+  parser.add_argument('--steps', type=int, default=32)
+  args = parser.parse_args()
+  print(f'{reporting.machine_description()}, {jax.devices()[0].platform}; '
+        f'JAX {jax.__version__}; {args.steps} steps')
+  for name in args.configs:
+    single = _experiment(name, 1, args.steps)
+    scanned = _experiment(name, args.steps, args.steps)
+    _time(single, args.steps)  # Warm-up: compiles.
+    _time(scanned, args.steps)
+    times = {'single': [], 'scan': []}
+    for _ in range(3):
+      times['single'].append(_time(single, args.steps))
+      times['scan'].append(_time(scanned, args.steps))
+    best = {k: min(v) for k, v in times.items()}
+    print(f'{name}: one by one {1000 * best["single"]:.1f} ms/step, scanned '
+          f'{1000 * best["scan"]:.1f} ms/step; scan / single = '
+          f'{best["scan"] / best["single"]:.2f}', flush=True)
+
+
+if __name__ == '__main__':
+  main()
