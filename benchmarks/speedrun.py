@@ -16,10 +16,8 @@ one-sided t-test of "mean accuracy >= target".
 """
 
 import io
-import json
 import math
 import statistics
-import sys
 import time
 
 from absl import app

@@ -8,10 +8,6 @@ after it loses nothing). Training then starts from decorrelated features
 instead of spending epochs learning them.
 """
 
-from typing import Any
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 
@@ -50,17 +46,3 @@ def whitening(images: np.ndarray, size: int,
   c = images.shape[-1]
   kernel = w.reshape(size, size, c, -1)
   return kernel.astype(np.float32), (-(mean @ w)).astype(np.float32)
-
-
-def init_whitening(params: Any, images: np.ndarray, size: int,
-                   epsilon: float, name: str = 'whiten') -> Any:
-  """`params` with layer `name` set by `whitening` on `images` (uint8)."""
-  kernel, bias = whitening(np.asarray(images, np.float32) / 255.0, size,
-                           epsilon)
-  layer = params[name]
-  if layer['kernel'].shape != kernel.shape:
-    raise ValueError(f'{name} kernel has shape {layer["kernel"].shape}, the '
-                     f'whitening {kernel.shape}.')
-  return {**params, name: {
-      'kernel': jnp.asarray(kernel, layer['kernel'].dtype),
-      'bias': jnp.asarray(bias, layer['bias'].dtype)}}

@@ -357,8 +357,8 @@ def _steps_per_dispatch(config: ml_collections.ConfigDict,
                         steps_per_epoch: int, mesh: jax.sharding.Mesh) -> int:
   """config.steps_per_dispatch, with 0 = a whole epoch on GPU/TPU, 1 on CPU.
 
-  On XLA:CPU a scan of train steps ran ~12x slower per step than
-  dispatching them one by one (../README.md, "How it runs"), so CPUs keep
+  On XLA:CPU a scan of train steps ran 14-27x slower per step than
+  dispatching them one by one (benchmarks/dispatch.py), so CPUs keep
   single steps.
   """
   if config.steps_per_dispatch:
