@@ -137,7 +137,7 @@ def test_max_norm_runs_after_every_update_only_on_constrained_leaves():
 
 def test_create_optimizer_refuses_unknown_names():
   config = ml_collections.ConfigDict({'name': 'rmsprop'})
-  with pytest.raises(ValueError, match="'sgd' or 'adam'"):
+  with pytest.raises(ValueError, match="'sgd', 'adam' or 'fast_sgd'"):
     optimizers.create_optimizer(config, {})
 
 
