@@ -174,6 +174,7 @@ def alternating_flips(key: jax.Array, indices: jax.Array,
   Each example has a fixed random bit; it is flipped in the passes where
   bit + pass is odd, so consecutive passes show it both ways.
   """
+  key = jax.random.split(key)[1]  # Not fold_in(key, step)'s stream.
   bits = jax.vmap(
       lambda i: jax.random.bernoulli(jax.random.fold_in(key, i)))(indices)
   return (bits.astype(jnp.int32) + pass_index) % 2 == 1

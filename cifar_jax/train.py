@@ -108,7 +108,12 @@ def create_train_state(config: ml_collections.ConfigDict, model: Any,
 
 def empty_metrics(sharding: jax.sharding.Sharding | None = None) -> Metrics:
   """`Metrics.empty()`, made on `sharding` (see `create_train_state`)."""
-  return jax.jit(Metrics.empty, out_shardings=sharding)()
+  return _empty_metrics_fn(sharding)()
+
+
+@functools.cache
+def _empty_metrics_fn(sharding: jax.sharding.Sharding | None):
+  return jax.jit(Metrics.empty, out_shardings=sharding)  # Compiled once.
 
 
 def _variables(state: TrainState, params: Any) -> dict[str, Any]:
