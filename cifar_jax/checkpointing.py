@@ -188,7 +188,10 @@ def restore_params(path: str,
     raise UserError(f'init_from: {path} is not a run directory or a '
                     'checkpoint.')
   manager = ocp.CheckpointManager(
-      directory, item_handlers={'state': ocp.StandardCheckpointHandler()},
+      directory, item_handlers={
+          'state': ocp.StandardCheckpointHandler(),
+          'epoch_metrics': ocp.StandardCheckpointHandler(),
+          'meta': ocp.JsonCheckpointHandler()},
       options=ocp.CheckpointManagerOptions(read_only=True, create=False))
   sharding = sharding or jax.sharding.SingleDeviceSharding(
       jax.local_devices()[0])
