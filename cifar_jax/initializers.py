@@ -13,7 +13,7 @@ import numpy as np
 
 def patches(images: np.ndarray, size: int) -> np.ndarray:
   """Every size x size patch ('valid'), flattened in (h, w, c) order."""
-  n, h, w, c = images.shape
+  c = images.shape[-1]
   views = np.lib.stride_tricks.sliding_window_view(images, (size, size),
                                                    axis=(1, 2))
   # (n, h-size+1, w-size+1, c, size, size) -> (..., size, size, c).
