@@ -5,9 +5,18 @@ conv-pool-BN-GELU blocks (64, 256, 256), Nesterov SGD at batch 1024 with
 label smoothing 0.2, a triangle schedule, Lookahead, alternating flips,
 2-pixel translations, and mirror + translate test-time augmentation.
 
-Learning rate and weight decay are for the mean loss over the batch: the
-paper's 11.5 and 0.0153 "per 1024 examples" for a summed loss become
-11.5 / (1 + 1 / (1 - 0.85)) = 1.5 and 0.0153 / (1 + 1 / (1 - 0.85)) / 1024.
+Learning rate and weight decay are for the mean loss over the batch. The
+paper's hyperparameters are "per 1024 examples" for a summed loss and
+PyTorch's SGD: lr_torch = 11.5 / K and weight_decay_torch = (0.0153 * B / K)
+/ lr_torch, with K = 1024 * (1 + 1 / (1 - momentum)) and B the batch size.
+A summed loss has B times the mean loss's gradient, so the same updates
+come from a mean loss with learning rate lr_torch * B = 11.5 * B / K (1.5 at
+B = 1024) and weight decay weight_decay_torch / B = 0.0153 / 11.5
+(optimizers_test checks this against PyTorch's update rule).
+
+The whitening epsilon is the paper's 5e-4 for inputs normalised by
+CIFAR-10's standard deviation (about 0.25); our inputs are in [0, 1], where
+the same damping of the patch eigenvalues needs 5e-4 * 0.25**2.
 
 Run: python -m cifar_jax.main --config configs/fast94.py
 """
@@ -28,7 +37,7 @@ def get_config():
   config.label_smoothing = 0.2
   config.eval_tta = 2
   config.whitening.images = 5000
-  config.whitening.epsilon = 5e-4
+  config.whitening.epsilon = 5e-4 * 0.25 ** 2
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'FastNet'
@@ -40,12 +49,12 @@ def get_config():
   config.model.logit_scale = 1 / 9
   config.model.num_classes = 10
 
-  momentum = 0.85
-  kilostep = 1 + 1 / (1 - momentum)
+  momentum, lr_per_1024, decay_per_1024 = 0.85, 11.5, 0.0153
+  kilostep = 1024 * (1 + 1 / (1 - momentum))
   config.optimizer.name = 'fast_sgd'
-  config.optimizer.learning_rate = 11.5 / kilostep
+  config.optimizer.learning_rate = lr_per_1024 * config.batch_size / kilostep
   config.optimizer.momentum = momentum
-  config.optimizer.weight_decay = 0.0153 / kilostep / 1024
+  config.optimizer.weight_decay = decay_per_1024 / lr_per_1024
   config.optimizer.bias_lr_scale = 64.0
   config.optimizer.whiten_bias_epochs = 3
   config.optimizer.schedule_start = 0.2

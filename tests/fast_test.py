@@ -91,7 +91,8 @@ def test_fast_sgd_trains_groups_at_their_rates_and_freezes_whitening():
   config = get_config('fast94').optimizer
   params = {'whiten': {'kernel': jnp.ones((2, 2, 3, 24)),
                        'bias': jnp.zeros(24)},
-            'block1': {'conv1': {'kernel': jnp.ones((3, 3, 24, 4))},
+            # Zero weights: the decay adds nothing, so rates compare alone.
+            'block1': {'conv1': {'kernel': jnp.zeros((3, 3, 24, 4))},
                        'bn1': {'bias': jnp.zeros(4)}}}
   assert optimizers.param_groups(params) == {
       'whiten': {'kernel': 'whiten_kernel', 'bias': 'whiten_bias'},
@@ -112,6 +113,56 @@ def test_fast_sgd_trains_groups_at_their_rates_and_freezes_whitening():
   ratio = moved[0]['block1']['bn1']['bias'] / moved[0]['block1']['conv1'][
       'kernel']
   assert ratio == pytest.approx(config.bias_lr_scale, rel=1e-3)
+
+
+def torch_sgd_reference(w, summed_grads, lr, weight_decay, momentum,
+                        schedule):
+  """PyTorch's SGD(nesterov=True, weight_decay) on a summed loss, in NumPy:
+  g += wd * w; b = m * b + g; w -= lr_t * (g + m * b)."""
+  w, b, out = w.astype(np.float64), None, []
+  for t, g in enumerate(summed_grads):
+    g = g + weight_decay * w
+    b = g if b is None else momentum * b + g
+    w = w - lr * schedule[t] * (g + momentum * b)
+    out.append(w)
+  return out
+
+
+@pytest.mark.parametrize('group', ['weight', 'norm_bias'])
+def test_fast94_mean_loss_rates_equal_the_papers_summed_loss_sgd(group):
+  """airbench's hyperparameters are per 1024 examples, for a summed loss:
+  lr = 11.5 / K and weight_decay = (0.0153 * B / K) / lr in PyTorch, K =
+  1024 * (1 + 1 / (1 - momentum)); biases at 64x lr and wd / 64."""
+  config = get_config('fast94')
+  opt = config.optimizer
+  opt.lookahead_every = 0
+  batch, steps = config.batch_size, 8
+  kilostep = 1024 * (1 + 1 / (1 - 0.85))
+  lr, wd = 11.5 / kilostep, 0.0153 * batch / kilostep
+  if group == 'norm_bias':
+    lr *= 64
+  params = ({'head': {'kernel': jnp.zeros((5, 3))}} if group == 'weight' else
+            {'block1': {'bn1': {'bias': jnp.zeros((5, 3))}}})
+  rng = np.random.default_rng(0)
+  w0 = rng.normal(size=(5, 3))
+  mean_grads = [rng.normal(size=(5, 3)) for _ in range(steps)]
+  total = 4 * steps  # Inside the warm-up: the schedule changes every step.
+  tx = optimizers.create_optimizer(opt, jax.tree.map(lambda _: 0.0, params),
+                                   total_steps=total, steps_per_epoch=10)
+  leaf = lambda tree: jax.tree.leaves(tree)[0]
+  tree = lambda x: jax.tree.map(lambda _: jnp.asarray(x, jnp.float32),
+                                params)
+  p, state, ours = tree(w0), None, []
+  state = tx.init(p)
+  for g in mean_grads:
+    updates, state = tx.update(tree(g), state, p)
+    p = optax.apply_updates(p, updates)
+    ours.append(np.asarray(leaf(p)))
+  schedule = [float(optimizers.triangle(total, 0.2, 0.23, 0.07)(t))
+              for t in range(steps)]
+  theirs = torch_sgd_reference(w0, [batch * g for g in mean_grads], lr,
+                               wd / lr, 0.85, schedule)
+  np.testing.assert_allclose(ours, theirs, rtol=2e-4, atol=1e-5)
 
 
 def test_alternating_flips_show_every_image_both_ways():
