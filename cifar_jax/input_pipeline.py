@@ -15,6 +15,7 @@ from collections.abc import Callable
 import dataclasses
 import functools
 import hashlib
+import io
 import json
 import os
 import socket
@@ -33,6 +34,10 @@ from cifar_jax.errors import UserError
 CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
                    'frog', 'horse', 'ship', 'truck')
 IMAGE_SHAPE = (32, 32, 3)
+# Shuffles an image folder's sorted files once, so its order is fixed.
+FOLDER_ORDER_SEED = 0
+# Part of the cache key: bump when decoding or ordering changes.
+CACHE_FORMAT = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,12 +87,14 @@ def _cached(config: ml_collections.ConfigDict, split: str,
     return load(split, data_dir)
   if config.dataset == 'image_folder':
     _check_folder(data_dir)
-    watched = os.path.join(data_dir, split)
+    watched = data_dir if os.path.isfile(data_dir) else os.path.join(
+        data_dir, split)
   else:
     watched = data_dir or os.environ.get(
         'TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
     watched = os.path.join(watched, config.dataset)
-  key = json.dumps([config.dataset, data_dir, split, _fingerprint(watched)])
+  key = json.dumps([CACHE_FORMAT, config.dataset, data_dir, split,
+                    _fingerprint(watched)])
   name = f'{config.dataset}-{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz'
   path = os.path.join(os.path.expanduser(config.cache_dir), name)
   if os.path.exists(path):
@@ -113,6 +120,9 @@ def _cached(config: ml_collections.ConfigDict, split: str,
 
 def _fingerprint(root: str) -> tuple[int, int, int]:
   """(files, bytes, newest mtime) under `root`; (0, 0, 0) if it is absent."""
+  if os.path.isfile(root):
+    st = os.stat(root)
+    return 1, st.st_size, st.st_mtime_ns
   count = size = newest = 0
   for dirpath, _, files in os.walk(root):
     for name in files:
@@ -210,53 +220,91 @@ def _check_can_download(builder, timeout: float = 5.0) -> None:
 # ---------------------------------------------------------------- folders
 
 
+IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
+
+
 def _check_folder(root: str | None) -> None:
   if not root:
     raise UserError('dataset=image_folder needs --config.data_dir=<root>, '
-                    'the folder that holds <split>/<class>/*.jpg.')
-  if not os.path.isdir(root):
+                    'the folder (or .zip) that holds <split>/<class>/*.jpg.')
+  if root.lower().endswith('.zip'):
+    if not zipfile.is_zipfile(root):
+      raise UserError(f'data_dir {root!r} is not a readable zip archive.')
+  elif not os.path.isdir(root):
     raise UserError(f'data_dir {root!r} is not a directory.')
 
 
-def _load_image_folder(split: str, root: str | None) -> Dataset:
-  """`<root>/<split>/<class>/*.jpg|png` through TFDS's ImageFolder.
+def _image_files(root: str) -> tuple[dict[str, list[str]],
+                                     Callable[[str], bytes]]:
+  """{split: [member paths of its images]} and a reader of one member.
 
-  Images of any size or mode become 32x32 RGB. When the class folders are
-  CIFAR-10's names, labels follow CIFAR-10's order whatever the folder order.
-  ImageFolder's order is deterministic (sorted, then shuffled per split), so
-  slices of it are stable and not grouped by class.
+  `root` is a folder or a zip; in a zip, one top-level folder around the
+  splits (`cifar10-jpeg/train/...`, as the shared copy has) is looked
+  through.
+  """
+  if root.lower().endswith('.zip'):
+    archive = zipfile.ZipFile(root)
+    names = [n for n in archive.namelist() if not n.endswith('/')]
+    read = archive.read
+  else:
+    names = [os.path.relpath(os.path.join(d, f), root)
+             for d, _, files in os.walk(root) for f in files]
+    names = [n.replace(os.sep, '/') for n in names]
+
+    def read(name):
+      with open(os.path.join(root, name), 'rb') as f:
+        return f.read()
+  images = [n for n in names if n.lower().endswith(IMAGE_SUFFIXES)]
+  parts = [n.split('/') for n in images]
+  if parts and all(len(p) == 4 for p in parts) and len(
+      {p[0] for p in parts}) == 1:
+    parts = [p[1:] for p in parts]  # <top>/<split>/<class>/<file>.
+  splits = {}
+  for name, p in zip(images, parts):
+    if len(p) == 3:
+      splits.setdefault(p[0], []).append(name)
+  return splits, read
+
+
+def _decode_rgb32(data: bytes) -> np.ndarray:
+  """Any image file -> (32, 32, 3) uint8; other sizes are resized."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(io.BytesIO(data)) as image:
+    image = image.convert('RGB')
+    if image.size != IMAGE_SHAPE[:2][::-1]:
+      image = image.resize(IMAGE_SHAPE[:2][::-1], Image.Resampling.BILINEAR,
+                           reducing_gap=None)
+    return np.asarray(image, np.uint8)
+
+
+def _load_image_folder(split: str, root: str | None) -> Dataset:
+  """`<root>/<split>/<class>/*.jpg|png`, root a folder or a .zip of one.
+
+  Decoded with Pillow, so no TensorFlow is needed (GPU images rarely have
+  it). Images of any size or mode become 32x32 RGB. When the class folders
+  are CIFAR-10's names, labels follow CIFAR-10's order whatever the folder
+  order. The order of examples is the sorted paths under a fixed shuffle
+  (FOLDER_ORDER_SEED), so slices are stable and not grouped by class.
   """
   _check_folder(root)
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  tf = import_tensorflow()
-  builder = tfds.ImageFolder(root)
-  splits = sorted(builder.info.splits.keys())
+  splits, read = _image_files(root)
   if split not in splits:
     raise UserError(f'No split {split!r} in {root}: it has '
-                    f'{splits or "no <split>/<class>/ folders"}.')
-  names = tuple(builder.info.features['label'].names)
-
-  def to_rgb32(image, label):
-    image = tf.image.resize(image, IMAGE_SHAPE[:2], antialias=True)
-    return tf.cast(tf.round(image), tf.uint8), label
-
-  ds = builder.as_dataset(split=split, shuffle_files=False,
-                          as_supervised=True)
-  ds = ds.map(lambda im, y: tf.cond(
-      tf.reduce_all(tf.shape(im)[:2] == IMAGE_SHAPE[:2]),
-      lambda: (im, y), lambda: to_rgb32(im, y)),
-              num_parallel_calls=tf.data.AUTOTUNE)
-  images, labels = [], []
-  for im, y in tfds.as_numpy(ds.batch(4096)):
-    images.append(im)
-    labels.append(y)
-  if not images:
-    raise UserError(f'Split {split!r} of {root} holds no images.')
-  labels = np.concatenate(labels).astype(np.int32)
+                    f'{sorted(splits) or "no <split>/<class>/ folders"}.')
+  files = sorted(splits[split])
+  names = tuple(sorted({f.split('/')[-2] for f in files}))
   if sorted(names) == sorted(CIFAR10_CLASSES):
-    to_cifar = np.array([CIFAR10_CLASSES.index(n) for n in names], np.int32)
-    labels, names = to_cifar[labels], CIFAR10_CLASSES
-  return Dataset(np.concatenate(images), labels, names)
+    names = CIFAR10_CLASSES
+  files = [files[i] for i in
+           np.random.default_rng(FOLDER_ORDER_SEED).permutation(len(files))]
+  labels = np.array([names.index(f.split('/')[-2]) for f in files], np.int32)
+  images = np.empty((len(files),) + IMAGE_SHAPE, np.uint8)
+  for i, name in enumerate(files):
+    try:
+      images[i] = _decode_rgb32(read(name))
+    except (OSError, ValueError) as e:
+      raise UserError(f'Cannot decode {name} in {root}: {e}') from e
+  return Dataset(images, labels, names)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,6 +314,8 @@ class _SplitSize:
 
 def _slice_bounds(split: str, sizes: dict[str, int]) -> tuple[int, int]:
   """[start, stop) of a TFDS split spec such as 'train[:45000]' or 'train'."""
+  if '[' not in split and split in sizes:
+    return 0, sizes[split]  # Needs no TFDS (not installed on some GPUs).
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(

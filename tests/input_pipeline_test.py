@@ -2,6 +2,7 @@
 
 import os
 import socket
+import sys
 import time
 import zipfile
 
@@ -129,6 +130,40 @@ def test_image_folder_errors_are_clear(tmp_path):
         'validation')
 
 
+def test_image_zip_equals_the_unzipped_folder_and_needs_no_tensorflow(
+    tmp_path, monkeypatch):
+  _write_folder(tmp_path / 'top', ('cats', 'dogs', 'owls'), per_class=4,
+                size=(36, 30))
+  archive = tmp_path / 'images.zip'
+  with zipfile.ZipFile(archive, 'w') as z:  # One top-level folder, as the
+    for path in sorted((tmp_path / 'top').rglob('*.png')):  # shared copy.
+      z.write(path, path.relative_to(tmp_path))
+  # Reading images must not import TensorFlow or TFDS (absent on GPU images).
+  monkeypatch.setitem(sys.modules, 'tensorflow', None)
+  monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)
+  from_zip = input_pipeline.load_split(
+      _config(dataset='image_folder', data_dir=str(archive)), 'train')
+  from_folder = input_pipeline.load_split(
+      _config(dataset='image_folder', data_dir=str(tmp_path / 'top')),
+      'train')
+  assert from_zip.class_names == ('cats', 'dogs', 'owls')
+  np.testing.assert_array_equal(from_zip.images, from_folder.images)
+  np.testing.assert_array_equal(from_zip.labels, from_folder.labels)
+  np.testing.assert_array_equal(from_zip.images[:, 3, 3, 0] // 20,
+                                from_zip.labels)
+  # Shuffled once, not grouped by class, so a slice holds every class.
+  assert len(set(from_zip.labels[:6].tolist())) > 1
+  assert sorted(from_zip.labels.tolist()) == [0] * 4 + [1] * 4 + [2] * 4
+
+
+def test_a_file_that_is_not_a_zip_is_a_clear_error(tmp_path):
+  bad = tmp_path / 'data.zip'
+  bad.write_bytes(b'not a zip')
+  with pytest.raises(UserError, match='not a readable zip'):
+    input_pipeline.load_split(
+        _config(dataset='image_folder', data_dir=str(bad)), 'train')
+
+
 def test_offline_tfds_fails_within_seconds_saying_how_to_train_offline(
     tmp_path, monkeypatch):
   def no_network(*args, **kwargs):
@@ -159,6 +194,24 @@ def test_real_jpeg_copy_loads_with_cifar_labels(shared_zip, tmp_path):
   assert test.images.shape == (40, 32, 32, 3)
   assert np.bincount(test.labels).tolist() == [4] * 10
   assert test.images.std() > 20  # Real photos, not blank decodes.
+
+
+def test_shared_zip_loads_whole_test_split_as_libjpeg_decodes_it(
+    shared_zip):
+  """The real copy, read straight from the zip: 1,000 images per class."""
+  config = _config(dataset='image_folder', data_dir=str(shared_zip))
+  test = input_pipeline.load_split(config, 'test')
+  assert test.images.shape == (10000, 32, 32, 3)
+  assert test.class_names == input_pipeline.CIFAR10_CLASSES
+  assert np.bincount(test.labels).tolist() == [1000] * 10
+  # Spot-check one image against a direct Pillow decode of its member.
+  with zipfile.ZipFile(shared_zip) as z:
+    name = 'cifar10-jpeg/test/frog/0007.jpg'
+    direct = np.asarray(Image.open(z.open(name)).convert('RGB'))
+  matches = np.flatnonzero((test.images == direct).all(axis=(1, 2, 3)))
+  assert len(matches) >= 1
+  assert test.labels[matches[0]] == input_pipeline.CIFAR10_CLASSES.index(
+      'frog')
 
 
 def test_decoded_splits_are_cached_and_refreshed_when_files_change(
