@@ -12,6 +12,7 @@ import os
 import platform
 from typing import Any
 
+from absl import logging
 import jax
 import ml_collections
 
@@ -53,17 +54,43 @@ def write_json(path: str, value: Any) -> None:
   os.replace(tmp, path)
 
 
+class _LogWriter:
+  """clu's MetricWriter interface, to the log only: where TensorFlow (which
+  clu's TensorBoard writer needs) is not installed, as on many GPU images."""
+
+  def write_hparams(self, hparams: dict[str, Any]) -> None:
+    logging.info('Hyperparameters: %s', hparams)
+
+  def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
+    logging.info('[%d] %s', step, ', '.join(
+        f'{k}={v:.6g}' for k, v in scalars.items()))
+
+  def flush(self) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
 class Reporter:
   """Writes a run's summaries; `progress(step)` after every train step."""
 
   def __init__(self, workdir: str, config: ml_collections.ConfigDict,
                total_steps: int):
-    # clu's writers import TensorFlow: keep it off the GPUs first.
-    input_pipeline.import_tensorflow()
-    from clu import metric_writers  # pylint: disable=g-import-not-at-top
-    from clu import periodic_actions  # pylint: disable=g-import-not-at-top
     self.workdir = workdir
     self.is_writer = jax.process_index() == 0
+    self.title = os.path.basename(os.path.normpath(workdir))
+    try:
+      # clu's writers import TensorFlow: keep it off the GPUs first.
+      input_pipeline.import_tensorflow()
+      from clu import metric_writers  # pylint: disable=g-import-not-at-top
+      from clu import periodic_actions  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      logging.warning('No TensorBoard summaries (%s); history.json and '
+                      'curves.png are written as usual.', e)
+      self.writer = _LogWriter()
+      self.progress = lambda step: None
+      return
     self.writer = metric_writers.create_default_writer(
         workdir, just_logging=not self.is_writer, asynchronous=True)
     hparams = flatten(json.loads(config.to_json_best_effort()))
@@ -71,7 +98,6 @@ class Reporter:
                                else str(v) for k, v in hparams.items()})
     self.progress = periodic_actions.ReportProgress(
         num_train_steps=total_steps, writer=self.writer, every_secs=60)
-    self.title = os.path.basename(os.path.normpath(workdir))
 
   def epoch(self, step: int, history: list[dict[str, float]],
             learning_rate: float, train_seconds: float, num_steps: int,

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import sys
 
 import numpy as np
 from PIL import Image
@@ -45,6 +46,20 @@ def test_tensorboard_events_hold_the_expected_tags(trained):
   # SGD with decay 0.01 / 2 per update, after 48 updates.
   np.testing.assert_allclose(float(tensor_util.make_ndarray(lr.tensor_proto)),
                              0.01 / (1 + 0.005 * 48), rtol=1e-6)
+
+
+def test_without_tensorflow_a_run_still_writes_history_and_curves(
+    tmp_path, monkeypatch):
+  """GPU images often lack TensorFlow: TensorBoard is skipped, not fatal."""
+  monkeypatch.setitem(sys.modules, 'tensorflow', None)
+  config = get_config('test')
+  config.num_epochs = 1
+  _, history = train.train_and_evaluate(config, str(tmp_path),
+                                        out=io.StringIO())
+  assert not list(tmp_path.glob('events.out.tfevents.*'))
+  with open(tmp_path / 'history.json') as f:
+    assert json.load(f) == history
+  assert (tmp_path / 'curves.png').stat().st_size > 0
 
 
 def test_curves_png_is_the_seeds_two_panels(trained):
