@@ -73,37 +73,52 @@ def create_mesh(devices: list[jax.Device] | None = None
                        axis_types=(jax.sharding.AxisType.Auto,))
 
 
+def state_initializer(config: ml_collections.ConfigDict, model: Any,
+                      sharding: jax.sharding.Sharding | None = None,
+                      total_steps: int = 0, steps_per_epoch: int = 0):
+  """A jitted `(rng, replace) -> TrainState` that inits params and optimizer.
+
+  The optimizer is built once, here: it is a static part of the state's
+  tree structure, so every state made by this function has the same
+  structure, and the compiled steps serve all of them (one compilation for
+  many seeds). The state is made by one jitted program that writes it
+  straight to `sharding`: on several processes, moving arrays made on one
+  device to a global sharding is not supported.
+
+  Args:
+    config: the run's config.
+    model: the Flax module.
+    sharding: where the state lives.
+    total_steps, steps_per_epoch: the run's length (for schedules).
+
+  Returns:
+    init(rng, replace): `replace` holds top-level parameter subtrees to use
+    instead of the random ones (the data-dependent whitening layer).
+  """
+  def init_variables(rng):
+    return model.init(rng, jnp.zeros((1,) + input_pipeline.IMAGE_SHAPE),
+                      train=False)
+  abstract = jax.eval_shape(init_variables, jax.random.key(0))
+  tx = optimizers.create_optimizer(
+      config.optimizer, model.max_norm_values(abstract['params']),
+      total_steps, steps_per_epoch)
+
+  def init(rng, replace):
+    variables = init_variables(rng)
+    return TrainState.create(apply_fn=model.apply,
+                             params={**variables['params'], **replace}, tx=tx,
+                             batch_stats=variables.get('batch_stats', {}))
+  return jax.jit(init, out_shardings=sharding)
+
+
 def create_train_state(config: ml_collections.ConfigDict, model: Any,
                        rng: jax.Array,
                        sharding: jax.sharding.Sharding | None = None,
                        total_steps: int = 0, steps_per_epoch: int = 0,
                        replace: dict[str, Any] | None = None) -> TrainState:
-  """Initialises parameters (the model's initialisers) and the optimizer.
-
-  Made by one jitted program that writes it straight to `sharding`: on
-  several processes, moving arrays made on one device to a global sharding
-  is not supported, so nothing of the state is ever made elsewhere.
-
-  Args:
-    config: the run's config.
-    model: the Flax module.
-    rng: the initialisation key.
-    sharding: where the state lives.
-    total_steps, steps_per_epoch: the run's length (for schedules).
-    replace: top-level parameter subtrees to use instead of the random
-      ones (the data-dependent whitening layer), before the optimizer
-      sees them.
-  """
-  def init(rng, replace):
-    variables = model.init(rng, jnp.zeros((1,) + input_pipeline.IMAGE_SHAPE),
-                           train=False)
-    params = {**variables['params'], **replace}
-    tx = optimizers.create_optimizer(config.optimizer,
-                                     model.max_norm_values(params),
-                                     total_steps, steps_per_epoch)
-    return TrainState.create(apply_fn=model.apply, params=params, tx=tx,
-                             batch_stats=variables.get('batch_stats', {}))
-  return jax.jit(init, out_shardings=sharding)(rng, replace or {})
+  """One initial state (see `state_initializer`)."""
+  return state_initializer(config, model, sharding, total_steps,
+                           steps_per_epoch)(rng, replace or {})
 
 
 def empty_metrics(sharding: jax.sharding.Sharding | None = None) -> Metrics:
@@ -258,6 +273,8 @@ class Experiment:
   model: Any
   state: TrainState  # The initial state.
   init_params: dict[str, Any]  # Data-dependent params (whitening), NumPy.
+  init_seconds: float  # Host time spent computing init_params.
+  init_state: Any  # (rng, init_params) -> TrainState; see state_initializer.
   train: tuple[jax.Array, jax.Array]  # uint8 images, labels; replicated.
   eval: tuple[jax.Array, jax.Array]
   order: input_pipeline.TrainOrder
@@ -304,12 +321,13 @@ def create_experiment(config: ml_collections.ConfigDict,
                     f'--config.model.num_classes={len(train_ds.class_names)}.')
   steps_per_epoch = config.steps_per_epoch or -(-len(train_ds) //
                                                config.batch_size)
-  init_params = {}
+  init_params, start = {}, time.perf_counter()
   if config.whitening.images:
     kernel, bias = initializers.whitening(
         train_ds.images[:config.whitening.images] / 255.0,
         config.model.whiten_patch, config.whitening.epsilon)
     init_params = {'whiten': {'kernel': kernel, 'bias': bias}}
+  init_seconds = time.perf_counter() - start
   # Both splits live on the device(s) for the whole run, as uint8.
   train_arrays, eval_arrays = jax.device_put(
       ((train_ds.images, train_ds.labels), (eval_ds.images, eval_ds.labels)),
@@ -321,6 +339,10 @@ def create_experiment(config: ml_collections.ConfigDict,
   exp = Experiment(
       config=config, model=model, state=None, train=train_arrays,
       eval=eval_arrays, order=None, init_params=init_params,
+      init_seconds=init_seconds,
+      init_state=state_initializer(config, model, replicated,
+                                   config.num_epochs * steps_per_epoch,
+                                   steps_per_epoch),
       steps_per_epoch=steps_per_epoch, dropout_key=None, augment_key=None,
       jit_train_step=jax.jit(
           functools.partial(train_step, **step_kwargs),
@@ -341,21 +363,24 @@ def create_experiment(config: ml_collections.ConfigDict,
 def with_seed(exp: Experiment, seed: int) -> Experiment:
   """`exp` with the initial state, data order and keys of `seed`.
 
-  The data on the device(s) and the compiled steps are shared, so repeated
-  runs (benchmarks/speedrun.py) compile once.
+  The data on the device(s), the optimizer and the compiled programs are
+  shared, so repeated runs (benchmarks/speedrun.py) compile once.
   """
-  init_key, dropout_key, augment_key, order_key = jax.jit(
-      lambda: tuple(jax.random.split(jax.random.key(seed), 4)),
-      out_shardings=exp.replicated)()
-  total_steps = exp.config.num_epochs * exp.steps_per_epoch
+  init_key, dropout_key, augment_key, order_key = _split_seed_fn(
+      exp.replicated)(seed)
   return dataclasses.replace(
-      exp, state=create_train_state(
-          exp.config, exp.model, init_key, exp.replicated, total_steps,
-          exp.steps_per_epoch, exp.init_params),
+      exp, state=exp.init_state(init_key, exp.init_params),
       order=input_pipeline.TrainOrder(len(exp.train[1]),
                                       exp.config.batch_size, order_key,
                                       exp.replicated),
       dropout_key=dropout_key, augment_key=augment_key)
+
+
+@functools.cache
+def _split_seed_fn(sharding: jax.sharding.Sharding):
+  """seed -> 4 keys (init, dropout, augment, order), compiled once."""
+  return jax.jit(lambda seed: tuple(jax.random.split(jax.random.key(seed), 4)),
+                 out_shardings=sharding)
 
 
 def _steps_per_dispatch(config: ml_collections.ConfigDict,
@@ -369,6 +394,40 @@ def _steps_per_dispatch(config: ml_collections.ConfigDict,
   if config.steps_per_dispatch:
     return config.steps_per_dispatch
   return 1 if mesh.devices.flat[0].platform == 'cpu' else steps_per_epoch
+
+
+def dispatch_sizes(exp: Experiment, total_steps: int) -> list[int]:
+  """The scan lengths `run_steps` dispatches over steps [0, total_steps)."""
+  sizes, step = set(), 0
+  while step < total_steps:
+    _, position = exp.order.locate(step)
+    n = min(exp.steps_per_dispatch, total_steps - step,
+            exp.order.batches_per_pass - position)
+    sizes.add(n)
+    step += n
+  return sorted(sizes)
+
+
+def compile_ahead(exp: Experiment, total_steps: int) -> float:
+  """Compiles every program a run of `total_steps` calls; returns seconds.
+
+  Ahead-of-time (`lower(...).compile()`), so a timed run measures only
+  running: JAX keeps the executables, and the run's calls with the same
+  shapes and shardings reuse them.
+  """
+  start = time.perf_counter()
+  state, metrics = exp.state, empty_metrics(exp.replicated)
+  order = exp.order.pass_order(0)
+  for n in dispatch_sizes(exp, total_steps):
+    fn = exp.jit_train_step if n == 1 else exp.jit_train_steps(n)
+    fn.lower(state, metrics, *exp.train, order, 0, exp.dropout_key,
+             exp.augment_key).compile()
+  idx, mask = next(input_pipeline.eval_batches(len(exp.eval[1]),
+                                               exp.config.eval_batch_size))
+  exp.jit_eval_step.lower(
+      state, metrics, *exp.eval, jax.device_put(idx, exp.batch_sharding),
+      jax.device_put(mask, exp.batch_sharding)).compile()
+  return time.perf_counter() - start
 
 
 def run_steps(exp: Experiment, state: TrainState, epoch_metrics: Metrics,

@@ -33,4 +33,7 @@ def test_speedrun_reports_every_seed_and_their_statistics(tmp_path):
       sum(result['accuracies']) / 2)
   assert min(result['seconds']) == result['seconds_min'] > 0
   assert 'TTA level 1' in r.stdout
+  assert result['compile_seconds'] > 0 and result['warmup_seconds'] > 0
+  assert f'compilation (ahead of time): {result["compile_seconds"]:.2f} s' in (
+      r.stdout)
   assert f'{100 * result["accuracy_mean"]:.2f}%' in r.stdout

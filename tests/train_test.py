@@ -263,3 +263,32 @@ def test_steps_per_dispatch_auto_is_one_step_on_cpu():
   config = get_config('test')
   assert config.steps_per_dispatch == 0
   assert train.create_experiment(config).steps_per_dispatch == 1
+
+
+def test_runs_with_other_seeds_reuse_the_programs_compiled_ahead(caplog):
+  """speedrun.py times many seeds: none of them may compile again."""
+  config = get_config('test')
+  config.num_epochs = 1
+  config.steps_per_dispatch = 4
+  exp = train.create_experiment(config)
+  total = exp.steps_per_epoch
+  assert train.dispatch_sizes(exp, total) == [4]
+  with jax.log_compiles(True), caplog.at_level('WARNING'):
+    assert train.compile_ahead(exp, total) > 0
+    ahead = [r.getMessage() for r in caplog.records]
+    caplog.clear()
+    finals = []
+    for seed in (1, 2):
+      run = train.with_seed(exp, seed)
+      state, _, _ = train.run_steps(
+          run, run.state, train.empty_metrics(run.replicated), 0, total,
+          progress.ProgressBar(total, out=io.StringIO()))
+      train.evaluate(run.jit_eval_step, state, *run.eval,
+                     config.eval_batch_size, run.batch_sharding)
+      finals.append(jax.tree.leaves(state.params)[0])
+    during = [r.getMessage() for r in caplog.records]
+  for name in ('jit(train_steps)', 'jit(eval_step)'):
+    assert any(name in m for m in ahead)
+    assert not any(name in m for m in during), during
+  assert not any('jit(init)' in m for m in during)  # Built once too.
+  assert not np.allclose(finals[0], finals[1])  # The seeds did differ.
