@@ -39,6 +39,8 @@ _TARGET = flags.DEFINE_float('target', 0.94, 'Accuracy to test the mean '
 _FIRST_SEED = flags.DEFINE_integer('first_seed', 0, 'Seed of the first '
                                    'counted run; the warm-up uses the one '
                                    'before.')
+_WARMUP = flags.DEFINE_integer('warmup_runs', 1, 'Uncounted runs after the '
+                              'ahead-of-time compilation.')
 _JSON = flags.DEFINE_string('json', '', 'Also write the results here.')
 
 
@@ -89,8 +91,10 @@ def main(argv):
   compile_s = train.compile_ahead(exp, config.num_epochs *
                                   exp.steps_per_epoch)
   print(f'compilation (ahead of time): {compile_s:.2f} s', flush=True)
-  warm_acc, warm_s = timed_run(exp, _FIRST_SEED.value - 1)
-  print(f'warm-up run: {100 * warm_acc:.2f}% in {warm_s:.2f} s', flush=True)
+  warm_s = 0.0
+  for i in range(_WARMUP.value):
+    warm_acc, warm_s = timed_run(exp, _FIRST_SEED.value - 1 - i)
+    print(f'warm-up run: {100 * warm_acc:.2f}% in {warm_s:.2f} s', flush=True)
   accuracies, seconds = [], []
   for seed in range(_FIRST_SEED.value, _FIRST_SEED.value + _RUNS.value):
     acc, sec = timed_run(exp, seed)

@@ -12,12 +12,14 @@ step and gets the same data it would have seen.
 """
 
 from collections.abc import Callable
+import concurrent.futures
 import dataclasses
 import functools
 import hashlib
 import io
 import json
 import os
+import re
 import socket
 import time
 import urllib.parse
@@ -298,12 +300,17 @@ def _load_image_folder(split: str, root: str | None) -> Dataset:
   files = [files[i] for i in
            np.random.default_rng(FOLDER_ORDER_SEED).permutation(len(files))]
   labels = np.array([names.index(f.split('/')[-2]) for f in files], np.int32)
-  images = np.empty((len(files),) + IMAGE_SHAPE, np.uint8)
-  for i, name in enumerate(files):
+  def decode(name):
     try:
-      images[i] = _decode_rgb32(read(name))
+      return _decode_rgb32(read(name))
     except (OSError, ValueError) as e:
       raise UserError(f'Cannot decode {name} in {root}: {e}') from e
+
+  # Pillow decodes without holding the GIL: threads use every core.
+  with concurrent.futures.ThreadPoolExecutor(
+      min(32, os.cpu_count() or 1)) as pool:
+    images = np.stack(list(pool.map(decode, files))) if files else np.empty(
+        (0,) + IMAGE_SHAPE, np.uint8)
   return Dataset(images, labels, names)
 
 
@@ -312,10 +319,35 @@ class _SplitSize:
   num_examples: int  # What ReadInstruction.to_absolute reads of a split.
 
 
+def _simple_slice(split: str, sizes: dict[str, int]
+                  ) -> tuple[int, int] | None:
+  """'train', 'train[:45000]', 'train[-5000:]' or 'train[10%:]' without
+  TFDS (None for any other spec, which TFDS then reads)."""
+  match = re.fullmatch(r'(\w+)(?:\[(-?\d*)(%?):(-?\d*)(%?)\])?', split)
+  if not match or match.group(1) not in sizes:
+    return None
+  name, lo, lo_pct, hi, hi_pct = match.groups()
+  size = sizes[name]
+  if lo_pct != hi_pct and lo and hi:
+    return None  # Mixed units: leave it to TFDS.
+
+  def bound(text, percent, default):
+    if not text:
+      return default
+    value = int(text)
+    if abs(value) > (100 if percent else size):
+      raise UserError(f'Bad split {split!r}: {name} has {size} examples.')
+    if percent:
+      value = round(value * size / 100)  # TFDS's 'closest' rounding.
+    return value + size if value < 0 else value
+  return bound(lo, lo_pct, 0), bound(hi, hi_pct, size)
+
+
 def _slice_bounds(split: str, sizes: dict[str, int]) -> tuple[int, int]:
   """[start, stop) of a TFDS split spec such as 'train[:45000]' or 'train'."""
-  if '[' not in split and split in sizes:
-    return 0, sizes[split]  # Needs no TFDS (not installed on some GPUs).
+  simple = _simple_slice(split, sizes)
+  if simple is not None:
+    return simple  # Needs no TFDS (not installed on many GPU images).
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(

@@ -164,6 +164,22 @@ def test_a_file_that_is_not_a_zip_is_a_clear_error(tmp_path):
         _config(dataset='image_folder', data_dir=str(bad)), 'train')
 
 
+@pytest.mark.parametrize('spec', [
+    'train', 'train[:45000]', 'train[45000:]', 'train[-5000:]',
+    'train[:-5000]', 'train[10%:]', 'train[:33%]', 'train[-10%:]',
+    'train[5:10]'])
+def test_common_slices_match_tfds_without_importing_it(spec, monkeypatch):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  sizes = {'train': 50000, 'test': 10000}
+  (expected,) = tfds.core.ReadInstruction.from_spec(spec).to_absolute(
+      {k: input_pipeline._SplitSize(v) for k, v in sizes.items()})
+  monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)
+  assert input_pipeline._slice_bounds(spec, sizes) == (
+      expected.from_ or 0, 50000 if expected.to is None else expected.to)
+  with pytest.raises(UserError, match='has 50000 examples'):
+    input_pipeline._slice_bounds('train[:60000]', sizes)
+
+
 def test_offline_tfds_fails_within_seconds_saying_how_to_train_offline(
     tmp_path, monkeypatch):
   def no_network(*args, **kwargs):

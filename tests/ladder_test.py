@@ -1,6 +1,7 @@
 """The ladder: rungs in order, resumable, and a report with all of them."""
 
 import io
+import json
 
 import pytest
 
@@ -34,6 +35,39 @@ def test_two_rungs_run_and_the_report_holds_both(tmp_path):
   ladder.run_ladder(['deep_adam', 'deep_adam_aug'], 0.02, SMALL, str(root),
                     'test', out=again)
   assert again.getvalue().count('already finished') == 2
+
+
+def test_parallel_rungs_run_in_processes_and_deep_adam_aug_waits(tmp_path):
+  root = tmp_path / 'ladder'
+  out = io.StringIO()
+  rows = ladder.run_ladder(['deep_adam', 'deep_adam_aug', 'simple'], 0.02,
+                           SMALL, str(root), 'test', out=out, parallel=2)
+  assert [r['rung'] for r in rows] == ['deep_adam', 'deep_adam_aug', 'simple']
+  assert [r['epochs'] for r in rows] == [2, 4, 1]
+  log = out.getvalue().splitlines()
+  # Two at once: simple starts beside deep_adam; deep_adam_aug only after
+  # deep_adam has finished, from its parameters.
+  assert log.index('=== simple: 1 epochs, started') < next(
+      i for i, l in enumerate(log) if l.startswith('=== deep_adam finished'))
+  assert next(i for i, l in enumerate(log)
+              if l.startswith('=== deep_adam finished')) < log.index(
+                  '=== deep_adam_aug: 4 epochs, started')
+  config = json.loads((root / 'deep_adam_aug' / 'config.json').read_text())
+  assert config['init_from'] == str(root / 'deep_adam')
+  assert 'Epoch 4/4' in (root / 'deep_adam_aug' / 'log.txt').read_text()
+  report = (root / 'REPORT.md').read_text()
+  assert 'Wall-clock time of the command' in report
+  assert all(f'| {name} ' in report for name in ('deep_adam', 'simple'))
+
+
+def test_a_failing_rung_fails_the_ladder_and_skips_its_dependent(tmp_path):
+  out = io.StringIO()
+  with pytest.raises(UserError, match='Rungs failed'):
+    ladder.run_ladder(['deep_adam', 'deep_adam_aug'], 0.02,
+                      SMALL + [('optimizer.learning_rate', '1e9')],
+                      str(tmp_path), 'test', out=out, parallel=2)
+  assert '=== deep_adam failed' in out.getvalue()
+  assert '=== deep_adam_aug skipped: deep_adam failed' in out.getvalue()
 
 
 def test_overrides_keep_types_and_refuse_unknown_keys():
