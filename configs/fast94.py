@@ -26,6 +26,14 @@ import ml_collections
 from configs import default
 
 
+def set_rates(config: ml_collections.ConfigDict, lr_per_1024: float,
+              decay_per_1024: float) -> None:
+  """The paper's per-1024-example rates, as our mean-loss optimizer's."""
+  kilostep = 1024 * (1 + 1 / (1 - config.optimizer.momentum))
+  config.optimizer.learning_rate = lr_per_1024 * config.batch_size / kilostep
+  config.optimizer.weight_decay = decay_per_1024 / lr_per_1024
+
+
 def get_config():
   config = default.get_config()
   config.batch_size = 1024
@@ -43,18 +51,16 @@ def get_config():
   config.model.name = 'FastNet'
   config.model.widths = (64, 256, 256)
   config.model.block_depth = 2
+  config.model.residual = False
   config.model.whiten_patch = 2
   config.model.bn_momentum = 0.4  # PyTorch's momentum 0.6.
   config.model.bn_epsilon = 1e-12
   config.model.logit_scale = 1 / 9
   config.model.num_classes = 10
 
-  momentum, lr_per_1024, decay_per_1024 = 0.85, 11.5, 0.0153
-  kilostep = 1024 * (1 + 1 / (1 - momentum))
   config.optimizer.name = 'fast_sgd'
-  config.optimizer.learning_rate = lr_per_1024 * config.batch_size / kilostep
-  config.optimizer.momentum = momentum
-  config.optimizer.weight_decay = decay_per_1024 / lr_per_1024
+  config.optimizer.momentum = 0.85
+  set_rates(config, lr_per_1024=11.5, decay_per_1024=0.0153)
   config.optimizer.bias_lr_scale = 64.0
   config.optimizer.whiten_bias_epochs = 3
   config.optimizer.schedule_start = 0.2

@@ -1,8 +1,8 @@
-"""fast95: the fast94 recipe scaled up, in the direction of airbench95.
+"""fast95: the airbench95 recipe (arXiv 2404.00498) in cifar_jax.
 
-Wider blocks (128, 384, 384), 15 epochs, the rest as fast94
-(arXiv 2404.00498 reports 95% for this direction of scaling). The
-accuracy on a GPU over several seeds is still to be measured here.
+fast94 made wider (128, 384, 384), trained for 15 epochs at a lower
+learning rate (10.0 per 1024 examples instead of 11.5); everything else as
+fast94. airbench95 reports 95.01% mean accuracy (n=200) on CIFAR-10.
 
 Run: python -m cifar_jax.main --config configs/fast95.py
 """
@@ -14,4 +14,5 @@ def get_config():
   config = fast94.get_config()
   config.num_epochs = 15
   config.model.widths = (128, 384, 384)
+  fast94.set_rates(config, lr_per_1024=10.0, decay_per_1024=0.0153)
   return config

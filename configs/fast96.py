@@ -1,8 +1,10 @@
-"""fast96: a deeper, wider airbench-family recipe, toward airbench96.
+"""fast96: the airbench96 recipe (arXiv 2404.00498) in cifar_jax.
 
-Three convolutions per block (128, 512, 512), 40 epochs, 4-pixel
-translations and 12-pixel cutout on top of the fast94 recipe. The accuracy
-on a GPU over several seeds is still to be measured here.
+fast94 with twice the width (128, 512, 512), three convolutions per block
+with a residual connection around the last two (10 convolutions in all),
+4-pixel translations, 12-pixel cutout, 40 epochs, and a lower learning rate
+(9.0 per 1024 examples). airbench96 reports 96.05% mean accuracy (n=200)
+on CIFAR-10 in this form.
 
 Run: python -m cifar_jax.main --config configs/fast96.py
 """
@@ -15,6 +17,8 @@ def get_config():
   config.num_epochs = 40
   config.model.widths = (128, 512, 512)
   config.model.block_depth = 3
+  config.model.residual = True
   config.augment.crop_padding = 4
   config.augment.cutout_size = 12
+  fast94.set_rates(config, lr_per_1024=9.0, decay_per_1024=0.0153)
   return config

@@ -146,3 +146,38 @@ def test_mismatched_stage_lists_are_refused_with_a_clear_message():
   config.conv_dropout = (0.2,)
   with pytest.raises(ValueError, match='one entry per stage'):
     models.create_model(config)
+
+
+@pytest.mark.parametrize('residual', [False, True])
+def test_residual_fast_block_adds_its_first_activation_to_its_output(
+    residual):
+  """With the later convolutions zeroed, their BN-GELU path outputs 0, so a
+  residual block returns its first activation and a plain one returns 0."""
+  block = models.FastBlock(8, bn_momentum=0.4, bn_epsilon=1e-12, depth=3,
+                           residual=residual)
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
+  variables = block.init(jax.random.key(1), x, train=True)
+  params = dict(variables['params'])
+  for name in ('conv2', 'conv3'):
+    params[name] = {'kernel': jnp.zeros_like(params[name]['kernel'])}
+  variables = {**variables, 'params': params}
+  out, _ = block.apply(variables, x, train=True, mutable=['batch_stats'])
+  first = models.FastBlock(8, bn_momentum=0.4, bn_epsilon=1e-12, depth=1)
+  first_vars = {'params': {k: params[k] for k in ('conv1', 'bn1')},
+                'batch_stats': {'bn1': variables['batch_stats']['bn1']}}
+  expected, _ = first.apply(first_vars, x, train=True, mutable=['batch_stats'])
+  if residual:
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+  else:
+    np.testing.assert_allclose(out, 0.0, atol=1e-6)
+  assert float(jnp.abs(expected).max()) > 0.1
+
+
+def test_fast96_has_ten_convolutions_and_residual_blocks():
+  config = get_config('fast96')
+  model = models.create_model(config.model)
+  params = jax.eval_shape(model.init, jax.random.key(0),
+                          jnp.zeros((1, 32, 32, 3)))['params']
+  convs = [k for block in params.values() for k in block
+           if k.startswith('conv')] + ['whiten']
+  assert len(convs) == 10 and model.residual
