@@ -88,8 +88,8 @@ def main(argv):
   print(f'setup (load data to the device, whitening init, state): '
         f'{setup_s:.2f} s, of which whitening {exp.init_seconds:.2f} s',
         flush=True)
-  compile_s = train.compile_ahead(exp, config.num_epochs *
-                                  exp.steps_per_epoch)
+  compile_s = train.compile_ahead(
+      exp, [config.num_epochs * exp.steps_per_epoch])
   print(f'compilation (ahead of time): {compile_s:.2f} s', flush=True)
   warm_s = 0.0
   for i in range(_WARMUP.value):

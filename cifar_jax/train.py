@@ -396,29 +396,35 @@ def _steps_per_dispatch(config: ml_collections.ConfigDict,
   return 1 if mesh.devices.flat[0].platform == 'cpu' else steps_per_epoch
 
 
-def dispatch_sizes(exp: Experiment, total_steps: int) -> list[int]:
-  """The scan lengths `run_steps` dispatches over steps [0, total_steps)."""
-  sizes, step = set(), 0
-  while step < total_steps:
-    _, position = exp.order.locate(step)
-    n = min(exp.steps_per_dispatch, total_steps - step,
-            exp.order.batches_per_pass - position)
-    sizes.add(n)
-    step += n
+def dispatch_sizes(exp: Experiment, stops: list[int],
+                   start: int = 0) -> list[int]:
+  """The scan lengths `run_steps` dispatches from `start` through `stops`.
+
+  `stops` are the steps where the caller's loop calls `run_steps` anew
+  (epoch ends, checkpoints); the last is the end of the run.
+  """
+  sizes, step = set(), start
+  for stop in sorted(stops):
+    while step < stop:
+      _, position = exp.order.locate(step)
+      n = min(exp.steps_per_dispatch, stop - step,
+              exp.order.batches_per_pass - position)
+      sizes.add(n)
+      step += n
   return sorted(sizes)
 
 
-def compile_ahead(exp: Experiment, total_steps: int) -> float:
-  """Compiles every program a run of `total_steps` calls; returns seconds.
+def compile_ahead(exp: Experiment, stops: list[int], start: int = 0) -> float:
+  """Compiles every program a run calls (`dispatch_sizes`); returns seconds.
 
   Ahead-of-time (`lower(...).compile()`), so a timed run measures only
   running: JAX keeps the executables, and the run's calls with the same
   shapes and shardings reuse them.
   """
-  start = time.perf_counter()
+  begin = time.perf_counter()
   state, metrics = exp.state, empty_metrics(exp.replicated)
   order = exp.order.pass_order(0)
-  for n in dispatch_sizes(exp, total_steps):
+  for n in dispatch_sizes(exp, stops, start):
     fn = exp.jit_train_step if n == 1 else exp.jit_train_steps(n)
     fn.lower(state, metrics, *exp.train, order, 0, exp.dropout_key,
              exp.augment_key).compile()
@@ -427,7 +433,7 @@ def compile_ahead(exp: Experiment, total_steps: int) -> float:
   exp.jit_eval_step.lower(
       state, metrics, *exp.eval, jax.device_put(idx, exp.batch_sharding),
       jax.device_put(mask, exp.batch_sharding)).compile()
-  return time.perf_counter() - start
+  return time.perf_counter() - begin
 
 
 def run_steps(exp: Experiment, state: TrainState, epoch_metrics: Metrics,
@@ -595,6 +601,12 @@ def _train(exp: Experiment, ckpt: checkpointing.Checkpoints,
                'epoch_seconds': epoch_seconds}, val_accuracy)
 
   every = config.checkpoint_every_steps
+  stops = set(range(spe, total_steps + 1, spe))
+  if every:
+    stops |= set(range(every, total_steps + 1, every))
+  compile_seconds = compile_ahead(exp, sorted(stops), step)
+  print(f'Compiled ahead of time in {compile_seconds:.1f}s.', file=out,
+        flush=True)
   with preemption.PreemptionWatch() as watch:
     while step < total_steps:
       epoch = step // spe

@@ -272,9 +272,11 @@ def test_runs_with_other_seeds_reuse_the_programs_compiled_ahead(caplog):
   config.steps_per_dispatch = 4
   exp = train.create_experiment(config)
   total = exp.steps_per_epoch
-  assert train.dispatch_sizes(exp, total) == [4]
+  assert train.dispatch_sizes(exp, [total]) == [4]
+  # 16 steps per epoch, stopping for checkpoints every 6: 4, 2, 4, 2, 4.
+  assert train.dispatch_sizes(exp, [6, 12, 16]) == [2, 4]
   with jax.log_compiles(True), caplog.at_level('WARNING'):
-    assert train.compile_ahead(exp, total) > 0
+    assert train.compile_ahead(exp, [total]) > 0
     ahead = [r.getMessage() for r in caplog.records]
     caplog.clear()
     finals = []
