@@ -27,8 +27,10 @@ import datetime
 import importlib
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -38,6 +40,7 @@ import numpy as np
 from cifar_jax import cli
 from cifar_jax import reporting
 from cifar_jax import train
+from cifar_jax.errors import Preempted
 from cifar_jax.errors import UserError
 
 RUNGS = ('simple', 'large', 'large_100', 'large_less_dropout', 'deep_adam',
@@ -175,7 +178,7 @@ def run_ladder(names: list[str], epochs_scale: float,
   os.makedirs(root, exist_ok=True)
   start = time.monotonic()
   if parallel > 1:
-    histories = _train_in_processes(configs, overrides, root, parallel, out)
+    histories = _RungProcesses(configs, overrides, root, parallel, out).run()
   else:
     histories = {}
     for name, config in configs.items():
@@ -193,61 +196,107 @@ def run_ladder(names: list[str], epochs_scale: float,
   return rows
 
 
-def _train_in_processes(configs: dict[str, ml_collections.ConfigDict],
-                        overrides: list[tuple[str, str]], root: str,
-                        parallel: int, out) -> dict[str, list[dict]]:
-  """Runs each rung as `python -m cifar_jax.main`, `parallel` at a time."""
-  waits_for = {'deep_adam_aug': 'deep_adam'} if {
-      'deep_adam', 'deep_adam_aug'} <= set(configs) else {}
-  env = dict(os.environ)
-  env.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', f'{0.9 / parallel:.3f}')
-  pending, running, done, failed = list(configs), {}, set(), {}
-  while pending or running:
-    for name, (proc, log, started) in list(running.items()):
+class _RungProcesses:
+  """Trains rungs as `python -m cifar_jax.main` processes, N at a time."""
+
+  def __init__(self, configs: dict[str, ml_collections.ConfigDict],
+               overrides: list[tuple[str, str]], root: str, parallel: int,
+               out):
+    self.configs, self.overrides, self.root = configs, overrides, root
+    self.parallel, self.out = parallel, out
+    self.waits_for = {'deep_adam_aug': 'deep_adam'} if {
+        'deep_adam', 'deep_adam_aug'} <= set(configs) else {}
+    self.env = dict(os.environ)
+    self.env.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION',
+                        f'{0.9 / parallel:.3f}')
+    self.pending = list(configs)
+    self.running = {}  # name -> (Popen, log file, start time)
+    self.done, self.failed = set(), {}
+
+  def run(self) -> dict[str, list[dict]]:
+    """Trains every rung; returns their histories.
+
+    SIGTERM or Ctrl-C stops the running rungs (each saves a checkpoint, as
+    `main` does when preempted), so the same command resumes the ladder.
+    """
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+      previous = {s: signal.signal(s, self._stop)
+                  for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+      while self.pending or self.running:
+        self._reap()
+        self._start_ready()
+        time.sleep(0.2)
+    finally:
+      for s, handler in previous.items():
+        signal.signal(s, handler)
+      for proc, _, _ in self.running.values():
+        proc.send_signal(signal.SIGTERM)
+      for proc, log, _ in self.running.values():
+        proc.wait()
+        log.close()
+    if self.failed:
+      raise UserError(f'Rungs failed: {sorted(self.failed)}; their logs are '
+                      f'in {self.root}/<rung>/log.txt.')
+    histories = {}
+    for name in self.configs:
+      with open(os.path.join(self.root, name, 'history.json')) as f:
+        histories[name] = json.load(f)
+    return histories
+
+  def _stop(self, signum, frame):
+    del frame
+    raise Preempted(f'Stopped by {signal.Signals(signum).name}: the running '
+                    'rungs saved checkpoints. Run the same command to resume.',
+                    128 + signum)
+
+  def _print(self, text: str) -> None:
+    print(f'=== {text}', file=self.out, flush=True)
+
+  def _reap(self) -> None:
+    for name, (proc, log, started) in list(self.running.items()):
       if proc.poll() is None:
         continue
       log.close()
-      del running[name]
+      del self.running[name]
       seconds = time.monotonic() - started
       if proc.returncode:
-        failed[name] = proc.returncode
-        print(f'=== {name} failed (exit {proc.returncode}) after '
-              f'{seconds:.0f} s; see {log.name}', file=out, flush=True)
+        self.failed[name] = proc.returncode
+        self._print(f'{name} failed (exit {proc.returncode}) after '
+                    f'{seconds:.0f} s; see {log.name}')
       else:
-        done.add(name)
-        print(f'=== {name} finished in {seconds:.0f} s', file=out, flush=True)
-    for name in list(pending):
-      before = waits_for.get(name)
-      if before in failed:
-        pending.remove(name)
-        failed[name] = None
-        print(f'=== {name} skipped: {before} failed', file=out, flush=True)
-      elif len(running) < parallel and (before is None or before in done):
-        pending.remove(name)
-        workdir = os.path.join(root, name)
-        os.makedirs(workdir, exist_ok=True)
-        log = open(os.path.join(workdir, 'log.txt'), 'a')
-        args = [sys.executable, '-m', 'cifar_jax.main', '--config',
-                importlib.import_module(f'configs.{name}').__file__,
-                '--workdir', workdir,
-                f'--config.num_epochs={configs[name].num_epochs}',
-                *[f'--config.{k}={v}' for k, v in overrides]]
-        if name in waits_for and configs[name].init_from:
-          args.append(f'--config.init_from={configs[name].init_from}')
-        running[name] = (subprocess.Popen(args, stdout=log,
-                                          stderr=subprocess.STDOUT, env=env),
-                         log, time.monotonic())
-        print(f'=== {name}: {configs[name].num_epochs} epochs, started',
-              file=out, flush=True)
-    time.sleep(0.2)
-  if failed:
-    raise UserError(f'Rungs failed: {sorted(failed)}; their logs are in '
-                    f'{root}/<rung>/log.txt.')
-  histories = {}
-  for name in configs:
-    with open(os.path.join(root, name, 'history.json')) as f:
-      histories[name] = json.load(f)
-  return histories
+        self.done.add(name)
+        self._print(f'{name} finished in {seconds:.0f} s')
+
+  def _start_ready(self) -> None:
+    for name in list(self.pending):
+      before = self.waits_for.get(name)
+      if before in self.failed:
+        self.pending.remove(name)
+        self.failed[name] = None
+        self._print(f'{name} skipped: {before} failed')
+      elif len(self.running) < self.parallel and (before is None or
+                                                  before in self.done):
+        self.pending.remove(name)
+        self._start(name)
+
+  def _start(self, name: str) -> None:
+    config = self.configs[name]
+    workdir = os.path.join(self.root, name)
+    os.makedirs(workdir, exist_ok=True)
+    args = [sys.executable, '-m', 'cifar_jax.main', '--config',
+            importlib.import_module(f'configs.{name}').__file__,
+            '--workdir', workdir, f'--config.num_epochs={config.num_epochs}',
+            *[f'--config.{k}={v}' for k, v in self.overrides]]
+    if name in self.waits_for and config.init_from:
+      args.append(f'--config.init_from={config.init_from}')
+    log = open(os.path.join(workdir, 'log.txt'), 'a')
+    self.running[name] = (subprocess.Popen(args, stdout=log,
+                                           stderr=subprocess.STDOUT,
+                                           env=self.env),
+                          log, time.monotonic())
+    self._print(f'{name}: {config.num_epochs} epochs, started')
 
 
 def parse_args(argv: list[str]):

@@ -2,12 +2,18 @@
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
 from cifar_jax import ladder
 from cifar_jax.errors import UserError
 from conftest import get_config
+from conftest import REPO
 
 SMALL = [('dataset', 'synthetic'), ('synthetic_train_size', '256'),
          ('synthetic_eval_size', '100'), ('steps_per_epoch', '2')]
@@ -87,3 +93,32 @@ def test_overrides_keep_types_and_refuse_unknown_keys():
 def test_unknown_rungs_are_refused(tmp_path):
   with pytest.raises(UserError, match='Unknown rungs'):
     ladder.run_ladder(['simple', 'huge'], 1.0, [], str(tmp_path), 'test')
+
+
+def test_sigterm_to_a_parallel_ladder_checkpoints_its_rungs_and_resumes(
+    tmp_path):
+  root = tmp_path / 'ladder'
+  args = [sys.executable, '-m', 'cifar_jax.ladder', '--configs',
+          'simple,bn_aug_sgd', '--parallel', '2', '--epochs-scale', '0.4',
+          '--root', str(root)] + [f'--config.{k}={v}' for k, v in SMALL]
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  deadline = time.monotonic() + 240
+  while not list(root.glob('*/checkpoints/[0-9]*')):
+    assert proc.poll() is None and time.monotonic() < deadline
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=120)
+  assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+  assert 'Run the same command to resume' in err and 'Traceback' not in err
+  stopped = [name for name in ('simple', 'bn_aug_sgd')
+             if 'Stopped by SIGTERM' in (root / name / 'log.txt').read_text()]
+  assert stopped  # At least one rung was mid-run and saved a checkpoint.
+  again = subprocess.run(args, cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-2000:]
+  for name in stopped:
+    assert 'Resuming from step' in (root / name / 'log.txt').read_text()
+  history = json.loads((root / 'simple' / 'history.json').read_text())
+  assert [h['epoch'] for h in history] == list(range(1, 11))
