@@ -28,12 +28,31 @@ Dense = functools.partial(nn.Dense, kernel_init=_glorot)
 KerasBatchNorm = functools.partial(nn.BatchNorm, momentum=0.99, epsilon=1e-3)
 
 
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max-pooling with stride 2, 'valid' padding (odd sizes round down).
+
+  On XLA:CPU the gradient of `nn.max_pool` (select-and-scatter) cost 4x
+  the pooling itself, about a tenth of the simple rung's step (README, "CPU
+  speed"), so the CPU takes the max over a reshape, whose gradient is a
+  cheap comparison. Both give the same values and, but
+  for ties, the same gradients (a tie's gradient is split instead of going to
+  the first maximum; with ReLU before the pool, ties are zeros whose gradient
+  the ReLU drops). GPUs and TPUs keep their native pooling.
+  """
+  if jax.default_backend() != 'cpu':
+    return nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+  batch, height, width, channels = x.shape
+  x = x[:, :height - height % 2, :width - width % 2]
+  x = x.reshape(batch, height // 2, 2, width // 2, 2, channels)
+  return jnp.max(x, axis=(2, 4))
+
+
 class MaxPool(nn.Module):
   """Keras `MaxPooling2D((2, 2))`: window 2, stride 2, 'valid' padding."""
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+    return max_pool_2x2(x)
 
 
 class Flatten(nn.Module):
@@ -238,7 +257,7 @@ class FastBlock(nn.Module):
                              use_bias=False, kernel_init=dirac_init(),
                              dtype=self.dtype)
     x = conv(name='conv1')(x)
-    x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    x = max_pool_2x2(x)
     x = shortcut = nn.gelu(norm(name='bn1')(x, mask=mask))
     for i in range(2, self.depth + 1):
       x = nn.gelu(norm(name=f'bn{i}')(conv(name=f'conv{i}')(x), mask=mask))

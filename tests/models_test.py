@@ -1,5 +1,6 @@
 """The ladder's models: exact Keras parameter counts, shapes, initialisers."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -181,3 +182,17 @@ def test_fast96_has_ten_convolutions_and_residual_blocks():
   convs = [k for block in params.values() for k in block
            if k.startswith('conv')] + ['whiten']
   assert len(convs) == 10 and model.residual
+
+
+@pytest.mark.parametrize('size', [32, 31, 7])
+def test_cpu_max_pool_equals_flax_max_pool_in_values_and_gradients(size):
+  x = jax.random.normal(jax.random.key(size), (2, size, size, 3))
+  def flax_pool(x):
+    return nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+  np.testing.assert_array_equal(models.max_pool_2x2(x), flax_pool(x))
+  assert models.max_pool_2x2(x).shape == (2, size // 2, size // 2, 3)
+  weights = jax.random.normal(jax.random.key(1), (2, size // 2, size // 2, 3))
+  def loss(pool):
+    return lambda x: jnp.sum(pool(x) * weights)
+  np.testing.assert_allclose(jax.grad(loss(models.max_pool_2x2))(x),
+                             jax.grad(loss(flax_pool))(x), atol=1e-6)

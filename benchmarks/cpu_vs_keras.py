@@ -1,0 +1,298 @@
+"""Training images per second on the CPU: cifar_jax against Keras 3 (TF).
+
+    pip install -e '.[bench]'
+    JAX_PLATFORMS=cpu python benchmarks/cpu_vs_keras.py \
+        [--rungs simple large bn_aug_sgd] [--steps 200] [--repeats 3] \
+        [--json out.json] [--config.compute_dtype=bfloat16 ...]
+
+For each rung, on synthetic data (`--steps` batches of the rung's batch size,
+uniform random pixels and labels), each side in a process of its own (so
+neither's thread pools slow the other), in the same run:
+- cifar_jax: the experiment `main` builds (`train.create_experiment`) and its
+  loop (`train.run_steps`): the jitted, donated train step with the rung's
+  dropout, MaxNorm, BatchNorm, augmentation and Keras-SGD chain;
+- Keras 3 on TensorFlow: the same layers, initialisers, SGD with momentum and
+  inverse-time decay, and the rung's augmentation as Keras layers
+  (RandomTranslation, RandomFlip), trained with `model.fit` as the seed did.
+Each side first runs one untimed pass (compilation, tracing), then
+`--repeats` timed passes, the two sides' passes alternating so that both
+see the same machine load; the median pass gives images per second. The ratio
+is cifar_jax / Keras, > 1 = cifar_jax is faster. `--config.*` overrides apply
+to every rung's cifar_jax config (e.g. to compare compute dtypes).
+"""
+
+import argparse
+import ast
+import importlib.util
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
+
+import jax  # pylint: disable=g-import-not-at-top
+import ml_collections
+import numpy as np
+
+from cifar_jax import progress
+from cifar_jax import reporting
+from cifar_jax import train
+
+
+def rung_config(name: str, steps: int,
+                overrides: list[str]) -> ml_collections.ConfigDict:
+  """The rung's config on `steps` batches of synthetic data."""
+  config = __import__(f'configs.{name}',
+                      fromlist=['get_config']).get_config()
+  config.dataset = 'synthetic'
+  config.synthetic_train_size = steps * config.batch_size
+  config.synthetic_eval_size = config.eval_batch_size
+  config.steps_per_epoch = 0
+  for item in overrides:
+    key, value = item.removeprefix('--config.').split('=', 1)
+    *path, leaf = key.split('.')
+    node = config
+    for part in path:
+      node = node[part]
+    try:
+      node[leaf] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      node[leaf] = value  # A string such as bfloat16.
+  return config
+
+
+def cifar_jax_pass(config: ml_collections.ConfigDict) -> Callable[[], float]:
+  """A function that trains one pass over the data, as `main`; its seconds."""
+  exp = train.create_experiment(config)
+  steps = exp.steps_per_epoch
+  train.compile_ahead(exp, [steps])
+  state, passes = exp.state, 0
+
+  def one_pass():
+    nonlocal state, passes
+    metrics = train.empty_metrics(exp.replicated)
+    bar = progress.ProgressBar(steps, out=io.StringIO())
+    jax.block_until_ready((state, metrics))
+    start = time.perf_counter()
+    state, metrics, _ = train.run_steps(exp, state, metrics, passes * steps,
+                                        (passes + 1) * steps, bar)
+    jax.block_until_ready((state, metrics))
+    passes += 1
+    return time.perf_counter() - start
+
+  return one_pass
+
+
+def keras_model(config: ml_collections.ConfigDict):
+  """The rung's `models.ConvNet` in Keras 3, with its augmentation."""
+  import keras  # pylint: disable=g-import-not-at-top
+  m, aug = config.model, config.augment
+  layers = [keras.Input((32, 32, 3))]
+  if aug.width_shift_range or aug.height_shift_range:
+    layers.append(keras.layers.RandomTranslation(
+        aug.height_shift_range, aug.width_shift_range, fill_mode='nearest'))
+  if aug.zoom_range:
+    layers.append(keras.layers.RandomZoom(aug.zoom_range, aug.zoom_range,
+                                          fill_mode='nearest'))
+  if aug.horizontal_flip:
+    layers.append(keras.layers.RandomFlip('horizontal'))
+
+  def max_norm(value):
+    return keras.constraints.MaxNorm(value) if value else None
+
+  for i, features in enumerate(m.stage_features):
+    for j, padding in enumerate(('same', m.second_conv_padding[i].lower())):
+      layers.append(keras.layers.Conv2D(
+          features, 3, padding=padding, activation='relu',
+          kernel_constraint=max_norm(m.conv_max_norm)))
+      if m.batch_norm:
+        layers.append(keras.layers.BatchNormalization())
+      if j == 0 and m.conv_dropout[i]:
+        layers.append(keras.layers.Dropout(m.conv_dropout[i]))
+    layers.append(keras.layers.MaxPooling2D(2))
+    if m.stage_dropout[i]:
+      layers.append(keras.layers.Dropout(m.stage_dropout[i]))
+  layers.append(keras.layers.Flatten())
+  if m.flatten_dropout:
+    layers.append(keras.layers.Dropout(m.flatten_dropout))
+  for features in m.hidden_features:
+    layers.append(keras.layers.Dense(
+        features, activation='relu',
+        kernel_constraint=max_norm(m.hidden_max_norm)))
+    if m.hidden_dropout:
+      layers.append(keras.layers.Dropout(m.hidden_dropout))
+  layers.append(keras.layers.Dense(m.num_classes, activation='softmax'))
+  model = keras.Sequential(layers)
+  opt = config.optimizer
+  if opt.name == 'sgd':
+    schedule = keras.optimizers.schedules.InverseTimeDecay(
+        opt.learning_rate, decay_steps=1, decay_rate=opt.decay)
+    optimizer = keras.optimizers.SGD(schedule, momentum=opt.momentum)
+  elif opt.name == 'adam':
+    optimizer = keras.optimizers.Adam(opt.learning_rate, opt.beta1, opt.beta2,
+                                      opt.epsilon)
+  else:
+    raise SystemExit(f'No Keras peer for optimizer {opt.name!r}.')
+  model.compile(optimizer, 'sparse_categorical_crossentropy',
+                metrics=['accuracy'])
+  return model
+
+
+def keras_pass(config: ml_collections.ConfigDict) -> Callable[[], float]:
+  """A function that trains one Keras `fit` epoch on the same amount of data."""
+  import keras  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  n = config.synthetic_train_size
+  images = rng.random((n, 32, 32, 3), dtype=np.float32)
+  labels = rng.integers(0, config.model.num_classes, n)
+  model = keras_model(config)
+  seconds = []
+
+  class EpochTime(keras.callbacks.Callback):
+
+    def on_epoch_begin(self, epoch, logs=None):
+      self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+      seconds.append(time.perf_counter() - self.start)
+
+  def one_pass():
+    model.fit(images, labels, batch_size=config.batch_size, epochs=1,
+              shuffle=True, verbose=0, callbacks=[EpochTime()])
+    return seconds[-1]
+
+  return one_pass
+
+
+def worker(side: str, rung: str, steps: int, overrides: list[str]) -> None:
+  """One side in its own process: builds, warms up, then times on request.
+
+  Protocol on stdin/stdout: prints `ready <json>` after the warm-up pass;
+  each `pass` line read runs one timed pass and prints `seconds <float>`.
+  """
+  config = rung_config(rung, steps, overrides)
+  if side == 'keras':
+    import keras  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    about = f'Keras {keras.__version__} / TensorFlow {tf.__version__}'
+    one_pass = keras_pass(config)
+  else:
+    about = f'JAX {jax.__version__} on {jax.devices()[0].platform}'
+    one_pass = cifar_jax_pass(config)
+  one_pass()  # Compiles (JAX) or traces (Keras), and warms up.
+  print('ready', json.dumps(dict(about=about, batch_size=config.batch_size)),
+        flush=True)
+  for line in sys.stdin:
+    if line.strip() != 'pass':
+      break
+    print('seconds', one_pass(), flush=True)
+
+
+class _Worker:
+  """A `worker` subprocess and its pipes."""
+
+  def __init__(self, side, rung, steps, overrides):
+    self.proc = subprocess.Popen(
+        [sys.executable, __file__, '--worker', side, '--rungs', rung,
+         '--steps', str(steps), *overrides],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    line = self._read()
+    if not line.startswith('ready '):
+      raise SystemExit(f'the {side} worker failed to start ({line!r})')
+    self.info = json.loads(line.split(' ', 1)[1])
+
+  def _read(self) -> str:
+    line = self.proc.stdout.readline()
+    while line and not line.startswith(('ready ', 'seconds ')):
+      line = self.proc.stdout.readline()  # Skips libraries' chatter.
+    return line.strip()
+
+  def time_pass(self) -> float:
+    self.proc.stdin.write('pass\n')
+    self.proc.stdin.flush()
+    line = self._read()
+    if not line.startswith('seconds '):
+      raise SystemExit(f'a worker died ({line!r})')
+    return float(line.split()[1])
+
+  def close(self):
+    self.proc.stdin.close()
+    self.proc.wait(timeout=60)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--rungs', nargs='+',
+                      default=['simple', 'large', 'bn_aug_sgd'])
+  parser.add_argument('--steps', type=int, default=200,
+                      help='batches per timed pass')
+  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--skip_keras', action='store_true',
+                      help='only cifar_jax (no Keras needed)')
+  parser.add_argument('--json', help='also write the results here')
+  parser.add_argument('--worker', choices=['cifar_jax', 'keras'],
+                      help=argparse.SUPPRESS)
+  args, overrides = parser.parse_known_args()
+  bad = [o for o in overrides if not o.startswith('--config.') or '=' not in o]
+  if bad:
+    parser.error(f'unknown arguments {bad}; overrides look like '
+                 '--config.compute_dtype=bfloat16')
+  if args.worker:
+    return worker(args.worker, args.rungs[0], args.steps, overrides)
+  sides = ['cifar_jax']
+  if not args.skip_keras:
+    if importlib.util.find_spec('keras') is None or (
+        importlib.util.find_spec('tensorflow') is None):
+      raise SystemExit("Keras 3 and TensorFlow are needed: pip install -e "
+                       "'.[bench]' (or pass --skip_keras).")
+    sides.append('keras')
+  machine = reporting.machine_description()
+  print(f'{machine}; {args.steps} batches per pass, median of '
+        f'{args.repeats} passes after one warm-up, each side in its own '
+        f'process; overrides {overrides or "none"}', flush=True)
+  results, about = [], {}
+  for name in args.rungs:
+    workers = {}
+    try:
+      for side in sides:  # One at a time: warm-ups do not overlap.
+        workers[side] = _Worker(side, name, args.steps, overrides)
+        about[side] = workers[side].info['about']
+      seconds = {side: [] for side in sides}
+      for _ in range(args.repeats):  # Interleaved: both see the same load.
+        for side in sides:
+          time.sleep(1)  # Lets the other side's thread pools go idle.
+          seconds[side].append(workers[side].time_pass())
+    finally:
+      for w in workers.values():
+        w.close()
+    batch_size = workers['cifar_jax'].info['batch_size']
+    images = args.steps * batch_size
+    rates = {side: images / statistics.median(s)
+             for side, s in seconds.items()}
+    row = dict(rung=name, batch_size=batch_size, seconds=seconds,
+               cifar_jax_images_per_s=rates['cifar_jax'])
+    line = (f'{name:>11} (batch {batch_size:>3}): cifar_jax '
+            f'{rates["cifar_jax"]:5.0f} img/s')
+    if 'keras' in rates:
+      ratio = rates['cifar_jax'] / rates['keras']
+      row.update(keras_images_per_s=rates['keras'], ratio=ratio)
+      line += (f', Keras {rates["keras"]:5.0f} img/s, cifar_jax / Keras = '
+               f'{ratio:.2f}')
+    print(line, flush=True)
+    results.append(row)
+  print('; '.join(about.values()))
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(dict(machine=machine, versions=about, steps=args.steps,
+                     repeats=args.repeats, overrides=overrides,
+                     results=results), f, indent=1)
+
+
+if __name__ == '__main__':
+  sys.exit(main())
