@@ -8,7 +8,7 @@ order, so runs differ by ~1e-7 at first. Training amplifies that: with
 dropout or augmentation on, a 1e-7 nudge to the initial parameters grows to
 1e-2 in the loss within 100 steps even on one device. So the long runs here
 use a calm config (BatchNorm, a partial last batch, a padded last eval
-batch; no dropout or augmentation) over 192 steps, and the random parts are
+batch; no dropout or augmentation) over 128 steps, and the random parts are
 checked on the first step, where any difference in dropout masks or
 augmentation would show at 1e-2.
 """
@@ -23,7 +23,7 @@ from conftest import run_main
 from conftest import start_main
 
 TOLERANCE = dict(rel=1e-4, abs=1e-6)
-EPOCHS = 12  # 16 steps each: 500 examples, batch 32, last batch of 20.
+EPOCHS = 8  # 16 steps each: 500 examples, batch 32, last batch of 20.
 CALM = ('--config', 'configs/test.py', '--config.synthetic_train_size=500',
         '--config.model.batch_norm=True', '--config.model.conv_dropout=(0.0,)',
         '--config.model.hidden_dropout=0.0',
@@ -87,7 +87,7 @@ def one_device(tmp_path_factory):
   return _history(workdir)
 
 
-def test_two_devices_match_one_device_over_192_steps(tmp_path, one_device):
+def test_two_devices_match_one_device_over_128_steps(tmp_path, one_device):
   out = _train(tmp_path, devices=2)
   assert '(2 device(s): cpu)' in out
   _assert_same_metrics(_history(tmp_path), one_device)
@@ -126,18 +126,18 @@ def test_two_processes_match_one_process_and_resume_together(
 
 def test_dropout_and_augmentation_do_not_depend_on_the_device_count(
     tmp_path):
-  """One step with every random part on: same loss on 1, 2 and 8 devices.
+  """One step with every random part on: same loss on 1 and 8 devices.
 
   Dropout and augmentation draw from keys split over the global batch, so
   example i gets the same mask and transform wherever it is computed.
   """
   rows = {}
-  for devices in (1, 2, 8):
+  for devices in (1, 8):
     workdir = tmp_path / str(devices)
     r = run_main(*RANDOM, '--workdir', workdir, devices=devices)
     assert r.returncode == 0, r.stderr[-3000:]
     rows[devices] = _history(workdir)
-  for devices in (2, 8):
+  for devices in (8,):
     _assert_same_metrics(rows[devices], rows[1])
     assert rows[devices][0]['loss'] == pytest.approx(rows[1][0]['loss'],
                                                      rel=1e-6)

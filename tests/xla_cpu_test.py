@@ -53,8 +53,8 @@ _TRAIN_A_FEW_STEPS = """
 import json, io, sys
 import jax
 from cifar_jax import progress, train
-from configs import simple
-config = simple.get_config()
+from configs import test
+config = test.get_config()
 config.dataset = 'synthetic'
 config.synthetic_train_size = 4 * config.batch_size
 config.synthetic_eval_size = config.eval_batch_size
@@ -88,7 +88,8 @@ def test_the_defaults_move_convolutions_off_ynnpack_and_keep_results():
   xla_default = _train_a_few_steps(**{xla_cpu.OPT_OUT: '1'})
   # The flag takes effect: XLA's default fuses the convs into YNNPACK calls.
   assert tuned['ynn_convs'] == 0 < xla_default['ynn_convs']
-  # 4 steps of the simple rung (convs, pool, dropout, MaxNorm, Keras SGD):
+  # 4 steps of configs/test.py (the simple rung's layers, narrower: convs,
+  # pool, dropout, MaxNorm, Keras SGD):
   # the same parameters up to float32 rounding. (Not bn_aug_sgd: there any
   # rounding difference grew ~30x per step on synthetic data, about
   # 1 / sqrt(BatchNorm epsilon), from channels of near-zero variance.)
