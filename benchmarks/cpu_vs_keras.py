@@ -22,7 +22,6 @@ to every rung's cifar_jax config (e.g. to compare compute dtypes).
 """
 
 import argparse
-import ast
 import importlib.util
 import io
 import json
@@ -40,9 +39,11 @@ import jax  # pylint: disable=g-import-not-at-top
 import ml_collections
 import numpy as np
 
+from cifar_jax import ladder
 from cifar_jax import progress
 from cifar_jax import reporting
 from cifar_jax import train
+from cifar_jax.errors import UserError
 
 
 def rung_config(name: str, steps: int,
@@ -54,16 +55,8 @@ def rung_config(name: str, steps: int,
   config.synthetic_train_size = steps * config.batch_size
   config.synthetic_eval_size = config.eval_batch_size
   config.steps_per_epoch = 0
-  for item in overrides:
-    key, value = item.removeprefix('--config.').split('=', 1)
-    *path, leaf = key.split('.')
-    node = config
-    for part in path:
-      node = node[part]
-    try:
-      node[leaf] = ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-      node[leaf] = value  # A string such as bfloat16.
+  for item in overrides:  # The ladder's parser: typed, unknown keys refused.
+    ladder.apply_override(config, *item.removeprefix('--config.').split('=', 1))
   return config
 
 
@@ -245,6 +238,11 @@ def main():
                  '--config.compute_dtype=bfloat16')
   if args.worker:
     return worker(args.worker, args.rungs[0], args.steps, overrides)
+  try:  # Bad rungs or overrides: one line here, not a worker's traceback.
+    for name in args.rungs:
+      rung_config(name, args.steps, overrides)
+  except (UserError, ModuleNotFoundError) as e:
+    parser.error(str(e))
   sides = ['cifar_jax']
   if not args.skip_keras:
     if importlib.util.find_spec('keras') is None or (

@@ -2,8 +2,8 @@
 
 Measured with benchmarks/cpu_vs_keras.py (README, "CPU speed"): jaxlib 0.10
 hands every convolution to YNNPACK, whose kernel gradient of a 3x3 conv ran
-3-5x slower than Eigen's on a 2-core AVX2 EPYC, and it halved the speed of
-the large rung. Turning YNNPACK off for convolutions alone (its matmuls stay)
+3-5x slower than Eigen's on a 2-core AVX2 EPYC, and it made the large
+rung's step 2.7x slower. Turning YNNPACK off for convolutions alone (its matmuls stay)
 changes results only by float rounding (tests/xla_cpu_test.py).
 
 The flags are read once, when JAX starts its CPU backend, so
