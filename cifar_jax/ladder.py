@@ -5,9 +5,12 @@
 
 Each rung trains in its own run directory `<root>/<rung>/` (so a ladder that
 was interrupted resumes: finished rungs are skipped, partial ones continue),
-then `<root>/REPORT.md` gets a table: the seed's accuracy beside ours (final
-and best epoch), the gap, parameters, seconds per epoch, total time, machine
-and data, and every rung's curves. `--epochs-scale F` trains
+then `<root>/REPORT.md` compares every rung with the seed notebook's record
+(`cifar_jax.seed_notebook`): ours final and best, the seed's final, the gap,
+the mean |difference| of test accuracy over the epochs both printed, whether
+the final is within 1.5 points, the epoch-by-epoch comparison, and the
+curves with the seed's drawn beside ours; with parameters, seconds per
+epoch, total time, machine and data. `--epochs-scale F` trains
 max(1, round(F * epochs)) epochs per rung, for short runs on a CPU.
 `--config.key=value` overrides apply to every rung (e.g. the data options).
 As in the seed, deep_adam_aug starts from the trained deep_adam when both
@@ -38,20 +41,14 @@ import ml_collections
 import numpy as np
 
 from cifar_jax import cli
+from cifar_jax import plots
 from cifar_jax import reporting
+from cifar_jax import seed_notebook
 from cifar_jax import train
 from cifar_jax.errors import Preempted
 from cifar_jax.errors import UserError
 
-RUNGS = ('simple', 'large', 'large_100', 'large_less_dropout', 'deep_adam',
-         'deep_adam_aug', 'deep_adam_aug_dropout', 'bn_aug_sgd')
-# Test accuracy the seed notebook printed at its last epoch (LADDER.md);
-# None where it printed none.
-SEED_ACCURACY = {'simple': 69.88, 'large': None, 'large_100': 82.48,
-                 'large_less_dropout': 74.31, 'deep_adam': 78.07,
-                 'deep_adam_aug': 83.24, 'deep_adam_aug_dropout': 83.42,
-                 'bn_aug_sgd': 83.15}
-SEED_NOTE = {'large': '"about 80%" (no log)'}
+RUNGS = seed_notebook.rungs()
 
 
 def apply_override(config: ml_collections.ConfigDict, key: str,
@@ -97,26 +94,64 @@ def _params(config: ml_collections.ConfigDict) -> int:
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
 
 
-def report_row(name: str, config, history: list[dict]) -> dict:
-  best = max(history, key=lambda h: h['val_accuracy'])
-  seed = SEED_ACCURACY[name]
-  final = 100 * history[-1]['val_accuracy']
+def report_row(name: str, config: ml_collections.ConfigDict,
+               history: list[dict]) -> dict:
+  """One rung's numbers for the report: ours against the seed's."""
   seconds = [h['seconds'] for h in history]
-  return {'rung': name, 'seed': seed, 'final': final,
-          'best': 100 * best['val_accuracy'], 'best_epoch': best['epoch'],
-          'gap': None if seed is None else final - seed,
+  return {'rung': name, 'history': history,
+          'compare': seed_notebook.compare(name, history),
           'params': _params(config), 'epochs': len(history),
-          'seed_epochs': importlib.import_module(
-              f'configs.{name}').get_config().num_epochs,
+          'seed_epochs': seed_notebook.load(name).num_epochs,
           'sec_per_epoch': float(np.mean(seconds)),
           'total_sec': float(np.sum(seconds))}
 
 
+def _pct(value: float | None) -> str:
+  return '–' if value is None else f'{value:.2f}%'
+
+
+def _points(value: float | None, signed: bool = False) -> str:
+  return '–' if value is None else f'{value:+.2f}' if signed else (
+      f'{value:.2f}')
+
+
+def _summary_line(r: dict) -> str:
+  c = r['compare']
+  diff = ('–' if c.mean_abs_diff is None
+          else f'{c.mean_abs_diff:.2f} ({c.common_epochs})')
+  within = {None: '–', True: 'yes', False: 'no'}[c.within]
+  return (f'| {r["rung"]} | {seed_notebook.load(r["rung"]).final_text} | '
+          f'{_pct(c.final)} | {_pct(c.best)} (epoch {c.best_epoch}) | '
+          f'{_points(c.gap, signed=True)} | {diff} | {within} | '
+          f'{r["params"]:,} | {r["epochs"]}/{r["seed_epochs"]} | '
+          f'{r["sec_per_epoch"]:.1f} | {r["total_sec"] / 60:.1f} min |')
+
+
+def _epoch_table(r: dict) -> list[str]:
+  """Ours beside the seed's, for every epoch both printed."""
+  label, rows = seed_notebook.reference(r['rung'],
+                                        r['history'][-1]['epoch'])
+  seed = {row['epoch']: row['val_accuracy'] for row in rows
+          if row['val_accuracy'] is not None}
+  lines = [f'| epoch | ours | {label} | difference |', '|---|---|---|---|']
+  for h in r['history']:
+    if h['epoch'] in seed:
+      ours, theirs = 100 * h['val_accuracy'], 100 * seed[h['epoch']]
+      lines.append(f'| {h["epoch"]} | {ours:.2f}% | {theirs:.2f}% | '
+                   f'{ours - theirs:+.2f} |')
+  if len(lines) == 2:
+    return [f'No epoch of this run is among those the {label} printed.']
+  return lines
+
+
 def write_report(rows: list[dict], root: str, data: str,
                  command: str, wall_seconds: float | None = None) -> str:
-  """Writes `<root>/REPORT.md`; returns its text."""
-  def pct(v):
-    return '–' if v is None else f'{v:.2f}%'
+  """Writes `<root>/REPORT.md` and each rung's curves beside the seed's.
+
+  Returns the report's text. The curves are redrawn here, so runs trained
+  before their config named its seed rung get the comparison too.
+  """
+  tolerance = seed_notebook.TOLERANCE_POINTS
   lines = [
       '# The seed\'s ladder, reproduced', '',
       f'- Machine: {reporting.machine_description()}; JAX {jax.__version__}',
@@ -124,17 +159,10 @@ def write_report(rows: list[dict], root: str, data: str,
       f'- Command: `{command}`',
       f'- Written: {datetime.datetime.now().isoformat(timespec="seconds")}',
       '',
-      '| rung | seed acc | ours (final) | best epoch | gap | params | '
-      'epochs | s/epoch | total |',
-      '|---|---|---|---|---|---|---|---|---|']
-  for r in rows:
-    seed = SEED_NOTE.get(r['rung'], pct(r['seed']))
-    gap = '–' if r['gap'] is None else f'{r["gap"]:+.2f}'
-    lines.append(
-        f'| {r["rung"]} | {seed} | {pct(r["final"])} | {pct(r["best"])} '
-        f'(epoch {r["best_epoch"]}) | {gap} | {r["params"]:,} | '
-        f'{r["epochs"]}/{r["seed_epochs"]} | {r["sec_per_epoch"]:.1f} | '
-        f'{r["total_sec"] / 60:.1f} min |')
+      '| rung | seed final | ours final | ours best | gap | mean \\|diff\\| '
+      f'(epochs) | within {tolerance} | params | epochs | s/epoch | total |',
+      '|---|---|---|---|---|---|---|---|---|---|---|']
+  lines += [_summary_line(r) for r in rows]
   total = sum(r['total_sec'] for r in rows)
   lines += ['', f'Total training time: {total / 60:.1f} min (the sum of '
             'the rungs\' epochs).']
@@ -142,12 +170,21 @@ def write_report(rows: list[dict], root: str, data: str,
     lines += [f'Wall-clock time of the command: {wall_seconds / 60:.1f} min '
               '(with data loading, compilation and checkpoints).']
   lines += ['',
-            'Seed accuracies are the test accuracy the notebook printed at '
-            'its last epoch, after all its epochs; "epochs" says how many of '
-            'them we ran.', '']
+            'Accuracies are on the test split, as the seed\'s validation '
+            'data was. The seed\'s final is what the notebook printed after '
+            'all its epochs; the gap (ours - seed\'s, in points) and the '
+            f'within-{tolerance}-points verdict need all of them run. Mean '
+            '|diff| is the mean absolute difference of test accuracy, in '
+            'points, over the epochs both printed (the notebook printed '
+            'only some); a rung it printed no log for is compared with the '
+            'rung its record names.', '']
   for r in rows:
-    lines += [f'## {r["rung"]}', '', f'![{r["rung"]}]({r["rung"]}/curves.png)',
-              '']
+    name = r['rung']
+    plots.curves(r['history'], os.path.join(root, name, 'curves.png'), name,
+                 seed_notebook.reference(name, r['history'][-1]['epoch']))
+    lines += [f'## {name}', '', f'![{name}]({name}/curves.png)', '',
+              f'The notebook: {seed_notebook.load(name).note}', '',
+              *_epoch_table(r), '']
   text = '\n'.join(lines)
   with open(os.path.join(root, 'REPORT.md'), 'w') as f:
     f.write(text)

@@ -1,13 +1,15 @@
 """The pictures people judge a run by: learning curves, confusion matrix.
 
 The seed's author judged every model from two plots side by side, accuracy
-and loss per epoch, training against test; `curves` draws the same. Rendered
-headless (Agg), so it works on any server.
+and loss per epoch, training against test; `curves` draws the same, with
+the notebook's own curves dashed beside a ladder rung's. Rendered headless
+(Agg), so it works on any server.
 """
 
 from collections.abc import Sequence
 
 import matplotlib
+import matplotlib.figure
 import numpy as np
 
 matplotlib.use('Agg')
@@ -16,24 +18,44 @@ from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 CURVES_SIZE = (12, 4.5)  # Inches; at 100 dpi the PNG is 1200 x 450.
 
 
-def curves(history: Sequence[dict[str, float]], path: str,
-           title: str = '') -> None:
-  """Writes the seed's two panels: accuracy and loss per epoch."""
+def curves_figure(history: Sequence[dict[str, float]], title: str = '',
+                  reference: tuple[str, Sequence[dict]] | None = None
+                  ) -> matplotlib.figure.Figure:
+  """The seed's two panels, accuracy and loss per epoch, training and test.
+
+  `reference` is (label, rows) of another run's curves (the seed notebook's)
+  drawn dashed in the same colours; its missing values leave gaps.
+  """
   epochs = [h['epoch'] for h in history]
   fig, (acc, loss) = plt.subplots(1, 2, figsize=CURVES_SIZE)
   for ax, key, name in ((acc, 'accuracy', 'Accuracy'), (loss, 'loss', 'Loss')):
-    ax.plot(epochs, [h[key] for h in history], 'o-', label='training')
-    ax.plot(epochs, [h[f'val_{key}'] for h in history], 'o-', label='test')
+    for prefix, split, color in (('', 'training', 'C0'), ('val_', 'test',
+                                                            'C1')):
+      ax.plot(epochs, [h[prefix + key] for h in history], 'o-', color=color,
+              label=split)
+      if reference:
+        label, rows = reference
+        values = [np.nan if r[prefix + key] is None else r[prefix + key]
+                  for r in rows]
+        ax.plot([r['epoch'] for r in rows], values, 's--', color=color,
+                alpha=0.7, markersize=3, label=f'{split}, {label}')
     ax.set_title(f'Model {name} per epoch')
     ax.set_xlabel('epoch')
     ax.set_ylabel(name.lower())
-    ax.legend()
+    ax.legend(fontsize='small')
     ax.grid(alpha=0.3)
     if len(epochs) < 15:
       ax.set_xticks(epochs)
   if title:
     fig.suptitle(title)
   fig.tight_layout()
+  return fig
+
+
+def curves(history: Sequence[dict[str, float]], path: str, title: str = '',
+           reference: tuple[str, Sequence[dict]] | None = None) -> None:
+  """Writes `curves_figure` as a PNG."""
+  fig = curves_figure(history, title, reference)
   fig.savefig(path, dpi=100)
   plt.close(fig)
 

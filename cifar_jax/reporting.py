@@ -4,7 +4,8 @@ TensorBoard goes through `clu.metric_writers` (train and eval loss and
 accuracy per epoch, learning rate, steps and images per second, and the
 hyperparameters); `clu.periodic_actions.ReportProgress` adds throughput
 during epochs. `history.json` and `curves.png` are rewritten after every
-epoch. Only process 0 writes; the others only log.
+epoch; a ladder rung's (`config.seed_rung`) draws the seed notebook's
+printed curves beside ours. Only process 0 writes; the others only log.
 """
 
 import json
@@ -18,6 +19,7 @@ import ml_collections
 
 from cifar_jax import input_pipeline
 from cifar_jax import plots
+from cifar_jax import seed_notebook
 
 
 def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
@@ -80,6 +82,7 @@ class Reporter:
     self.workdir = workdir
     self.is_writer = jax.process_index() == 0
     self.title = os.path.basename(os.path.normpath(workdir))
+    self.seed_rung = config.seed_rung
     try:
       # clu's writers import TensorFlow: keep it off the GPUs first.
       input_pipeline.import_tensorflow()
@@ -123,7 +126,8 @@ class Reporter:
     if self.is_writer:
       write_json(os.path.join(self.workdir, 'history.json'), history)
       plots.curves(history, os.path.join(self.workdir, 'curves.png'),
-                   self.title)
+                   self.title, seed_notebook.reference(
+                       self.seed_rung, up_to_epoch=history[-1]['epoch']))
 
   def close(self) -> None:
     self.writer.close()

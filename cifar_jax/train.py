@@ -473,7 +473,8 @@ def run_steps(exp: Experiment, state: TrainState, epoch_metrics: Metrics,
 # the checkpointed steps computed.
 RESUMABLE_CHANGES = ('num_epochs', 'data_dir', 'cache_dir', 'eval_batch_size',
                      'eval_split', 'eval_tta', 'checkpoint_every_steps',
-                     'keep_checkpoints', 'init_from', 'steps_per_dispatch')
+                     'keep_checkpoints', 'init_from', 'steps_per_dispatch',
+                     'seed_rung')
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:

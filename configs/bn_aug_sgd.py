@@ -1,4 +1,4 @@
-"""BatchNorm after every conv, dropout, shifts and flips, SGD. Seed: 83.15%.
+"""BatchNorm after every conv, dropout, shifts and flips, SGD.
 
 C(32,s) BN C(32,s) BN P D(.25) C(64,s) BN C(64,v) BN P D(.25) C(128,s) BN
 C(128,v) BN P D(.25) F FC(512) D(.5) FC(256) D(.5) Out; SGD lr 0.01,
@@ -7,7 +7,10 @@ height shift 0.1, horizontal flip. 685,354 parameters (896 non-trainable).
 Run: python -m cifar_jax.main --config configs/bn_aug_sgd.py
 """
 
+from cifar_jax import seed_notebook
 from configs import default
+
+__doc__ += seed_notebook.summary('bn_aug_sgd') + '\n'
 
 
 def get_config():
@@ -28,4 +31,5 @@ def get_config():
   config.augment.width_shift_range = 0.1
   config.augment.height_shift_range = 0.1
   config.augment.horizontal_flip = True
+  config.seed_rung = 'bn_aug_sgd'
   return config

@@ -1,11 +1,14 @@
-"""Deeper stages with a 'valid' second conv, no dropout, Adam. Seed: 78.07%.
+"""Deeper stages with a 'valid' second conv, no dropout, Adam.
 
 C(48,s) C(48,v) P C(96,s) C(96,v) P C(192,s) C(192,v) P F FC(512) FC(256)
 Out; Adam (Keras defaults), batch 128, 100 epochs. 1,172,410 parameters.
 Run: python -m cifar_jax.main --config configs/deep_adam.py
 """
 
+from cifar_jax import seed_notebook
 from configs import default
+
+__doc__ += seed_notebook.summary('deep_adam') + '\n'
 
 
 def get_config():
@@ -22,4 +25,5 @@ def get_config():
   config.model.hidden_max_norm = 0.0
   config.optimizer.name = 'adam'
   config.optimizer.learning_rate = 0.001
+  config.seed_rung = 'deep_adam'
   return config

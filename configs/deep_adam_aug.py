@@ -1,13 +1,16 @@
 """deep_adam with zoom 0.2 and horizontal flips, 200 epochs of 390 steps.
 
-Seed: 83.24%, but the seed did not start from scratch: it continued the
-trained deep_adam model (100 epochs) for 200 more epochs with augmentation.
+The seed did not start from scratch: it continued the trained deep_adam
+model (100 epochs) for 200 more epochs with augmentation.
 As the seed did, after training deep_adam:
 Run: python -m cifar_jax.main --config configs/deep_adam_aug.py \
        --config.init_from=ckpt/deep_adam
 """
 
+from cifar_jax import seed_notebook
 from configs import deep_adam
+
+__doc__ += seed_notebook.summary('deep_adam_aug') + '\n'
 
 
 def get_config():
@@ -16,4 +19,5 @@ def get_config():
   config.steps_per_epoch = 390
   config.augment.zoom_range = 0.2
   config.augment.horizontal_flip = True
+  config.seed_rung = 'deep_adam_aug'
   return config

@@ -56,6 +56,10 @@ def get_config() -> ml_collections.ConfigDict:
   # directory or checkpoint, with a fresh optimizer ('' = from scratch).
   config.init_from = ''
 
+  # The seed notebook's rung (cifar_jax.seed_notebook) whose printed curves
+  # are drawn beside this run's in curves.png ('' = none). Reporting only.
+  config.seed_rung = ''
+
   # Label smoothing of the training loss (0 = none; the logged loss is
   # always the plain cross-entropy).
   config.label_smoothing = 0.0

@@ -2,11 +2,14 @@
 
 [C(32) D(.2) C(32) P] [C(64) D(.2) C(64) P] [C(128) D(.2) C(128) P]
 F D(.2) FC(1024)+mn D(.2) FC(512)+mn D(.2) Out; batch 64, 25 epochs.
-Seed: "about 80%" (no log). 2,915,114 parameters.
+2,915,114 parameters.
 Run: python -m cifar_jax.main --config configs/large.py
 """
 
+from cifar_jax import seed_notebook
 from configs import default
+
+__doc__ += seed_notebook.summary('large') + '\n'
 
 
 def get_config():
@@ -20,4 +23,5 @@ def get_config():
   config.model.hidden_features = (1024, 512)
   config.model.flatten_dropout = 0.2
   config.model.hidden_dropout = 0.2
+  config.seed_rung = 'large'
   return config

@@ -8,12 +8,13 @@ import sys
 
 import pytest
 
+from cifar_jax import seed_notebook
+
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_ZIP = REPO.parent / 'shared' / 'data' / 'cifar10-jpeg.zip'
-RUNGS = ('simple', 'large', 'large_100', 'large_less_dropout', 'deep_adam',
-         'deep_adam_aug', 'deep_adam_aug_dropout', 'bn_aug_sgd')
+RUNGS = seed_notebook.rungs()
 
 
 def get_config(name):

@@ -33,6 +33,18 @@ def test_two_rungs_run_and_the_report_holds_both(tmp_path):
     assert (root / name / 'curves.png').exists()
     assert f'({name}/curves.png)' in report
   assert 'Data: synthetic' in report
+  # deep_adam ran epochs 1-2, which the seed printed: compared epoch by
+  # epoch; 2 of 100 epochs give no gap and no verdict yet.
+  history = json.loads((root / 'deep_adam' / 'history.json').read_text())
+  ours = [100 * h['val_accuracy'] for h in history]
+  for epoch, seed_acc in ((1, 56.04), (2, 59.66)):
+    assert (f'| {epoch} | {ours[epoch - 1]:.2f}% | {seed_acc:.2f}% | '
+            f'{ours[epoch - 1] - seed_acc:+.2f} |') in report
+  mean = (abs(ours[0] - 56.04) + abs(ours[1] - 59.66)) / 2
+  line = next(l for l in report.splitlines() if l.startswith('| deep_adam '))
+  assert f'| – | {mean:.2f} (2) | – |' in line
+  # deep_adam_aug's epochs 1-4: the seed printed only its last 17.
+  assert 'No epoch of this run is among those' in report
   # deep_adam_aug continued deep_adam's parameters, as in the seed.
   config = (root / 'deep_adam_aug' / 'config.json').read_text()
   assert str(root / 'deep_adam') in config

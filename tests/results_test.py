@@ -5,6 +5,7 @@ import json
 import os
 import sys
 
+from matplotlib import pyplot as plt
 import numpy as np
 from PIL import Image
 import pytest
@@ -12,7 +13,9 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
 from cifar_jax import evaluate
+from cifar_jax import plots
 from cifar_jax import predict
+from cifar_jax import seed_notebook
 from cifar_jax import train
 from conftest import get_config
 
@@ -72,6 +75,53 @@ def test_curves_png_is_the_seeds_two_panels(trained):
     blue = (abs(half - (31, 119, 180)).sum(-1) < 30).sum()
     orange = (abs(half - (255, 127, 14)).sum(-1) < 30).sum()
     assert blue > 100 and orange > 100
+
+
+def _history(val_accuracies):
+  return [dict(epoch=i + 1, loss=1.0, accuracy=0.5, val_loss=1.1,
+               val_accuracy=v) for i, v in enumerate(val_accuracies)]
+
+
+def test_curves_draw_the_seeds_dashed_beside_ours_with_its_gaps():
+  # deep_adam's record has epoch 9 cut off after "loss:": a gap, not a 0.
+  reference = seed_notebook.reference('deep_adam', up_to_epoch=10)
+  fig = plots.curves_figure(_history([0.5] * 10), 'deep_adam', reference)
+  acc_axis = fig.axes[0]
+  lines = {l.get_label(): l for l in acc_axis.get_lines()}
+  seed_test = lines['test, seed notebook (Keras 2.3)']
+  assert seed_test.get_linestyle() == '--'
+  assert lines['test'].get_linestyle() == '-'
+  assert seed_test.get_color() == lines['test'].get_color()
+  np.testing.assert_array_equal(seed_test.get_xdata(), list(range(1, 10)))
+  y = np.asarray(seed_test.get_ydata(), float)
+  assert y[0] == 0.5604 and y[7] == 0.7744 and np.isnan(y[8])
+  legend = [t.get_text() for t in acc_axis.get_legend().get_texts()]
+  assert 'training, seed notebook (Keras 2.3)' in legend
+  plt.close(fig)
+
+
+def test_a_rung_run_passes_the_seeds_curve_for_the_epochs_it_ran(
+    tmp_path, monkeypatch):
+  drawn = []
+  monkeypatch.setattr(plots, 'curves',
+                      lambda *args: drawn.append(args))
+  config = get_config('test')
+  config.num_epochs = 2
+  config.seed_rung = 'large'
+  train.train_and_evaluate(config, str(tmp_path), out=io.StringIO())
+  assert len(drawn) == 2  # After each epoch.
+  label, rows = drawn[-1][3]
+  assert label == 'large_100 in the seed notebook (Keras 2.3)'
+  assert [r['val_accuracy'] for r in rows] == [0.4277, 0.5156]
+  assert drawn[0][3][1] == rows[:1]
+
+
+def test_a_run_of_no_rung_draws_no_seed_curve(trained):
+  workdir, history = trained
+  fig = plots.curves_figure(history, 'run', seed_notebook.reference(
+      get_config('test').seed_rung, up_to_epoch=3))
+  assert len(fig.axes[0].get_lines()) == 2
+  plt.close(fig)
 
 
 def test_evaluate_reproduces_the_logged_accuracy(trained, capsys):
