@@ -18,6 +18,7 @@ from cifar_jax import augment
 from cifar_jax import checkpointing
 from cifar_jax import input_pipeline
 from cifar_jax import models
+from cifar_jax import xla_cpu
 from cifar_jax.errors import UserError
 
 DATASET_INFO = 'dataset_info.json'
@@ -37,9 +38,11 @@ class TrainedRun:
     # the test-time augmentation the run evaluated with.
     level = (self.config.get('eval_tta', 0) if self.tta_level is None
              else self.tta_level)
-    self.apply = jax.jit(lambda v, x: augment.tta_logits(
-        lambda y: self.model.apply(v, y, train=False),
-        x.astype(jnp.float32) / 255.0, level))
+    self.apply = jax.jit(
+        lambda v, x: augment.tta_logits(
+            lambda y: self.model.apply(v, y, train=False),
+            x.astype(jnp.float32) / 255.0, level),
+        compiler_options=xla_cpu.compiler_options(jax.default_backend()))
 
 
 def write_dataset_info(workdir: str, class_names, train_examples: int,

@@ -42,6 +42,7 @@ from cifar_jax import preemption
 from cifar_jax import progress
 from cifar_jax import reporting
 from cifar_jax import summary
+from cifar_jax import xla_cpu
 from cifar_jax.errors import NonFiniteLossError
 from cifar_jax.errors import Preempted
 from cifar_jax.errors import UserError
@@ -332,6 +333,9 @@ def create_experiment(config: ml_collections.ConfigDict,
   train_arrays, eval_arrays = jax.device_put(
       ((train_ds.images, train_ds.labels), (eval_ds.images, eval_ds.labels)),
       replicated)
+  # The steps hold the convolutions: compiled with the CPU's options.
+  jit = functools.partial(jax.jit, compiler_options=xla_cpu.compiler_options(
+      mesh.devices.flat[0].platform))
   step_kwargs = dict(batch_size=config.batch_size,
                      augment_config=augment_config,
                      label_smoothing=config.label_smoothing,
@@ -344,15 +348,15 @@ def create_experiment(config: ml_collections.ConfigDict,
                                    config.num_epochs * steps_per_epoch,
                                    steps_per_epoch),
       steps_per_epoch=steps_per_epoch, dropout_key=None, augment_key=None,
-      jit_train_step=jax.jit(
+      jit_train_step=jit(
           functools.partial(train_step, **step_kwargs),
           donate_argnums=(0, 1), out_shardings=(replicated, replicated)),
       steps_per_dispatch=_steps_per_dispatch(config, steps_per_epoch,
                                              mesh),
-      jit_train_steps=functools.cache(lambda n: jax.jit(
+      jit_train_steps=functools.cache(lambda n: jit(
           functools.partial(train_steps, num_steps=n, **step_kwargs),
           donate_argnums=(0, 1), out_shardings=(replicated, replicated))),
-      jit_eval_step=jax.jit(
+      jit_eval_step=jit(
           functools.partial(eval_step, tta=config.eval_tta),
           donate_argnums=(1,), out_shardings=replicated),
       class_names=train_ds.class_names, replicated=replicated,

@@ -1,52 +1,67 @@
-"""XLA:CPU settings that make the seed's CNNs train fast on a CPU.
+"""XLA:CPU compiler options that make the seed's CNNs train fast on a CPU.
 
-Measured with benchmarks/cpu_vs_keras.py (README, "CPU speed"): jaxlib 0.10
-hands every convolution to YNNPACK, whose kernel gradient of a 3x3 conv ran
-3-5x slower than Eigen's on a 2-core AVX2 EPYC, and it made the large
-rung's step 2.7x slower. Turning YNNPACK off for convolutions alone (its matmuls stay)
-changes results only by float rounding (tests/xla_cpu_test.py).
+jaxlib 0.10 to 0.12 hand every convolution to YNNPACK, whose kernel gradient
+of a 3x3 conv ran 3-5x slower than XLA's own (Eigen) on a 2-core AVX2 EPYC;
+the large rung's step was 2.7x slower (benchmarks/cpu_vs_keras.py). We keep
+YNNPACK's other fusions and take convolutions off it, which changes results
+only by float rounding (tests/xla_cpu_test.py).
 
-The flags are read once, when JAX starts its CPU backend, so
-`cifar_jax/__init__.py` applies them at import. They only touch XLA:CPU:
-GPU and TPU programs are compiled as before.
+The options go to each program we compile (`jax.jit(...,
+compiler_options=compiler_options(platform))`), not to XLA_FLAGS: importing
+cifar_jax changes nothing in the process, a notebook that trains through
+`train.train_and_evaluate` gets them as the command line does, and GPU/TPU
+programs are compiled exactly as before.
 """
 
+import functools
 import logging
 import os
-from collections.abc import MutableMapping
+from collections.abc import Mapping
 
-# flag -> value. A flag the user already set in XLA_FLAGS is left as it is.
-CPU_FLAGS = {'--xla_cpu_experimental_ynn_fusion_type': '-individual_convolution'}
-# Set to 1 to leave XLA_FLAGS alone (e.g. to measure XLA's own defaults).
+import jax
+import numpy as np
+
+# DebugOptions field: the fusions XLA:CPU hands to YNNPACK.
+YNN_FUSION_TYPE = 'xla_cpu_experimental_ynn_fusion_type'
+# jaxlib 0.10-0.12's default set (DOT, REDUCE, INDIVIDUAL_DOT and
+# INDIVIDUAL_CONVOLUTION) less the convolutions; XLA_FLAGS'
+# `--xla_cpu_experimental_ynn_fusion_type=-individual_convolution` compiles
+# the same programs.
+YNN_FUSIONS_WITHOUT_CONVOLUTIONS = ','.join(
+    f'LIBRARY_FUSION_TYPE_{name}'
+    for name in ('DOT', 'REDUCE', 'INDIVIDUAL_DOT'))
+# Set to 1 to compile with XLA's own defaults (e.g. to measure them).
 OPT_OUT = 'CIFAR_JAX_KEEP_XLA_FLAGS'
 
 
-def apply_defaults(environ: MutableMapping[str, str] = os.environ
-                   ) -> list[str]:
-  """Adds `CPU_FLAGS` the user has not set to XLA_FLAGS; returns them.
+def compiler_options(platform: str,
+                     environ: Mapping[str, str] = os.environ
+                     ) -> dict[str, str]:
+  """The compiler options for a program compiled for `platform`.
 
-  Too late once JAX has started a backend: then it only logs a warning.
+  Empty off the CPU, under OPT_OUT, where the user's XLA_FLAGS set the
+  option themselves (theirs wins), and with a jaxlib that no longer knows
+  the option (it then logs why, once).
   """
-  if environ.get(OPT_OUT, '') not in ('', '0'):
-    return []
-  current = environ.get('XLA_FLAGS', '')
-  set_by_user = {item.split('=', 1)[0] for item in current.split()}
-  added = [f'{flag}={value}' for flag, value in CPU_FLAGS.items()
-           if flag not in set_by_user]
-  if not added:
-    return []
-  if _backend_started():
-    logging.warning('JAX started before cifar_jax was imported, so XLA:CPU '
-                    'runs without %s (slower CPU training); import cifar_jax '
-                    'first or set XLA_FLAGS yourself.', ' '.join(added))
-    return []
-  environ['XLA_FLAGS'] = ' '.join([current, *added]).strip()
-  return added
+  if platform != 'cpu' or environ.get(OPT_OUT, '') not in ('', '0'):
+    return {}
+  user_flags = {item.split('=', 1)[0].lstrip('-')
+                for item in environ.get('XLA_FLAGS', '').split()}
+  if YNN_FUSION_TYPE in user_flags:
+    return {}
+  options = {YNN_FUSION_TYPE: YNN_FUSIONS_WITHOUT_CONVOLUTIONS}
+  return options if _accepted(tuple(options.items())) else {}
 
 
-def _backend_started() -> bool:
+@functools.cache
+def _accepted(options: tuple[tuple[str, str], ...]) -> bool:
+  """Whether this jaxlib's XLA:CPU compiles with `options` (a tiny program)."""
+  x = jax.device_put(np.float32(1), jax.devices('cpu')[0])
   try:
-    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
-    return xla_bridge.backends_are_initialized()
-  except (ImportError, AttributeError):  # A JAX without it: assume not.
+    jax.jit(lambda v: v + 1, compiler_options=dict(options)).lower(
+        x).compile()
+    return True
+  except jax.errors.JaxRuntimeError as e:
+    logging.warning('This jaxlib refuses the XLA:CPU options %s (%s); CPU '
+                    'programs compile with XLA\'s defaults.', options, e)
     return False

@@ -1,6 +1,7 @@
 """The XLA:CPU defaults: how they are applied, and that results keep."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,44 +14,50 @@ from conftest import REPO
 
 FLAG = '--xla_cpu_experimental_ynn_fusion_type'
 
-
-@pytest.fixture
-def backend_not_started(monkeypatch):
-  monkeypatch.setattr(xla_cpu, '_backend_started', lambda: False)
+OPTIONS = {xla_cpu.YNN_FUSION_TYPE: xla_cpu.YNN_FUSIONS_WITHOUT_CONVOLUTIONS}
 
 
-def test_defaults_are_appended_to_the_users_other_flags(backend_not_started):
+def test_cpu_programs_get_the_options_and_others_none():
+  assert xla_cpu.compiler_options('cpu', {}) == OPTIONS
+  assert xla_cpu.compiler_options('gpu', {}) == {}
+  assert xla_cpu.compiler_options('tpu', {}) == {}
+
+
+def test_the_users_own_xla_flag_wins():
+  env = {'XLA_FLAGS': f'--xla_force_host_platform_device_count=2 {FLAG}='}
+  assert xla_cpu.compiler_options('cpu', env) == {}
   env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'}
-  assert xla_cpu.apply_defaults(env) == [f'{FLAG}=-individual_convolution']
-  assert env['XLA_FLAGS'].split() == [
-      '--xla_force_host_platform_device_count=2',
-      f'{FLAG}=-individual_convolution']
-  assert xla_cpu.apply_defaults(env) == []  # Idempotent.
+  assert xla_cpu.compiler_options('cpu', env) == OPTIONS
 
 
-def test_a_flag_the_user_set_is_kept(backend_not_started):
-  env = {'XLA_FLAGS': f'{FLAG}='}
-  assert xla_cpu.apply_defaults(env) == []
-  assert env['XLA_FLAGS'] == f'{FLAG}='
+def test_the_opt_out_gives_xlas_defaults():
+  assert xla_cpu.compiler_options('cpu', {xla_cpu.OPT_OUT: '1'}) == {}
+  assert xla_cpu.compiler_options('cpu', {xla_cpu.OPT_OUT: '0'}) == OPTIONS
 
 
-def test_the_opt_out_leaves_xla_flags_alone(backend_not_started):
-  env = {xla_cpu.OPT_OUT: '1'}
-  assert xla_cpu.apply_defaults(env) == []
-  assert 'XLA_FLAGS' not in env
-
-
-def test_after_the_backend_started_nothing_changes_but_a_warning(
+def test_a_jaxlib_that_refuses_the_option_compiles_with_defaults(
     monkeypatch, caplog):
-  monkeypatch.setattr(xla_cpu, '_backend_started', lambda: True)
-  env = {}
-  assert xla_cpu.apply_defaults(env) == []
-  assert env == {}
-  assert 'without' in caplog.text
+  monkeypatch.setattr(xla_cpu, 'YNN_FUSIONS_WITHOUT_CONVOLUTIONS',
+                      'LIBRARY_FUSION_TYPE_NO_SUCH_THING')
+  with caplog.at_level(logging.WARNING):
+    assert xla_cpu.compiler_options('cpu', {}) == {}
+  assert 'refuses the XLA:CPU options' in caplog.text
+
+
+def test_importing_cifar_jax_leaves_the_environment_alone():
+  code = ('import os; import cifar_jax, cifar_jax.train; '
+          'print(repr(os.environ.get("XLA_FLAGS")))')
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  env.pop('XLA_FLAGS', None)
+  out = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=120,
+                       check=True).stdout
+  assert out.strip() == 'None'
+
 
 
 _TRAIN_A_FEW_STEPS = """
-import json, io, sys
+import hashlib, json, io, re, sys
 import jax
 from cifar_jax import progress, train
 from configs import test
@@ -70,13 +77,16 @@ state, _, _ = train.run_steps(exp, exp.state,
                               train.empty_metrics(exp.replicated), 0, 4,
                               progress.ProgressBar(4, out=io.StringIO()))
 leaves = [x.tolist() for x in jax.tree.leaves(state.params)]
-print(json.dumps({'ynn_convs': ynn_convs, 'params': leaves}))
+# The program, without the numbers XLA appends to instruction names.
+program = hashlib.sha256(re.sub(r'\.\d+', '', hlo).encode()).hexdigest()
+print(json.dumps({'ynn_convs': ynn_convs, 'params': leaves,
+                  'program': program}))
 """
 
 
 def _train_a_few_steps(**env):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', **env)
-  env.pop('XLA_FLAGS', None)
+  env = dict({k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'},
+             JAX_PLATFORMS='cpu', **env)
   out = subprocess.run([sys.executable, '-c', _TRAIN_A_FEW_STEPS], cwd=REPO,
                        env=env, capture_output=True, text=True, timeout=300,
                        check=True).stdout
@@ -88,6 +98,11 @@ def test_the_defaults_move_convolutions_off_ynnpack_and_keep_results():
   xla_default = _train_a_few_steps(**{xla_cpu.OPT_OUT: '1'})
   # The flag takes effect: XLA's default fuses the convs into YNNPACK calls.
   assert tuned['ynn_convs'] == 0 < xla_default['ynn_convs']
+  # The options keep YNNPACK's other fusions as they were: the program is
+  # the one XLA_FLAGS' '-individual_convolution' (the default set, less
+  # convolutions) gives. Fails when a jaxlib changes its default set.
+  by_flag = _train_a_few_steps(XLA_FLAGS=f'{FLAG}=-individual_convolution')
+  assert by_flag['program'] == tuned['program'] != xla_default['program']
   # 4 steps of configs/test.py (the simple rung's layers, narrower: convs,
   # pool, dropout, MaxNorm, Keras SGD):
   # the same parameters up to float32 rounding. (Not bn_aug_sgd: there any
