@@ -102,7 +102,8 @@ def report_row(name: str, config: ml_collections.ConfigDict,
           'compare': seed_notebook.compare(name, history),
           'params': _params(config), 'epochs': len(history),
           'seed_epochs': seed_notebook.load(name).num_epochs,
-          'sec_per_epoch': float(np.mean(seconds)),
+          'sec_per_epoch': float(np.median(seconds)),
+          'fastest_epoch': float(np.min(seconds)),
           'total_sec': float(np.sum(seconds))}
 
 
@@ -124,7 +125,8 @@ def _summary_line(r: dict) -> str:
           f'{_pct(c.final)} | {_pct(c.best)} (epoch {c.best_epoch}) | '
           f'{_points(c.gap, signed=True)} | {diff} | {within} | '
           f'{r["params"]:,} | {r["epochs"]}/{r["seed_epochs"]} | '
-          f'{r["sec_per_epoch"]:.1f} | {r["total_sec"] / 60:.1f} min |')
+          f'{r["sec_per_epoch"]:.1f} ({r["fastest_epoch"]:.1f}) | '
+          f'{r["total_sec"] / 60:.1f} min |')
 
 
 def _epoch_table(r: dict) -> list[str]:
@@ -160,7 +162,8 @@ def write_report(rows: list[dict], root: str, data: str,
       f'- Written: {datetime.datetime.now().isoformat(timespec="seconds")}',
       '',
       '| rung | seed final | ours final | ours best | gap | mean \\|diff\\| '
-      f'(epochs) | within {tolerance} | params | epochs | s/epoch | total |',
+      f'(epochs) | within {tolerance} | params | epochs | s/epoch (fastest) '
+      '| total |',
       '|---|---|---|---|---|---|---|---|---|---|---|']
   lines += [_summary_line(r) for r in rows]
   total = sum(r['total_sec'] for r in rows)
@@ -177,7 +180,8 @@ def write_report(rows: list[dict], root: str, data: str,
             '|diff| is the mean absolute difference of test accuracy, in '
             'points, over the epochs both printed (the notebook printed '
             'only some); a rung it printed no log for is compared with the '
-            'rung its record names.', '']
+            'rung its record names. s/epoch is the median epoch, with the '
+            'fastest in brackets.', '']
   for r in rows:
     name = r['rung']
     plots.curves(r['history'], os.path.join(root, name, 'curves.png'), name,
