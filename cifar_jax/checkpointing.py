@@ -19,6 +19,7 @@ the newest checkpoints (google/orbax#526).
 
 import dataclasses
 import os
+import shutil
 import time
 from typing import Any
 
@@ -31,10 +32,11 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
 from cifar_jax.errors import UserError
+from cifar_jax.errors import write_failure
 
 _ITEMS = ('state', 'epoch_metrics', 'meta')  # Orbax reserves 'metrics'.
-
-
+# The suffix of a checkpoint Orbax has not finished writing.
+_UNFINISHED = '.orbax-checkpoint-tmp'
 @dataclasses.dataclass
 class Restored:
   step: int
@@ -96,18 +98,42 @@ class Checkpoints:
   def wait(self) -> None:
     self._guard(self._manager.wait_until_finished)
 
-  def close(self) -> None:
-    self._guard(self._manager.close)
+  def close(self, quietly: bool = False) -> None:
+    """Finishes the last save. `quietly`: an error is already on its way
+    out, so a failure here is only logged (the first one is the cause)."""
+    try:
+      self._guard(self._manager.close)
+    except UserError as e:
+      if not quietly:
+        raise
+      logging.info('%s', e)
 
   def _guard(self, fn):
+    """Runs a save, wait or close; a failed write becomes one clear error.
+
+    Orbax reports a full disk as OSError or as ValueError
+    ('RESOURCE_EXHAUSTED ...'), from the call or from its background
+    threads at the next call. The unfinished checkpoint directory is
+    removed; finished ones are never touched.
+    """
     try:
       return fn()
-    except OSError as e:
+    except (OSError, ValueError) as e:
+      cause = write_failure(e)
+      if cause is None:
+        raise
+      self._remove_unfinished()
       raise UserError(
-          f'Writing a checkpoint to {self.directory} failed: {e}\n'
-          'Earlier checkpoints are intact (Orbax finalises a checkpoint only '
-          'when it is complete). Free disk space or fix permissions, then '
-          'run the same command again to resume.') from e
+          f'Writing a checkpoint to {self.directory} failed ({cause}); the '
+          'earlier checkpoints are intact. Free space or fix the directory, '
+          'then run the same command to resume.') from e
+
+  def _remove_unfinished(self) -> None:
+    if jax.process_index() != 0:
+      return
+    for name in os.listdir(self.directory):
+      if name.endswith(_UNFINISHED):
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
   def read_meta(self, step: int) -> dict[str, Any]:
     return self._manager.restore(
@@ -129,11 +155,13 @@ class Checkpoints:
         read; raises UserError when the checkpoint belongs to another
         config (that is not damage: nothing is moved).
     """
+    moved = []
     for step in sorted(self.steps(), reverse=True):
       try:
         meta = self.read_meta(step)
       except Exception as e:  # pylint: disable=broad-except
-        self._quarantine(step, f'its metadata is unreadable ({e})')
+        moved.append(self._quarantine(step, f'its metadata is unreadable '
+                                      f'({_first_line(e)})'))
         continue
       check_meta(meta)
       try:
@@ -141,18 +169,27 @@ class Checkpoints:
             state=ocp.args.StandardRestore(target_state),
             epoch_metrics=ocp.args.StandardRestore(target_metrics)))
       except Exception as e:  # pylint: disable=broad-except
-        self._quarantine(step, f'it cannot be read ({_first_line(e)})')
+        moved.append(self._quarantine(
+            step, f'it cannot be read ({_first_line(e)})'))
         continue
       state = items['state']
       found = fingerprint((state.params, state.batch_stats))
       if not np.isclose(found, meta['fingerprint'], rtol=1e-5):
-        self._quarantine(step, f'its arrays do not match their fingerprint '
-                         f'({found} != {meta["fingerprint"]})')
+        moved.append(self._quarantine(
+            step, f'its arrays do not match their fingerprint '
+            f'({found} != {meta["fingerprint"]})'))
         continue
       return Restored(step, state, items['epoch_metrics'], meta)
+    if moved:  # Starting again would overwrite the run's history.
+      raise UserError(
+          f'Every checkpoint in {self.directory} is damaged; they were moved '
+          f'aside, not deleted ({", ".join(map(os.path.basename, moved))}). '
+          'To start this run over deliberately, move or delete '
+          f'{self.directory}, or use another --workdir.')
     return None
 
-  def _quarantine(self, step: int, why: str) -> None:
+  def _quarantine(self, step: int, why: str) -> str:
+    """Moves checkpoint `step` aside (never deletes it); its new path."""
     path = os.path.join(self.directory, str(step))
     aside = os.path.join(self.directory,
                          f'corrupt-{step}-{time.strftime("%Y%m%d-%H%M%S")}')
@@ -165,6 +202,7 @@ class Checkpoints:
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f'quarantine {step}')
     self._manager.reload()
+    return aside
 
 
 def restore_params(path: str,

@@ -1,10 +1,15 @@
 """Shared pieces of the command-line tools (main, show_augment, ...)."""
 
 import contextlib
+import logging as std_logging
 import os
+import signal
 import sys
+import threading
 
 from absl import flags
+from absl import logging
+import ml_collections
 from ml_collections import config_flags
 
 from cifar_jax.errors import NonFiniteLossError
@@ -29,17 +34,66 @@ def default_workdir(config_path: str) -> str:
   return os.path.join('ckpt', name)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-  """absl's parsing, with bad `--config.*` overrides as one clear line.
+class _NotFromOrbax(std_logging.Filter):
 
-  ml_collections raises AttributeError/ValueError/TypeError for an unknown key
-  or a value of the wrong type; absl would show them as a traceback.
+  def filter(self, record) -> bool:
+    return f'{os.sep}orbax{os.sep}' not in record.pathname
+
+
+def _config_path(argv: list[str]) -> str | None:
+  """The file of `--config path[:arg]` in argv, if one is given."""
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      value = arg.split('=', 1)[1]
+    elif arg == '--config' and i + 1 < len(argv):
+      value = argv[i + 1]
+    else:
+      continue
+    return value.split(':')[0]
+  return None
+
+
+def _check_config_file(path: str) -> str | None:
+  """Why the config file cannot be used (one line), or None."""
+  try:
+    with open(path) as f:
+      source = f.read()
+  except OSError as e:
+    return f'cannot read config file {path}: {e.strerror or e}'
+  try:
+    compile(source, path, 'exec')
+  except SyntaxError as e:
+    return (f'config file {path}, line {e.lineno}: {e.msg}: '
+            f'{(e.text or "").strip()}')
+  return None
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parsing, with a bad config file or override as one clear line.
+
+  ml_collections raises AttributeError/ValueError/TypeError for an unknown
+  key or a value of the wrong type, and OSError or whatever the file raises
+  for a config file that does not load; absl would show them as tracebacks.
   """
+  path = _config_path(argv[1:])
+  problem = path and _check_config_file(path)
+  if problem:
+    print(f'error: {problem}', file=sys.stderr)
+    sys.exit(2)
   try:
     argv = flags.FLAGS(argv)
+    if 'config' in flags.FLAGS and flags.FLAGS['config'].present:
+      config = flags.FLAGS['config'].value  # Loads the file now.
+      if not isinstance(config, ml_collections.ConfigDict):
+        raise TypeError(f'get_config() in {path} returned '
+                        f'{type(config).__name__}, not a ConfigDict')
     if not flags.FLAGS['verbosity'].present:
       # Orbax and TFDS log every file at INFO; progress is printed anyway.
       flags.FLAGS.verbosity = -1  # absl WARNING.
+      # Orbax logs its background threads' failures with tracebacks (a
+      # full disk: hundreds of lines); checkpointing.Checkpoints raises
+      # each as one error, so they are dropped (--verbosity=0 keeps them).
+      logging.get_absl_handler().addFilter(_NotFromOrbax())
     return argv
   except flags.Error as e:
     print(f'error: {e}\nPass --help for usage.', file=sys.stderr)
@@ -48,7 +102,19 @@ def parse_flags(argv: list[str]) -> list[str]:
     if isinstance(cause, KeyError) and cause.args:  # Wrapped by ConfigDict.
       cause = cause.args[0]
     message = str(cause).replace('\n', ' ')
-    print(f'error: bad --config override: {message}', file=sys.stderr)
+    if "has no attribute 'get_config'" in message:
+      print(f'error: config file {path} defines no get_config().',
+            file=sys.stderr)
+    elif 'get_config()' in message:
+      print(f'error: {message}.', file=sys.stderr)
+    else:
+      print(f'error: bad --config override: {message}', file=sys.stderr)
+  except Exception as e:  # pylint: disable=broad-except
+    # The config file itself failed (an import or an error in get_config).
+    cause = e.__cause__ or e
+    print(f'error: cannot load config file {path}: '
+          f'{type(cause).__name__}: {cause}'.replace('\n', ' '),
+          file=sys.stderr)
   sys.exit(2)
 
 
@@ -57,7 +123,8 @@ def exit_on_errors():
   """Turns the errors a user should read into a message and an exit code.
 
   UserError (bad input) and NonFiniteLossError (divergence) exit with 1,
-  Preempted with 128 + the signal; no traceback for any of them.
+  Preempted with 128 + the signal, a second Ctrl-C with 130; no traceback
+  for any of them.
   """
   try:
     yield
@@ -65,5 +132,19 @@ def exit_on_errors():
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)
   except Preempted as e:
+    _ignore_more_interrupts()
     print(str(e), file=sys.stderr)
     sys.exit(e.exit_code)
+  except KeyboardInterrupt:  # Ctrl-C twice: no checkpoint of this moment.
+    _ignore_more_interrupts()
+    print('Interrupted (Ctrl-C twice): stopped without saving; the '
+          'checkpoints saved before are intact. Run the same command to '
+          'resume from the newest.', file=sys.stderr)
+    sys.exit(130)
+
+
+def _ignore_more_interrupts() -> None:
+  """Further Ctrl-Cs while the process exits would only print tracebacks
+  from JAX's and Orbax's exit handlers (SIGTERM and SIGKILL still work)."""
+  if threading.current_thread() is threading.main_thread():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -1,7 +1,21 @@
-"""The error type for mistakes a user can fix (bad config, missing data).
+"""The error types a user reads, and how a failed write is recognised.
 
-`main` prints these as one clear message, without a traceback.
+`cli.exit_on_errors` prints them as one clear message, without a traceback.
 """
+
+import errno
+
+# Why a write failed, by OSError's errno or by the text other libraries
+# (Orbax, TensorFlow) wrap it in.
+_WRITE_ERRNOS = {errno.ENOSPC: 'no space left on the device',
+                 errno.EDQUOT: 'disk quota exceeded',
+                 errno.EROFS: 'read-only file system',
+                 errno.EACCES: 'permission denied',
+                 errno.EPERM: 'permission denied'}
+_WRITE_MESSAGES = {'No space left on device': 'no space left on the device',
+                   'Disk quota exceeded': 'disk quota exceeded',
+                   'Read-only file system': 'read-only file system',
+                   'Permission denied': 'permission denied'}
 
 
 class UserError(Exception):
@@ -18,3 +32,16 @@ class Preempted(Exception):
   def __init__(self, message: str, exit_code: int):
     super().__init__(message)
     self.exit_code = exit_code
+
+
+def write_failure(e: BaseException | None) -> str | None:
+  """Why a write failed ('no space left on the device'), or None when `e`
+  and its causes are not a failed write."""
+  while e is not None:
+    if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
+      return _WRITE_ERRNOS[e.errno]
+    for text, cause in _WRITE_MESSAGES.items():
+      if text in str(e):
+        return cause
+    e = e.__cause__ or e.__context__
+  return None

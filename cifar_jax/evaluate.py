@@ -85,8 +85,10 @@ def evaluate(workdir: str, checkpoint: str = 'latest', split: str = '',
     print(f'With flip TTA: accuracy {100 * result["tta"]["accuracy"]:.2f}% '
           f'- loss: {result["tta"]["loss"]:.4f}')
   print('Per class:')
-  for name, acc in zip(run.class_names, result['per_class']):
-    print(f'  {name:>12}: {100 * acc:6.2f}%')
+  for name, acc, count in zip(run.class_names, result['per_class'],
+                              result['confusion'].sum(1)):
+    print(f'  {name:>12}: ' + (f'{100 * acc:6.2f}% of {count}' if count
+                               else f'no {split!r} images'))
   path = os.path.join(workdir, 'confusion_matrix.png')
   plots.confusion_matrix_png(
       result['confusion'], run.class_names, path,

@@ -18,10 +18,11 @@ from cifar_jax import augment
 from cifar_jax import checkpointing
 from cifar_jax import input_pipeline
 from cifar_jax import models
+from cifar_jax import reporting
 from cifar_jax import xla_cpu
 from cifar_jax.errors import UserError
 
-DATASET_INFO = 'dataset_info.json'
+DATASET_INFO = reporting.DATASET_INFO
 
 
 @dataclasses.dataclass
@@ -43,15 +44,6 @@ class TrainedRun:
             lambda y: self.model.apply(v, y, train=False),
             x.astype(jnp.float32) / 255.0, level),
         compiler_options=xla_cpu.compiler_options(jax.default_backend()))
-
-
-def write_dataset_info(workdir: str, class_names, train_examples: int,
-                       eval_examples: int, steps_per_epoch: int) -> None:
-  with open(os.path.join(workdir, DATASET_INFO), 'w') as f:
-    json.dump({'class_names': list(class_names),
-               'train_examples': train_examples,
-               'eval_examples': eval_examples,
-               'steps_per_epoch': steps_per_epoch}, f, indent=2)
 
 
 def _read_json(workdir: str, name: str) -> Any:
@@ -110,11 +102,17 @@ def load_run(workdir: str, checkpoint: str = 'latest',
 
 def logits(run: TrainedRun, images: np.ndarray,
            batch_size: int = 500) -> np.ndarray:
-  """(N, classes) logits of uint8 (N, 32, 32, 3) images, in inference mode."""
+  """(N, classes) logits of uint8 (N, 32, 32, 3) images, in inference mode.
+
+  Only the data set's classes: a model with more outputs than its data had
+  classes (model.num_classes) never trained the others, and they are
+  ranked as they were in training's evaluation (`train.eval_step`): not.
+  """
   out = []
   for start in range(0, len(images), batch_size):
     batch = images[start:start + batch_size]
     padded = np.zeros((batch_size,) + batch.shape[1:], batch.dtype)
     padded[:len(batch)] = batch  # One compiled shape for every batch.
-    out.append(np.asarray(run.apply(run.variables, padded))[:len(batch)])
+    out.append(np.asarray(run.apply(run.variables, padded))[
+        :len(batch), :len(run.class_names)])
   return np.concatenate(out) if out else np.zeros((0, len(run.class_names)))

@@ -24,6 +24,7 @@ import socket
 import time
 import urllib.parse
 import zipfile
+import zlib
 
 from absl import logging
 import jax
@@ -39,7 +40,7 @@ IMAGE_SHAPE = (32, 32, 3)
 # Shuffles an image folder's sorted files once, so its order is fixed.
 FOLDER_ORDER_SEED = 0
 # Part of the cache key: bump when decoding or ordering changes.
-CACHE_FORMAT = 2
+CACHE_FORMAT = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +65,9 @@ def load_split(config: ml_collections.ConfigDict, split: str) -> Dataset:
   if config.dataset == 'synthetic':
     full = synthetic(base, config)
   elif config.dataset == 'image_folder':
-    full = _cached(config, base, _load_image_folder)
+    train_base = config.train_split.split('[')[0]
+    full = _cached(config, base, functools.partial(
+        _load_image_folder, train_split=train_base))
   else:
     full = _cached(config, base, functools.partial(_load_tfds,
                                                    name=config.dataset))
@@ -79,9 +82,12 @@ def _cached(config: ml_collections.ConfigDict, split: str,
             load: Callable[[str, str | None], Dataset]) -> Dataset:
   """`load(split, data_dir)`, through a .npz cache in `config.cache_dir`.
 
-  The key covers the data set, the resolved data_dir and a fingerprint of
-  the files under it (count, bytes, newest mtime), so a changed folder is
-  decoded again. An unusable cache directory only costs the speed-up.
+  The key covers the data set, the resolved data_dir, the training split
+  (whose folders name the classes) and a fingerprint of every file that
+  makes the arrays (each one's path, hence its class, size and mtime), so
+  a folder that changed in any way, images moved between classes
+  included, is decoded again. An unusable cache directory only costs the
+  speed-up.
   """
   data_dir = os.path.abspath(os.path.expanduser(config.data_dir)) if (
       config.data_dir) else None
@@ -89,14 +95,16 @@ def _cached(config: ml_collections.ConfigDict, split: str,
     return load(split, data_dir)
   if config.dataset == 'image_folder':
     _check_folder(data_dir)
-    watched = data_dir if os.path.isfile(data_dir) else os.path.join(
-        data_dir, split)
+    train_split = config.train_split.split('[')[0]
+    watched = [data_dir] if os.path.isfile(data_dir) else [
+        os.path.join(data_dir, s) for s in sorted({split, train_split})]
   else:
+    train_split = None
     watched = data_dir or os.environ.get(
         'TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
-    watched = os.path.join(watched, config.dataset)
+    watched = [os.path.join(watched, config.dataset)]
   key = json.dumps([CACHE_FORMAT, config.dataset, data_dir, split,
-                    _fingerprint(watched)])
+                    train_split, [_fingerprint(w) for w in watched]])
   name = f'{config.dataset}-{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz'
   path = os.path.join(os.path.expanduser(config.cache_dir), name)
   if os.path.exists(path):
@@ -120,18 +128,24 @@ def _cached(config: ml_collections.ConfigDict, split: str,
   return ds
 
 
-def _fingerprint(root: str) -> tuple[int, int, int]:
-  """(files, bytes, newest mtime) under `root`; (0, 0, 0) if it is absent."""
+def _fingerprint(root: str) -> str:
+  """A digest of every file under `root` (relative path, size, mtime), or
+  of `root` itself when it is a file; '' when it is absent."""
+  digest = hashlib.sha256()
   if os.path.isfile(root):
     st = os.stat(root)
-    return 1, st.st_size, st.st_mtime_ns
-  count = size = newest = 0
-  for dirpath, _, files in os.walk(root):
-    for name in files:
-      st = os.stat(os.path.join(dirpath, name))
-      count, size = count + 1, size + st.st_size
-      newest = max(newest, st.st_mtime_ns)
-  return count, size, newest
+    digest.update(f'{st.st_size} {st.st_mtime_ns}'.encode())
+    return digest.hexdigest()
+  if not os.path.isdir(root):
+    return ''
+  for dirpath, dirs, files in os.walk(root):
+    dirs.sort()
+    for name in sorted(files):
+      path = os.path.join(dirpath, name)
+      st = os.stat(path)
+      digest.update(f'{os.path.relpath(path, root)}\0{st.st_size} '
+                    f'{st.st_mtime_ns}\n'.encode())
+  return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- synthetic
@@ -245,7 +259,10 @@ def _image_files(root: str) -> tuple[dict[str, list[str]],
   through.
   """
   if root.lower().endswith('.zip'):
-    archive = zipfile.ZipFile(root)
+    try:
+      archive = zipfile.ZipFile(root)
+    except (OSError, zipfile.BadZipFile) as e:
+      raise UserError(f'Cannot read the zip {root}: {e}') from e
     names = [n for n in archive.namelist() if not n.endswith('/')]
     read = archive.read
   else:
@@ -279,32 +296,42 @@ def _decode_rgb32(data: bytes) -> np.ndarray:
     return np.asarray(image, np.uint8)
 
 
-def _load_image_folder(split: str, root: str | None) -> Dataset:
+def _load_image_folder(split: str, root: str | None,
+                       train_split: str) -> Dataset:
   """`<root>/<split>/<class>/*.jpg|png`, root a folder or a .zip of one.
 
   Decoded with Pillow, so no TensorFlow is needed (GPU images rarely have
-  it). Images of any size or mode become 32x32 RGB. When the class folders
-  are CIFAR-10's names, labels follow CIFAR-10's order whatever the folder
-  order. The order of examples is the sorted paths under a fixed shuffle
+  it). Images of any size or mode become 32x32 RGB. The classes are the
+  class folders of `train_split`, for every split, so a class missing from
+  the test split shifts no label; in CIFAR-10's order when they are
+  CIFAR-10's names. A split with a class the training split lacks is
+  refused. The order of examples is the sorted paths under a fixed shuffle
   (FOLDER_ORDER_SEED), so slices are stable and not grouped by class.
   """
   _check_folder(root)
   splits, read = _image_files(root)
-  if split not in splits:
-    raise UserError(f'No split {split!r} in {root}: it has '
-                    f'{sorted(splits) or "no <split>/<class>/ folders"}.')
-  files = sorted(splits[split])
-  names = tuple(sorted({f.split('/')[-2] for f in files}))
+  for name in {split, train_split}:
+    if name not in splits:
+      raise UserError(f'No split {name!r} in {root}: it has '
+                      f'{sorted(splits) or "no <split>/<class>/ folders"}.')
+  names = tuple(sorted({f.split('/')[-2] for f in splits[train_split]}))
   if sorted(names) == sorted(CIFAR10_CLASSES):
     names = CIFAR10_CLASSES
+  files = sorted(splits[split])
+  unknown = sorted({f.split('/')[-2] for f in files} - set(names))
+  if unknown:
+    raise UserError(f'Split {split!r} of {root} has class folders '
+                    f'{unknown} that the training split {train_split!r} '
+                    f'lacks; its classes are {list(names)}.')
   files = [files[i] for i in
            np.random.default_rng(FOLDER_ORDER_SEED).permutation(len(files))]
   labels = np.array([names.index(f.split('/')[-2]) for f in files], np.int32)
   def decode(name):
     try:
       return _decode_rgb32(read(name))
-    except (OSError, ValueError) as e:
-      raise UserError(f'Cannot decode {name} in {root}: {e}') from e
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile,
+            zlib.error) as e:
+      raise UserError(f'Cannot read {name} in {root}: {e}') from e
 
   # Pillow decodes without holding the GIL: threads use every core.
   with concurrent.futures.ThreadPoolExecutor(

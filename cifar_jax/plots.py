@@ -56,7 +56,7 @@ def curves(history: Sequence[dict[str, float]], path: str, title: str = '',
            reference: tuple[str, Sequence[dict]] | None = None) -> None:
   """Writes `curves_figure` as a PNG."""
   fig = curves_figure(history, title, reference)
-  fig.savefig(path, dpi=100)
+  fig.savefig(path, dpi=100, format='png')
   plt.close(fig)
 
 

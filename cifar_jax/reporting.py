@@ -8,6 +8,8 @@ epoch; a ladder rung's (`config.seed_rung`) draws the seed notebook's
 printed curves beside ours. Only process 0 writes; the others only log.
 """
 
+from collections.abc import Callable, Sequence
+import contextlib
 import json
 import os
 import platform
@@ -20,6 +22,8 @@ import ml_collections
 from cifar_jax import input_pipeline
 from cifar_jax import plots
 from cifar_jax import seed_notebook
+from cifar_jax.errors import UserError
+from cifar_jax.errors import write_failure
 
 
 def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
@@ -48,12 +52,40 @@ def machine_description() -> str:
   return f'{model}, {os.cpu_count()} CPU cores'
 
 
+# What a trained run's data set was: class names (in label order), sizes.
+DATASET_INFO = 'dataset_info.json'
+
+
+def write_atomically(path: str, write: Callable[[str], None]) -> None:
+  """`write(tmp)`, then renames tmp to `path`: never a truncated file.
+
+  A failed write (full disk, read-only) removes tmp and raises UserError.
+  """
+  tmp = f'{path}.tmp'
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  except OSError as e:
+    with contextlib.suppress(OSError):
+      os.remove(tmp)
+    cause = write_failure(e)
+    if cause is None:
+      raise
+    raise UserError(f'Cannot write {path} ({cause}); the checkpoints are '
+                    'intact. Free space or fix the directory, then run the '
+                    'same command to resume.') from e
+
+
+def _write_text(path: str, text: str) -> None:
+  with open(path, 'w') as f:
+    f.write(text)
+
+
 def write_json(path: str, value: Any) -> None:
-  """Writes atomically, so a crash never leaves a truncated file."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(value, f, indent=2)
-  os.replace(tmp, path)
+  def write(tmp):
+    with open(tmp, 'w') as f:
+      json.dump(value, f, indent=2)
+  write_atomically(path, write)
 
 
 class _LogWriter:
@@ -102,6 +134,20 @@ class Reporter:
     self.progress = periodic_actions.ReportProgress(
         num_train_steps=total_steps, writer=self.writer, every_secs=60)
 
+  def start(self, config: ml_collections.ConfigDict,
+            class_names: Sequence[str], train_examples: int,
+            eval_examples: int, steps_per_epoch: int) -> None:
+    """Writes config.json and dataset_info.json (what evaluate, predict
+    and a resume read back)."""
+    if not self.is_writer:
+      return
+    write_atomically(os.path.join(self.workdir, 'config.json'),
+                     lambda tmp: _write_text(
+                         tmp, config.to_json_best_effort(indent=2)))
+    write_json(os.path.join(self.workdir, DATASET_INFO), {
+        'class_names': list(class_names), 'train_examples': train_examples,
+        'eval_examples': eval_examples, 'steps_per_epoch': steps_per_epoch})
+
   def epoch(self, step: int, history: list[dict[str, float]],
             learning_rate: float, train_seconds: float, num_steps: int,
             num_images: int) -> None:
@@ -115,19 +161,39 @@ class Reporter:
       num_steps, num_images: steps and images trained in that time.
     """
     row = history[-1]
-    self.writer.write_scalars(step, {
+    self._summaries(step, {
         'train_loss': row['loss'], 'train_accuracy': row['accuracy'],
         'eval_loss': row['val_loss'], 'eval_accuracy': row['val_accuracy'],
         'learning_rate': learning_rate,
         'steps_per_second': num_steps / train_seconds,
         'images_per_second': num_images / train_seconds,
     })
-    self.writer.flush()
     if self.is_writer:
       write_json(os.path.join(self.workdir, 'history.json'), history)
-      plots.curves(history, os.path.join(self.workdir, 'curves.png'),
-                   self.title, seed_notebook.reference(
-                       self.seed_rung, up_to_epoch=history[-1]['epoch']))
+      reference = seed_notebook.reference(self.seed_rung,
+                                          up_to_epoch=history[-1]['epoch'])
+      write_atomically(os.path.join(self.workdir, 'curves.png'),
+                       lambda tmp: plots.curves(history, tmp, self.title,
+                                                reference))
+
+  def _summaries(self, step: int, scalars: dict[str, float]) -> None:
+    """Writes TensorBoard scalars; a failed write is one clear error."""
+    try:
+      self.writer.write_scalars(step, scalars)
+      self.writer.flush()
+    except Exception as e:  # pylint: disable=broad-except
+      cause = write_failure(e)
+      if cause is None:
+        raise
+      raise UserError(f'Cannot write TensorBoard summaries to '
+                      f'{self.workdir} ({cause}); the checkpoints are '
+                      'intact. Free space or fix the directory, then run '
+                      'the same command to resume.') from e
 
   def close(self) -> None:
-    self.writer.close()
+    try:
+      self.writer.close()
+    except Exception as e:  # pylint: disable=broad-except
+      if write_failure(e) is None:
+        raise
+      logging.warning('Closing the TensorBoard writer failed: %s', e)

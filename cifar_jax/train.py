@@ -33,7 +33,7 @@ import optax
 
 from cifar_jax import augment
 from cifar_jax import checkpointing
-from cifar_jax import inference
+from cifar_jax import config_checks
 from cifar_jax import initializers
 from cifar_jax import input_pipeline
 from cifar_jax import models
@@ -41,6 +41,7 @@ from cifar_jax import optimizers
 from cifar_jax import preemption
 from cifar_jax import progress
 from cifar_jax import reporting
+from cifar_jax import rundir
 from cifar_jax import summary
 from cifar_jax import xla_cpu
 from cifar_jax.errors import NonFiniteLossError
@@ -218,16 +219,19 @@ def train_steps(state: TrainState, epoch_metrics: Metrics, data: jax.Array,
 
 def eval_step(state: TrainState, epoch_metrics: Metrics, data: jax.Array,
               labels: jax.Array, indices: jax.Array,
-              mask: jax.Array, *, tta: int = 0) -> Metrics:
+              mask: jax.Array, *, tta: int = 0,
+              num_classes: int | None = None) -> Metrics:
   """Adds the metrics of `data[indices]` (inference mode) to `epoch_metrics`.
 
-  `tta` is the test-time augmentation level of `augment.tta_logits`.
+  `tta` is the test-time augmentation level of `augment.tta_logits`. Only
+  the first `num_classes` outputs (the data set's classes) are ranked: a
+  model with more outputs never trained the others.
   """
   labels = labels[indices]
   variables = _variables(state, state.params)
   logits = augment.tta_logits(
       lambda x: state.apply_fn(variables, x, train=False),
-      _to_float(data[indices]), tta)
+      _to_float(data[indices]), tta)[:, :num_classes]
   per_example = optax.softmax_cross_entropy_with_integer_labels(
       logits, labels)
   return epoch_metrics.merge(Metrics.single_from_model_output(
@@ -302,6 +306,7 @@ def create_experiment(config: ml_collections.ConfigDict,
   Raises:
     UserError: for a config or data problem the user can fix.
   """
+  config_checks.check(config)
   mesh = mesh or create_mesh()
   num_devices = mesh.devices.size
   _check_divisible('batch_size', config.batch_size, num_devices)
@@ -357,7 +362,8 @@ def create_experiment(config: ml_collections.ConfigDict,
           functools.partial(train_steps, num_steps=n, **step_kwargs),
           donate_argnums=(0, 1), out_shardings=(replicated, replicated))),
       jit_eval_step=jit(
-          functools.partial(eval_step, tta=config.eval_tta),
+          functools.partial(eval_step, tta=config.eval_tta,
+                            num_classes=len(train_ds.class_names)),
           donate_argnums=(1,), out_shardings=replicated),
       class_names=train_ds.class_names, replicated=replicated,
       batch_sharding=batch_sharding)
@@ -496,7 +502,7 @@ def _abstract(tree: Any) -> Any:
       tree)
 
 
-def _init_from(exp: Experiment, path: str) -> TrainState:
+def state_from_run(exp: Experiment, path: str) -> TrainState:
   """The initial state with params and BN statistics of another run."""
   loaded = checkpointing.restore_params(path, exp.replicated)
   ours = {'params': exp.state.params, 'batch_stats': exp.state.batch_stats}
@@ -534,25 +540,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     NonFiniteLossError: training diverged.
     Preempted: SIGTERM/SIGINT arrived; a checkpoint was saved first.
   """
-  os.makedirs(workdir, exist_ok=True)
+  config_checks.check(config)
+  workdir = rundir.prepare(workdir)
   if jax.process_index() > 0:  # One progress report per run, not per host.
     out = io.StringIO()
-  exp = create_experiment(config)
-  ckpt = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'),
-                                   config.keep_checkpoints)
-  reporter = reporting.Reporter(workdir, config,
-                                config.num_epochs * exp.steps_per_epoch)
-  try:
-    return _train(exp, ckpt, reporter, config, workdir, out)
-  finally:
-    reporter.close()
+  with rundir.hold(workdir, take=jax.process_index() == 0):
+    exp = create_experiment(config)
+    ckpt = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'),
+                                     config.keep_checkpoints)
+    try:
+      result = _train(exp, ckpt, config, workdir, out)
+    except BaseException:
+      ckpt.close(quietly=True)
+      raise
     ckpt.close()  # Waits for the last asynchronous save.
+    return result
 
 
 def _train(exp: Experiment, ckpt: checkpointing.Checkpoints,
-           reporter: reporting.Reporter, config: ml_collections.ConfigDict,
-           workdir: str, out):
-  """The loop of `train_and_evaluate`, with `ckpt` open."""
+           config: ml_collections.ConfigDict, workdir: str, out):
+  """The loop of `train_and_evaluate`, with `ckpt` open.
+
+  Nothing is written to `workdir` (summaries, config.json) before the
+  checkpoints there are known to belong to this config.
+  """
   config_dict = json.loads(config.to_json_best_effort())
 
   def check_meta(meta):
@@ -582,16 +593,27 @@ def _train(exp: Experiment, ckpt: checkpointing.Checkpoints,
           f'{ckpt.directory}/{step}.', file=out, flush=True)
     logging.info('Resuming from step %d.', step)
   else:
-    state = (_init_from(exp, config.init_from) if config.init_from
+    state = (state_from_run(exp, config.init_from) if config.init_from
              else exp.state)
     epoch_metrics, step, history, epoch_seconds = (
         empty_metrics(exp.replicated), 0, [], 0.0)
 
-  if reporter.is_writer:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
-    inference.write_dataset_info(workdir, exp.class_names, len(exp.train[1]),
-                                 len(exp.eval[1]), spe)
+  reporter = reporting.Reporter(workdir, config, total_steps)
+  try:
+    return _loop(exp, ckpt, reporter, config, workdir, out, state,
+                 epoch_metrics, step, history, epoch_seconds)
+  finally:
+    reporter.close()
+
+
+def _loop(exp, ckpt, reporter, config, workdir, out, state, epoch_metrics,
+          step, history, epoch_seconds):
+  """Trains from `step` to the end, checkpointing and reporting."""
+  config_dict = json.loads(config.to_json_best_effort())
+  spe = exp.steps_per_epoch
+  total_steps = config.num_epochs * spe
+  reporter.start(config, exp.class_names, len(exp.train[1]), len(exp.eval[1]),
+                 spe)
   print(summary.keras_summary(
       exp.model, {'params': state.params, 'batch_stats': state.batch_stats},
       input_pipeline.IMAGE_SHAPE), file=out)

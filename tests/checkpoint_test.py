@@ -162,16 +162,15 @@ def test_init_from_loads_params_of_another_run(tmp_path, uninterrupted):
   config = get_config('test')
   config.synthetic_train_size = 1024
   config.model.batch_norm = True
-  config.num_epochs = 0  # Only build the starting state.
-  config.init_from = str(workdir)
-  state, _ = train.train_and_evaluate(config, str(tmp_path / 'b'),
-                                      out=io.StringIO())
+  state = train.state_from_run(train.create_experiment(config),
+                               str(workdir))
   loaded = {'params': state.params, 'batch_stats': state.batch_stats}
   assert jax.tree.leaves(params['batch_stats'])
   for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
     np.testing.assert_array_equal(x, y)
   assert int(state.step) == 0  # Trained afresh: new optimizer, step 0.
   config.model.hidden_features = (16,)
+  config.init_from = str(workdir)
   with pytest.raises(UserError, match='do not fit this model'):
     train.train_and_evaluate(config, str(tmp_path / 'c'), out=io.StringIO())
 
@@ -186,7 +185,7 @@ def test_a_failed_save_is_a_clear_error_and_keeps_earlier_checkpoints(
   def full_disk(*args, **kwargs):
     raise OSError(28, 'No space left on device')
   monkeypatch.setattr(ckpt._manager, 'save', full_disk)  # pylint: disable=protected-access
-  with pytest.raises(UserError, match='No space left on device'):
+  with pytest.raises(UserError, match='no space left on the device'):
     ckpt.save(2, exp.state, train.Metrics.empty(), {'history': []}, None)
   monkeypatch.undo()
   ckpt.close()

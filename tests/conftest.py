@@ -38,6 +38,20 @@ def compilation_cache(tmp_path_factory):
     os.environ.pop(name.upper(), None)
 
 
+def write_image_folder(root, classes, per_class, size=(32, 32), mode='RGB',
+                       splits=('train', 'test')):
+  """Images whose colour encodes their class, in <root>/<split>/<class>/."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  for split in splits:
+    for c, name in enumerate(classes):
+      os.makedirs(root / split / name)
+      for i in range(per_class):
+        value = 20 * c + i
+        image = Image.new(mode, size, (value,) * len(mode)
+                          if mode != 'L' else value)
+        image.save(root / split / name / f'{i}.png')
+
+
 def get_config(name):
   return importlib.import_module(f'configs.{name}').get_config()
 

@@ -14,6 +14,7 @@ import pytest
 from cifar_jax import input_pipeline
 from cifar_jax.errors import UserError
 from conftest import get_config
+from conftest import write_image_folder
 
 
 def _config(**overrides):
@@ -81,21 +82,9 @@ def test_eval_batches_count_every_example_exactly_once():
   assert sorted(seen) == list(range(103)) and real == 103
 
 
-def _write_folder(root, classes, per_class, size=(32, 32), mode='RGB'):
-  """Images whose colour encodes their class, in <root>/<split>/<class>/."""
-  for split in ('train', 'test'):
-    for c, name in enumerate(classes):
-      os.makedirs(root / split / name)
-      for i in range(per_class):
-        value = 20 * c + i
-        image = Image.new(mode, size, (value,) * len(mode)
-                          if mode != 'L' else value)
-        image.save(root / split / name / f'{i}.png')
-
-
 def test_image_folder_maps_cifar_class_names_to_cifar_label_order(tmp_path):
   # 'frog' etc.: folder names are CIFAR-10's, listed alphabetically by TFDS.
-  _write_folder(tmp_path, input_pipeline.CIFAR10_CLASSES, per_class=3)
+  write_image_folder(tmp_path, input_pipeline.CIFAR10_CLASSES, per_class=3)
   config = _config(dataset='image_folder', data_dir=str(tmp_path))
   train = input_pipeline.load_split(config, 'train')
   assert train.images.shape == (30, 32, 32, 3)
@@ -105,7 +94,7 @@ def test_image_folder_maps_cifar_class_names_to_cifar_label_order(tmp_path):
 
 
 def test_image_folder_converts_any_size_and_mode_and_slices(tmp_path):
-  _write_folder(tmp_path, ('cats', 'dogs'), per_class=5, size=(40, 20),
+  write_image_folder(tmp_path, ('cats', 'dogs'), per_class=5, size=(40, 20),
                 mode='L')
   config = _config(dataset='image_folder', data_dir=str(tmp_path))
   full = input_pipeline.load_split(config, 'test')
@@ -123,7 +112,7 @@ def test_image_folder_errors_are_clear(tmp_path):
     input_pipeline.load_split(
         _config(dataset='image_folder', data_dir=str(tmp_path / 'nope')),
         'train')
-  _write_folder(tmp_path, ('a', 'b'), per_class=1)
+  write_image_folder(tmp_path, ('a', 'b'), per_class=1)
   with pytest.raises(UserError, match="No split 'validation'"):
     input_pipeline.load_split(
         _config(dataset='image_folder', data_dir=str(tmp_path)),
@@ -132,7 +121,7 @@ def test_image_folder_errors_are_clear(tmp_path):
 
 def test_image_zip_equals_the_unzipped_folder_and_needs_no_tensorflow(
     tmp_path, monkeypatch):
-  _write_folder(tmp_path / 'top', ('cats', 'dogs', 'owls'), per_class=4,
+  write_image_folder(tmp_path / 'top', ('cats', 'dogs', 'owls'), per_class=4,
                 size=(36, 30))
   archive = tmp_path / 'images.zip'
   with zipfile.ZipFile(archive, 'w') as z:  # One top-level folder, as the
@@ -233,7 +222,7 @@ def test_shared_zip_loads_whole_test_split_as_libjpeg_decodes_it(
 def test_decoded_splits_are_cached_and_refreshed_when_files_change(
     tmp_path, monkeypatch):
   root = tmp_path / 'data'
-  _write_folder(root, ('a', 'b'), per_class=4)
+  write_image_folder(root, ('a', 'b'), per_class=4)
   config = _config(dataset='image_folder', data_dir=str(root),
                    cache_dir=str(tmp_path / 'cache'))
   first = input_pipeline.load_split(config, 'train[:6]')
@@ -241,9 +230,9 @@ def test_decoded_splits_are_cached_and_refreshed_when_files_change(
   calls = []
   real_loader = input_pipeline._load_image_folder
 
-  def counting_loader(*args):
+  def counting_loader(*args, **kwargs):
     calls.append(args)
-    return real_loader(*args)
+    return real_loader(*args, **kwargs)
   monkeypatch.setattr(input_pipeline, '_load_image_folder', counting_loader)
   again = input_pipeline.load_split(config, 'train[:6]')
   full = input_pipeline.load_split(config, 'train')  # Same cached split.
@@ -257,7 +246,7 @@ def test_decoded_splits_are_cached_and_refreshed_when_files_change(
 
 def test_unreadable_cache_is_ignored_and_rewritten(tmp_path):
   root = tmp_path / 'data'
-  _write_folder(root, ('a', 'b'), per_class=2)
+  write_image_folder(root, ('a', 'b'), per_class=2)
   config = _config(dataset='image_folder', data_dir=str(root),
                    cache_dir=str(tmp_path / 'cache'))
   first = input_pipeline.load_split(config, 'test')

@@ -102,9 +102,12 @@ def test_curves_draw_the_seeds_dashed_beside_ours_with_its_gaps():
 
 def test_a_rung_run_passes_the_seeds_curve_for_the_epochs_it_ran(
     tmp_path, monkeypatch):
-  drawn = []
-  monkeypatch.setattr(plots, 'curves',
-                      lambda *args: drawn.append(args))
+  drawn, draw = [], plots.curves
+
+  def recording(*args):
+    drawn.append(args)
+    draw(*args)
+  monkeypatch.setattr(plots, 'curves', recording)
   config = get_config('test')
   config.num_epochs = 2
   config.seed_rung = 'large'

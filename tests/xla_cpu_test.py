@@ -56,7 +56,7 @@ def test_importing_cifar_jax_leaves_the_environment_alone():
 
 
 
-_TRAIN_A_FEW_STEPS = """
+_TRAIN_A_FEW_STEPS = r"""
 import hashlib, json, io, re, sys
 import jax
 from cifar_jax import progress, train

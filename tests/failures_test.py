@@ -1,0 +1,416 @@
+"""Bad input and faults: one clear line, the right exit code, nothing lost.
+
+Most cases run the code the command line runs inside `cli.exit_on_errors`
+(in this process, for speed) and check what a user would see: the exit
+code, exactly one `error:` line and no traceback. Faults that need a real
+process (a lock held by a killed run, Ctrl-C, a full or read-only disk)
+run `python -m cifar_jax.main`.
+"""
+
+import errno
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from cifar_jax import cli
+from cifar_jax import config_checks
+from cifar_jax import evaluate
+from cifar_jax import input_pipeline
+from cifar_jax import predict
+from cifar_jax import reporting
+from cifar_jax import rundir
+from cifar_jax import train
+from conftest import get_config
+from conftest import REPO
+from conftest import run_main
+from conftest import start_main
+from conftest import write_image_folder
+
+CLASSES = ('airplane', 'cat', 'truck')
+
+
+def _cli(fn, *args, **kwargs):
+  """(exit code, the `error:` line) of `fn` run as the command line runs it.
+
+  Fails the test unless the user saw exactly one error line, no traceback.
+  """
+  err = io.StringIO()
+  sys_stderr, sys.stderr = sys.stderr, err
+  try:
+    with cli.exit_on_errors():
+      fn(*args, **kwargs)
+    code = 0
+  except SystemExit as e:
+    code = e.code
+  finally:
+    sys.stderr = sys_stderr
+  lines = [l for l in err.getvalue().splitlines() if l.strip()]
+  assert 'Traceback' not in err.getvalue(), lines
+  # One error line; a refused resume adds a line per differing key.
+  assert len([l for l in lines if l.startswith('error:')]) == 1, lines
+  assert len(lines) == 1 or 'different config' in lines[0], lines
+  return code, lines[0]
+
+
+def _error_line(stderr: str) -> str:
+  """The one `error:` line of a subprocess's stderr (no traceback)."""
+  assert 'Traceback' not in stderr, stderr[-3000:]
+  errors = [l for l in stderr.splitlines() if l.startswith('error:')]
+  assert len(errors) == 1, stderr[-3000:]
+  return errors[0]
+
+
+def _folder_config(root, **overrides):
+  config = get_config('test')
+  config.update(dataset='image_folder', data_dir=str(root), cache_dir='',
+                batch_size=8, eval_batch_size=8, num_epochs=1,
+                steps_per_epoch=2)
+  config.update(overrides)
+  return config
+
+
+def _train(config, workdir):
+  return train.train_and_evaluate(config, str(workdir), out=io.StringIO())
+
+
+# ------------------------------------------------ silently wrong, or lost
+
+
+def test_a_second_run_on_a_held_workdir_is_refused_naming_the_holder(
+    tmp_path):
+  config = get_config('test')
+  with rundir.hold(str(tmp_path)):
+    code, line = _cli(_train, config, tmp_path)
+  assert code == 1
+  assert f'pid {os.getpid()} on host {socket.gethostname()}' in line
+  assert not (tmp_path / 'config.json').exists()
+  assert not list(tmp_path.glob('events.out.tfevents.*'))
+  assert not list((tmp_path / 'checkpoints').glob('*'))
+
+
+def test_a_killed_runs_lock_never_blocks_the_next_run(tmp_path):
+  holder = subprocess.Popen(
+      [sys.executable, '-c', 'import sys, time; from cifar_jax import rundir\n'
+       f'with rundir.hold({str(tmp_path)!r}):\n'
+       '  print("held", flush=True); time.sleep(120)'],
+      cwd=REPO, stdout=subprocess.PIPE, text=True)
+  assert holder.stdout.readline().strip() == 'held'
+  with pytest.raises(Exception, match=f'pid {holder.pid} on host'):
+    with rundir.hold(str(tmp_path)):
+      pass
+  holder.send_signal(signal.SIGKILL)
+  holder.wait()
+  with rundir.hold(str(tmp_path)):  # Released by the kernel.
+    pass
+
+
+def test_the_command_line_refuses_a_second_run_on_one_workdir(tmp_path):
+  with rundir.hold(str(tmp_path)):
+    r = run_main('--config', 'configs/test.py', '--workdir', tmp_path)
+  assert r.returncode == 1
+  assert f'pid {os.getpid()}' in _error_line(r.stderr)
+
+
+def test_relabelled_images_are_decoded_again_not_read_from_the_cache(
+    tmp_path):
+  root = tmp_path / 'data'
+  write_image_folder(root, CLASSES, per_class=4)
+  config = _folder_config(root, cache_dir=str(tmp_path / 'cache'))
+  before = input_pipeline.load_split(config, 'train')
+  assert before.class_names == CLASSES
+  for f in (root / 'train' / 'cat').iterdir():  # Every cat is an airplane.
+    f.rename(root / 'train' / 'airplane' / f'cat-{f.name}')
+  (root / 'train' / 'cat').rmdir()
+  after = input_pipeline.load_split(config, 'train')
+  assert after.class_names == ('airplane', 'truck')
+  # The image colours say which folder each came from: 0-3 airplanes,
+  # 20-23 former cats (now airplanes), 40-43 trucks.
+  colour = after.images[:, 0, 0, 0]
+  np.testing.assert_array_equal(after.labels, (colour >= 40).astype(int))
+
+
+def test_one_class_list_for_every_split_from_the_training_split(tmp_path):
+  root = tmp_path / 'data'
+  write_image_folder(root, CLASSES, per_class=4)
+  shutil.rmtree(root / 'test' / 'cat')
+  config = _folder_config(root)
+  test = input_pipeline.load_split(config, 'test')
+  assert test.class_names == CLASSES
+  # The trucks keep label 2 though the test split has no cats.
+  np.testing.assert_array_equal(test.labels,
+                                test.images[:, 0, 0, 0] // 20)
+  assert set(test.labels) == {0, 2}
+
+
+def test_a_split_with_a_class_the_training_split_lacks_is_refused(
+    tmp_path):
+  root = tmp_path / 'data'
+  write_image_folder(root, CLASSES, per_class=2)
+  write_image_folder(root, ('zebra',), per_class=2, splits=('test',))
+  code, line = _cli(input_pipeline.load_split, _folder_config(root), 'test')
+  assert code == 1 and "['zebra']" in line and 'training split' in line
+
+
+@pytest.fixture(scope='module')
+def three_class_run(tmp_path_factory):
+  """A run on 3 classes (model.num_classes stays 10), no test cats."""
+  tmp = tmp_path_factory.mktemp('three')
+  root = tmp / 'data'
+  write_image_folder(root, CLASSES, per_class=8)
+  shutil.rmtree(root / 'test' / 'cat')
+  _, history = _train(_folder_config(root, num_epochs=2), tmp / 'run')
+  return tmp / 'run', root, history
+
+
+def test_evaluate_says_a_class_has_no_test_images_instead_of_nan(
+    three_class_run, capsys):
+  workdir, _, history = three_class_run
+  result = evaluate.evaluate(str(workdir))
+  out = capsys.readouterr().out
+  assert 'nan' not in out
+  assert "cat: no 'test' images" in out
+  assert result['accuracy'] == pytest.approx(history[-1]['val_accuracy'])
+
+
+def test_predict_ranks_only_the_data_sets_classes(three_class_run):
+  workdir, root, _ = three_class_run
+  image = root / 'test' / 'truck' / '0.png'
+  out = io.StringIO()
+  assert predict.predict(str(workdir), [str(image)], top=5, out=out) == 0
+  line = out.getvalue().strip()
+  ranked = [part.split()[0] for part in line.split(': ', 1)[1].split(', ')]
+  assert sorted(ranked) == sorted(CLASSES)
+
+
+# ------------------------------------------------ config values and files
+
+
+@pytest.mark.parametrize('key, value', [
+    ('batch_size', -4), ('batch_size', 0), ('eval_batch_size', 0),
+    ('num_epochs', 0), ('steps_per_epoch', -3), ('keep_checkpoints', 0),
+    ('label_smoothing', 1.0), ('eval_tta', 3), ('seed_rung', 'huge'),
+    ('optimizer.learning_rate', 0.0), ('optimizer.momentum', 1.5),
+    ('model.conv_dropout', (1.0,)), ('model.hidden_dropout', -0.1),
+    ('augment.zoom_range', -0.2), ('augment.cutout_size', 40),
+    ('compute_dtype', 'float16'), ('model.second_conv_padding', ('FULL',)),
+])
+def test_a_bad_config_value_is_refused_before_anything_is_written(
+    tmp_path, key, value):
+  config = get_config('test')
+  *parents, leaf = key.split('.')
+  node = config
+  for part in parents:
+    node = node[part]
+  with node.ignore_type():
+    node[leaf] = value
+  code, line = _cli(_train, config, tmp_path / 'run')
+  assert code == 1 and line.startswith(f'error: bad config: {key}=')
+  assert not (tmp_path / 'run').exists()
+
+
+def test_every_key_of_every_config_has_a_rule():
+  keys = set(config_checks.ruled_keys())
+  for name in ('default', 'fast94', 'fast96'):
+    flat = reporting.flatten(get_config(name).to_dict())
+    assert set(flat) <= keys, set(flat) - keys
+
+
+def test_the_shipped_configs_pass_the_checks():
+  for name in ('simple', 'large', 'large_100', 'large_less_dropout',
+               'deep_adam', 'deep_adam_aug', 'deep_adam_aug_dropout',
+               'bn_aug_sgd', 'fast94', 'fast95', 'fast96', 'test'):
+    assert config_checks.problems(get_config(name)) == [], name
+
+
+def test_negative_batch_size_on_the_command_line_is_one_line(tmp_path):
+  r = run_main('--config', 'configs/test.py', '--workdir', tmp_path / 'run',
+               '--config.batch_size=-4', timeout=120)
+  assert r.returncode == 1
+  assert _error_line(r.stderr) == (
+      'error: bad config: batch_size=-4 must be an integer >= 1.')
+
+
+@pytest.mark.parametrize('source, expected', [
+    (None, 'cannot read config file {path}: No such file or directory'),
+    ('def get_config(:\n', 'config file {path}, line 1: invalid syntax'),
+])
+def test_an_unreadable_config_file_is_one_line(tmp_path, source, expected):
+  path = tmp_path / 'config.py'
+  if source is not None:
+    path.write_text(source)
+  assert cli._check_config_file(str(path)).startswith(
+      expected.format(path=path))
+
+
+def test_a_config_file_that_fails_to_load_is_one_line(tmp_path):
+  path = tmp_path / 'config.py'
+  path.write_text('import no_such_module\n')
+  r = run_main('--config', path, '--workdir', tmp_path / 'run', timeout=120)
+  assert r.returncode == 2
+  assert _error_line(r.stderr) == (
+      f'error: cannot load config file {path}: ModuleNotFoundError: No '
+      "module named 'no_such_module'")
+  path.write_text('x = 1\n')
+  r = run_main('--config', path, '--workdir', tmp_path / 'run', timeout=120)
+  assert _error_line(r.stderr) == (
+      f'error: config file {path} defines no get_config().')
+
+
+# ------------------------------------------------ files and directories
+
+
+def test_a_damaged_zip_member_is_named(tmp_path):
+  write_image_folder(tmp_path / 'data', CLASSES, per_class=2)
+  archive = tmp_path / 'data.zip'
+  with zipfile.ZipFile(archive, 'w', zipfile.ZIP_STORED) as z:
+    for path in sorted((tmp_path / 'data').rglob('*.png')):
+      z.write(path, path.relative_to(tmp_path / 'data'))
+  data = bytearray(archive.read_bytes())
+  with zipfile.ZipFile(archive) as z:
+    info = z.getinfo('train/cat/1.png')
+  # Flip a byte inside that member's data: its CRC no longer matches.
+  data[info.header_offset + 30 + len(info.filename) + 40] ^= 0xFF
+  archive.write_bytes(bytes(data))
+  code, line = _cli(input_pipeline.load_split, _folder_config(archive),
+                    'train')
+  assert code == 1 and 'train/cat/1.png' in line
+
+
+def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
+  path = tmp_path / 'run'
+  path.write_text('not a directory')
+  code, line = _cli(_train, get_config('test'), path)
+  assert code == 1 and 'is a file, not a directory' in line
+  assert path.read_text() == 'not a directory'
+
+
+@pytest.fixture(scope='module')
+def one_epoch_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('one')
+  config = get_config('test')
+  config.num_epochs = 1
+  _train(config, workdir)
+  return workdir, config
+
+
+def test_when_every_checkpoint_is_damaged_the_run_stops_and_keeps_them(
+    one_epoch_run, tmp_path):
+  original, config = one_epoch_run
+  workdir = tmp_path / 'run'
+  shutil.copytree(original, workdir)
+  history = (workdir / 'history.json').read_text()
+  steps = sorted(p.name for p in (workdir / 'checkpoints').iterdir()
+                 if p.name.isdigit())
+  for step in steps:  # Garbage in every file of every checkpoint.
+    for f in (workdir / 'checkpoints' / step).rglob('*'):
+      if f.is_file():
+        f.write_bytes(b'garbage')
+  config.num_epochs = 2
+  code, line = _cli(_train, config, workdir)
+  assert code == 1 and 'Every checkpoint' in line and 'not deleted' in line
+  moved = sorted((workdir / 'checkpoints').glob('corrupt-*'))
+  assert len(moved) == len(steps) and all(m.name in line for m in moved)
+  assert (workdir / 'history.json').read_text() == history
+
+
+def test_a_refused_resume_writes_nothing(one_epoch_run, tmp_path):
+  original, config = one_epoch_run
+  workdir = tmp_path / 'run'
+  shutil.copytree(original, workdir)
+  before = {p.name: p.stat().st_mtime_ns for p in workdir.iterdir()
+            if p.name != rundir.LOCK_FILE}
+  other = get_config('test')
+  other.optimizer.learning_rate = 0.5
+  code, line = _cli(_train, other, workdir)
+  assert code == 1 and 'different config' in line
+  after = {p.name: p.stat().st_mtime_ns for p in workdir.iterdir()
+           if p.name != rundir.LOCK_FILE}
+  assert after == before  # No new events file, config.json untouched.
+
+
+def _mount(*args) -> None:
+  r = subprocess.run(['mount', *map(str, args)], capture_output=True)
+  if r.returncode:
+    pytest.skip(f'cannot mount here: {r.stderr.decode().strip()}')
+
+
+def test_a_full_disk_is_one_line_leaves_no_partial_checkpoint_and_resumes(
+    tmp_path):
+  disk = tmp_path / 'disk'
+  disk.mkdir()
+  _mount('-t', 'tmpfs', '-o', 'size=600k', 'tmpfs', disk)
+  try:
+    args = ('--config', 'configs/test.py', '--workdir', disk / 'run',
+            '--config.num_epochs=4')
+    r = run_main(*args)
+    assert r.returncode == 1
+    assert 'no space left on the device' in _error_line(r.stderr)
+    assert not list(disk.rglob('*.orbax-checkpoint-tmp'))
+    assert not list(disk.rglob('*.tmp'))
+    _mount('-o', 'remount,size=64m', disk)
+    r = run_main(*args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    history = json.loads((disk / 'run' / 'history.json').read_text())
+    assert [h['epoch'] for h in history] == [1, 2, 3, 4]
+  finally:
+    subprocess.run(['umount', str(disk)], check=False)
+
+
+def test_a_read_only_workdir_is_one_line(tmp_path):
+  source, target = tmp_path / 'source', tmp_path / 'run'
+  source.mkdir()
+  target.mkdir()
+  _mount('--bind', source, target)
+  try:
+    _mount('-o', 'remount,bind,ro', target)
+    code, line = _cli(_train, get_config('test'), target)
+    assert code == 1 and 'Cannot write to the run directory' in line
+  finally:
+    subprocess.run(['umount', str(target)], check=False)
+
+
+def test_ctrl_c_twice_exits_130_in_one_line(tmp_path):
+  proc = start_main('--config', 'configs/test.py', '--workdir', tmp_path,
+                    '--config.num_epochs=50', '--config.steps_per_epoch=200')
+  deadline = time.monotonic() + 240
+  while not list((tmp_path / 'checkpoints').glob('[0-9]*')):
+    assert proc.poll() is None and time.monotonic() < deadline
+    time.sleep(0.2)
+  # Ctrl-C, then Ctrl-C again and again until it stops: the second lands
+  # at a step, in the checkpoint save or in the exit (two signals sent at
+  # once arrive as one).
+  while proc.poll() is None:
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.02)
+  err = proc.stderr.read()
+  assert proc.returncode == 130, err[-3000:]
+  assert 'Traceback' not in err
+  said = [l for l in err.splitlines()
+          if l.startswith(('Stopped by SIGINT', 'Interrupted (Ctrl-C twice)'))]
+  assert len(said) == 1, err[-3000:]
+
+
+def test_a_failed_write_keeps_the_previous_file_and_no_tmp(tmp_path):
+  path = tmp_path / 'history.json'
+  reporting.write_json(str(path), {'epoch': [1]})
+
+  def full_disk(tmp):
+    with open(tmp, 'w') as f:
+      f.write('{"epo')  # half written, then the disk fills up
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+  code, line = _cli(reporting.write_atomically, str(path), full_disk)
+  assert code == 1 and 'no space left on the device' in line, line
+  assert json.loads(path.read_text()) == {'epoch': [1]}
+  assert os.listdir(tmp_path) == ['history.json']
