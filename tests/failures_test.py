@@ -7,6 +7,7 @@ process (a lock held by a killed run, Ctrl-C, a full or read-only disk)
 run `python -m cifar_jax.main`.
 """
 
+import asyncio
 import errno
 import io
 import json
@@ -414,3 +415,25 @@ def test_a_failed_write_keeps_the_previous_file_and_no_tmp(tmp_path):
   assert code == 1 and 'no space left on the device' in line, line
   assert json.loads(path.read_text()) == {'epoch': [1]}
   assert os.listdir(tmp_path) == ['history.json']
+
+
+def test_late_tensorstore_callbacks_after_a_failed_write_print_nothing(
+    monkeypatch):
+  # TensorStore finishes in-flight writes after Orbax closed its event loop
+  # and reports asyncio's RuntimeError through sys.excepthook.
+  loop = asyncio.new_event_loop()
+  loop.close()
+  try:
+    loop.call_soon_threadsafe(print)
+  except RuntimeError as e:
+    late = e
+  seen = []
+  monkeypatch.setattr(sys, 'excepthook', lambda *a: seen.append(a[1]))
+  with cli.exit_on_errors():
+    pass
+  other = ValueError('a real bug')
+  sys.excepthook(RuntimeError, late, late.__traceback__)
+  sys.excepthook(ValueError, other, None)
+  # The same message raised outside asyncio is not the late callback.
+  sys.excepthook(RuntimeError, RuntimeError('Event loop is closed'), None)
+  assert len(seen) == 2 and seen[0] is other
