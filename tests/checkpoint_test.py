@@ -21,18 +21,36 @@ from conftest import REPO
 
 # 8 epochs of 32 steps, a checkpoint every 12 steps (mid-epoch ones too),
 # with BatchNorm, dropout and augmentation: everything random or stateful.
-RUN = ('--config', 'configs/test.py', '--config.num_epochs=8',
-       '--config.synthetic_train_size=1024', '--config.checkpoint_every_steps=12',
-       '--config.model.batch_norm=True', '--config.augment.horizontal_flip=True',
-       '--config.augment.width_shift_range=0.1')
+RUN = (
+    '--config',
+    'configs/test.py',
+    '--config.num_epochs=8',
+    '--config.synthetic_train_size=1024',
+    '--config.checkpoint_every_steps=12',
+    '--config.model.batch_norm=True',
+    '--config.augment.horizontal_flip=True',
+    '--config.augment.width_shift_range=0.1',
+)
 ENV = dict(os.environ, JAX_PLATFORMS='cpu')
 
 
 def _start(workdir, *extra):
   return subprocess.Popen(
-      [sys.executable, '-m', 'cifar_jax.main', *RUN, '--workdir',
-       str(workdir), *extra], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True)
+      [
+          sys.executable,
+          '-m',
+          'cifar_jax.main',
+          *RUN,
+          '--workdir',
+          str(workdir),
+          *extra,
+      ],
+      cwd=REPO,
+      env=ENV,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+  )
 
 
 def _run(workdir, *extra):
@@ -41,11 +59,14 @@ def _run(workdir, *extra):
   return p.returncode, out, err
 
 
-def _wait_for_checkpoint(workdir, proc, timeout=300):
+def _wait_for_checkpoint(workdir, proc, step=1, timeout=300):
+  """Waits until a finished checkpoint of `step` or later exists."""
   deadline = time.monotonic() + timeout
   ckpt = workdir / 'checkpoints'
   while time.monotonic() < deadline:
-    if ckpt.exists() and any(p.name.isdigit() for p in ckpt.iterdir()):
+    if ckpt.exists() and any(
+        p.name.isdigit() and int(p.name) >= step for p in ckpt.iterdir()
+    ):
       return
     assert proc.poll() is None, proc.communicate()[1][-2000:]
     time.sleep(0.05)
@@ -76,22 +97,26 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(
-    tmp_path, uninterrupted):
-  delay = random.Random().uniform(0.0, 1.0)
+    tmp_path, uninterrupted
+):
+  # A seeded moment: a little after one of the checkpoints of the first
+  # half of the run (mid-epoch or at an epoch's end), so more than half of
+  # the 256 steps are still to run when the kill lands.
+  rng = random.Random(2026)
+  step, delay = rng.randrange(12, 128, 12), rng.uniform(0.0, 0.2)
   proc = _start(tmp_path)
-  _wait_for_checkpoint(tmp_path, proc)
+  _wait_for_checkpoint(tmp_path, proc, step)
   time.sleep(delay)
   proc.send_signal(signal.SIGKILL)
   proc.communicate()
   assert proc.returncode == -signal.SIGKILL, 'finished before the kill'
   code, out, err = _run(tmp_path)
   assert code == 0, err[-3000:]
-  assert 'Resuming from step' in out, f'delay {delay:.2f}s: {out[-1000:]}'
+  assert 'Resuming from step' in out, out[-1000:]
   _assert_same(_result(tmp_path), uninterrupted[1])
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path,
-                                                      uninterrupted):
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, uninterrupted):
   proc = _start(tmp_path)
   _wait_for_checkpoint(tmp_path, proc)
   proc.send_signal(signal.SIGTERM)
@@ -107,15 +132,22 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path,
 
 
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
-    tmp_path, uninterrupted):
+    tmp_path, uninterrupted
+):
   code, _, err = _run(tmp_path, '--config.num_epochs=2')
   assert code == 0, err[-3000:]
-  steps = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir()
-                 if p.name.isdigit())
+  steps = sorted(
+      int(p.name)
+      for p in (tmp_path / 'checkpoints').iterdir()
+      if p.name.isdigit()
+  )
   assert steps[-1] == 64 and len(steps) >= 2
   # Truncate the largest data file of the newest checkpoint.
-  files = [os.path.join(d, f) for d, _, fs in
-           os.walk(tmp_path / 'checkpoints' / '64' / 'state') for f in fs]
+  files = [
+      os.path.join(d, f)
+      for d, _, fs in os.walk(tmp_path / 'checkpoints' / '64' / 'state')
+      for f in fs
+  ]
   biggest = max(files, key=os.path.getsize)
   with open(biggest, 'r+b') as f:
     f.truncate(os.path.getsize(biggest) // 2)
@@ -123,19 +155,24 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
   assert code == 0, err[-3000:]
   assert 'checkpoints/64 is damaged' in out
   assert f'Resuming from step {steps[-2]} ' in out
-  assert any(p.name.startswith('corrupt-64-')
-             for p in (tmp_path / 'checkpoints').iterdir())
+  assert any(
+      p.name.startswith('corrupt-64-')
+      for p in (tmp_path / 'checkpoints').iterdir()
+  )
   _assert_same(_result(tmp_path), uninterrupted[1])
 
 
 def test_checkpoints_from_another_config_are_refused_by_name(tmp_path):
   code, _, err = _run(tmp_path, '--config.num_epochs=1')
   assert code == 0, err[-3000:]
-  code, out, err = _run(tmp_path, "--config.model.hidden_features=(64,)",
-                        '--config.optimizer.learning_rate=0.02')
+  code, out, err = _run(
+      tmp_path,
+      '--config.model.hidden_features=(64,)',
+      '--config.optimizer.learning_rate=0.02',
+  )
   assert code == 1
   assert 'come from a different config' in err
-  assert "model.hidden_features: (32,) in the checkpoint, (64,) now" in err
+  assert 'model.hidden_features: (32,) in the checkpoint, (64,) now' in err
   assert 'optimizer.learning_rate: 0.01 in the checkpoint, 0.02 now' in err
   assert 'Traceback' not in err
 
@@ -150,8 +187,11 @@ def test_finished_run_rerun_only_says_so(uninterrupted):
 
 def test_retention_keeps_the_newest_and_the_best(uninterrupted):
   workdir, (history, _) = uninterrupted
-  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()
-                 if p.name.isdigit())
+  steps = sorted(
+      int(p.name)
+      for p in (workdir / 'checkpoints').iterdir()
+      if p.name.isdigit()
+  )
   best_epoch = 1 + int(np.argmax([h['val_accuracy'] for h in history]))
   assert steps[-1] == 256 and len(steps) <= 3  # keep_checkpoints = 2 ...
   assert best_epoch * 32 in steps  # ... plus the best epoch's.
@@ -162,8 +202,7 @@ def test_init_from_loads_params_of_another_run(tmp_path, uninterrupted):
   config = get_config('test')
   config.synthetic_train_size = 1024
   config.model.batch_norm = True
-  state = train.state_from_run(train.create_experiment(config),
-                               str(workdir))
+  state = train.state_from_run(train.create_experiment(config), str(workdir))
   loaded = {'params': state.params, 'batch_stats': state.batch_stats}
   assert jax.tree.leaves(params['batch_stats'])
   for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
@@ -176,7 +215,8 @@ def test_init_from_loads_params_of_another_run(tmp_path, uninterrupted):
 
 
 def test_a_failed_save_is_a_clear_error_and_keeps_earlier_checkpoints(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
   exp = train.create_experiment(get_config('test'))
   ckpt = checkpointing.Checkpoints(str(tmp_path), keep=2)
   ckpt.save(1, exp.state, train.Metrics.empty(), {'history': []}, None)
@@ -184,6 +224,7 @@ def test_a_failed_save_is_a_clear_error_and_keeps_earlier_checkpoints(
 
   def full_disk(*args, **kwargs):
     raise OSError(28, 'No space left on device')
+
   monkeypatch.setattr(ckpt._manager, 'save', full_disk)  # pylint: disable=protected-access
   with pytest.raises(UserError, match='no space left on the device'):
     ckpt.save(2, exp.state, train.Metrics.empty(), {'history': []}, None)
@@ -191,7 +232,8 @@ def test_a_failed_save_is_a_clear_error_and_keeps_earlier_checkpoints(
   ckpt.close()
   again = checkpointing.Checkpoints(str(tmp_path), keep=2)
   assert again.steps() == [1]
-  restored = again.restore_latest(exp.state, train.Metrics.empty(),
-                                  lambda meta: None)
+  restored = again.restore_latest(
+      exp.state, train.Metrics.empty(), lambda meta: None
+  )
   assert restored.step == 1
   again.close()

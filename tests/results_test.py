@@ -13,6 +13,8 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
 from cifar_jax import evaluate
+from cifar_jax import inference
+from cifar_jax import input_pipeline
 from cifar_jax import plots
 from cifar_jax import predict
 from cifar_jax import seed_notebook
@@ -26,8 +28,7 @@ def trained(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('run')
   config = get_config('test')
   config.num_epochs = 3
-  _, history = train.train_and_evaluate(config, str(workdir),
-                                        out=io.StringIO())
+  _, history = train.train_and_evaluate(config, str(workdir), out=io.StringIO())
   return workdir, history
 
 
@@ -37,28 +38,42 @@ def test_tensorboard_events_hold_the_expected_tags(trained):
   events = event_accumulator.EventAccumulator(str(workdir))
   events.Reload()
   tags = set(events.Tags()['tensors'])
-  for tag in ('train_loss', 'train_accuracy', 'eval_loss', 'eval_accuracy',
-              'learning_rate', 'steps_per_second', 'images_per_second'):
+  for tag in (
+      'train_loss',
+      'train_accuracy',
+      'eval_loss',
+      'eval_accuracy',
+      'learning_rate',
+      'steps_per_second',
+      'images_per_second',
+  ):
     assert tag in tags
   eval_acc = events.Tensors('eval_accuracy')
   assert [e.step for e in eval_acc] == [16, 32, 48]
   np.testing.assert_allclose(
       [float(tensor_util.make_ndarray(e.tensor_proto)) for e in eval_acc],
-      [h['val_accuracy'] for h in history], rtol=1e-6)
+      [h['val_accuracy'] for h in history],
+      rtol=1e-6,
+  )
   lr = events.Tensors('learning_rate')[-1]
   # SGD with decay 0.01 / 2 per update, after 48 updates.
-  np.testing.assert_allclose(float(tensor_util.make_ndarray(lr.tensor_proto)),
-                             0.01 / (1 + 0.005 * 48), rtol=1e-6)
+  np.testing.assert_allclose(
+      float(tensor_util.make_ndarray(lr.tensor_proto)),
+      0.01 / (1 + 0.005 * 48),
+      rtol=1e-6,
+  )
 
 
 def test_without_tensorflow_a_run_still_writes_history_and_curves(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
   """GPU images often lack TensorFlow: TensorBoard is skipped, not fatal."""
   monkeypatch.setitem(sys.modules, 'tensorflow', None)
   config = get_config('test')
   config.num_epochs = 1
-  _, history = train.train_and_evaluate(config, str(tmp_path),
-                                        out=io.StringIO())
+  _, history = train.train_and_evaluate(
+      config, str(tmp_path), out=io.StringIO()
+  )
   assert not list(tmp_path.glob('events.out.tfevents.*'))
   with open(tmp_path / 'history.json') as f:
     assert json.load(f) == history
@@ -78,8 +93,10 @@ def test_curves_png_is_the_seeds_two_panels(trained):
 
 
 def _history(val_accuracies):
-  return [dict(epoch=i + 1, loss=1.0, accuracy=0.5, val_loss=1.1,
-               val_accuracy=v) for i, v in enumerate(val_accuracies)]
+  return [
+      dict(epoch=i + 1, loss=1.0, accuracy=0.5, val_loss=1.1, val_accuracy=v)
+      for i, v in enumerate(val_accuracies)
+  ]
 
 
 def test_curves_draw_the_seeds_dashed_beside_ours_with_its_gaps():
@@ -101,12 +118,14 @@ def test_curves_draw_the_seeds_dashed_beside_ours_with_its_gaps():
 
 
 def test_a_rung_run_passes_the_seeds_curve_for_the_epochs_it_ran(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
   drawn, draw = [], plots.curves
 
   def recording(*args):
     drawn.append(args)
     draw(*args)
+
   monkeypatch.setattr(plots, 'curves', recording)
   config = get_config('test')
   config.num_epochs = 2
@@ -121,22 +140,40 @@ def test_a_rung_run_passes_the_seeds_curve_for_the_epochs_it_ran(
 
 def test_a_run_of_no_rung_draws_no_seed_curve(trained):
   workdir, history = trained
-  fig = plots.curves_figure(history, 'run', seed_notebook.reference(
-      get_config('test').seed_rung, up_to_epoch=3))
+  fig = plots.curves_figure(
+      history,
+      'run',
+      seed_notebook.reference(get_config('test').seed_rung, up_to_epoch=3),
+  )
   assert len(fig.axes[0].get_lines()) == 2
   plt.close(fig)
+
+
+def _softmax(logits):
+  e = np.exp(logits - logits.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
 
 
 def test_evaluate_reproduces_the_logged_accuracy(trained, capsys):
   workdir, history = trained
   result = evaluate.evaluate(str(workdir), 'latest', tta=True)
-  assert result['accuracy'] == pytest.approx(history[-1]['val_accuracy'],
-                                             abs=1e-6)
+  assert result['accuracy'] == pytest.approx(
+      history[-1]['val_accuracy'], abs=1e-6
+  )
   assert result['loss'] == pytest.approx(history[-1]['val_loss'], rel=1e-4)
   out = capsys.readouterr().out
   assert f'Accuracy: {100 * history[-1]["val_accuracy"]:.2f}%' in out
   assert 'With flip TTA: accuracy' in out
-  assert 0 <= result['tta']['accuracy'] <= 1
+  # Flip TTA: the mean of the softmax over each image and its mirror.
+  run = inference.load_run(str(workdir), 'latest', tta_level=0)
+  data = input_pipeline.load_split(run.config, run.config.eval_split)
+  probs = [
+      _softmax(inference.logits(run, x))
+      for x in (data.images, data.images[:, :, ::-1])
+  ]
+  tta_accuracy = np.mean(np.argmax(probs[0] + probs[1], -1) == data.labels)
+  assert result['tta']['accuracy'] == pytest.approx(tta_accuracy, abs=1e-9)
+  assert f'With flip TTA: accuracy {100 * tta_accuracy:.2f}%' in out
   assert result['confusion'].sum() == 200
   assert len(out.split('Per class:')[1].strip().splitlines()) == 11
   assert Image.open(workdir / 'confusion_matrix.png').format == 'PNG'
@@ -144,21 +181,29 @@ def test_evaluate_reproduces_the_logged_accuracy(trained, capsys):
 
 def test_evaluate_best_and_step_pick_those_checkpoints(trained):
   workdir, history = trained
-  kept = sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir()
-                if p.name.isdigit())
+  kept = sorted(
+      int(p.name)
+      for p in (workdir / 'checkpoints').iterdir()
+      if p.name.isdigit()
+  )
   best_acc = max(history[s // 16 - 1]['val_accuracy'] for s in kept)
   assert evaluate.evaluate(str(workdir), 'best')['accuracy'] == (
-      pytest.approx(best_acc, abs=1e-6))
+      pytest.approx(best_acc, abs=1e-6)
+  )
   step = kept[0]
   assert evaluate.evaluate(str(workdir), str(step))['accuracy'] == (
-      pytest.approx(history[step // 16 - 1]['val_accuracy'], abs=1e-6))
+      pytest.approx(history[step // 16 - 1]['val_accuracy'], abs=1e-6)
+  )
   with pytest.raises(Exception, match="'best', 'latest' or one of"):
     evaluate.evaluate(str(workdir), '7')
 
 
 def _colour_folder(root, per_class=40):
-  colours = {'blue': (30, 60, 220), 'green': (40, 200, 60),
-             'red': (220, 40, 40)}
+  colours = {
+      'blue': (30, 60, 220),
+      'green': (40, 200, 60),
+      'red': (220, 40, 40),
+  }
   rng = np.random.default_rng(0)
   for split in ('train', 'test'):
     for name, rgb in colours.items():
@@ -171,16 +216,23 @@ def _colour_folder(root, per_class=40):
 
 
 def test_predict_gives_the_trained_class_for_any_image_and_skips_bad_files(
-    tmp_path):
+    tmp_path,
+):
   colours = _colour_folder(tmp_path / 'data')
   config = get_config('test')
-  config.update({'dataset': 'image_folder', 'data_dir': str(tmp_path / 'data'),
-                 'cache_dir': '', 'num_epochs': 4, 'eval_batch_size': 40,
-                 'batch_size': 16})
+  config.update(
+      {
+          'dataset': 'image_folder',
+          'data_dir': str(tmp_path / 'data'),
+          'cache_dir': '',
+          'num_epochs': 4,
+          'eval_batch_size': 40,
+          'batch_size': 16,
+      }
+  )
   config.model.num_classes = 3
   workdir = tmp_path / 'run'
-  _, history = train.train_and_evaluate(config, str(workdir),
-                                        out=io.StringIO())
+  _, history = train.train_and_evaluate(config, str(workdir), out=io.StringIO())
   assert history[-1]['val_accuracy'] == 1.0
   images = tmp_path / 'mine'
   os.makedirs(images / 'more')
@@ -188,14 +240,21 @@ def test_predict_gives_the_trained_class_for_any_image_and_skips_bad_files(
   Image.new('RGBA', (64, 48), colours['red'] + (128,)).save(images / 'a.png')
   Image.new('RGB', (100, 100), colours['green']).save(images / 'b.jpg')
   Image.new('RGB', (20, 40), colours['blue']).convert('P').save(
-      images / 'more' / 'c.gif')
+      images / 'more' / 'c.gif'
+  )
   (images / 'broken.png').write_bytes(b'not an image at all')
   out, err = io.StringIO(), io.StringIO()
-  failures = predict.predict(str(workdir), [str(images / 'a.png'),
-                                            str(images / 'broken.png'),
-                                            str(images / 'b.jpg'),
-                                            str(images / 'more')],
-                             out=out, err=err)
+  failures = predict.predict(
+      str(workdir),
+      [
+          str(images / 'a.png'),
+          str(images / 'broken.png'),
+          str(images / 'b.jpg'),
+          str(images / 'more'),
+      ],
+      out=out,
+      err=err,
+  )
   assert failures == 1
   assert err.getvalue().count('\n') == 1
   assert 'broken.png: cannot read it as an image' in err.getvalue()

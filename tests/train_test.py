@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from cifar_jax import augment
+from cifar_jax import evaluate
 from cifar_jax import input_pipeline
 from cifar_jax import models
 from cifar_jax import progress
@@ -35,15 +36,15 @@ def test_training_on_synthetic_data_lowers_loss_and_beats_chance(tmp_path):
   assert json.loads((tmp_path / 'config.json').read_text())['seed'] == 0
 
 
-def test_same_seed_gives_the_same_history_and_another_seed_does_not(
-    tmp_path):
+def test_same_seed_gives_the_same_history_and_another_seed_does_not(tmp_path):
   config = get_config('test')
   config.num_epochs = 1
 
   def run(seed, name):
     config.seed = seed
-    _, h = train.train_and_evaluate(config, str(tmp_path / name),
-                                 out=io.StringIO())
+    _, h = train.train_and_evaluate(
+        config, str(tmp_path / name), out=io.StringIO()
+    )
     return [(r['loss'], r['val_loss']) for r in h]
 
   assert run(0, 'a') == run(0, 'b')
@@ -55,16 +56,29 @@ def _one_step(config, images, labels, mask):
   state = train.create_train_state(config, model, jax.random.key(0))
   n = len(labels)
   order = (jnp.arange(n), jnp.asarray(mask, jnp.float32))
-  step = jax.jit(functools.partial(train.train_step, batch_size=n,
-                                   augment_config=augment.AugmentConfig()))
-  return step(state, train.Metrics.empty(), jnp.asarray(images),
-              jnp.asarray(labels), order, 0, jax.random.key(1),
-              jax.random.key(2))
+  step = jax.jit(
+      functools.partial(
+          train.train_step, batch_size=n, augment_config=augment.AugmentConfig()
+      )
+  )
+  return step(
+      state,
+      train.Metrics.empty(),
+      jnp.asarray(images),
+      jnp.asarray(labels),
+      order,
+      0,
+      jax.random.key(1),
+      jax.random.key(2),
+  )
 
 
 def _float_dtypes(tree):
-  return {x.dtype for x in jax.tree.leaves(tree)
-          if jnp.issubdtype(x.dtype, jnp.floating)}
+  return {
+      x.dtype
+      for x in jax.tree.leaves(tree)
+      if jnp.issubdtype(x.dtype, jnp.floating)
+  }
 
 
 def test_bfloat16_compute_keeps_params_optimizer_and_statistics_float32():
@@ -82,19 +96,26 @@ def test_bfloat16_compute_keeps_params_optimizer_and_statistics_float32():
   for dtype in ('float32', 'bfloat16'):
     config.compute_dtype = dtype
     state, m = _one_step(config, images, labels, np.ones(16))
-    assert _float_dtypes((state.params, state.opt_state,
-                          state.batch_stats)) == {np.dtype(np.float32)}
+    assert _float_dtypes(
+        (state.params, state.opt_state, state.batch_stats)
+    ) == {np.dtype(np.float32)}
     results[dtype] = (state, float(m.compute()['loss']))
   (s32, loss32), (s16, loss16) = results['float32'], results['bfloat16']
   assert loss16 == pytest.approx(loss32, rel=2e-2) and loss16 != loss32
-  for a, b in zip(jax.tree.leaves(s32.batch_stats),
-                  jax.tree.leaves(s16.batch_stats)):
+  for a, b in zip(
+      jax.tree.leaves(s32.batch_stats), jax.tree.leaves(s16.batch_stats)
+  ):
     np.testing.assert_allclose(a, b, rtol=5e-2, atol=5e-3)
 
   model = models.create_model(config.model, 'bfloat16')
-  hlo = jax.jit(lambda v, x: model.apply(v, x)).lower(
-      {'params': s16.params, 'batch_stats': s16.batch_stats},
-      jnp.zeros((2, 32, 32, 3))).as_text()
+  hlo = (
+      jax.jit(lambda v, x: model.apply(v, x))
+      .lower(
+          {'params': s16.params, 'batch_stats': s16.batch_stats},
+          jnp.zeros((2, 32, 32, 3)),
+      )
+      .as_text()
+  )
   convolutions = [l for l in hlo.splitlines() if 'convolution' in l]
   assert convolutions and all('bf16' in l for l in convolutions)
 
@@ -121,11 +142,14 @@ def test_padded_partial_batch_equals_keras_smaller_last_batch():
   padded_images[5:] = 255  # Garbage that must not matter.
   mask = np.array([1, 1, 1, 1, 1, 0, 0, 0], np.float32)
   padded, m_padded = _one_step(config, padded_images, labels, mask)
-  for a, b in zip(jax.tree.leaves((small.params, small.batch_stats)),
-                  jax.tree.leaves((padded.params, padded.batch_stats))):
+  for a, b in zip(
+      jax.tree.leaves((small.params, small.batch_stats)),
+      jax.tree.leaves((padded.params, padded.batch_stats)),
+  ):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
-  np.testing.assert_allclose(m_small.compute()['loss'],
-                             m_padded.compute()['loss'], rtol=1e-6)
+  np.testing.assert_allclose(
+      m_small.compute()['loss'], m_padded.compute()['loss'], rtol=1e-6
+  )
   assert int(m_padded.accuracy.count) == 5
 
 
@@ -136,10 +160,15 @@ def test_evaluation_is_exact_whatever_the_batch_size():
   data = input_pipeline.load_split(config, 'test[:103]')
   images, labels = jnp.asarray(data.images), jnp.asarray(data.labels)
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  results = [train.evaluate(jax.jit(train.eval_step), state, images, labels,
-                            bs, sharding) for bs in (103, 10, 64)]
-  logits = model.apply({'params': state.params},
-                       images.astype(jnp.float32) / 255)
+  results = [
+      train.evaluate(
+          jax.jit(train.eval_step), state, images, labels, bs, sharding
+      )
+      for bs in (103, 10, 64)
+  ]
+  logits = model.apply(
+      {'params': state.params}, images.astype(jnp.float32) / 255
+  )
   expected = float(np.mean(np.argmax(logits, -1) == data.labels))
   for r in results:
     np.testing.assert_allclose(r['accuracy'], expected, rtol=1e-6)
@@ -157,8 +186,9 @@ def test_steps_per_epoch_runs_exactly_that_many_batches(tmp_path):
   config = get_config('test')
   config.num_epochs = 2
   config.steps_per_epoch = 5
-  state, history = train.train_and_evaluate(config, str(tmp_path),
-                                            out=io.StringIO())
+  state, history = train.train_and_evaluate(
+      config, str(tmp_path), out=io.StringIO()
+  )
   assert int(state.step) == 10 and len(history) == 2
 
 
@@ -173,9 +203,17 @@ def test_augmentation_runs_inside_the_step_reproducibly():
 
   def step(aug):
     new_state, _ = train.train_step(
-        state, train.Metrics.empty(), jnp.asarray(images),
-        jnp.asarray(labels), order, 0, jax.random.key(1), jax.random.key(2),
-        batch_size=8, augment_config=aug)
+        state,
+        train.Metrics.empty(),
+        jnp.asarray(images),
+        jnp.asarray(labels),
+        order,
+        0,
+        jax.random.key(1),
+        jax.random.key(2),
+        batch_size=8,
+        augment_config=aug,
+    )
     return new_state.params['dense1']['kernel']
 
   plain = step(augment.AugmentConfig())
@@ -190,8 +228,9 @@ def test_training_with_seed_augmentation_still_learns(tmp_path):
   config.augment.width_shift_range = 0.1
   config.augment.height_shift_range = 0.1
   config.augment.horizontal_flip = True
-  _, history = train.train_and_evaluate(config, str(tmp_path),
-                                        out=io.StringIO())
+  _, history = train.train_and_evaluate(
+      config, str(tmp_path), out=io.StringIO()
+  )
   assert history[-1]['loss'] < 0.7 * history[0]['loss']
   assert history[-1]['val_accuracy'] > 0.6
 
@@ -207,10 +246,16 @@ def test_tensorflow_stays_off_the_training_path():
       'exp = train.create_experiment(c)\n'
       'bar = progress.ProgressBar(20, out=io.StringIO())\n'
       'train.run_steps(exp, exp.state, train.Metrics.empty(), 0, 20, bar)\n'
-      'print("tensorflow" in sys.modules)\n')
-  r = subprocess.run([sys.executable, '-c', code], cwd=REPO,
-                     capture_output=True, text=True, timeout=300,
-                     env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+      'print("tensorflow" in sys.modules)\n'
+  )
+  r = subprocess.run(
+      [sys.executable, '-c', code],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+  )
   assert r.returncode == 0, r.stderr[-2000:]
   assert r.stdout.strip().splitlines()[-1] == 'False'
 
@@ -223,7 +268,24 @@ def test_validation_split_carved_from_train(tmp_path):
   out = io.StringIO()
   _, history = train.train_and_evaluate(config, str(tmp_path), out=out)
   assert 'Train on 400 samples, validate on 112 samples' in out.getvalue()
-  assert 0 <= history[0]['val_accuracy'] <= 1
+  # The two parts are the training set, split without overlap.
+  whole = input_pipeline.load_split(config, 'train')
+  parts = [
+      input_pipeline.load_split(config, s)
+      for s in (config.train_split, config.eval_split)
+  ]
+  np.testing.assert_array_equal(
+      np.concatenate([p.images for p in parts]), whole.images
+  )
+  np.testing.assert_array_equal(
+      np.concatenate([p.labels for p in parts]), whole.labels
+  )
+  # val_accuracy is the trained model's accuracy on the held-out 112.
+  result = evaluate.evaluate(str(tmp_path), 'latest')
+  assert result['confusion'].sum() == 112
+  assert history[0]['val_accuracy'] == pytest.approx(
+      result['accuracy'], abs=1e-6
+  )
 
 
 def test_steps_scanned_in_one_dispatch_equal_steps_dispatched_one_by_one():
@@ -247,16 +309,20 @@ def test_steps_scanned_in_one_dispatch_equal_steps_dispatched_one_by_one():
     first = exp.order.batches_per_pass + 3  # Pass 1, batches 3 to 7.
     state = exp.state.replace(step=jnp.asarray(first, jnp.int32))
     bar = progress.ProgressBar(100, out=io.StringIO())
-    results[k] = train.run_steps(exp, state, train.empty_metrics(
-        exp.replicated), first, first + 5, bar)
+    results[k] = train.run_steps(
+        exp, state, train.empty_metrics(exp.replicated), first, first + 5, bar
+    )
   (s1, m1, step1), (s5, m5, step5) = results[1], results[5]
   assert step1 == step5 == exp.order.batches_per_pass + 8
   assert int(s1.step) == int(s5.step) == step1
-  for a, b in zip(jax.tree.leaves((s1.params, s1.batch_stats)),
-                  jax.tree.leaves((s5.params, s5.batch_stats))):
+  for a, b in zip(
+      jax.tree.leaves((s1.params, s1.batch_stats)),
+      jax.tree.leaves((s5.params, s5.batch_stats)),
+  ):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(m1.compute()['loss'], m5.compute()['loss'],
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      m1.compute()['loss'], m5.compute()['loss'], rtol=1e-5
+  )
 
 
 def test_steps_per_dispatch_auto_is_one_step_on_cpu():
@@ -283,10 +349,20 @@ def test_runs_with_other_seeds_reuse_the_programs_compiled_ahead(caplog):
     for seed in (1, 2):
       run = train.with_seed(exp, seed)
       state, _, _ = train.run_steps(
-          run, run.state, train.empty_metrics(run.replicated), 0, total,
-          progress.ProgressBar(total, out=io.StringIO()))
-      train.evaluate(run.jit_eval_step, state, *run.eval,
-                     config.eval_batch_size, run.batch_sharding)
+          run,
+          run.state,
+          train.empty_metrics(run.replicated),
+          0,
+          total,
+          progress.ProgressBar(total, out=io.StringIO()),
+      )
+      train.evaluate(
+          run.jit_eval_step,
+          state,
+          *run.eval,
+          config.eval_batch_size,
+          run.batch_sharding,
+      )
       finals.append(jax.tree.leaves(state.params)[0])
     during = [r.getMessage() for r in caplog.records]
   for name in ('jit(train_steps)', 'jit(eval_step)'):
