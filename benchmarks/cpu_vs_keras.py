@@ -46,11 +46,11 @@ from cifar_jax import train
 from cifar_jax.errors import UserError
 
 
-def rung_config(name: str, steps: int,
-                overrides: list[str]) -> ml_collections.ConfigDict:
+def rung_config(
+    name: str, steps: int, overrides: list[str]
+) -> ml_collections.ConfigDict:
   """The rung's config on `steps` batches of synthetic data."""
-  config = __import__(f'configs.{name}',
-                      fromlist=['get_config']).get_config()
+  config = __import__(f'configs.{name}', fromlist=['get_config']).get_config()
   config.dataset = 'synthetic'
   config.synthetic_train_size = steps * config.batch_size
   config.synthetic_eval_size = config.eval_batch_size
@@ -73,8 +73,9 @@ def cifar_jax_pass(config: ml_collections.ConfigDict) -> Callable[[], float]:
     bar = progress.ProgressBar(steps, out=io.StringIO())
     jax.block_until_ready((state, metrics))
     start = time.perf_counter()
-    state, metrics, _ = train.run_steps(exp, state, metrics, passes * steps,
-                                        (passes + 1) * steps, bar)
+    state, metrics, _ = train.run_steps(
+        exp, state, metrics, passes * steps, (passes + 1) * steps, bar
+    )
     jax.block_until_ready((state, metrics))
     passes += 1
     return time.perf_counter() - start
@@ -85,14 +86,21 @@ def cifar_jax_pass(config: ml_collections.ConfigDict) -> Callable[[], float]:
 def keras_model(config: ml_collections.ConfigDict):
   """The rung's `models.ConvNet` in Keras 3, with its augmentation."""
   import keras  # pylint: disable=g-import-not-at-top
+
   m, aug = config.model, config.augment
   layers = [keras.Input((32, 32, 3))]
   if aug.width_shift_range or aug.height_shift_range:
-    layers.append(keras.layers.RandomTranslation(
-        aug.height_shift_range, aug.width_shift_range, fill_mode='nearest'))
+    layers.append(
+        keras.layers.RandomTranslation(
+            aug.height_shift_range, aug.width_shift_range, fill_mode='nearest'
+        )
+    )
   if aug.zoom_range:
-    layers.append(keras.layers.RandomZoom(aug.zoom_range, aug.zoom_range,
-                                          fill_mode='nearest'))
+    layers.append(
+        keras.layers.RandomZoom(
+            aug.zoom_range, aug.zoom_range, fill_mode='nearest'
+        )
+    )
   if aug.horizontal_flip:
     layers.append(keras.layers.RandomFlip('horizontal'))
 
@@ -101,9 +109,15 @@ def keras_model(config: ml_collections.ConfigDict):
 
   for i, features in enumerate(m.stage_features):
     for j, padding in enumerate(('same', m.second_conv_padding[i].lower())):
-      layers.append(keras.layers.Conv2D(
-          features, 3, padding=padding, activation='relu',
-          kernel_constraint=max_norm(m.conv_max_norm)))
+      layers.append(
+          keras.layers.Conv2D(
+              features,
+              3,
+              padding=padding,
+              activation='relu',
+              kernel_constraint=max_norm(m.conv_max_norm),
+          )
+      )
       if m.batch_norm:
         layers.append(keras.layers.BatchNormalization())
       if j == 0 and m.conv_dropout[i]:
@@ -115,9 +129,13 @@ def keras_model(config: ml_collections.ConfigDict):
   if m.flatten_dropout:
     layers.append(keras.layers.Dropout(m.flatten_dropout))
   for features in m.hidden_features:
-    layers.append(keras.layers.Dense(
-        features, activation='relu',
-        kernel_constraint=max_norm(m.hidden_max_norm)))
+    layers.append(
+        keras.layers.Dense(
+            features,
+            activation='relu',
+            kernel_constraint=max_norm(m.hidden_max_norm),
+        )
+    )
     if m.hidden_dropout:
       layers.append(keras.layers.Dropout(m.hidden_dropout))
   layers.append(keras.layers.Dense(m.num_classes, activation='softmax'))
@@ -125,21 +143,25 @@ def keras_model(config: ml_collections.ConfigDict):
   opt = config.optimizer
   if opt.name == 'sgd':
     schedule = keras.optimizers.schedules.InverseTimeDecay(
-        opt.learning_rate, decay_steps=1, decay_rate=opt.decay)
+        opt.learning_rate, decay_steps=1, decay_rate=opt.decay
+    )
     optimizer = keras.optimizers.SGD(schedule, momentum=opt.momentum)
   elif opt.name == 'adam':
-    optimizer = keras.optimizers.Adam(opt.learning_rate, opt.beta1, opt.beta2,
-                                      opt.epsilon)
+    optimizer = keras.optimizers.Adam(
+        opt.learning_rate, opt.beta1, opt.beta2, opt.epsilon
+    )
   else:
     raise SystemExit(f'No Keras peer for optimizer {opt.name!r}.')
-  model.compile(optimizer, 'sparse_categorical_crossentropy',
-                metrics=['accuracy'])
+  model.compile(
+      optimizer, 'sparse_categorical_crossentropy', metrics=['accuracy']
+  )
   return model
 
 
 def keras_pass(config: ml_collections.ConfigDict) -> Callable[[], float]:
   """A function that trains one Keras `fit` epoch on the same amount of data."""
   import keras  # pylint: disable=g-import-not-at-top
+
   rng = np.random.default_rng(0)
   n = config.synthetic_train_size
   images = rng.random((n, 32, 32, 3), dtype=np.float32)
@@ -156,8 +178,15 @@ def keras_pass(config: ml_collections.ConfigDict) -> Callable[[], float]:
       seconds.append(time.perf_counter() - self.start)
 
   def one_pass():
-    model.fit(images, labels, batch_size=config.batch_size, epochs=1,
-              shuffle=True, verbose=0, callbacks=[EpochTime()])
+    model.fit(
+        images,
+        labels,
+        batch_size=config.batch_size,
+        epochs=1,
+        shuffle=True,
+        verbose=0,
+        callbacks=[EpochTime()],
+    )
     return seconds[-1]
 
   return one_pass
@@ -173,14 +202,18 @@ def worker(side: str, rung: str, steps: int, overrides: list[str]) -> None:
   if side == 'keras':
     import keras  # pylint: disable=g-import-not-at-top
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
     about = f'Keras {keras.__version__} / TensorFlow {tf.__version__}'
     one_pass = keras_pass(config)
   else:
     about = f'JAX {jax.__version__} on {jax.devices()[0].platform}'
     one_pass = cifar_jax_pass(config)
   one_pass()  # Compiles (JAX) or traces (Keras), and warms up.
-  print('ready', json.dumps(dict(about=about, batch_size=config.batch_size)),
-        flush=True)
+  print(
+      'ready',
+      json.dumps(dict(about=about, batch_size=config.batch_size)),
+      flush=True,
+  )
   for line in sys.stdin:
     if line.strip() != 'pass':
       break
@@ -192,9 +225,21 @@ class _Worker:
 
   def __init__(self, side, rung, steps, overrides):
     self.proc = subprocess.Popen(
-        [sys.executable, __file__, '--worker', side, '--rungs', rung,
-         '--steps', str(steps), *overrides],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            __file__,
+            '--worker',
+            side,
+            '--rungs',
+            rung,
+            '--steps',
+            str(steps),
+            *overrides,
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     line = self._read()
     if not line.startswith('ready '):
       raise SystemExit(f'the {side} worker failed to start ({line!r})')
@@ -221,21 +266,29 @@ class _Worker:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--rungs', nargs='+',
-                      default=['simple', 'large', 'bn_aug_sgd'])
-  parser.add_argument('--steps', type=int, default=200,
-                      help='batches per timed pass')
+  parser.add_argument(
+      '--rungs', nargs='+', default=['simple', 'large', 'bn_aug_sgd']
+  )
+  parser.add_argument(
+      '--steps', type=int, default=200, help='batches per timed pass'
+  )
   parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--skip_keras', action='store_true',
-                      help='only cifar_jax (no Keras needed)')
+  parser.add_argument(
+      '--skip_keras',
+      action='store_true',
+      help='only cifar_jax (no Keras needed)',
+  )
   parser.add_argument('--json', help='also write the results here')
-  parser.add_argument('--worker', choices=['cifar_jax', 'keras'],
-                      help=argparse.SUPPRESS)
+  parser.add_argument(
+      '--worker', choices=['cifar_jax', 'keras'], help=argparse.SUPPRESS
+  )
   args, overrides = parser.parse_known_args()
   bad = [o for o in overrides if not o.startswith('--config.') or '=' not in o]
   if bad:
-    parser.error(f'unknown arguments {bad}; overrides look like '
-                 '--config.compute_dtype=bfloat16')
+    parser.error(
+        f'unknown arguments {bad}; overrides look like '
+        '--config.compute_dtype=bfloat16'
+    )
   if args.worker:
     return worker(args.worker, args.rungs[0], args.steps, overrides)
   try:  # Bad rungs or overrides: one line here, not a worker's traceback.
@@ -246,14 +299,20 @@ def main():
   sides = ['cifar_jax']
   if not args.skip_keras:
     if importlib.util.find_spec('keras') is None or (
-        importlib.util.find_spec('tensorflow') is None):
-      raise SystemExit("Keras 3 and TensorFlow are needed: pip install -e "
-                       "'.[bench]' (or pass --skip_keras).")
+        importlib.util.find_spec('tensorflow') is None
+    ):
+      raise SystemExit(
+          'Keras 3 and TensorFlow are needed: pip install -e '
+          "'.[bench]' (or pass --skip_keras)."
+      )
     sides.append('keras')
   machine = reporting.machine_description()
-  print(f'{machine}; {args.steps} batches per pass, median of '
-        f'{args.repeats} passes after one warm-up, each side in its own '
-        f'process; overrides {overrides or "none"}', flush=True)
+  print(
+      f'{machine}; {args.steps} batches per pass, median of '
+      f'{args.repeats} passes after one warm-up, each side in its own '
+      f'process; overrides {overrides or "none"}',
+      flush=True,
+  )
   results, about = [], {}
   for name in args.rungs:
     workers = {}
@@ -271,25 +330,41 @@ def main():
         w.close()
     batch_size = workers['cifar_jax'].info['batch_size']
     images = args.steps * batch_size
-    rates = {side: images / statistics.median(s)
-             for side, s in seconds.items()}
-    row = dict(rung=name, batch_size=batch_size, seconds=seconds,
-               cifar_jax_images_per_s=rates['cifar_jax'])
-    line = (f'{name:>11} (batch {batch_size:>3}): cifar_jax '
-            f'{rates["cifar_jax"]:5.0f} img/s')
+    rates = {side: images / statistics.median(s) for side, s in seconds.items()}
+    row = dict(
+        rung=name,
+        batch_size=batch_size,
+        seconds=seconds,
+        cifar_jax_images_per_s=rates['cifar_jax'],
+    )
+    line = (
+        f'{name:>11} (batch {batch_size:>3}): cifar_jax '
+        f'{rates["cifar_jax"]:5.0f} img/s'
+    )
     if 'keras' in rates:
       ratio = rates['cifar_jax'] / rates['keras']
       row.update(keras_images_per_s=rates['keras'], ratio=ratio)
-      line += (f', Keras {rates["keras"]:5.0f} img/s, cifar_jax / Keras = '
-               f'{ratio:.2f}')
+      line += (
+          f', Keras {rates["keras"]:5.0f} img/s, cifar_jax / Keras = '
+          f'{ratio:.2f}'
+      )
     print(line, flush=True)
     results.append(row)
   print('; '.join(about.values()))
   if args.json:
     with open(args.json, 'w') as f:
-      json.dump(dict(machine=machine, versions=about, steps=args.steps,
-                     repeats=args.repeats, overrides=overrides,
-                     results=results), f, indent=1)
+      json.dump(
+          dict(
+              machine=machine,
+              versions=about,
+              steps=args.steps,
+              repeats=args.repeats,
+              overrides=overrides,
+              results=results,
+          ),
+          f,
+          indent=1,
+      )
 
 
 if __name__ == '__main__':

@@ -20,8 +20,10 @@ import io
 import os
 import platform
 
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           ' --xla_force_host_platform_device_count=8')
+os.environ['XLA_FLAGS'] = (
+    os.environ.get('XLA_FLAGS', '')
+    + ' --xla_force_host_platform_device_count=8'
+)
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 import jax  # pylint: disable=g-import-not-at-top
@@ -34,9 +36,13 @@ from configs import test  # pylint: disable=g-import-not-at-top
 
 VARIANTS = {
     'calm': {'model.conv_dropout': (0.0,), 'model.hidden_dropout': 0.0},
-    'random': {'augment.horizontal_flip': True,
-               'augment.width_shift_range': 0.1, 'augment.zoom_range': 0.1,
-               'augment.crop_padding': 2, 'augment.cutout_size': 4},
+    'random': {
+        'augment.horizontal_flip': True,
+        'augment.width_shift_range': 0.1,
+        'augment.zoom_range': 0.1,
+        'augment.crop_padding': 2,
+        'augment.cutout_size': 4,
+    },
 }
 
 
@@ -51,26 +57,44 @@ def make_config(variant: str):
   return config
 
 
-def losses(config, num_devices: int, epochs: int,
-           nudge: float = 0.0) -> np.ndarray:
+def losses(
+    config, num_devices: int, epochs: int, nudge: float = 0.0
+) -> np.ndarray:
   """(epochs, 2): each epoch's training loss and val_loss."""
   exp = train.create_experiment(
-      config, train.create_mesh(jax.devices()[:num_devices]))
+      config, train.create_mesh(jax.devices()[:num_devices])
+  )
   state = exp.state
   if nudge:
     leaves, treedef = jax.tree.flatten(state.params)
     keys = jax.random.split(jax.random.key(99), len(leaves))
-    state = state.replace(params=jax.tree.unflatten(treedef, [
-        x * (1 + nudge * jax.random.normal(k, x.shape))
-        for x, k in zip(leaves, keys)]))
+    state = state.replace(
+        params=jax.tree.unflatten(
+            treedef,
+            [
+                x * (1 + nudge * jax.random.normal(k, x.shape))
+                for x, k in zip(leaves, keys)
+            ],
+        )
+    )
   spe, rows = exp.steps_per_epoch, []
   for epoch in range(epochs):
     bar = progress.ProgressBar(spe, out=io.StringIO())
     state, metrics, _ = train.run_steps(
-        exp, state, train.empty_metrics(exp.replicated), epoch * spe,
-        (epoch + 1) * spe, bar)
-    evaluation = train.evaluate(exp.jit_eval_step, state, *exp.eval,
-                                config.eval_batch_size, exp.batch_sharding)
+        exp,
+        state,
+        train.empty_metrics(exp.replicated),
+        epoch * spe,
+        (epoch + 1) * spe,
+        bar,
+    )
+    evaluation = train.evaluate(
+        exp.jit_eval_step,
+        state,
+        *exp.eval,
+        config.eval_batch_size,
+        exp.batch_sharding,
+    )
     rows.append((float(metrics.compute()['loss']), evaluation['loss']))
   return np.array(rows)
 
@@ -83,19 +107,27 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--epochs', type=int, default=20)
   args = parser.parse_args()
-  print(f'Machine: {reporting.machine_description()}; JAX {jax.__version__}, '
-        f'{platform.python_version()}; {args.epochs} epochs x 16 steps')
-  print('variant  | 2 devices | 4 devices | 8 devices | 1 device, params '
-        'nudged by 1e-7')
+  print(
+      f'Machine: {reporting.machine_description()}; JAX {jax.__version__}, '
+      f'{platform.python_version()}; {args.epochs} epochs x 16 steps'
+  )
+  print(
+      'variant  | 2 devices | 4 devices | 8 devices | 1 device, params '
+      'nudged by 1e-7'
+  )
   for variant in VARIANTS:
     config = make_config(variant)
     reference = losses(config, 1, args.epochs)
-    cells = [max_relative(losses(config, n, args.epochs), reference)
-             for n in (2, 4, 8)]
-    cells.append(max_relative(losses(config, 1, args.epochs, nudge=1e-7),
-                              reference))
-    print(f'{variant:8} | ' + ' | '.join(f'{c:9.1e}' for c in cells),
-          flush=True)
+    cells = [
+        max_relative(losses(config, n, args.epochs), reference)
+        for n in (2, 4, 8)
+    ]
+    cells.append(
+        max_relative(losses(config, 1, args.epochs, nudge=1e-7), reference)
+    )
+    print(
+        f'{variant:8} | ' + ' | '.join(f'{c:9.1e}' for c in cells), flush=True
+    )
 
 
 if __name__ == '__main__':

@@ -44,12 +44,13 @@ def _time(exp, steps: int) -> float:
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--configs', nargs='+', default=['simple',
-                                                       'bn_aug_sgd'])
+  parser.add_argument('--configs', nargs='+', default=['simple', 'bn_aug_sgd'])
   parser.add_argument('--steps', type=int, default=32)
   args = parser.parse_args()
-  print(f'{reporting.machine_description()}, {jax.devices()[0].platform}; '
-        f'JAX {jax.__version__}; {args.steps} steps')
+  print(
+      f'{reporting.machine_description()}, {jax.devices()[0].platform}; '
+      f'JAX {jax.__version__}; {args.steps} steps'
+  )
   for name in args.configs:
     single = _experiment(name, 1, args.steps)
     scanned = _experiment(name, args.steps, args.steps)
@@ -60,9 +61,12 @@ def main():
       times['single'].append(_time(single, args.steps))
       times['scan'].append(_time(scanned, args.steps))
     best = {k: min(v) for k, v in times.items()}
-    print(f'{name}: one by one {1000 * best["single"]:.1f} ms/step, scanned '
-          f'{1000 * best["scan"]:.1f} ms/step; scan / single = '
-          f'{best["scan"] / best["single"]:.2f}', flush=True)
+    print(
+        f'{name}: one by one {1000 * best["single"]:.1f} ms/step, scanned '
+        f'{1000 * best["scan"]:.1f} ms/step; scan / single = '
+        f'{best["scan"] / best["single"]:.2f}',
+        flush=True,
+    )
 
 
 if __name__ == '__main__':

@@ -51,8 +51,10 @@ def time_loads(data_dir: str, cache_dir: str) -> None:
     for split in ('train', 'test'):
       input_pipeline.load_split(config, split)
     times.append(time.perf_counter() - start)
-  print(f'load train+test: first (decode JPEGs, write cache) {times[0]:.1f} s,'
-        f' cached {times[1]:.2f} s ({times[0] / times[1]:.0f}x faster)')
+  print(
+      f'load train+test: first (decode JPEGs, write cache) {times[0]:.1f} s,'
+      f' cached {times[1]:.2f} s ({times[0] / times[1]:.0f}x faster)'
+  )
 
 
 class LoopTimer:
@@ -66,8 +68,13 @@ class LoopTimer:
     bar = progress.ProgressBar(steps, out=io.StringIO())
     start = time.perf_counter()
     self.state, _, self.step = train.run_steps(
-        self.exp, self.state, train.Metrics.empty(), self.step,
-        self.step + steps, bar)
+        self.exp,
+        self.state,
+        train.Metrics.empty(),
+        self.step,
+        self.step + steps,
+        bar,
+    )
     return time.perf_counter() - start
 
 
@@ -82,13 +89,18 @@ class CompiledStepTimer:
     self.exp, self.state, self.step = exp, state, 0
     self.metrics = train.Metrics.empty()
     self.compiled = exp.jit_train_step.lower(
-        state, self.metrics, *self._args()).compile()
+        state, self.metrics, *self._args()
+    ).compile()
 
   def _args(self):
     exp = self.exp
-    return (*exp.train, exp.order.pass_order(0),
-            self.step % exp.order.batches_per_pass, exp.dropout_key,
-            exp.augment_key)
+    return (
+        *exp.train,
+        exp.order.pass_order(0),
+        self.step % exp.order.batches_per_pass,
+        exp.dropout_key,
+        exp.augment_key,
+    )
 
   def __call__(self, steps: int) -> float:
     total = 0.0
@@ -96,7 +108,8 @@ class CompiledStepTimer:
       args = self._args()
       start = time.perf_counter()
       self.state, self.metrics = jax.block_until_ready(
-          self.compiled(self.state, self.metrics, *args))
+          self.compiled(self.state, self.metrics, *args)
+      )
       total += time.perf_counter() - start
       self.step += 1
     return total
@@ -105,8 +118,11 @@ class CompiledStepTimer:
 def timers(config) -> tuple[int, LoopTimer, CompiledStepTimer]:
   exp = train.create_experiment(config)
   copy = jax.tree.map(lambda x: x.copy(), exp.state)  # Steps donate states.
-  return exp.steps_per_epoch, LoopTimer(exp, exp.state), CompiledStepTimer(
-      exp, copy)
+  return (
+      exp.steps_per_epoch,
+      LoopTimer(exp, exp.state),
+      CompiledStepTimer(exp, copy),
+  )
 
 
 def interleaved(named_timers: dict, steps: int, chunks: int) -> dict:
@@ -120,23 +136,35 @@ def interleaved(named_timers: dict, steps: int, chunks: int) -> dict:
   return totals
 
 
-def report(name: str, steps: int, batch: int, loop: float,
-           compiled: float) -> None:
+def report(
+    name: str, steps: int, batch: int, loop: float, compiled: float
+) -> None:
   share = max(loop - compiled, 0.0) / loop
-  print(f'{name}: {steps} steps of batch {batch}: loop {loop:.1f} s '
-        f'({1000 * loop / steps:.1f} ms/step), compiled steps alone '
-        f'{compiled:.1f} s; outside the compiled step: {100 * share:.1f}%')
+  print(
+      f'{name}: {steps} steps of batch {batch}: loop {loop:.1f} s '
+      f'({1000 * loop / steps:.1f} ms/step), compiled steps alone '
+      f'{compiled:.1f} s; outside the compiled step: {100 * share:.1f}%'
+  )
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--data_dir', help='unzipped cifar10-jpeg root')
-  parser.add_argument('--zip', default=str(
-      REPO.parent / 'shared' / 'data' / 'cifar10-jpeg.zip'))
-  parser.add_argument('--steps', type=int, default=0,
-                      help='steps per timing (0 = one full epoch)')
-  parser.add_argument('--chunks', type=int, default=8,
-                      help='alternations between the timed variants')
+  parser.add_argument(
+      '--zip', default=str(REPO.parent / 'shared' / 'data' / 'cifar10-jpeg.zip')
+  )
+  parser.add_argument(
+      '--steps',
+      type=int,
+      default=0,
+      help='steps per timing (0 = one full epoch)',
+  )
+  parser.add_argument(
+      '--chunks',
+      type=int,
+      default=8,
+      help='alternations between the timed variants',
+  )
   args = parser.parse_args()
   print(f'Machine: {reporting.machine_description()}, jax {jax.__version__}')
   with tempfile.TemporaryDirectory() as tmp:
@@ -152,20 +180,39 @@ def main():
 
     augmented = data_config(bn_aug_sgd.get_config(), data_dir, cache)
     plain = data_config(bn_aug_sgd.get_config(), data_dir, cache)
-    plain.augment.width_shift_range = plain.augment.height_shift_range = 0.
+    plain.augment.width_shift_range = plain.augment.height_shift_range = 0.0
     plain.augment.horizontal_flip = False
     epoch, aug_loop, aug_compiled = timers(augmented)
     _, plain_loop, plain_compiled = timers(plain)
     steps = args.steps or epoch
-    t = interleaved({'aug_loop': aug_loop, 'aug_compiled': aug_compiled,
-                     'plain_loop': plain_loop,
-                     'plain_compiled': plain_compiled}, steps, args.chunks)
-    report('bn_aug_sgd (augmented)', steps, augmented.batch_size,
-           t['aug_loop'], t['aug_compiled'])
-    report('bn_aug_sgd (no augmentation)', steps, plain.batch_size,
-           t['plain_loop'], t['plain_compiled'])
-    print(f'bn_aug_sgd epoch time with / without augmentation: '
-          f'{t["aug_loop"] / t["plain_loop"]:.2f}x')
+    t = interleaved(
+        {
+            'aug_loop': aug_loop,
+            'aug_compiled': aug_compiled,
+            'plain_loop': plain_loop,
+            'plain_compiled': plain_compiled,
+        },
+        steps,
+        args.chunks,
+    )
+    report(
+        'bn_aug_sgd (augmented)',
+        steps,
+        augmented.batch_size,
+        t['aug_loop'],
+        t['aug_compiled'],
+    )
+    report(
+        'bn_aug_sgd (no augmentation)',
+        steps,
+        plain.batch_size,
+        t['plain_loop'],
+        t['plain_compiled'],
+    )
+    print(
+        f'bn_aug_sgd epoch time with / without augmentation: '
+        f'{t["aug_loop"] / t["plain_loop"]:.2f}x'
+    )
 
 
 if __name__ == '__main__':

@@ -1,6 +1,7 @@
 """Soak test: SIGKILL one run at random moments, resume, compare bit for bit.
 
-  python benchmarks/kill_resume.py [--kills 20] [--seed S] [--config.key=value ...]
+  python benchmarks/kill_resume.py [--kills 20] [--seed S]
+      [--config.key=value ...]
 
 Trains a config twice in temporary run directories: once uninterrupted, and
 once killed with SIGKILL at `--kills` random moments (each after the run has
@@ -30,29 +31,45 @@ sys.path.insert(0, str(REPO))
 from cifar_jax import checkpointing  # pylint: disable=g-import-not-at-top
 
 # BatchNorm, dropout and augmentation all on: every random and stateful part.
-DEFAULT_RUN = ['--config', 'configs/test.py', '--config.num_epochs=12',
-               '--config.synthetic_train_size=2048',
-               '--config.checkpoint_every_steps=10',
-               '--config.model.batch_norm=True',
-               '--config.augment.horizontal_flip=True',
-               '--config.augment.width_shift_range=0.1']
+DEFAULT_RUN = [
+    '--config',
+    'configs/test.py',
+    '--config.num_epochs=12',
+    '--config.synthetic_train_size=2048',
+    '--config.checkpoint_every_steps=10',
+    '--config.model.batch_norm=True',
+    '--config.augment.horizontal_flip=True',
+    '--config.augment.width_shift_range=0.1',
+]
 
 
 def command(workdir, overrides):
-  return [sys.executable, '-m', 'cifar_jax.main', *DEFAULT_RUN, *overrides,
-          '--workdir', workdir]
+  return [
+      sys.executable,
+      '-m',
+      'cifar_jax.main',
+      *DEFAULT_RUN,
+      *overrides,
+      '--workdir',
+      workdir,
+  ]
 
 
 def outcome(workdir):
   history = json.loads(pathlib.Path(workdir, 'history.json').read_text())
-  return ([{k: v for k, v in row.items() if k != 'seconds'}
-           for row in history], checkpointing.restore_params(workdir))
+  return (
+      [{k: v for k, v in row.items() if k != 'seconds'} for row in history],
+      checkpointing.restore_params(workdir),
+  )
 
 
 def latest_step(workdir):
   ckpt = pathlib.Path(workdir, 'checkpoints')
-  steps = [int(p.name) for p in ckpt.iterdir() if p.name.isdigit()] if (
-      ckpt.exists()) else []
+  steps = (
+      [int(p.name) for p in ckpt.iterdir() if p.name.isdigit()]
+      if (ckpt.exists())
+      else []
+  )
   return max(steps, default=-1)
 
 
@@ -66,15 +83,25 @@ def main():
   with tempfile.TemporaryDirectory() as tmp:
     reference, soaked = os.path.join(tmp, 'ref'), os.path.join(tmp, 'soak')
     start = time.monotonic()
-    subprocess.run(command(reference, overrides), cwd=REPO, env=env,
-                   check=True, capture_output=True)
+    subprocess.run(
+        command(reference, overrides),
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     run_seconds = time.monotonic() - start
     print(f'uninterrupted run: {run_seconds:.1f} s (seed {args.seed})')
     kills = 0
     while kills < args.kills:
       before = latest_step(soaked)
-      proc = subprocess.Popen(command(soaked, overrides), cwd=REPO, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+      proc = subprocess.Popen(
+          command(soaked, overrides),
+          cwd=REPO,
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.PIPE,
+      )
       # Kill only after a new checkpoint, so every life makes progress.
       while latest_step(soaked) == before and proc.poll() is None:
         time.sleep(0.02)
@@ -85,15 +112,26 @@ def main():
       proc.wait()
       kills += 1
       print(f'kill {kills}: at checkpoint step {latest_step(soaked)}')
-    subprocess.run(command(soaked, overrides), cwd=REPO, env=env, check=True,
-                   capture_output=True)
-    (ref_history, ref_params), (history, params) = (outcome(reference),
-                                                    outcome(soaked))
+    subprocess.run(
+        command(soaked, overrides),
+        cwd=REPO,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    (ref_history, ref_params), (history, params) = (
+        outcome(reference),
+        outcome(soaked),
+    )
     same_history = ref_history == history
-    same_params = all(np.array_equal(a, b) for a, b in zip(
-        jax.tree.leaves(ref_params), jax.tree.leaves(params)))
-    print(f'{kills} kills; history identical: {same_history}; params and '
-          f'BatchNorm statistics bitwise identical: {same_params}')
+    same_params = all(
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(ref_params), jax.tree.leaves(params))
+    )
+    print(
+        f'{kills} kills; history identical: {same_history}; params and '
+        f'BatchNorm statistics bitwise identical: {same_params}'
+    )
     sys.exit(0 if same_history and same_params else 1)
 
 

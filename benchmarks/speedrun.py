@@ -34,13 +34,17 @@ from cifar_jax import reporting
 from cifar_jax import train
 
 _RUNS = flags.DEFINE_integer('runs', 5, 'Counted runs (seeds).')
-_TARGET = flags.DEFINE_float('target', 0.94, 'Accuracy to test the mean '
-                             'against.')
-_FIRST_SEED = flags.DEFINE_integer('first_seed', 0, 'Seed of the first '
-                                   'counted run; the warm-up uses the one '
-                                   'before.')
-_WARMUP = flags.DEFINE_integer('warmup_runs', 1, 'Uncounted runs after the '
-                              'ahead-of-time compilation.')
+_TARGET = flags.DEFINE_float(
+    'target', 0.94, 'Accuracy to test the mean ' 'against.'
+)
+_FIRST_SEED = flags.DEFINE_integer(
+    'first_seed',
+    0,
+    'Seed of the first ' 'counted run; the warm-up uses the one ' 'before.',
+)
+_WARMUP = flags.DEFINE_integer(
+    'warmup_runs', 1, 'Uncounted runs after the ' 'ahead-of-time compilation.'
+)
 _JSON = flags.DEFINE_string('json', '', 'Also write the results here.')
 
 
@@ -51,10 +55,21 @@ def timed_run(exp: train.Experiment, seed: int) -> tuple[float, float]:
   jax.block_until_ready((run.state, metrics))  # Initialisation: not timed.
   total = run.config.num_epochs * run.steps_per_epoch
   start = time.perf_counter()
-  state, _, _ = train.run_steps(run, run.state, metrics, 0, total,
-                                progress.ProgressBar(total, out=io.StringIO()))
-  result = train.evaluate(run.jit_eval_step, state, *run.eval,
-                          run.config.eval_batch_size, run.batch_sharding)
+  state, _, _ = train.run_steps(
+      run,
+      run.state,
+      metrics,
+      0,
+      total,
+      progress.ProgressBar(total, out=io.StringIO()),
+  )
+  result = train.evaluate(
+      run.jit_eval_step,
+      state,
+      *run.eval,
+      run.config.eval_batch_size,
+      run.batch_sharding,
+  )
   return result['accuracy'], time.perf_counter() - start
 
 
@@ -69,6 +84,7 @@ def one_sided_p(values: list[float], target: float) -> float:
   t = (statistics.mean(values) - target) / (sd / math.sqrt(n))
   try:
     from scipy import stats  # pylint: disable=g-import-not-at-top
+
     return float(stats.t.sf(t, n - 1))
   except ImportError:  # Normal approximation.
     return 0.5 * math.erfc(t / math.sqrt(2))
@@ -81,15 +97,21 @@ def main(argv):
     start = time.perf_counter()
     exp = train.create_experiment(config)
     setup_s = time.perf_counter() - start
-  print(f'{reporting.machine_description()}; JAX {jax.__version__}; '
-        f'{config.num_epochs} epochs x {exp.steps_per_epoch} steps of '
-        f'{config.batch_size}, {exp.steps_per_dispatch} steps per dispatch; '
-        f'TTA level {config.eval_tta}; data {config.dataset}', flush=True)
-  print(f'setup (load data to the device, whitening init, state): '
-        f'{setup_s:.2f} s, of which whitening {exp.init_seconds:.2f} s',
-        flush=True)
+  print(
+      f'{reporting.machine_description()}; JAX {jax.__version__}; '
+      f'{config.num_epochs} epochs x {exp.steps_per_epoch} steps of '
+      f'{config.batch_size}, {exp.steps_per_dispatch} steps per dispatch; '
+      f'TTA level {config.eval_tta}; data {config.dataset}',
+      flush=True,
+  )
+  print(
+      f'setup (load data to the device, whitening init, state): '
+      f'{setup_s:.2f} s, of which whitening {exp.init_seconds:.2f} s',
+      flush=True,
+  )
   compile_s = train.compile_ahead(
-      exp, [config.num_epochs * exp.steps_per_epoch])
+      exp, [config.num_epochs * exp.steps_per_epoch]
+  )
   print(f'compilation (ahead of time): {compile_s:.2f} s', flush=True)
   warm_s = 0.0
   for i in range(_WARMUP.value):
@@ -100,25 +122,38 @@ def main(argv):
     acc, sec = timed_run(exp, seed)
     accuracies.append(acc)
     seconds.append(sec)
-    print(f'run {len(seconds):3d} (seed {seed}): {100 * acc:.2f}% in '
-          f'{sec:.3f} s', flush=True)
+    print(
+        f'run {len(seconds):3d} (seed {seed}): {100 * acc:.2f}% in '
+        f'{sec:.3f} s',
+        flush=True,
+    )
   sd = statistics.stdev(accuracies) if len(accuracies) > 1 else 0.0
   p = one_sided_p(accuracies, _TARGET.value)
   mean_s = statistics.mean(seconds)
   summary = {
-      'runs': len(accuracies), 'accuracy_mean': statistics.mean(accuracies),
-      'accuracy_std': sd, 'seconds_mean': mean_s,
-      'seconds_min': min(seconds), 'seconds_max': max(seconds),
-      'compile_seconds': compile_s, 'warmup_seconds': warm_s,
-      'setup_seconds': setup_s, 'whitening_seconds': exp.init_seconds,
+      'runs': len(accuracies),
+      'accuracy_mean': statistics.mean(accuracies),
+      'accuracy_std': sd,
+      'seconds_mean': mean_s,
+      'seconds_min': min(seconds),
+      'seconds_max': max(seconds),
+      'compile_seconds': compile_s,
+      'warmup_seconds': warm_s,
+      'setup_seconds': setup_s,
+      'whitening_seconds': exp.init_seconds,
       'target': _TARGET.value,
-      'p_value': p, 'accuracies': accuracies, 'seconds': seconds,
-      'machine': reporting.machine_description()}
-  print(f'accuracy: {100 * summary["accuracy_mean"]:.2f}% +- {100 * sd:.2f} '
-        f'(n={len(accuracies)})\n'
-        f'time: {mean_s:.3f} s mean ({min(seconds):.3f} to '
-        f'{max(seconds):.3f}); compilation: {compile_s:.2f} s\n'
-        f'mean >= {100 * _TARGET.value:.2f}%: one-sided t-test p = {p:.3g}')
+      'p_value': p,
+      'accuracies': accuracies,
+      'seconds': seconds,
+      'machine': reporting.machine_description(),
+  }
+  print(
+      f'accuracy: {100 * summary["accuracy_mean"]:.2f}% +- {100 * sd:.2f} '
+      f'(n={len(accuracies)})\n'
+      f'time: {mean_s:.3f} s mean ({min(seconds):.3f} to '
+      f'{max(seconds):.3f}); compilation: {compile_s:.2f} s\n'
+      f'mean >= {100 * _TARGET.value:.2f}%: one-sided t-test p = {p:.3g}'
+  )
   if _JSON.value:
     reporting.write_json(_JSON.value, summary)
 

@@ -32,6 +32,7 @@ HIGHEST = jax.lax.Precision.HIGHEST  # Exact f32 matmuls on TPU/GPU too.
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
   """The `augment` section of a config, hashable so jit can close over it."""
+
   horizontal_flip: bool = False
   # 'random': each image flipped with probability 1/2 at every step;
   # 'alternating' (the fast recipes): a random half in the first pass, then
@@ -49,22 +50,33 @@ class AugmentConfig:
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = set(config.keys()) - fields
     if unknown:
-      raise ValueError(f'Unknown augment keys {sorted(unknown)}; known: '
-                       f'{sorted(fields)}.')
+      raise ValueError(
+          f'Unknown augment keys {sorted(unknown)}; known: '
+          f'{sorted(fields)}.'
+      )
     aug = cls(**config.to_dict())
     if aug.flip_mode not in ('random', 'alternating'):
-      raise ValueError("augment.flip_mode must be 'random' or 'alternating', "
-                       f'got {aug.flip_mode!r}.')
+      raise ValueError(
+          "augment.flip_mode must be 'random' or 'alternating', "
+          f'got {aug.flip_mode!r}.'
+      )
     if aug.crop_padding_mode not in ('reflect', 'constant'):
-      raise ValueError("augment.crop_padding_mode must be 'reflect' or "
-                       f"'constant', got {aug.crop_padding_mode!r}.")
+      raise ValueError(
+          "augment.crop_padding_mode must be 'reflect' or "
+          f"'constant', got {aug.crop_padding_mode!r}."
+      )
     return aug
 
   @property
   def enabled(self) -> bool:
-    return bool(self.horizontal_flip or self.width_shift_range or
-                self.height_shift_range or self.zoom_range or
-                self.crop_padding or self.cutout_size)
+    return bool(
+        self.horizontal_flip
+        or self.width_shift_range
+        or self.height_shift_range
+        or self.zoom_range
+        or self.crop_padding
+        or self.cutout_size
+    )
 
 
 def interpolation_matrix(coords: jax.Array, size: int) -> jax.Array:
@@ -78,13 +90,17 @@ def interpolation_matrix(coords: jax.Array, size: int) -> jax.Array:
   frac = (coords - lo)[:, None]
   lo = lo.astype(jnp.int32)
   hi = jnp.minimum(lo + 1, size - 1)
-  return ((1 - frac) * jax.nn.one_hot(lo, size) +
-          frac * jax.nn.one_hot(hi, size))
+  return (1 - frac) * jax.nn.one_hot(lo, size) + frac * jax.nn.one_hot(hi, size)
 
 
-def keras_affine_matrices(tx: jax.Array, ty: jax.Array, zx: jax.Array,
-                          zy: jax.Array, height: int,
-                          width: int) -> tuple[jax.Array, jax.Array]:
+def keras_affine_matrices(
+    tx: jax.Array,
+    ty: jax.Array,
+    zx: jax.Array,
+    zy: jax.Array,
+    height: int,
+    width: int,
+) -> tuple[jax.Array, jax.Array]:
   """(R, C) of Keras' `apply_affine_transform(x, tx=, ty=, zx=, zy=)`.
 
   Args:
@@ -95,11 +111,13 @@ def keras_affine_matrices(tx: jax.Array, ty: jax.Array, zx: jax.Array,
   Returns:
     R (batch, h, h) and C (batch, w, w).
   """
+
   def axis(shift, zoom, size):
     centre = size / 2 + 0.5
     out = jnp.arange(size, dtype=jnp.float32)
     coords = zoom[:, None] * (out - centre) + centre + shift[:, None]
     return jax.vmap(lambda c: interpolation_matrix(c, size))(coords)
+
   return axis(tx, zx, height), axis(ty, zy, width)
 
 
@@ -130,8 +148,9 @@ def crop_matrices(shift: jax.Array, size: int, mode: str) -> jax.Array:
   return jax.nn.one_hot(jnp.clip(src, 0, size - 1), size) * inside[..., None]
 
 
-def cutout_mask(key: jax.Array, batch: int, height: int, width: int,
-                size: int) -> jax.Array:
+def cutout_mask(
+    key: jax.Array, batch: int, height: int, width: int, size: int
+) -> jax.Array:
   """(batch, h, w, 1): zero on a size x size square centred uniformly."""
   k_y, k_x = jax.random.split(key)
   cy = jax.random.randint(k_y, (batch, 1), 0, height)
@@ -147,41 +166,51 @@ def cutout_mask(key: jax.Array, batch: int, height: int, width: int,
 
 def resample(images: jax.Array, rows: jax.Array, cols: jax.Array) -> jax.Array:
   """out[b] = rows[b] @ images[b] @ cols[b].T, per channel."""
-  return jnp.einsum('bij,bjkc,blk->bilc', rows, images, cols,
-                    precision=HIGHEST)
+  return jnp.einsum('bij,bjkc,blk->bilc', rows, images, cols, precision=HIGHEST)
 
 
-def sample_keras_params(key: jax.Array, batch: int, height: int, width: int,
-                        config: AugmentConfig) -> dict[str, jax.Array]:
+def sample_keras_params(
+    key: jax.Array, batch: int, height: int, width: int, config: AugmentConfig
+) -> dict[str, jax.Array]:
   """ImageDataGenerator's random parameters for `batch` images."""
   k_tx, k_ty, k_zoom, k_flip = jax.random.split(key, 4)
-  hs, ws, z = (config.height_shift_range, config.width_shift_range,
-               config.zoom_range)
+  hs, ws, z = (
+      config.height_shift_range,
+      config.width_shift_range,
+      config.zoom_range,
+  )
   zoom = jax.random.uniform(k_zoom, (2, batch), minval=1 - z, maxval=1 + z)
   return {
       'tx': jax.random.uniform(k_tx, (batch,), minval=-hs, maxval=hs) * height,
       'ty': jax.random.uniform(k_ty, (batch,), minval=-ws, maxval=ws) * width,
-      'zx': zoom[0], 'zy': zoom[1],
-      'flip': (jax.random.uniform(k_flip, (batch,)) < 0.5) &
-              config.horizontal_flip,
+      'zx': zoom[0],
+      'zy': zoom[1],
+      'flip': (jax.random.uniform(k_flip, (batch,)) < 0.5)
+      & config.horizontal_flip,
   }
 
 
-def alternating_flips(key: jax.Array, indices: jax.Array,
-                      pass_index: jax.Array) -> jax.Array:
+def alternating_flips(
+    key: jax.Array, indices: jax.Array, pass_index: jax.Array
+) -> jax.Array:
   """Whether to flip each example (by data set index) in pass `pass_index`.
 
   Each example has a fixed random bit; it is flipped in the passes where
   bit + pass is odd, so consecutive passes show it both ways.
   """
   key = jax.random.split(key)[1]  # Not fold_in(key, step)'s stream.
-  bits = jax.vmap(
-      lambda i: jax.random.bernoulli(jax.random.fold_in(key, i)))(indices)
+  bits = jax.vmap(lambda i: jax.random.bernoulli(jax.random.fold_in(key, i)))(
+      indices
+  )
   return (bits.astype(jnp.int32) + pass_index) % 2 == 1
 
 
-def augment_batch(key: jax.Array, images: jax.Array, config: AugmentConfig,
-                  flips: jax.Array | None = None) -> jax.Array:
+def augment_batch(
+    key: jax.Array,
+    images: jax.Array,
+    config: AugmentConfig,
+    flips: jax.Array | None = None,
+) -> jax.Array:
   """Augments a (batch, h, w, c) batch, each image independently.
 
   Order: Keras' shift/zoom warp, then its flip, then pad-and-crop, then
@@ -204,29 +233,44 @@ def augment_batch(key: jax.Array, images: jax.Array, config: AugmentConfig,
   k_keras, k_crop, k_cutout = jax.random.split(key, 3)
   p = sample_keras_params(k_keras, batch, height, width, config)
   rows = cols = None
-  if config.width_shift_range or config.height_shift_range or (
-      config.zoom_range):
-    rows, cols = keras_affine_matrices(p['tx'], p['ty'], p['zx'], p['zy'],
-                                       height, width)
+  if (
+      config.width_shift_range
+      or config.height_shift_range
+      or (config.zoom_range)
+  ):
+    rows, cols = keras_affine_matrices(
+        p['tx'], p['ty'], p['zx'], p['zy'], height, width
+    )
   if config.horizontal_flip:
     flip = flip_matrices(p['flip'] if flips is None else flips, width)
     cols = flip if cols is None else jnp.matmul(flip, cols, precision=HIGHEST)
   if config.crop_padding:
-    shifts = jax.random.randint(k_crop, (2, batch), -config.crop_padding,
-                                config.crop_padding + 1)
+    shifts = jax.random.randint(
+        k_crop, (2, batch), -config.crop_padding, config.crop_padding + 1
+    )
     crop_rows = crop_matrices(shifts[0], height, config.crop_padding_mode)
     crop_cols = crop_matrices(shifts[1], width, config.crop_padding_mode)
-    rows = crop_rows if rows is None else jnp.matmul(crop_rows, rows,
-                                                     precision=HIGHEST)
-    cols = crop_cols if cols is None else jnp.matmul(crop_cols, cols,
-                                                     precision=HIGHEST)
+    rows = (
+        crop_rows
+        if rows is None
+        else jnp.matmul(crop_rows, rows, precision=HIGHEST)
+    )
+    cols = (
+        crop_cols
+        if cols is None
+        else jnp.matmul(crop_cols, cols, precision=HIGHEST)
+    )
   if rows is not None or cols is not None:
     eye = lambda n: jnp.broadcast_to(jnp.eye(n), (batch, n, n))
-    images = resample(images, eye(height) if rows is None else rows,
-                      eye(width) if cols is None else cols)
+    images = resample(
+        images,
+        eye(height) if rows is None else rows,
+        eye(width) if cols is None else cols,
+    )
   if config.cutout_size:
-    images = images * cutout_mask(k_cutout, batch, height, width,
-                                  config.cutout_size)
+    images = images * cutout_mask(
+        k_cutout, batch, height, width, config.cutout_size
+    )
   return images
 
 
@@ -237,6 +281,7 @@ def tta_logits(apply: Any, images: jax.Array, level: int) -> jax.Array:
   plus a quarter each of the same for the images translated by one pixel
   up-left and down-right (reflect padding).
   """
+
   def mirrored(x):
     if level == 0:
       return apply(x)
@@ -244,9 +289,9 @@ def tta_logits(apply: Any, images: jax.Array, level: int) -> jax.Array:
 
   logits = mirrored(images)
   if level >= 2:
-    padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)),
-                     mode='reflect')
+    padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='reflect')
     h, w = images.shape[1:3]
-    logits = 0.5 * logits + 0.25 * (mirrored(padded[:, :h, :w]) +
-                                    mirrored(padded[:, 2:, 2:]))
+    logits = 0.5 * logits + 0.25 * (
+        mirrored(padded[:, :h, :w]) + mirrored(padded[:, 2:, 2:])
+    )
   return logits

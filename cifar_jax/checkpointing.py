@@ -37,6 +37,8 @@ from cifar_jax.errors import write_failure
 _ITEMS = ('state', 'epoch_metrics', 'meta')  # Orbax reserves 'metrics'.
 # The suffix of a checkpoint Orbax has not finished writing.
 _UNFINISHED = '.orbax-checkpoint-tmp'
+
+
 @dataclasses.dataclass
 class Restored:
   step: int
@@ -47,10 +49,10 @@ class Restored:
 
 def fingerprint(tree: Any) -> float:
   """Sum of squares of every float leaf: cheap to keep, catches garbage."""
-  leaves = [x for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.floating)]
-  return float(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
-                   for x in leaves))
+  leaves = [
+      x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)
+  ]
+  return float(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
 
 
 class Checkpoints:
@@ -58,27 +60,42 @@ class Checkpoints:
 
   def __init__(self, directory: str, keep: int, asynchronous: bool = True):
     self.directory = os.path.abspath(directory)
-    policy = checkpoint_managers.AnyPreservationPolicy([
-        checkpoint_managers.LatestN(n=keep),
-        checkpoint_managers.BestN(
-            get_metric_fn=lambda m: m['val_accuracy'], reverse=False, n=1,
-            keep_checkpoints_without_metrics=False),
-    ])
+    policy = checkpoint_managers.AnyPreservationPolicy(
+        [
+            checkpoint_managers.LatestN(n=keep),
+            checkpoint_managers.BestN(
+                get_metric_fn=lambda m: m['val_accuracy'],
+                reverse=False,
+                n=1,
+                keep_checkpoints_without_metrics=False,
+            ),
+        ]
+    )
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=policy, enable_async_checkpointing=asynchronous,
-        create=True)
+        preservation_policy=policy,
+        enable_async_checkpointing=asynchronous,
+        create=True,
+    )
     try:
-      self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                            item_names=_ITEMS)
+      self._manager = ocp.CheckpointManager(
+          self.directory, options=options, item_names=_ITEMS
+      )
     except OSError as e:
-      raise UserError(f'Cannot use checkpoint directory {self.directory}: '
-                      f'{e}') from e
+      raise UserError(
+          f'Cannot use checkpoint directory {self.directory}: ' f'{e}'
+      ) from e
 
   def steps(self) -> list[int]:
     return list(self._manager.all_steps())
 
-  def save(self, step: int, state: Any, metrics: Any, meta: dict[str, Any],
-           val_accuracy: float | None) -> None:
+  def save(
+      self,
+      step: int,
+      state: Any,
+      metrics: Any,
+      meta: dict[str, Any],
+      val_accuracy: float | None,
+  ) -> None:
     """Starts saving (asynchronously); errors surface here or at `wait`.
 
     A step that is already saved (e.g. a preemption right after an epoch's
@@ -86,14 +103,20 @@ class Checkpoints:
     """
     if step in self.steps():
       return
-    meta = dict(meta, step=step, fingerprint=fingerprint(
-        (state.params, state.batch_stats)))
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              epoch_metrics=ocp.args.StandardSave(metrics),
-                              meta=ocp.args.JsonSave(meta))
+    meta = dict(
+        meta,
+        step=step,
+        fingerprint=fingerprint((state.params, state.batch_stats)),
+    )
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        epoch_metrics=ocp.args.StandardSave(metrics),
+        meta=ocp.args.JsonSave(meta),
+    )
     scores = None if val_accuracy is None else {'val_accuracy': val_accuracy}
-    self._guard(lambda: self._manager.save(step, args=args, metrics=scores,
-                                           force=True))
+    self._guard(
+        lambda: self._manager.save(step, args=args, metrics=scores, force=True)
+    )
 
   def wait(self) -> None:
     self._guard(self._manager.wait_until_finished)
@@ -126,7 +149,8 @@ class Checkpoints:
       raise UserError(
           f'Writing a checkpoint to {self.directory} failed ({cause}); the '
           'earlier checkpoints are intact. Free space or fix the directory, '
-          'then run the same command to resume.') from e
+          'then run the same command to resume.'
+      ) from e
 
   def _remove_unfinished(self) -> None:
     if jax.process_index() != 0:
@@ -137,10 +161,12 @@ class Checkpoints:
 
   def read_meta(self, step: int) -> dict[str, Any]:
     return self._manager.restore(
-        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+    )['meta']
 
-  def restore_latest(self, target_state: Any, target_metrics: Any,
-                     check_meta) -> Restored | None:
+  def restore_latest(
+      self, target_state: Any, target_metrics: Any, check_meta
+  ) -> Restored | None:
     """The newest checkpoint that restores cleanly, or None.
 
     A checkpoint that cannot be read, or whose state does not match its
@@ -160,24 +186,36 @@ class Checkpoints:
       try:
         meta = self.read_meta(step)
       except Exception as e:  # pylint: disable=broad-except
-        moved.append(self._quarantine(step, f'its metadata is unreadable '
-                                      f'({_first_line(e)})'))
+        moved.append(
+            self._quarantine(
+                step, f'its metadata is unreadable ' f'({_first_line(e)})'
+            )
+        )
         continue
       check_meta(meta)
       try:
-        items = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target_state),
-            epoch_metrics=ocp.args.StandardRestore(target_metrics)))
+        items = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target_state),
+                epoch_metrics=ocp.args.StandardRestore(target_metrics),
+            ),
+        )
       except Exception as e:  # pylint: disable=broad-except
-        moved.append(self._quarantine(
-            step, f'it cannot be read ({_first_line(e)})'))
+        moved.append(
+            self._quarantine(step, f'it cannot be read ({_first_line(e)})')
+        )
         continue
       state = items['state']
       found = fingerprint((state.params, state.batch_stats))
       if not np.isclose(found, meta['fingerprint'], rtol=1e-5):
-        moved.append(self._quarantine(
-            step, f'its arrays do not match their fingerprint '
-            f'({found} != {meta["fingerprint"]})'))
+        moved.append(
+            self._quarantine(
+                step,
+                f'its arrays do not match their fingerprint '
+                f'({found} != {meta["fingerprint"]})',
+            )
+        )
         continue
       return Restored(step, state, items['epoch_metrics'], meta)
     if moved:  # Starting again would overwrite the run's history.
@@ -185,19 +223,29 @@ class Checkpoints:
           f'Every checkpoint in {self.directory} is damaged; they were moved '
           f'aside, not deleted ({", ".join(map(os.path.basename, moved))}). '
           'To start this run over deliberately, move or delete '
-          f'{self.directory}, or use another --workdir.')
+          f'{self.directory}, or use another --workdir.'
+      )
     return None
 
   def _quarantine(self, step: int, why: str) -> str:
     """Moves checkpoint `step` aside (never deletes it); its new path."""
     path = os.path.join(self.directory, str(step))
-    aside = os.path.join(self.directory,
-                         f'corrupt-{step}-{time.strftime("%Y%m%d-%H%M%S")}')
-    logging.warning('Checkpoint %s is damaged: %s. Moving it to %s and '
-                    'trying the previous one.', path, why, aside)
+    aside = os.path.join(
+        self.directory, f'corrupt-{step}-{time.strftime("%Y%m%d-%H%M%S")}'
+    )
+    logging.warning(
+        'Checkpoint %s is damaged: %s. Moving it to %s and '
+        'trying the previous one.',
+        path,
+        why,
+        aside,
+    )
     if jax.process_index() == 0:  # The directory is shared by all processes.
-      print(f'warning: checkpoint {path} is damaged ({why}); moved to '
-            f'{aside}, trying the previous one.', flush=True)
+      print(
+          f'warning: checkpoint {path} is damaged ({why}); moved to '
+          f'{aside}, trying the previous one.',
+          flush=True,
+      )
       os.rename(path, aside)
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f'quarantine {step}')
@@ -205,9 +253,9 @@ class Checkpoints:
     return aside
 
 
-def restore_params(path: str,
-                   sharding: jax.sharding.Sharding | None = None
-                   ) -> dict[str, Any]:
+def restore_params(
+    path: str, sharding: jax.sharding.Sharding | None = None
+) -> dict[str, Any]:
   """{'params', 'batch_stats'} of a run directory's newest checkpoint, or of
   one checkpoint directory (`<run>/checkpoints/<step>`).
 
@@ -223,33 +271,46 @@ def restore_params(path: str,
   else:
     directory, step = path, None
   if not os.path.isdir(directory):
-    raise UserError(f'init_from: {path} is not a run directory or a '
-                    'checkpoint.')
+    raise UserError(
+        f'init_from: {path} is not a run directory or a ' 'checkpoint.'
+    )
   manager = ocp.CheckpointManager(
-      directory, item_handlers={
+      directory,
+      item_handlers={
           'state': ocp.StandardCheckpointHandler(),
           'epoch_metrics': ocp.StandardCheckpointHandler(),
-          'meta': ocp.JsonCheckpointHandler()},
-      options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+          'meta': ocp.JsonCheckpointHandler(),
+      },
+      options=ocp.CheckpointManagerOptions(read_only=True, create=False),
+  )
   sharding = sharding or jax.sharding.SingleDeviceSharding(
-      jax.local_devices()[0])
+      jax.local_devices()[0]
+  )
   try:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise UserError(f'init_from: no checkpoint in {directory}.')
     target = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-        manager.item_metadata(step)['state'])
-    state = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))['state']
+        manager.item_metadata(step)['state'],
+    )
+    state = manager.restore(
+        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+    )['state']
   finally:
     manager.close()
-  logging.info('init_from: loaded parameters of step %d from %s.', step,
-               directory)
-  return {'params': state['params'], 'batch_stats': state.get('batch_stats',
-                                                               {})}
+  logging.info(
+      'init_from: loaded parameters of step %d from %s.', step, directory
+  )
+  return {
+      'params': state['params'],
+      'batch_stats': state.get('batch_stats', {}),
+  }
 
 
 def _first_line(e: Exception) -> str:
-  return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(
-      e).__name__
+  return (
+      str(e).strip().splitlines()[0][:200]
+      if str(e).strip()
+      else type(e).__name__
+  )

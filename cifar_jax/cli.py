@@ -18,14 +18,22 @@ from cifar_jax.errors import UserError
 
 # Flags the tools share, defined once here (absl refuses a second definition).
 CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Path to a config file, e.g. configs/simple.py.',
-    lock_config=True)
+    'config',
+    None,
+    'Path to a config file, e.g. configs/simple.py.',
+    lock_config=True,
+)
 WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Run directory (for training: default '
-    'ckpt/<config file name>).')
+    'workdir',
+    None,
+    'Run directory (for training: default ' 'ckpt/<config file name>).',
+)
 CHECKPOINT = flags.DEFINE_string(
-    'checkpoint', 'latest', "Which checkpoint of --workdir: 'best' (by "
-    "val_accuracy), 'latest' or a step.")
+    'checkpoint',
+    'latest',
+    "Which checkpoint of --workdir: 'best' (by "
+    "val_accuracy), 'latest' or a step.",
+)
 
 
 def default_workdir(config_path: str) -> str:
@@ -63,8 +71,10 @@ def _check_config_file(path: str) -> str | None:
   try:
     compile(source, path, 'exec')
   except SyntaxError as e:
-    return (f'config file {path}, line {e.lineno}: {e.msg}: '
-            f'{(e.text or "").strip()}')
+    return (
+        f'config file {path}, line {e.lineno}: {e.msg}: '
+        f'{(e.text or "").strip()}'
+    )
   return None
 
 
@@ -85,8 +95,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     if 'config' in flags.FLAGS and flags.FLAGS['config'].present:
       config = flags.FLAGS['config'].value  # Loads the file now.
       if not isinstance(config, ml_collections.ConfigDict):
-        raise TypeError(f'get_config() in {path} returned '
-                        f'{type(config).__name__}, not a ConfigDict')
+        raise TypeError(
+            f'get_config() in {path} returned '
+            f'{type(config).__name__}, not a ConfigDict'
+        )
     if not flags.FLAGS['verbosity'].present:
       # Orbax and TFDS log every file at INFO; progress is printed anyway.
       flags.FLAGS.verbosity = -1  # absl WARNING.
@@ -103,8 +115,9 @@ def parse_flags(argv: list[str]) -> list[str]:
       cause = cause.args[0]
     message = str(cause).replace('\n', ' ')
     if "has no attribute 'get_config'" in message:
-      print(f'error: config file {path} defines no get_config().',
-            file=sys.stderr)
+      print(
+          f'error: config file {path} defines no get_config().', file=sys.stderr
+      )
     elif 'get_config()' in message:
       print(f'error: {message}.', file=sys.stderr)
     else:
@@ -112,9 +125,11 @@ def parse_flags(argv: list[str]) -> list[str]:
   except Exception as e:  # pylint: disable=broad-except
     # The config file itself failed (an import or an error in get_config).
     cause = e.__cause__ or e
-    print(f'error: cannot load config file {path}: '
-          f'{type(cause).__name__}: {cause}'.replace('\n', ' '),
-          file=sys.stderr)
+    print(
+        f'error: cannot load config file {path}: '
+        f'{type(cause).__name__}: {cause}'.replace('\n', ' '),
+        file=sys.stderr,
+    )
   sys.exit(2)
 
 
@@ -138,9 +153,12 @@ def exit_on_errors():
     sys.exit(e.exit_code)
   except KeyboardInterrupt:  # Ctrl-C twice: no checkpoint of this moment.
     _ignore_more_interrupts()
-    print('Interrupted (Ctrl-C twice): stopped without saving; the '
-          'checkpoints saved before are intact. Run the same command to '
-          'resume from the newest.', file=sys.stderr)
+    print(
+        'Interrupted (Ctrl-C twice): stopped without saving; the '
+        'checkpoints saved before are intact. Run the same command to '
+        'resume from the newest.',
+        file=sys.stderr,
+    )
     sys.exit(130)
 
 
@@ -152,9 +170,12 @@ def _is_late_tensorstore_callback(value: BaseException) -> bool:
   tb = value.__traceback__
   while tb is not None and tb.tb_next is not None:
     tb = tb.tb_next
-  return (isinstance(value, RuntimeError)
-          and str(value) == 'Event loop is closed' and tb is not None
-          and f'{os.sep}asyncio{os.sep}' in tb.tb_frame.f_code.co_filename)
+  return (
+      isinstance(value, RuntimeError)
+      and str(value) == 'Event loop is closed'
+      and tb is not None
+      and f'{os.sep}asyncio{os.sep}' in tb.tb_frame.f_code.co_filename
+  )
 
 
 def _drop_late_tensorstore_callbacks() -> None:

@@ -27,26 +27,40 @@ def _is_real(v: Any) -> bool:
 
 def integer(low: int, high: int | None = None) -> Rule:
   """An integer in [low, high]."""
-  text = (f'an integer >= {low}' if high is None
-          else f'an integer from {low} to {high}')
-  return (lambda v: _is_int(v) and v >= low and (high is None or v <= high),
-          text)
+  text = (
+      f'an integer >= {low}'
+      if high is None
+      else f'an integer from {low} to {high}'
+  )
+  return (
+      lambda v: _is_int(v) and v >= low and (high is None or v <= high),
+      text,
+  )
 
 
-def real(low: float, high: float | None = None, *, low_open: bool = False,
-         high_open: bool = False) -> Rule:
+def real(
+    low: float,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+) -> Rule:
   """A number in the interval from low to high (open ends as asked)."""
+
   def ok(v):
     if not _is_real(v):
       return False
     above = v > low if low_open else v >= low
     below = high is None or (v < high if high_open else v <= high)
     return above and below
+
   if high is None:
     text = f'a number {">" if low_open else ">="} {low}'
   else:
-    text = (f'a number in {"(" if low_open else "["}{low}, {high}'
-            f'{")" if high_open else "]"}')
+    text = (
+        f'a number in {"(" if low_open else "["}{low}, {high}'
+        f'{")" if high_open else "]"}'
+    )
   return ok, text
 
 
@@ -57,8 +71,12 @@ def one_of(*values: Any) -> Rule:
 def each(rule: Rule) -> Rule:
   """A non-empty tuple whose every item follows `rule`."""
   ok, text = rule
-  return (lambda v: isinstance(v, (tuple, list)) and len(v) > 0 and all(
-      ok(x) for x in v), f'a non-empty tuple, each {text}')
+  return (
+      lambda v: isinstance(v, (tuple, list))
+      and len(v) > 0
+      and all(ok(x) for x in v),
+      f'a non-empty tuple, each {text}',
+  )
 
 
 FRACTION = real(0, 1, high_open=True)  # Dropout, label smoothing, shifts.
@@ -67,11 +85,12 @@ NON_NEGATIVE = real(0)
 BOOL = (lambda v: isinstance(v, bool), 'true or false')
 
 COMMON: dict[str, Rule] = {
-    'dataset': (lambda v: isinstance(v, str) and bool(v),
-                "a data set name ('cifar10', 'image_folder', 'synthetic' "
-                'or another TFDS name)'),
-    'train_split': (lambda v: isinstance(v, str) and bool(v),
-                    'a split name'),
+    'dataset': (
+        lambda v: isinstance(v, str) and bool(v),
+        "a data set name ('cifar10', 'image_folder', 'synthetic' "
+        'or another TFDS name)',
+    ),
+    'train_split': (lambda v: isinstance(v, str) and bool(v), 'a split name'),
     'eval_split': (lambda v: isinstance(v, str) and bool(v), 'a split name'),
     'synthetic_train_size': integer(1),
     'synthetic_eval_size': integer(1),
@@ -123,9 +142,10 @@ MODEL: dict[str, dict[str, Rule]] = {
         'model.stage_dropout': each(FRACTION),
         'model.batch_norm': BOOL,
         'model.hidden_features': (
-            lambda v: isinstance(v, (tuple, list)) and all(
-                _is_int(x) and x >= 1 for x in v),
-            'a tuple, each an integer >= 1'),
+            lambda v: isinstance(v, (tuple, list))
+            and all(_is_int(x) and x >= 1 for x in v),
+            'a tuple, each an integer >= 1',
+        ),
         'model.flatten_dropout': FRACTION,
         'model.hidden_dropout': FRACTION,
         'model.conv_max_norm': NON_NEGATIVE,
@@ -144,8 +164,11 @@ MODEL: dict[str, dict[str, Rule]] = {
 # Paths and names checked where they are used (data, checkpoints).
 FREE_FORM = ('data_dir', 'cache_dir', 'init_from')
 # ConvNet's per-stage tuples: one entry per stage.
-_PER_STAGE = ('model.second_conv_padding', 'model.conv_dropout',
-              'model.stage_dropout')
+_PER_STAGE = (
+    'model.second_conv_padding',
+    'model.conv_dropout',
+    'model.stage_dropout',
+)
 
 
 def _get(config: ml_collections.ConfigDict, key: str) -> Any:
@@ -177,9 +200,12 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
         found.append(f'{key}={value!r} must be {text}')
   if not found and _get(config, 'model.name') == 'ConvNet':
     stages = len(config.model.stage_features)
-    found += [f'{key} has {len(_get(config, key))} entries for '
-              f'{stages} stages (model.stage_features)'
-              for key in _PER_STAGE if len(_get(config, key)) != stages]
+    found += [
+        f'{key} has {len(_get(config, key))} entries for '
+        f'{stages} stages (model.stage_features)'
+        for key in _PER_STAGE
+        if len(_get(config, key)) != stages
+    ]
   return found
 
 

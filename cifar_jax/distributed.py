@@ -23,27 +23,35 @@ def cluster_detected(environ=os.environ) -> str | None:
   on GCE is found through its metadata server, which is not queried here:
   pass --distributed=on there.)
   """
+
   def count(name):
     try:
       return int(environ.get(name, '1'))
     except ValueError:
       return 1
+
   if 'JAX_COORDINATOR_ADDRESS' in environ:
     return 'JAX_COORDINATOR_ADDRESS'
   if 'SLURM_JOB_ID' in environ and count('SLURM_NTASKS') > 1:
     return 'SLURM'
   if 'OMPI_MCA_orte_hnp_uri' in environ and count('OMPI_COMM_WORLD_SIZE') > 1:
     return 'Open MPI'
-  hosts = environ.get('TPU_WORKER_HOSTNAMES') or environ.get(
-      'TPU_PROCESS_ADDRESSES') or ''
+  hosts = (
+      environ.get('TPU_WORKER_HOSTNAMES')
+      or environ.get('TPU_PROCESS_ADDRESSES')
+      or ''
+  )
   if len(hosts.split(',')) > 1:
     return 'multi-host TPU'
   return None
 
 
-def initialize(mode: str = 'auto', coordinator_address: str | None = None,
-               num_processes: int | None = None,
-               process_id: int | None = None) -> None:
+def initialize(
+    mode: str = 'auto',
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+) -> None:
   """Starts JAX's distributed system when this is a multi-process run.
 
   Args:
@@ -60,21 +68,27 @@ def initialize(mode: str = 'auto', coordinator_address: str | None = None,
     raise UserError(f'--distributed={mode}: expected one of {MODES}.')
   explicit = (coordinator_address, num_processes, process_id)
   if any(a is not None for a in explicit) and None in explicit:
-    raise UserError('--coordinator_address, --num_processes and '
-                    '--process_id go together: give all three or none.')
+    raise UserError(
+        '--coordinator_address, --num_processes and '
+        '--process_id go together: give all three or none.'
+    )
   if mode == 'off':
     return
   detected = cluster_detected()
   if mode == 'auto' and coordinator_address is None and detected is None:
     return
-  logging.info('Starting jax.distributed (%s).',
-               'explicit flags' if coordinator_address else
-               detected or 'auto-detection')
+  logging.info(
+      'Starting jax.distributed (%s).',
+      'explicit flags' if coordinator_address else detected or 'auto-detection',
+  )
   try:
-    jax.distributed.initialize(coordinator_address, num_processes,
-                               process_id)
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
   except (RuntimeError, ValueError) as e:
     raise UserError(f'jax.distributed.initialize failed: {e}') from e
-  logging.info('Process %d of %d; %d local of %d devices.',
-               jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count())
+  logging.info(
+      'Process %d of %d; %d local of %d devices.',
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      jax.device_count(),
+  )

@@ -7,15 +7,19 @@ import errno
 
 # Why a write failed, by OSError's errno or by the text other libraries
 # (Orbax, TensorFlow) wrap it in.
-_WRITE_ERRNOS = {errno.ENOSPC: 'no space left on the device',
-                 errno.EDQUOT: 'disk quota exceeded',
-                 errno.EROFS: 'read-only file system',
-                 errno.EACCES: 'permission denied',
-                 errno.EPERM: 'permission denied'}
-_WRITE_MESSAGES = {'No space left on device': 'no space left on the device',
-                   'Disk quota exceeded': 'disk quota exceeded',
-                   'Read-only file system': 'read-only file system',
-                   'Permission denied': 'permission denied'}
+_WRITE_ERRNOS = {
+    errno.ENOSPC: 'no space left on the device',
+    errno.EDQUOT: 'disk quota exceeded',
+    errno.EROFS: 'read-only file system',
+    errno.EACCES: 'permission denied',
+    errno.EPERM: 'permission denied',
+}
+_WRITE_MESSAGES = {
+    'No space left on device': 'no space left on the device',
+    'Disk quota exceeded': 'disk quota exceeded',
+    'Read-only file system': 'read-only file system',
+    'Permission denied': 'permission denied',
+}
 
 
 class UserError(Exception):

@@ -1,7 +1,8 @@
 """Evaluates a saved model: accuracy, loss, per class, confusion matrix.
 
-  python -m cifar_jax.evaluate --workdir ckpt/large [--checkpoint best|latest|STEP]
-      [--split test] [--data_dir DIR] [--tta] [--tta_level N]
+  python -m cifar_jax.evaluate --workdir ckpt/large
+      [--checkpoint best|latest|STEP] [--split test] [--data_dir DIR]
+      [--tta] [--tta_level N]
 
 The numbers equal what training logged for that checkpoint (same model,
 same split, same test-time augmentation level `eval_tta`). `--tta_level`
@@ -23,15 +24,21 @@ from cifar_jax import input_pipeline
 from cifar_jax import plots
 from cifar_jax.errors import UserError
 
-_SPLIT = flags.DEFINE_string('split', '', "Split; default the run's "
-                             'eval_split.')
-_DATA_DIR = flags.DEFINE_string('data_dir', '', "Data directory; default "
-                                "the run's.")
-_TTA = flags.DEFINE_bool('tta', False, 'Also report flip test-time '
-                         'augmentation.')
+_SPLIT = flags.DEFINE_string(
+    'split', '', "Split; default the run's " 'eval_split.'
+)
+_DATA_DIR = flags.DEFINE_string(
+    'data_dir', '', 'Data directory; default ' "the run's."
+)
+_TTA = flags.DEFINE_bool(
+    'tta', False, 'Also report flip test-time ' 'augmentation.'
+)
 _TTA_LEVEL = flags.DEFINE_integer(
-    'tta_level', None, "Test-time augmentation level instead of the run's "
-    'eval_tta: 0 none, 1 mirror, 2 mirror + translations.')
+    'tta_level',
+    None,
+    "Test-time augmentation level instead of the run's "
+    'eval_tta: 0 none, 1 mirror, 2 mirror + translations.',
+)
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -39,30 +46,40 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
   return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
 
 
-def metrics(logits: np.ndarray, labels: np.ndarray,
-            num_classes: int) -> dict:
+def metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
   """Accuracy, mean cross-entropy, per-class accuracy, confusion counts."""
   predictions = logits.argmax(-1)
-  loss = -_log_softmax(logits.astype(np.float64))[np.arange(len(labels)),
-                                                    labels]
+  loss = -_log_softmax(logits.astype(np.float64))[
+      np.arange(len(labels)), labels
+  ]
   counts = plots.confusion_matrix(labels, predictions, num_classes)
   with np.errstate(invalid='ignore'):
     per_class = np.diag(counts) / counts.sum(1)
-  return {'accuracy': float((predictions == labels).mean()),
-          'loss': float(loss.mean()), 'per_class': per_class,
-          'confusion': counts}
+  return {
+      'accuracy': float((predictions == labels).mean()),
+      'loss': float(loss.mean()),
+      'per_class': per_class,
+      'confusion': counts,
+  }
 
 
 def flip_tta(run: inference.TrainedRun, images: np.ndarray) -> np.ndarray:
   """Log of the mean softmax over each image and its horizontal mirror."""
-  probs = [np.exp(_log_softmax(inference.logits(run, x)))
-           for x in (images, images[:, :, ::-1])]
+  probs = [
+      np.exp(_log_softmax(inference.logits(run, x)))
+      for x in (images, images[:, :, ::-1])
+  ]
   return np.log(np.maximum((probs[0] + probs[1]) / 2, 1e-30))
 
 
-def evaluate(workdir: str, checkpoint: str = 'latest', split: str = '',
-             data_dir: str = '', tta: bool = False,
-             tta_level: int | None = None) -> dict:
+def evaluate(
+    workdir: str,
+    checkpoint: str = 'latest',
+    split: str = '',
+    data_dir: str = '',
+    tta: bool = False,
+    tta_level: int | None = None,
+) -> dict:
   """Evaluates, prints the report, writes confusion_matrix.png; returns it."""
   if tta_level not in (None, 0, 1, 2):
     raise UserError(f'--tta_level must be 0, 1 or 2, not {tta_level}.')
@@ -72,28 +89,42 @@ def evaluate(workdir: str, checkpoint: str = 'latest', split: str = '',
     config.data_dir = data_dir
   split = split or config.eval_split
   data = input_pipeline.load_split(config, split)
-  result = metrics(inference.logits(run, data.images), data.labels,
-                   len(run.class_names))
+  result = metrics(
+      inference.logits(run, data.images), data.labels, len(run.class_names)
+  )
   level = config.get('eval_tta', 0) if tta_level is None else tta_level
-  print(f'{workdir}, checkpoint step {run.step}, {config.dataset} {split!r} '
-        f'({len(data)} images), test-time augmentation level {level}:')
-  print(f'Accuracy: {100 * result["accuracy"]:.2f}% - loss: '
-        f'{result["loss"]:.4f}')
+  print(
+      f'{workdir}, checkpoint step {run.step}, {config.dataset} {split!r} '
+      f'({len(data)} images), test-time augmentation level {level}:'
+  )
+  print(
+      f'Accuracy: {100 * result["accuracy"]:.2f}% - loss: '
+      f'{result["loss"]:.4f}'
+  )
   if tta:
-    result['tta'] = metrics(flip_tta(run, data.images), data.labels,
-                            len(run.class_names))
-    print(f'With flip TTA: accuracy {100 * result["tta"]["accuracy"]:.2f}% '
-          f'- loss: {result["tta"]["loss"]:.4f}')
+    result['tta'] = metrics(
+        flip_tta(run, data.images), data.labels, len(run.class_names)
+    )
+    print(
+        f'With flip TTA: accuracy {100 * result["tta"]["accuracy"]:.2f}% '
+        f'- loss: {result["tta"]["loss"]:.4f}'
+    )
   print('Per class:')
-  for name, acc, count in zip(run.class_names, result['per_class'],
-                              result['confusion'].sum(1)):
-    print(f'  {name:>12}: ' + (f'{100 * acc:6.2f}% of {count}' if count
-                               else f'no {split!r} images'))
+  for name, acc, count in zip(
+      run.class_names, result['per_class'], result['confusion'].sum(1)
+  ):
+    print(
+        f'  {name:>12}: '
+        + (f'{100 * acc:6.2f}% of {count}' if count else f'no {split!r} images')
+    )
   path = os.path.join(workdir, 'confusion_matrix.png')
   plots.confusion_matrix_png(
-      result['confusion'], run.class_names, path,
+      result['confusion'],
+      run.class_names,
+      path,
       f'{os.path.basename(os.path.normpath(workdir))}, step {run.step}, '
-      f'{split}: {100 * result["accuracy"]:.2f}%')
+      f'{split}: {100 * result["accuracy"]:.2f}%',
+  )
   print(f'Wrote {path}')
   return result
 
@@ -101,8 +132,14 @@ def evaluate(workdir: str, checkpoint: str = 'latest', split: str = '',
 def main(argv):
   del argv
   with cli.exit_on_errors():
-    evaluate(cli.WORKDIR.value, cli.CHECKPOINT.value, _SPLIT.value,
-             _DATA_DIR.value, _TTA.value, _TTA_LEVEL.value)
+    evaluate(
+        cli.WORKDIR.value,
+        cli.CHECKPOINT.value,
+        _SPLIT.value,
+        _DATA_DIR.value,
+        _TTA.value,
+        _TTA_LEVEL.value,
+    )
 
 
 if __name__ == '__main__':

@@ -37,13 +37,19 @@ class TrainedRun:
   def __post_init__(self):
     # Compiled once per run: inference mode, uint8 in, logits out, with
     # the test-time augmentation the run evaluated with.
-    level = (self.config.get('eval_tta', 0) if self.tta_level is None
-             else self.tta_level)
+    level = (
+        self.config.get('eval_tta', 0)
+        if self.tta_level is None
+        else self.tta_level
+    )
     self.apply = jax.jit(
         lambda v, x: augment.tta_logits(
             lambda y: self.model.apply(v, y, train=False),
-            x.astype(jnp.float32) / 255.0, level),
-        compiler_options=xla_cpu.compiler_options(jax.default_backend()))
+            x.astype(jnp.float32) / 255.0,
+            level,
+        ),
+        compiler_options=xla_cpu.compiler_options(jax.default_backend()),
+    )
 
 
 def _read_json(workdir: str, name: str) -> Any:
@@ -52,15 +58,20 @@ def _read_json(workdir: str, name: str) -> Any:
     with open(path) as f:
       return json.load(f)
   except FileNotFoundError as e:
-    raise UserError(f'{workdir} is not a trained run directory (no {name}); '
-                    'train one with python -m cifar_jax.main.') from e
+    raise UserError(
+        f'{workdir} is not a trained run directory (no {name}); '
+        'train one with python -m cifar_jax.main.'
+    ) from e
 
 
 def select_step(workdir: str, which: str) -> int:
   """The checkpoint step for 'latest', 'best' (by val_accuracy) or 'STEP'."""
   ckpt_dir = os.path.join(workdir, 'checkpoints')
-  steps = sorted(int(p) for p in os.listdir(ckpt_dir) if p.isdigit()) if (
-      os.path.isdir(ckpt_dir)) else []
+  steps = (
+      sorted(int(p) for p in os.listdir(ckpt_dir) if p.isdigit())
+      if (os.path.isdir(ckpt_dir))
+      else []
+  )
   if not steps:
     raise UserError(f'No checkpoints in {ckpt_dir}.')
   if which == 'latest':
@@ -68,40 +79,52 @@ def select_step(workdir: str, which: str) -> int:
   if which == 'best':
     per_epoch = _read_json(workdir, DATASET_INFO)['steps_per_epoch']
     history = _read_json(workdir, 'history.json')
-    scored = [(history[s // per_epoch - 1]['val_accuracy'], s) for s in steps
-              if s % per_epoch == 0 and 0 < s // per_epoch <= len(history)]
+    scored = [
+        (history[s // per_epoch - 1]['val_accuracy'], s)
+        for s in steps
+        if s % per_epoch == 0 and 0 < s // per_epoch <= len(history)
+    ]
     if not scored:
       raise UserError(f'No end-of-epoch checkpoint in {ckpt_dir} to rank.')
     return max(scored)[1]
   if which.isdigit() and int(which) in steps:
     return int(which)
-  raise UserError(f"--checkpoint must be 'best', 'latest' or one of the "
-                  f'saved steps {steps}, not {which!r}.')
+  raise UserError(
+      f"--checkpoint must be 'best', 'latest' or one of the "
+      f'saved steps {steps}, not {which!r}.'
+  )
 
 
-def load_run(workdir: str, checkpoint: str = 'latest',
-             tta_level: int | None = None) -> TrainedRun:
+def load_run(
+    workdir: str, checkpoint: str = 'latest', tta_level: int | None = None
+) -> TrainedRun:
   """The model and variables of `workdir`'s checkpoint `checkpoint`.
 
   Its logits use test-time augmentation `tta_level` (augment.tta_logits),
   by default the level the run evaluated with, so they match its log.
   """
   config = ml_collections.ConfigDict(_read_json(workdir, 'config.json'))
-  model = models.create_model(config.model,
-                              config.get('compute_dtype', 'float32'))
+  model = models.create_model(
+      config.model, config.get('compute_dtype', 'float32')
+  )
   step = select_step(workdir, checkpoint)
   variables = checkpointing.restore_params(
-      os.path.join(workdir, 'checkpoints', str(step)))
+      os.path.join(workdir, 'checkpoints', str(step))
+  )
   if not variables['batch_stats']:
     variables = {'params': variables['params']}
   info_path = os.path.join(workdir, DATASET_INFO)
-  names = (tuple(_read_json(workdir, DATASET_INFO)['class_names'])
-           if os.path.exists(info_path) else input_pipeline.CIFAR10_CLASSES)
+  names = (
+      tuple(_read_json(workdir, DATASET_INFO)['class_names'])
+      if os.path.exists(info_path)
+      else input_pipeline.CIFAR10_CLASSES
+  )
   return TrainedRun(config, model, variables, step, names, tta_level)
 
 
-def logits(run: TrainedRun, images: np.ndarray,
-           batch_size: int = 500) -> np.ndarray:
+def logits(
+    run: TrainedRun, images: np.ndarray, batch_size: int = 500
+) -> np.ndarray:
   """(N, classes) logits of uint8 (N, 32, 32, 3) images, in inference mode.
 
   Only the data set's classes: a model with more outputs than its data had
@@ -110,9 +133,12 @@ def logits(run: TrainedRun, images: np.ndarray,
   """
   out = []
   for start in range(0, len(images), batch_size):
-    batch = images[start:start + batch_size]
+    batch = images[start : start + batch_size]
     padded = np.zeros((batch_size,) + batch.shape[1:], batch.dtype)
-    padded[:len(batch)] = batch  # One compiled shape for every batch.
-    out.append(np.asarray(run.apply(run.variables, padded))[
-        :len(batch), :len(run.class_names)])
+    padded[: len(batch)] = batch  # One compiled shape for every batch.
+    out.append(
+        np.asarray(run.apply(run.variables, padded))[
+            : len(batch), : len(run.class_names)
+        ]
+    )
   return np.concatenate(out) if out else np.zeros((0, len(run.class_names)))

@@ -14,15 +14,17 @@ import numpy as np
 def patches(images: np.ndarray, size: int) -> np.ndarray:
   """Every size x size patch ('valid'), flattened in (h, w, c) order."""
   c = images.shape[-1]
-  views = np.lib.stride_tricks.sliding_window_view(images, (size, size),
-                                                   axis=(1, 2))
+  views = np.lib.stride_tricks.sliding_window_view(
+      images, (size, size), axis=(1, 2)
+  )
   # (n, h-size+1, w-size+1, c, size, size) -> (..., size, size, c).
   views = np.moveaxis(views, 3, -1)
   return views.reshape(-1, size * size * c)
 
 
-def whitening(images: np.ndarray, size: int,
-              epsilon: float) -> tuple[np.ndarray, np.ndarray]:
+def whitening(
+    images: np.ndarray, size: int, epsilon: float
+) -> tuple[np.ndarray, np.ndarray]:
   """(kernel, bias) of a conv that whitens `images`' size x size patches.
 
   Args:

@@ -34,8 +34,18 @@ import numpy as np
 
 from cifar_jax.errors import UserError
 
-CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog',
-                   'frog', 'horse', 'ship', 'truck')
+CIFAR10_CLASSES = (
+    'airplane',
+    'automobile',
+    'bird',
+    'cat',
+    'deer',
+    'dog',
+    'frog',
+    'horse',
+    'ship',
+    'truck',
+)
 IMAGE_SHAPE = (32, 32, 3)
 # Shuffles an image folder's sorted files once, so its order is fixed.
 FOLDER_ORDER_SEED = 0
@@ -46,6 +56,7 @@ CACHE_FORMAT = 3
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   """One split in memory: uint8 images (N, 32, 32, 3), int32 labels (N,)."""
+
   images: np.ndarray
   labels: np.ndarray
   class_names: tuple[str, ...]
@@ -66,20 +77,32 @@ def load_split(config: ml_collections.ConfigDict, split: str) -> Dataset:
     full = synthetic(base, config)
   elif config.dataset == 'image_folder':
     train_base = config.train_split.split('[')[0]
-    full = _cached(config, base, functools.partial(
-        _load_image_folder, train_split=train_base))
+    full = _cached(
+        config,
+        base,
+        functools.partial(_load_image_folder, train_split=train_base),
+    )
   else:
-    full = _cached(config, base, functools.partial(_load_tfds,
-                                                   name=config.dataset))
+    full = _cached(
+        config, base, functools.partial(_load_tfds, name=config.dataset)
+    )
   lo, hi = _slice_bounds(split, {base: len(full)})
   ds = Dataset(full.images[lo:hi], full.labels[lo:hi], full.class_names)
-  logging.info('Loaded %s %r: %d images in %.1fs.', config.dataset, split,
-               len(ds), time.time() - start)
+  logging.info(
+      'Loaded %s %r: %d images in %.1fs.',
+      config.dataset,
+      split,
+      len(ds),
+      time.time() - start,
+  )
   return ds
 
 
-def _cached(config: ml_collections.ConfigDict, split: str,
-            load: Callable[[str, str | None], Dataset]) -> Dataset:
+def _cached(
+    config: ml_collections.ConfigDict,
+    split: str,
+    load: Callable[[str, str | None], Dataset],
+) -> Dataset:
   """`load(split, data_dir)`, through a .npz cache in `config.cache_dir`.
 
   The key covers the data set, the resolved data_dir, the training split
@@ -89,29 +112,46 @@ def _cached(config: ml_collections.ConfigDict, split: str,
   included, is decoded again. An unusable cache directory only costs the
   speed-up.
   """
-  data_dir = os.path.abspath(os.path.expanduser(config.data_dir)) if (
-      config.data_dir) else None
+  data_dir = (
+      os.path.abspath(os.path.expanduser(config.data_dir))
+      if (config.data_dir)
+      else None
+  )
   if not config.cache_dir:
     return load(split, data_dir)
   if config.dataset == 'image_folder':
     _check_folder(data_dir)
     train_split = config.train_split.split('[')[0]
-    watched = [data_dir] if os.path.isfile(data_dir) else [
-        os.path.join(data_dir, s) for s in sorted({split, train_split})]
+    watched = (
+        [data_dir]
+        if os.path.isfile(data_dir)
+        else [os.path.join(data_dir, s) for s in sorted({split, train_split})]
+    )
   else:
     train_split = None
     watched = data_dir or os.environ.get(
-        'TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets'))
+        'TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets')
+    )
     watched = [os.path.join(watched, config.dataset)]
-  key = json.dumps([CACHE_FORMAT, config.dataset, data_dir, split,
-                    train_split, [_fingerprint(w) for w in watched]])
-  name = f'{config.dataset}-{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz'
+  key = json.dumps(
+      [
+          CACHE_FORMAT,
+          config.dataset,
+          data_dir,
+          split,
+          train_split,
+          [_fingerprint(w) for w in watched],
+      ]
+  )
+  digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+  name = f'{config.dataset}-{split}-{digest}.npz'
   path = os.path.join(os.path.expanduser(config.cache_dir), name)
   if os.path.exists(path):
     try:
       with np.load(path) as f:
-        return Dataset(f['images'], f['labels'],
-                       tuple(str(n) for n in f['class_names']))
+        return Dataset(
+            f['images'], f['labels'], tuple(str(n) for n in f['class_names'])
+        )
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
       logging.warning('Ignoring unreadable cache %s: %s', path, e)
   ds = load(split, data_dir)
@@ -119,8 +159,12 @@ def _cached(config: ml_collections.ConfigDict, split: str,
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f'{path}.{os.getpid()}.tmp'
     with open(tmp, 'wb') as f:
-      np.savez(f, images=ds.images, labels=ds.labels,
-               class_names=np.array(ds.class_names))
+      np.savez(
+          f,
+          images=ds.images,
+          labels=ds.labels,
+          class_names=np.array(ds.class_names),
+      )
     os.replace(tmp, path)  # Atomic: a crash never leaves half a cache.
     logging.info('Cached decoded %s %r in %s.', config.dataset, split, path)
   except OSError as e:
@@ -143,8 +187,10 @@ def _fingerprint(root: str) -> str:
     for name in sorted(files):
       path = os.path.join(dirpath, name)
       st = os.stat(path)
-      digest.update(f'{os.path.relpath(path, root)}\0{st.st_size} '
-                    f'{st.st_mtime_ns}\n'.encode())
+      digest.update(
+          f'{os.path.relpath(path, root)}\0{st.st_size} '
+          f'{st.st_mtime_ns}\n'.encode()
+      )
   return digest.hexdigest()
 
 
@@ -157,19 +203,24 @@ def synthetic(split: str, config: ml_collections.ConfigDict) -> Dataset:
   The class patterns are fixed (independent of `config.seed`), so train and
   eval share them; the examples of each split are drawn independently.
   """
-  sizes = {'train': config.synthetic_train_size,
-           'test': config.synthetic_eval_size}
+  sizes = {
+      'train': config.synthetic_train_size,
+      'test': config.synthetic_eval_size,
+  }
   if split not in sizes:
-    raise UserError(f"The synthetic data set has splits 'train' and 'test', "
-                    f'not {split!r}.')
+    raise UserError(
+        f"The synthetic data set has splits 'train' and 'test', "
+        f'not {split!r}.'
+    )
   patterns = np.random.default_rng(1234).uniform(0, 255, (10, 8, 8, 3))
   patterns = patterns.repeat(4, axis=1).repeat(4, axis=2)  # 32x32 blocks.
   rng = np.random.default_rng(0 if split == 'train' else 1)
   labels = rng.integers(0, 10, sizes[split]).astype(np.int32)
   shifts = rng.integers(-2, 3, (sizes[split], 2))
   images = patterns[labels]
-  images = np.stack([np.roll(im, tuple(s), axis=(0, 1))
-                     for im, s in zip(images, shifts)])
+  images = np.stack(
+      [np.roll(im, tuple(s), axis=(0, 1)) for im, s in zip(images, shifts)]
+  )
   images = images + rng.normal(0, 48, images.shape)
   images = np.clip(images, 0, 255).astype(np.uint8)
   return Dataset(images, labels, CIFAR10_CLASSES)
@@ -182,6 +233,7 @@ def import_tensorflow():
   """Imports TensorFlow (for reading data or writing summaries only), with
   every GPU hidden from it so it never takes accelerator memory."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   tf.config.set_visible_devices([], 'GPU')
   return tf
 
@@ -189,16 +241,17 @@ def import_tensorflow():
 def _load_tfds(split: str, data_dir: str | None, name: str) -> Dataset:
   """A TFDS data set, prepared in `data_dir` or downloaded if possible."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   import_tensorflow()
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise UserError(f'Unknown dataset {name!r}: use cifar10, image_folder or '
-                    'synthetic.') from e
+    raise UserError(
+        f'Unknown dataset {name!r}: use cifar10, image_folder or ' 'synthetic.'
+    ) from e
   if not builder.is_prepared():
     _check_can_download(builder)
-    logging.info('Downloading and preparing %s in %s.', name,
-                 builder.data_dir)
+    logging.info('Downloading and preparing %s in %s.', name, builder.data_dir)
     builder.download_and_prepare()
   try:
     ds = builder.as_dataset(split=split, batch_size=-1, as_supervised=True)
@@ -241,8 +294,10 @@ IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
 
 def _check_folder(root: str | None) -> None:
   if not root:
-    raise UserError('dataset=image_folder needs --config.data_dir=<root>, '
-                    'the folder (or .zip) that holds <split>/<class>/*.jpg.')
+    raise UserError(
+        'dataset=image_folder needs --config.data_dir=<root>, '
+        'the folder (or .zip) that holds <split>/<class>/*.jpg.'
+    )
   if root.lower().endswith('.zip'):
     if not zipfile.is_zipfile(root):
       raise UserError(f'data_dir {root!r} is not a readable zip archive.')
@@ -250,8 +305,9 @@ def _check_folder(root: str | None) -> None:
     raise UserError(f'data_dir {root!r} is not a directory.')
 
 
-def _image_files(root: str) -> tuple[dict[str, list[str]],
-                                     Callable[[str], bytes]]:
+def _image_files(
+    root: str,
+) -> tuple[dict[str, list[str]], Callable[[str], bytes]]:
   """{split: [member paths of its images]} and a reader of one member.
 
   `root` is a folder or a zip; in a zip, one top-level folder around the
@@ -266,17 +322,24 @@ def _image_files(root: str) -> tuple[dict[str, list[str]],
     names = [n for n in archive.namelist() if not n.endswith('/')]
     read = archive.read
   else:
-    names = [os.path.relpath(os.path.join(d, f), root)
-             for d, _, files in os.walk(root) for f in files]
+    names = [
+        os.path.relpath(os.path.join(d, f), root)
+        for d, _, files in os.walk(root)
+        for f in files
+    ]
     names = [n.replace(os.sep, '/') for n in names]
 
     def read(name):
       with open(os.path.join(root, name), 'rb') as f:
         return f.read()
+
   images = [n for n in names if n.lower().endswith(IMAGE_SUFFIXES)]
   parts = [n.split('/') for n in images]
-  if parts and all(len(p) == 4 for p in parts) and len(
-      {p[0] for p in parts}) == 1:
+  if (
+      parts
+      and all(len(p) == 4 for p in parts)
+      and len({p[0] for p in parts}) == 1
+  ):
     parts = [p[1:] for p in parts]  # <top>/<split>/<class>/<file>.
   splits = {}
   for name, p in zip(images, parts):
@@ -288,16 +351,19 @@ def _image_files(root: str) -> tuple[dict[str, list[str]],
 def _decode_rgb32(data: bytes) -> np.ndarray:
   """Any image file -> (32, 32, 3) uint8; other sizes are resized."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   with Image.open(io.BytesIO(data)) as image:
     image = image.convert('RGB')
     if image.size != IMAGE_SHAPE[:2][::-1]:
-      image = image.resize(IMAGE_SHAPE[:2][::-1], Image.Resampling.BILINEAR,
-                           reducing_gap=None)
+      image = image.resize(
+          IMAGE_SHAPE[:2][::-1], Image.Resampling.BILINEAR, reducing_gap=None
+      )
     return np.asarray(image, np.uint8)
 
 
-def _load_image_folder(split: str, root: str | None,
-                       train_split: str) -> Dataset:
+def _load_image_folder(
+    split: str, root: str | None, train_split: str
+) -> Dataset:
   """`<root>/<split>/<class>/*.jpg|png`, root a folder or a .zip of one.
 
   Decoded with Pillow, so no TensorFlow is needed (GPU images rarely have
@@ -312,32 +378,42 @@ def _load_image_folder(split: str, root: str | None,
   splits, read = _image_files(root)
   for name in {split, train_split}:
     if name not in splits:
-      raise UserError(f'No split {name!r} in {root}: it has '
-                      f'{sorted(splits) or "no <split>/<class>/ folders"}.')
+      raise UserError(
+          f'No split {name!r} in {root}: it has '
+          f'{sorted(splits) or "no <split>/<class>/ folders"}.'
+      )
   names = tuple(sorted({f.split('/')[-2] for f in splits[train_split]}))
   if sorted(names) == sorted(CIFAR10_CLASSES):
     names = CIFAR10_CLASSES
   files = sorted(splits[split])
   unknown = sorted({f.split('/')[-2] for f in files} - set(names))
   if unknown:
-    raise UserError(f'Split {split!r} of {root} has class folders '
-                    f'{unknown} that the training split {train_split!r} '
-                    f'lacks; its classes are {list(names)}.')
-  files = [files[i] for i in
-           np.random.default_rng(FOLDER_ORDER_SEED).permutation(len(files))]
+    raise UserError(
+        f'Split {split!r} of {root} has class folders '
+        f'{unknown} that the training split {train_split!r} '
+        f'lacks; its classes are {list(names)}.'
+    )
+  files = [
+      files[i]
+      for i in np.random.default_rng(FOLDER_ORDER_SEED).permutation(len(files))
+  ]
   labels = np.array([names.index(f.split('/')[-2]) for f in files], np.int32)
+
   def decode(name):
     try:
       return _decode_rgb32(read(name))
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile,
-            zlib.error) as e:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
       raise UserError(f'Cannot read {name} in {root}: {e}') from e
 
   # Pillow decodes without holding the GIL: threads use every core.
   with concurrent.futures.ThreadPoolExecutor(
-      min(32, os.cpu_count() or 1)) as pool:
-    images = np.stack(list(pool.map(decode, files))) if files else np.empty(
-        (0,) + IMAGE_SHAPE, np.uint8)
+      min(32, os.cpu_count() or 1)
+  ) as pool:
+    images = (
+        np.stack(list(pool.map(decode, files)))
+        if files
+        else np.empty((0,) + IMAGE_SHAPE, np.uint8)
+    )
   return Dataset(images, labels, names)
 
 
@@ -346,8 +422,7 @@ class _SplitSize:
   num_examples: int  # What ReadInstruction.to_absolute reads of a split.
 
 
-def _simple_slice(split: str, sizes: dict[str, int]
-                  ) -> tuple[int, int] | None:
+def _simple_slice(split: str, sizes: dict[str, int]) -> tuple[int, int] | None:
   """'train', 'train[:45000]', 'train[-5000:]' or 'train[10%:]' without
   TFDS (None for any other spec, which TFDS then reads)."""
   match = re.fullmatch(r'(\w+)(?:\[(-?\d*)(%?):(-?\d*)(%?)\])?', split)
@@ -367,6 +442,7 @@ def _simple_slice(split: str, sizes: dict[str, int]
     if percent:
       value = round(value * size / 100)  # TFDS's 'closest' rounding.
     return value + size if value < 0 else value
+
   return bound(lo, lo_pct, 0), bound(hi, hi_pct, size)
 
 
@@ -376,18 +452,22 @@ def _slice_bounds(split: str, sizes: dict[str, int]) -> tuple[int, int]:
   if simple is not None:
     return simple  # Needs no TFDS (not installed on many GPU images).
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   try:
     instructions = tfds.core.ReadInstruction.from_spec(split).to_absolute(
-        {k: _SplitSize(v) for k, v in sizes.items()})
+        {k: _SplitSize(v) for k, v in sizes.items()}
+    )
   except (ValueError, AssertionError, KeyError) as e:
     raise UserError(f'Bad split {split!r}: {e}') from e
   if len(instructions) != 1:
-    raise UserError(f'Split {split!r}: only one slice of one split is '
-                    'supported here.')
+    raise UserError(
+        f'Split {split!r}: only one slice of one split is ' 'supported here.'
+    )
   instruction = instructions[0]
   size = sizes[instruction.splitname]
   return instruction.from_ or 0, size if instruction.to is None else (
-      instruction.to)
+      instruction.to
+  )
 
 
 # ---------------------------------------------------------------- batching
@@ -409,13 +489,19 @@ class TrainOrder:
   host during training.
   """
 
-  def __init__(self, num_examples: int, batch_size: int, key: jax.Array,
-               sharding: jax.sharding.Sharding | None = None):
+  def __init__(
+      self,
+      num_examples: int,
+      batch_size: int,
+      key: jax.Array,
+      sharding: jax.sharding.Sharding | None = None,
+  ):
     self.num_examples = num_examples
     self.batch_size = batch_size
     self.batches_per_pass = -(-num_examples // batch_size)
-    permute = _pass_order_fn(num_examples,
-                             self.batches_per_pass * batch_size, sharding)
+    permute = _pass_order_fn(
+        num_examples, self.batches_per_pass * batch_size, sharding
+    )
     self._permute = functools.partial(permute, key)
     self._cached = (-1, None)
 
@@ -433,45 +519,52 @@ class TrainOrder:
     """(indices, mask) of batch `step`, on the host (for inspection)."""
     pass_index, position = self.locate(step)
     order = self.pass_order(pass_index)
-    return tuple(np.asarray(batch_at(a, position, self.batch_size))
-                 for a in order)
+    return tuple(
+        np.asarray(batch_at(a, position, self.batch_size)) for a in order
+    )
 
 
 @functools.cache
-def _pass_order_fn(num_examples: int, length: int,
-                   sharding: jax.sharding.Sharding | None):
+def _pass_order_fn(
+    num_examples: int, length: int, sharding: jax.sharding.Sharding | None
+):
   """`_pass_order` jitted once per shape, shared by every seed's order."""
-  return jax.jit(functools.partial(_pass_order, num_examples=num_examples,
-                                   length=length), out_shardings=sharding)
+  return jax.jit(
+      functools.partial(_pass_order, num_examples=num_examples, length=length),
+      out_shardings=sharding,
+  )
 
 
-def _pass_order(key: jax.Array, pass_index: jax.Array, *, num_examples: int,
-                length: int) -> tuple[jax.Array, jax.Array]:
-  perm = jax.random.permutation(jax.random.fold_in(key, pass_index),
-                                num_examples)
+def _pass_order(
+    key: jax.Array, pass_index: jax.Array, *, num_examples: int, length: int
+) -> tuple[jax.Array, jax.Array]:
+  perm = jax.random.permutation(
+      jax.random.fold_in(key, pass_index), num_examples
+  )
   indices = jnp.zeros(length, jnp.int32).at[:num_examples].set(perm)
   mask = (jnp.arange(length) < num_examples).astype(jnp.float32)
   return indices, mask
 
 
-def batch_at(order: jax.Array, position: jax.Array,
-             batch_size: int) -> jax.Array:
+def batch_at(
+    order: jax.Array, position: jax.Array, batch_size: int
+) -> jax.Array:
   """Batch number `position` of a pass's order (works inside jit)."""
-  return jax.lax.dynamic_slice_in_dim(order, position * batch_size,
-                                      batch_size)
+  return jax.lax.dynamic_slice_in_dim(order, position * batch_size, batch_size)
 
 
 def eval_batches(num_examples: int, batch_size: int):
   """(indices, mask) covering every example once; the last batch is padded."""
   for start in range(0, num_examples, batch_size):
-    yield _pad(np.arange(start, min(start + batch_size, num_examples)),
-               batch_size)
+    yield _pad(
+        np.arange(start, min(start + batch_size, num_examples)), batch_size
+    )
 
 
 def _pad(idx: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
   """Pads indices to `size` (with index 0) and returns (indices, mask)."""
   mask = np.zeros(size, np.float32)
-  mask[:len(idx)] = 1
+  mask[: len(idx)] = 1
   padded = np.zeros(size, np.int64)
-  padded[:len(idx)] = idx
+  padded[: len(idx)] = idx
   return padded, mask

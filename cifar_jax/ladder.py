@@ -51,8 +51,9 @@ from cifar_jax.errors import UserError
 RUNGS = seed_notebook.rungs()
 
 
-def apply_override(config: ml_collections.ConfigDict, key: str,
-                   raw: str) -> None:
+def apply_override(
+    config: ml_collections.ConfigDict, key: str, raw: str
+) -> None:
   """Sets `config.<key>` from the command-line text `raw`, keeping its type."""
   *parents, leaf = key.split('.')
   node = config
@@ -74,11 +75,14 @@ def apply_override(config: ml_collections.ConfigDict, key: str,
       value = kind(ast.literal_eval(raw))
     node[leaf] = value
   except (ValueError, TypeError, SyntaxError) as e:
-    raise UserError(f'--config.{key}={raw}: expected type {kind.__name__}.') from e
+    raise UserError(
+        f'--config.{key}={raw}: expected type {kind.__name__}.'
+    ) from e
 
 
-def rung_config(name: str, epochs_scale: float,
-                overrides: list[tuple[str, str]]) -> ml_collections.ConfigDict:
+def rung_config(
+    name: str, epochs_scale: float, overrides: list[tuple[str, str]]
+) -> ml_collections.ConfigDict:
   config = importlib.import_module(f'configs.{name}').get_config()
   config.num_epochs = max(1, round(config.num_epochs * epochs_scale))
   for key, raw in overrides:
@@ -88,23 +92,30 @@ def rung_config(name: str, epochs_scale: float,
 
 def _params(config: ml_collections.ConfigDict) -> int:
   from cifar_jax import models  # pylint: disable=g-import-not-at-top
+
   model = models.create_model(config.model)
-  shapes = jax.eval_shape(model.init, jax.random.key(0),
-                          jax.numpy.zeros((1, 32, 32, 3)))
+  shapes = jax.eval_shape(
+      model.init, jax.random.key(0), jax.numpy.zeros((1, 32, 32, 3))
+  )
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
 
 
-def report_row(name: str, config: ml_collections.ConfigDict,
-               history: list[dict]) -> dict:
+def report_row(
+    name: str, config: ml_collections.ConfigDict, history: list[dict]
+) -> dict:
   """One rung's numbers for the report: ours against the seed's."""
   seconds = [h['seconds'] for h in history]
-  return {'rung': name, 'history': history,
-          'compare': seed_notebook.compare(name, history),
-          'params': _params(config), 'epochs': len(history),
-          'seed_epochs': seed_notebook.load(name).num_epochs,
-          'sec_per_epoch': float(np.median(seconds)),
-          'fastest_epoch': float(np.min(seconds)),
-          'total_sec': float(np.sum(seconds))}
+  return {
+      'rung': name,
+      'history': history,
+      'compare': seed_notebook.compare(name, history),
+      'params': _params(config),
+      'epochs': len(history),
+      'seed_epochs': seed_notebook.load(name).num_epochs,
+      'sec_per_epoch': float(np.median(seconds)),
+      'fastest_epoch': float(np.min(seconds)),
+      'total_sec': float(np.sum(seconds)),
+  }
 
 
 def _pct(value: float | None) -> str:
@@ -112,42 +123,57 @@ def _pct(value: float | None) -> str:
 
 
 def _points(value: float | None, signed: bool = False) -> str:
-  return '–' if value is None else f'{value:+.2f}' if signed else (
-      f'{value:.2f}')
+  if value is None:
+    return '–'
+  return f'{value:+.2f}' if signed else f'{value:.2f}'
 
 
 def _summary_line(r: dict) -> str:
   c = r['compare']
-  diff = ('–' if c.mean_abs_diff is None
-          else f'{c.mean_abs_diff:.2f} ({c.common_epochs})')
+  diff = (
+      '–'
+      if c.mean_abs_diff is None
+      else f'{c.mean_abs_diff:.2f} ({c.common_epochs})'
+  )
   within = {None: '–', True: 'yes', False: 'no'}[c.within]
-  return (f'| {r["rung"]} | {seed_notebook.load(r["rung"]).final_text} | '
-          f'{_pct(c.final)} | {_pct(c.best)} (epoch {c.best_epoch}) | '
-          f'{_points(c.gap, signed=True)} | {diff} | {within} | '
-          f'{r["params"]:,} | {r["epochs"]}/{r["seed_epochs"]} | '
-          f'{r["sec_per_epoch"]:.1f} ({r["fastest_epoch"]:.1f}) | '
-          f'{r["total_sec"] / 60:.1f} min |')
+  return (
+      f'| {r["rung"]} | {seed_notebook.load(r["rung"]).final_text} | '
+      f'{_pct(c.final)} | {_pct(c.best)} (epoch {c.best_epoch}) | '
+      f'{_points(c.gap, signed=True)} | {diff} | {within} | '
+      f'{r["params"]:,} | {r["epochs"]}/{r["seed_epochs"]} | '
+      f'{r["sec_per_epoch"]:.1f} ({r["fastest_epoch"]:.1f}) | '
+      f'{r["total_sec"] / 60:.1f} min |'
+  )
 
 
 def _epoch_table(r: dict) -> list[str]:
   """Ours beside the seed's, for every epoch both printed."""
-  label, rows = seed_notebook.reference(r['rung'],
-                                        r['history'][-1]['epoch'])
-  seed = {row['epoch']: row['val_accuracy'] for row in rows
-          if row['val_accuracy'] is not None}
+  label, rows = seed_notebook.reference(r['rung'], r['history'][-1]['epoch'])
+  seed = {
+      row['epoch']: row['val_accuracy']
+      for row in rows
+      if row['val_accuracy'] is not None
+  }
   lines = [f'| epoch | ours | {label} | difference |', '|---|---|---|---|']
   for h in r['history']:
     if h['epoch'] in seed:
       ours, theirs = 100 * h['val_accuracy'], 100 * seed[h['epoch']]
-      lines.append(f'| {h["epoch"]} | {ours:.2f}% | {theirs:.2f}% | '
-                   f'{ours - theirs:+.2f} |')
+      lines.append(
+          f'| {h["epoch"]} | {ours:.2f}% | {theirs:.2f}% | '
+          f'{ours - theirs:+.2f} |'
+      )
   if len(lines) == 2:
     return [f'No epoch of this run is among those the {label} printed.']
   return lines
 
 
-def write_report(rows: list[dict], root: str, data: str,
-                 command: str, wall_seconds: float | None = None) -> str:
+def write_report(
+    rows: list[dict],
+    root: str,
+    data: str,
+    command: str,
+    wall_seconds: float | None = None,
+) -> str:
   """Writes `<root>/REPORT.md` and each rung's curves beside the seed's.
 
   Returns the report's text. The curves are redrawn here, so runs trained
@@ -155,7 +181,8 @@ def write_report(rows: list[dict], root: str, data: str,
   """
   tolerance = seed_notebook.TOLERANCE_POINTS
   lines = [
-      '# The seed\'s ladder, reproduced', '',
+      "# The seed's ladder, reproduced",
+      '',
       f'- Machine: {reporting.machine_description()}; JAX {jax.__version__}',
       f'- Data: {data}',
       f'- Command: `{command}`',
@@ -164,56 +191,88 @@ def write_report(rows: list[dict], root: str, data: str,
       '| rung | seed final | ours final | ours best | gap | mean \\|diff\\| '
       f'(epochs) | within {tolerance} | params | epochs | s/epoch (fastest) '
       '| total |',
-      '|---|---|---|---|---|---|---|---|---|---|---|']
+      '|---|---|---|---|---|---|---|---|---|---|---|',
+  ]
   lines += [_summary_line(r) for r in rows]
   total = sum(r['total_sec'] for r in rows)
-  lines += ['', f'Total training time: {total / 60:.1f} min (the sum of '
-            'the rungs\' epochs).']
+  lines += [
+      '',
+      f'Total training time: {total / 60:.1f} min (the sum of '
+      "the rungs' epochs).",
+  ]
   if wall_seconds is not None:
-    lines += [f'Wall-clock time of the command: {wall_seconds / 60:.1f} min '
-              '(with data loading, compilation and checkpoints).']
-  lines += ['',
-            'Accuracies are on the test split, as the seed\'s validation '
-            'data was. The seed\'s final is what the notebook printed after '
-            'all its epochs; the gap (ours - seed\'s, in points) and the '
-            f'within-{tolerance}-points verdict need all of them run. Mean '
-            '|diff| is the mean absolute difference of test accuracy, in '
-            'points, over the epochs both printed (the notebook printed '
-            'only some); a rung it printed no log for is compared with the '
-            'rung its record names. s/epoch is the median epoch, with the '
-            'fastest in brackets.', '']
+    lines += [
+        f'Wall-clock time of the command: {wall_seconds / 60:.1f} min '
+        '(with data loading, compilation and checkpoints).'
+    ]
+  lines += [
+      '',
+      "Accuracies are on the test split, as the seed's validation "
+      "data was. The seed's final is what the notebook printed after "
+      "all its epochs; the gap (ours - seed's, in points) and the "
+      f'within-{tolerance}-points verdict need all of them run. Mean '
+      '|diff| is the mean absolute difference of test accuracy, in '
+      'points, over the epochs both printed (the notebook printed '
+      'only some); a rung it printed no log for is compared with the '
+      'rung its record names. s/epoch is the median epoch, with the '
+      'fastest in brackets.',
+      '',
+  ]
   for r in rows:
     name = r['rung']
-    plots.curves(r['history'], os.path.join(root, name, 'curves.png'), name,
-                 seed_notebook.reference(name, r['history'][-1]['epoch']))
-    lines += [f'## {name}', '', f'![{name}]({name}/curves.png)', '',
-              f'The notebook: {seed_notebook.load(name).note}', '',
-              *_epoch_table(r), '']
+    plots.curves(
+        r['history'],
+        os.path.join(root, name, 'curves.png'),
+        name,
+        seed_notebook.reference(name, r['history'][-1]['epoch']),
+    )
+    lines += [
+        f'## {name}',
+        '',
+        f'![{name}]({name}/curves.png)',
+        '',
+        f'The notebook: {seed_notebook.load(name).note}',
+        '',
+        *_epoch_table(r),
+        '',
+    ]
   text = '\n'.join(lines)
   with open(os.path.join(root, 'REPORT.md'), 'w') as f:
     f.write(text)
   return text
 
 
-def _rung_configs(names: list[str], epochs_scale: float,
-                  overrides: list[tuple[str, str]], root: str
-                  ) -> dict[str, ml_collections.ConfigDict]:
+def _rung_configs(
+    names: list[str],
+    epochs_scale: float,
+    overrides: list[tuple[str, str]],
+    root: str,
+) -> dict[str, ml_collections.ConfigDict]:
   unknown = [n for n in names if n not in RUNGS]
   if unknown:
     raise UserError(f'Unknown rungs {unknown}; the ladder has {RUNGS}.')
   configs = {}
   for name in names:
     config = rung_config(name, epochs_scale, overrides)
-    if name == 'deep_adam_aug' and 'deep_adam' in names and not (
-        config.init_from):
+    if (
+        name == 'deep_adam_aug'
+        and 'deep_adam' in names
+        and not (config.init_from)
+    ):
       config.init_from = os.path.join(root, 'deep_adam')  # As the seed did.
     configs[name] = config
   return configs
 
 
-def run_ladder(names: list[str], epochs_scale: float,
-               overrides: list[tuple[str, str]], root: str,
-               command: str, out=sys.stdout, parallel: int = 1) -> list[dict]:
+def run_ladder(
+    names: list[str],
+    epochs_scale: float,
+    overrides: list[tuple[str, str]],
+    root: str,
+    command: str,
+    out=sys.stdout,
+    parallel: int = 1,
+) -> list[dict]:
   """Trains the rungs (resuming), `parallel` at a time, then the report."""
   configs = _rung_configs(names, epochs_scale, overrides, root)
   os.makedirs(root, exist_ok=True)
@@ -223,33 +282,45 @@ def run_ladder(names: list[str], epochs_scale: float,
   else:
     histories = {}
     for name, config in configs.items():
-      print(f'=== {name}: {config.num_epochs} epochs ===', file=out,
-            flush=True)
+      print(f'=== {name}: {config.num_epochs} epochs ===', file=out, flush=True)
       _, histories[name] = train.train_and_evaluate(
-          config, os.path.join(root, name), out=out)
+          config, os.path.join(root, name), out=out
+      )
   wall = time.monotonic() - start
   rows = [report_row(name, configs[name], histories[name]) for name in names]
   config = configs[names[-1]]
   data = config.dataset + (f' ({config.data_dir})' if config.data_dir else '')
   write_report(rows, root, data, command, wall)
-  print(f'Ladder: {wall / 60:.1f} min wall-clock. Wrote '
-        f'{os.path.join(root, "REPORT.md")}', file=out)
+  print(
+      f'Ladder: {wall / 60:.1f} min wall-clock. Wrote '
+      f'{os.path.join(root, "REPORT.md")}',
+      file=out,
+  )
   return rows
 
 
 class _RungProcesses:
   """Trains rungs as `python -m cifar_jax.main` processes, N at a time."""
 
-  def __init__(self, configs: dict[str, ml_collections.ConfigDict],
-               overrides: list[tuple[str, str]], root: str, parallel: int,
-               out):
+  def __init__(
+      self,
+      configs: dict[str, ml_collections.ConfigDict],
+      overrides: list[tuple[str, str]],
+      root: str,
+      parallel: int,
+      out,
+  ):
     self.configs, self.overrides, self.root = configs, overrides, root
     self.parallel, self.out = parallel, out
-    self.waits_for = {'deep_adam_aug': 'deep_adam'} if {
-        'deep_adam', 'deep_adam_aug'} <= set(configs) else {}
+    self.waits_for = (
+        {'deep_adam_aug': 'deep_adam'}
+        if {'deep_adam', 'deep_adam_aug'} <= set(configs)
+        else {}
+    )
     self.env = dict(os.environ)
-    self.env.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION',
-                        f'{0.9 / parallel:.3f}')
+    self.env.setdefault(
+        'XLA_PYTHON_CLIENT_MEM_FRACTION', f'{0.9 / parallel:.3f}'
+    )
     self.pending = list(configs)
     self.running = {}  # name -> (Popen, log file, start time)
     self.done, self.failed = set(), {}
@@ -262,8 +333,10 @@ class _RungProcesses:
     """
     previous = {}
     if threading.current_thread() is threading.main_thread():
-      previous = {s: signal.signal(s, self._stop)
-                  for s in (signal.SIGTERM, signal.SIGINT)}
+      previous = {
+          s: signal.signal(s, self._stop)
+          for s in (signal.SIGTERM, signal.SIGINT)
+      }
     try:
       while self.pending or self.running:
         self._reap()
@@ -278,8 +351,10 @@ class _RungProcesses:
         proc.wait()
         log.close()
     if self.failed:
-      raise UserError(f'Rungs failed: {sorted(self.failed)}; their logs are '
-                      f'in {self.root}/<rung>/log.txt.')
+      raise UserError(
+          f'Rungs failed: {sorted(self.failed)}; their logs are '
+          f'in {self.root}/<rung>/log.txt.'
+      )
     histories = {}
     for name in self.configs:
       with open(os.path.join(self.root, name, 'history.json')) as f:
@@ -288,9 +363,11 @@ class _RungProcesses:
 
   def _stop(self, signum, frame):
     del frame
-    raise Preempted(f'Stopped by {signal.Signals(signum).name}: the running '
-                    'rungs saved checkpoints. Run the same command to resume.',
-                    128 + signum)
+    raise Preempted(
+        f'Stopped by {signal.Signals(signum).name}: the running '
+        'rungs saved checkpoints. Run the same command to resume.',
+        128 + signum,
+    )
 
   def _print(self, text: str) -> None:
     print(f'=== {text}', file=self.out, flush=True)
@@ -304,8 +381,10 @@ class _RungProcesses:
       seconds = time.monotonic() - started
       if proc.returncode:
         self.failed[name] = proc.returncode
-        self._print(f'{name} failed (exit {proc.returncode}) after '
-                    f'{seconds:.0f} s; see {log.name}')
+        self._print(
+            f'{name} failed (exit {proc.returncode}) after '
+            f'{seconds:.0f} s; see {log.name}'
+        )
       else:
         self.done.add(name)
         self._print(f'{name} finished in {seconds:.0f} s')
@@ -317,8 +396,9 @@ class _RungProcesses:
         self.pending.remove(name)
         self.failed[name] = None
         self._print(f'{name} skipped: {before} failed')
-      elif len(self.running) < self.parallel and (before is None or
-                                                  before in self.done):
+      elif len(self.running) < self.parallel and (
+          before is None or before in self.done
+      ):
         self.pending.remove(name)
         self._start(name)
 
@@ -326,36 +406,55 @@ class _RungProcesses:
     config = self.configs[name]
     workdir = os.path.join(self.root, name)
     os.makedirs(workdir, exist_ok=True)
-    args = [sys.executable, '-m', 'cifar_jax.main', '--config',
-            importlib.import_module(f'configs.{name}').__file__,
-            '--workdir', workdir, f'--config.num_epochs={config.num_epochs}',
-            *[f'--config.{k}={v}' for k, v in self.overrides]]
+    args = [
+        sys.executable,
+        '-m',
+        'cifar_jax.main',
+        '--config',
+        importlib.import_module(f'configs.{name}').__file__,
+        '--workdir',
+        workdir,
+        f'--config.num_epochs={config.num_epochs}',
+        *[f'--config.{k}={v}' for k, v in self.overrides],
+    ]
     if name in self.waits_for and config.init_from:
       args.append(f'--config.init_from={config.init_from}')
     log = open(os.path.join(workdir, 'log.txt'), 'a')
-    self.running[name] = (subprocess.Popen(args, stdout=log,
-                                           stderr=subprocess.STDOUT,
-                                           env=self.env),
-                          log, time.monotonic())
+    self.running[name] = (
+        subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env=self.env
+        ),
+        log,
+        time.monotonic(),
+    )
     self._print(f'{name}: {config.num_epochs} epochs, started')
 
 
 def parse_args(argv: list[str]):
   parser = argparse.ArgumentParser(
-      prog='python -m cifar_jax.ladder', description=__doc__.split('\n')[0])
-  parser.add_argument('--configs', default=','.join(RUNGS),
-                      help='comma-separated rungs, in order')
+      prog='python -m cifar_jax.ladder', description=__doc__.split('\n')[0]
+  )
+  parser.add_argument(
+      '--configs',
+      default=','.join(RUNGS),
+      help='comma-separated rungs, in order',
+  )
   parser.add_argument('--epochs-scale', type=float, default=1.0)
   parser.add_argument('--root', default=os.path.join('ckpt', 'ladder'))
-  parser.add_argument('--parallel', type=int, default=1,
-                      help='rungs trained at once, each in its own process')
+  parser.add_argument(
+      '--parallel',
+      type=int,
+      default=1,
+      help='rungs trained at once, each in its own process',
+  )
   args, rest = parser.parse_known_args(argv)
   overrides = []
   for arg in rest:
     if not arg.startswith('--config.') or '=' not in arg:
-      parser.error(f'unrecognised argument {arg!r} (overrides are '
-                   '--config.key=value)')
-    key, raw = arg[len('--config.'):].split('=', 1)
+      parser.error(
+          f'unrecognised argument {arg!r} (overrides are ' '--config.key=value)'
+      )
+    key, raw = arg[len('--config.') :].split('=', 1)
     overrides.append((key, raw))
   if args.epochs_scale <= 0:
     parser.error('--epochs-scale must be positive')
@@ -367,10 +466,14 @@ def parse_args(argv: list[str]):
 def main(argv: list[str]) -> None:
   args, overrides = parse_args(argv)
   with cli.exit_on_errors():
-    run_ladder([n.strip() for n in args.configs.split(',') if n.strip()],
-               args.epochs_scale, overrides, args.root,
-               'python -m cifar_jax.ladder ' + ' '.join(argv),
-               parallel=args.parallel)
+    run_ladder(
+        [n.strip() for n in args.configs.split(',') if n.strip()],
+        args.epochs_scale,
+        overrides,
+        args.root,
+        'python -m cifar_jax.ladder ' + ' '.join(argv),
+        parallel=args.parallel,
+    )
 
 
 if __name__ == '__main__':

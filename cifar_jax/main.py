@@ -2,8 +2,9 @@
 
 Kept short on purpose: it parses flags, picks the run directory and calls
 `train.train_and_evaluate(config, workdir)`, after joining the other
-processes of a multi-host run (`distributed.initialize`). Any config key can be overridden,
-e.g. `--config.num_epochs=3`; an unknown key is refused by the flag parser.
+processes of a multi-host run (`distributed.initialize`). Any config key
+can be overridden, e.g. `--config.num_epochs=3`; an unknown key is refused
+by the flag parser.
 """
 
 from absl import app
@@ -17,16 +18,24 @@ from cifar_jax import distributed
 from cifar_jax import train
 
 DISTRIBUTED = flags.DEFINE_enum(
-    'distributed', 'auto', distributed.MODES,
+    'distributed',
+    'auto',
+    distributed.MODES,
     'Start jax.distributed: auto (when launched as several processes by '
-    'SLURM, Open MPI, a multi-host TPU or the flags below), on or off.')
+    'SLURM, Open MPI, a multi-host TPU or the flags below), on or off.',
+)
 COORDINATOR = flags.DEFINE_string(
-    'coordinator_address', None, 'host:port of process 0, for a multi-process '
-    'run JAX cannot detect; with --num_processes and --process_id.')
-NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
-                                     'Processes in the run.')
-PROCESS_ID = flags.DEFINE_integer('process_id', None,
-                                  'This process, 0..num_processes-1.')
+    'coordinator_address',
+    None,
+    'host:port of process 0, for a multi-process '
+    'run JAX cannot detect; with --num_processes and --process_id.',
+)
+NUM_PROCESSES = flags.DEFINE_integer(
+    'num_processes', None, 'Processes in the run.'
+)
+PROCESS_ID = flags.DEFINE_integer(
+    'process_id', None, 'This process, 0..num_processes-1.'
+)
 
 
 def main(argv):
@@ -35,13 +44,24 @@ def main(argv):
   config_path = config_flags.get_config_filename(flags.FLAGS['config'])
   workdir = cli.WORKDIR.value or cli.default_workdir(config_path)
   with cli.exit_on_errors():
-    distributed.initialize(DISTRIBUTED.value, COORDINATOR.value,
-                           NUM_PROCESSES.value, PROCESS_ID.value)
-    logging.info('JAX process %d/%d, devices: %s', jax.process_index(),
-                 jax.process_count(), jax.devices())
-    logging.info('Config %s, overrides %s, workdir %s', config_path,
-                 config_flags.get_override_values(flags.FLAGS['config']),
-                 workdir)
+    distributed.initialize(
+        DISTRIBUTED.value,
+        COORDINATOR.value,
+        NUM_PROCESSES.value,
+        PROCESS_ID.value,
+    )
+    logging.info(
+        'JAX process %d/%d, devices: %s',
+        jax.process_index(),
+        jax.process_count(),
+        jax.devices(),
+    )
+    logging.info(
+        'Config %s, overrides %s, workdir %s',
+        config_path,
+        config_flags.get_override_values(flags.FLAGS['config']),
+        workdir,
+    )
     train.train_and_evaluate(cli.CONFIG.value, workdir)
 
 

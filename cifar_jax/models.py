@@ -45,7 +45,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 def _windows(x: jax.Array) -> jax.Array:
   """(b, h, w, c) -> (b, h // 2, w // 2, c, 4): each 2x2 window's pixels."""
   batch, height, width, channels = x.shape
-  x = x[:, :height - height % 2, :width - width % 2]
+  x = x[:, : height - height % 2, : width - width % 2]
   x = x.reshape(batch, height // 2, 2, width // 2, 2, channels)
   return jnp.stack([x[:, :, i, :, j] for i in (0, 1) for j in (0, 1)], -1)
 
@@ -77,7 +77,8 @@ def _window_max_bwd(residuals, g):
   grads = jax.nn.one_hot(first, 4, dtype=g.dtype) * g[..., None]
   grads = grads.reshape(batch, height // 2, width // 2, channels, 2, 2)
   grads = grads.transpose(0, 1, 4, 2, 5, 3).reshape(
-      batch, height // 2 * 2, width // 2 * 2, channels)
+      batch, height // 2 * 2, width // 2 * 2, channels
+  )
   grads = jnp.pad(grads, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)))
   return (grads,)
 
@@ -124,30 +125,34 @@ class ConvStage(nn.Module):
       self, x: jax.Array, train: bool, mask: jax.Array | None = None
   ) -> jax.Array:
     def conv_bn(x, padding, index):
-      x = Conv3x3(self.features, padding=padding, dtype=self.dtype,
-                  name=f'conv{index}')(x)
+      x = Conv3x3(
+          self.features, padding=padding, dtype=self.dtype, name=f'conv{index}'
+      )(x)
       x = nn.relu(x)
       if self.batch_norm:
         # The mask keeps padded examples of a partial batch out of the
         # batch statistics, so they match Keras' smaller last batch.
-        x = KerasBatchNorm(use_running_average=not train, dtype=self.dtype,
-                           name=f'bn{index}')(x, mask=mask)
+        x = KerasBatchNorm(
+            use_running_average=not train, dtype=self.dtype, name=f'bn{index}'
+        )(x, mask=mask)
       return x
 
     x = conv_bn(x, 'SAME', 1)
     if self.inner_dropout:
-      x = nn.Dropout(self.inner_dropout, deterministic=not train,
-                     name='dropout1')(x)
+      x = nn.Dropout(
+          self.inner_dropout, deterministic=not train, name='dropout1'
+      )(x)
     x = conv_bn(x, self.second_padding, 2)
     x = MaxPool(name='pool')(x)
     if self.outer_dropout:
-      x = nn.Dropout(self.outer_dropout, deterministic=not train,
-                     name='dropout2')(x)
+      x = nn.Dropout(
+          self.outer_dropout, deterministic=not train, name='dropout2'
+      )(x)
     return x
 
 
 class ConvNet(nn.Module):
-  """The seed's family of CNNs: `ConvStage`s, flatten, dense ReLU layers, logits.
+  """The seed's family of CNNs: `ConvStage`s, flatten, dense layers, logits.
 
   The model returns logits; the softmax of the seed's last layer is folded
   into the loss (what Keras 2.3 itself did for a softmax output layer).
@@ -180,23 +185,28 @@ class ConvNet(nn.Module):
   dtype: Any = jnp.float32
 
   def __post_init__(self):
-    per_stage = (self.second_conv_padding, self.conv_dropout,
-                 self.stage_dropout)
+    per_stage = (
+        self.second_conv_padding,
+        self.conv_dropout,
+        self.stage_dropout,
+    )
     if any(len(v) != len(self.stage_features) for v in per_stage):
       raise ValueError(
           'model.second_conv_padding, model.conv_dropout and '
           'model.stage_dropout need one entry per stage '
           f'({len(self.stage_features)} stages in model.stage_features), got '
           f'{tuple(self.second_conv_padding)}, {tuple(self.conv_dropout)}, '
-          f'{tuple(self.stage_dropout)}')
+          f'{tuple(self.stage_dropout)}'
+      )
     for padding in self.second_conv_padding:
       if padding not in ('SAME', 'VALID'):
         raise ValueError(f"padding must be 'SAME' or 'VALID', got {padding!r}")
     for name in ('stage_features', 'hidden_features'):
       widths = getattr(self, name)
       if not all(isinstance(w, int) and w > 0 for w in widths):
-        raise ValueError(f'model.{name} must be positive integers, got '
-                         f'{tuple(widths)}')
+        raise ValueError(
+            f'model.{name} must be positive integers, got ' f'{tuple(widths)}'
+        )
     super().__post_init__()
 
   @nn.compact
@@ -215,19 +225,28 @@ class ConvNet(nn.Module):
     if mask is not None:
       mask = mask.reshape((-1, 1, 1, 1)).astype(bool)
     for i, features in enumerate(self.stage_features):
-      x = ConvStage(features, self.second_conv_padding[i],
-                    self.conv_dropout[i], self.stage_dropout[i],
-                    self.batch_norm, dtype=self.dtype,
-                    name=f'stage{i + 1}')(x, train, mask)
+      x = ConvStage(
+          features,
+          self.second_conv_padding[i],
+          self.conv_dropout[i],
+          self.stage_dropout[i],
+          self.batch_norm,
+          dtype=self.dtype,
+          name=f'stage{i + 1}',
+      )(x, train, mask)
     x = Flatten(name='flatten')(x)
     if self.flatten_dropout:
-      x = nn.Dropout(self.flatten_dropout, deterministic=not train,
-                     name='flatten_dropout')(x)
+      x = nn.Dropout(
+          self.flatten_dropout, deterministic=not train, name='flatten_dropout'
+      )(x)
     for i, features in enumerate(self.hidden_features):
       x = nn.relu(Dense(features, dtype=self.dtype, name=f'dense{i + 1}')(x))
       if self.hidden_dropout:
-        x = nn.Dropout(self.hidden_dropout, deterministic=not train,
-                       name=f'dense{i + 1}_dropout')(x)
+        x = nn.Dropout(
+            self.hidden_dropout,
+            deterministic=not train,
+            name=f'dense{i + 1}_dropout',
+        )(x)
     x = Dense(self.num_classes, dtype=self.dtype, name='logits')(x)
     return x.astype(jnp.float32)
 
@@ -237,6 +256,7 @@ class ConvNet(nn.Module):
     Keras attaches `kernel_constraint` to a layer; Optax sees only arrays, so
     the model, which knows its layers, says which arrays are constrained.
     """
+
     def value(path, leaf):
       del leaf
       names = [getattr(p, 'key', str(p)) for p in path]
@@ -247,23 +267,32 @@ class ConvNet(nn.Module):
       if names[0].startswith('dense'):
         return float(self.hidden_max_norm)
       return 0.0
+
     return jax.tree_util.tree_map_with_path(value, params)
 
 
-def dirac_init(base: nn.initializers.Initializer = nn.initializers.variance_scaling(
-    1 / 3, 'fan_in', 'uniform')) -> nn.initializers.Initializer:
+def dirac_init(
+    base: nn.initializers.Initializer = nn.initializers.variance_scaling(
+        1 / 3, 'fan_in', 'uniform'
+    )
+) -> nn.initializers.Initializer:
   """`base`, with the first min(in, out) filters made identity maps.
 
   A deep stack of convolutions then starts close to passing its input
   through, which lets the fast recipes use large learning rates at once.
   """
+
   def init(key, shape, dtype=jnp.float32):
     kernel = base(key, shape, dtype)
     kh, kw, cin, cout = shape
     n = min(cin, cout)
-    identity = jnp.zeros((kh, kw, n, n), dtype).at[kh // 2, kw // 2].set(
-        jnp.eye(n, dtype=dtype))
+    identity = (
+        jnp.zeros((kh, kw, n, n), dtype)
+        .at[kh // 2, kw // 2]
+        .set(jnp.eye(n, dtype=dtype))
+    )
     return kernel.at[:, :, :n, :n].set(identity)
+
   return init
 
 
@@ -286,14 +315,26 @@ class FastBlock(nn.Module):
   residual: bool = False
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool,
-               mask: jax.Array | None = None) -> jax.Array:
+  def __call__(
+      self, x: jax.Array, train: bool, mask: jax.Array | None = None
+  ) -> jax.Array:
     norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train, use_scale=False,
-        momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype)
-    conv = functools.partial(nn.Conv, self.features, (3, 3), padding='SAME',
-                             use_bias=False, kernel_init=dirac_init(),
-                             dtype=self.dtype)
+        nn.BatchNorm,
+        use_running_average=not train,
+        use_scale=False,
+        momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon,
+        dtype=self.dtype,
+    )
+    conv = functools.partial(
+        nn.Conv,
+        self.features,
+        (3, 3),
+        padding='SAME',
+        use_bias=False,
+        kernel_init=dirac_init(),
+        dtype=self.dtype,
+    )
     x = conv(name='conv1')(x)
     x = max_pool_2x2(x)
     x = shortcut = nn.gelu(norm(name='bn1')(x, mask=mask))
@@ -334,27 +375,44 @@ class FastNet(nn.Module):
 
   @property
   def whiten_features(self) -> int:
-    return 2 * 3 * self.whiten_patch ** 2
+    return 2 * 3 * self.whiten_patch**2
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False,
-               mask: jax.Array | None = None) -> jax.Array:
+  def __call__(
+      self, x: jax.Array, train: bool = False, mask: jax.Array | None = None
+  ) -> jax.Array:
     """(batch, 32, 32, 3) images in [0, 1] -> (batch, classes) logits."""
     x = x.astype(self.dtype)
     if mask is not None:
       mask = mask.reshape((-1, 1, 1, 1)).astype(bool)
-    x = nn.Conv(self.whiten_features, (self.whiten_patch,) * 2,
-                padding='VALID', dtype=self.dtype, name='whiten')(x)
+    x = nn.Conv(
+        self.whiten_features,
+        (self.whiten_patch,) * 2,
+        padding='VALID',
+        dtype=self.dtype,
+        name='whiten',
+    )(x)
     x = nn.gelu(x)
     for i, width in enumerate(self.widths):
-      x = FastBlock(width, self.bn_momentum, self.bn_epsilon,
-                    self.block_depth, self.dtype, self.residual,
-                    name=f'block{i + 1}')(x, train, mask)
+      x = FastBlock(
+          width,
+          self.bn_momentum,
+          self.bn_epsilon,
+          self.block_depth,
+          self.dtype,
+          self.residual,
+          name=f'block{i + 1}',
+      )(x, train, mask)
     x = jnp.max(x, axis=(1, 2))
-    x = nn.Dense(self.num_classes, use_bias=False,
-                 kernel_init=nn.initializers.variance_scaling(
-                     1 / 3, 'fan_in', 'uniform'),
-                 dtype=self.dtype, name='head')(x)
+    x = nn.Dense(
+        self.num_classes,
+        use_bias=False,
+        kernel_init=nn.initializers.variance_scaling(
+            1 / 3, 'fan_in', 'uniform'
+        ),
+        dtype=self.dtype,
+        name='head',
+    )(x)
     return (x * self.logit_scale).astype(jnp.float32)
 
   def max_norm_values(self, params: Any) -> Any:
@@ -364,20 +422,25 @@ class FastNet(nn.Module):
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
-def create_model(model_config: ml_collections.ConfigDict,
-                 compute_dtype: str = 'float32') -> nn.Module:
+def create_model(
+    model_config: ml_collections.ConfigDict, compute_dtype: str = 'float32'
+) -> nn.Module:
   """Builds the model named by `model_config.name` from its other fields.
 
   `compute_dtype` is the dtype of activations and of the convolutions and
   matmuls; parameters, BatchNorm statistics and logits stay float32.
   """
   if compute_dtype not in COMPUTE_DTYPES:
-    raise ValueError(f'compute_dtype must be one of {tuple(COMPUTE_DTYPES)}, '
-                     f'not {compute_dtype!r}')
+    raise ValueError(
+        f'compute_dtype must be one of {tuple(COMPUTE_DTYPES)}, '
+        f'not {compute_dtype!r}'
+    )
   kwargs = dict(model_config)
   name = kwargs.pop('name')
   model_cls = globals().get(name)
   if not (isinstance(model_cls, type) and issubclass(model_cls, nn.Module)):
-    raise ValueError(f'Unknown model.name {name!r}; models.py defines '
-                     "'ConvNet' and 'FastNet'.")
+    raise ValueError(
+        f'Unknown model.name {name!r}; models.py defines '
+        "'ConvNet' and 'FastNet'."
+    )
   return model_cls(dtype=COMPUTE_DTYPES[compute_dtype], **kwargs)

@@ -18,9 +18,11 @@ from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 CURVES_SIZE = (12, 4.5)  # Inches; at 100 dpi the PNG is 1200 x 450.
 
 
-def curves_figure(history: Sequence[dict[str, float]], title: str = '',
-                  reference: tuple[str, Sequence[dict]] | None = None
-                  ) -> matplotlib.figure.Figure:
+def curves_figure(
+    history: Sequence[dict[str, float]],
+    title: str = '',
+    reference: tuple[str, Sequence[dict]] | None = None,
+) -> matplotlib.figure.Figure:
   """The seed's two panels, accuracy and loss per epoch, training and test.
 
   `reference` is (label, rows) of another run's curves (the seed notebook's)
@@ -29,16 +31,31 @@ def curves_figure(history: Sequence[dict[str, float]], title: str = '',
   epochs = [h['epoch'] for h in history]
   fig, (acc, loss) = plt.subplots(1, 2, figsize=CURVES_SIZE)
   for ax, key, name in ((acc, 'accuracy', 'Accuracy'), (loss, 'loss', 'Loss')):
-    for prefix, split, color in (('', 'training', 'C0'), ('val_', 'test',
-                                                            'C1')):
-      ax.plot(epochs, [h[prefix + key] for h in history], 'o-', color=color,
-              label=split)
+    for prefix, split, color in (
+        ('', 'training', 'C0'),
+        ('val_', 'test', 'C1'),
+    ):
+      ax.plot(
+          epochs,
+          [h[prefix + key] for h in history],
+          'o-',
+          color=color,
+          label=split,
+      )
       if reference:
         label, rows = reference
-        values = [np.nan if r[prefix + key] is None else r[prefix + key]
-                  for r in rows]
-        ax.plot([r['epoch'] for r in rows], values, 's--', color=color,
-                alpha=0.7, markersize=3, label=f'{split}, {label}')
+        values = [
+            np.nan if r[prefix + key] is None else r[prefix + key] for r in rows
+        ]
+        ax.plot(
+            [r['epoch'] for r in rows],
+            values,
+            's--',
+            color=color,
+            alpha=0.7,
+            markersize=3,
+            label=f'{split}, {label}',
+        )
     ax.set_title(f'Model {name} per epoch')
     ax.set_xlabel('epoch')
     ax.set_ylabel(name.lower())
@@ -52,24 +69,30 @@ def curves_figure(history: Sequence[dict[str, float]], title: str = '',
   return fig
 
 
-def curves(history: Sequence[dict[str, float]], path: str, title: str = '',
-           reference: tuple[str, Sequence[dict]] | None = None) -> None:
+def curves(
+    history: Sequence[dict[str, float]],
+    path: str,
+    title: str = '',
+    reference: tuple[str, Sequence[dict]] | None = None,
+) -> None:
   """Writes `curves_figure` as a PNG."""
   fig = curves_figure(history, title, reference)
   fig.savefig(path, dpi=100, format='png')
   plt.close(fig)
 
 
-def confusion_matrix(labels: np.ndarray, predictions: np.ndarray,
-                     num_classes: int) -> np.ndarray:
+def confusion_matrix(
+    labels: np.ndarray, predictions: np.ndarray, num_classes: int
+) -> np.ndarray:
   """counts[true, predicted]."""
   counts = np.zeros((num_classes, num_classes), np.int64)
   np.add.at(counts, (labels, predictions), 1)
   return counts
 
 
-def confusion_matrix_png(counts: np.ndarray, class_names: Sequence[str],
-                         path: str, title: str = '') -> None:
+def confusion_matrix_png(
+    counts: np.ndarray, class_names: Sequence[str], path: str, title: str = ''
+) -> None:
   """A heat map of `counts` with class names and the count in every cell."""
   n = len(class_names)
   fig, ax = plt.subplots(figsize=(1.0 + 0.7 * n, 0.6 + 0.7 * n))
@@ -81,8 +104,15 @@ def confusion_matrix_png(counts: np.ndarray, class_names: Sequence[str],
   threshold = counts.max() / 2
   for i in range(n):
     for j in range(n):
-      ax.text(j, i, str(counts[i, j]), ha='center', va='center', fontsize=8,
-              color='white' if counts[i, j] > threshold else 'black')
+      ax.text(
+          j,
+          i,
+          str(counts[i, j]),
+          ha='center',
+          va='center',
+          fontsize=8,
+          color='white' if counts[i, j] > threshold else 'black',
+      )
   ax.set_title(title or 'Confusion matrix')
   fig.tight_layout()
   fig.savefig(path, dpi=100)

@@ -23,8 +23,16 @@ from PIL import UnidentifiedImageError
 from cifar_jax import cli
 from cifar_jax import inference
 
-_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif',
-               '.tiff')
+_EXTENSIONS = (
+    '.png',
+    '.jpg',
+    '.jpeg',
+    '.bmp',
+    '.gif',
+    '.webp',
+    '.tif',
+    '.tiff',
+)
 
 
 def to_input(path: str) -> np.ndarray:
@@ -40,15 +48,24 @@ def expand(paths: list[str]) -> list[str]:
   for path in paths:
     if os.path.isdir(path):
       for root, _, names in sorted(os.walk(path)):
-        files += [os.path.join(root, n) for n in sorted(names)
-                  if n.lower().endswith(_EXTENSIONS)]
+        files += [
+            os.path.join(root, n)
+            for n in sorted(names)
+            if n.lower().endswith(_EXTENSIONS)
+        ]
     else:
       files.append(path)
   return files
 
 
-def predict(workdir: str, paths: list[str], checkpoint: str = 'latest',
-            top: int = 3, out=sys.stdout, err=sys.stderr) -> int:
+def predict(
+    workdir: str,
+    paths: list[str],
+    checkpoint: str = 'latest',
+    top: int = 3,
+    out=sys.stdout,
+    err=sys.stderr,
+) -> int:
   """Prints the top classes of each image; returns the number of failures."""
   run = inference.load_run(workdir, checkpoint)
   files, images, failures = [], [], 0
@@ -65,8 +82,11 @@ def predict(workdir: str, paths: list[str], checkpoint: str = 'latest',
     probs /= probs.sum(-1, keepdims=True)
     for path, p in zip(files, probs):
       best = np.argsort(-p)[:top]
-      print(f'{path}: ' + ', '.join(
-          f'{run.class_names[i]} {100 * p[i]:.1f}%' for i in best), file=out)
+      print(
+          f'{path}: '
+          + ', '.join(f'{run.class_names[i]} {100 * p[i]:.1f}%' for i in best),
+          file=out,
+      )
   return failures
 
 

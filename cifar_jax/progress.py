@@ -17,19 +17,28 @@ def format_metrics(metrics: dict[str, float]) -> str:
   return ' - '.join(f'{k}: {v:.4f}' for k, v in metrics.items())
 
 
-def epoch_line(epoch: int, num_epochs: int, seconds: float,
-               metrics: dict[str, float]) -> str:
+def epoch_line(
+    epoch: int, num_epochs: int, seconds: float, metrics: dict[str, float]
+) -> str:
   """'Epoch 3/25 - 12s - loss: 1.1908 - ...' (epoch counted from 1)."""
-  return (f'Epoch {epoch}/{num_epochs} - {seconds:.0f}s - '
-          f'{format_metrics(metrics)}')
+  return (
+      f'Epoch {epoch}/{num_epochs} - {seconds:.0f}s - '
+      f'{format_metrics(metrics)}'
+  )
 
 
 class ProgressBar:
   """The bar of one epoch of `total` steps."""
 
-  def __init__(self, total: int, out: TextIO = sys.stdout,
-               interval: float = 0.5, log_interval: float = 30.0,
-               width: int = 30, initial: int = 0):
+  def __init__(
+      self,
+      total: int,
+      out: TextIO = sys.stdout,
+      interval: float = 0.5,
+      log_interval: float = 30.0,
+      width: int = 30,
+      initial: int = 0,
+  ):
     self.total = total
     self.initial = initial  # Steps already done (a resumed epoch).
     self.out = out
@@ -51,11 +60,14 @@ class ProgressBar:
     eta = per_step * (self.total - done)
     filled = int(self.width * done / self.total)
     arrow = '>' if done < self.total else '='
-    bar = ('=' * max(filled - 1, 0) + arrow * (filled > 0)).ljust(self.width,
-                                                                    '.')
+    bar = ('=' * max(filled - 1, 0) + arrow * (filled > 0)).ljust(
+        self.width, '.'
+    )
     digits = len(str(self.total))
-    line = (f'{done:>{digits}}/{self.total} [{bar}] - ETA: {eta:.0f}s - '
-            f'{per_step * 1000:.0f}ms/step - {format_metrics(metrics)}')
+    line = (
+        f'{done:>{digits}}/{self.total} [{bar}] - ETA: {eta:.0f}s - '
+        f'{per_step * 1000:.0f}ms/step - {format_metrics(metrics)}'
+    )
     if self.tty:
       self.out.write('\r' + line + '\x1b[K')
       self._drawn = True

@@ -45,8 +45,9 @@ def machine_description() -> str:
   model = platform.processor() or platform.machine()
   try:
     with open('/proc/cpuinfo') as f:
-      model = next(l.split(':', 1)[1].strip() for l in f
-                   if l.startswith('model name'))
+      model = next(
+          l.split(':', 1)[1].strip() for l in f if l.startswith('model name')
+      )
   except (OSError, StopIteration):
     pass
   return f'{model}, {os.cpu_count()} CPU cores'
@@ -71,9 +72,11 @@ def write_atomically(path: str, write: Callable[[str], None]) -> None:
     cause = write_failure(e)
     if cause is None:
       raise
-    raise UserError(f'Cannot write {path} ({cause}); the checkpoints are '
-                    'intact. Free space or fix the directory, then run the '
-                    'same command to resume.') from e
+    raise UserError(
+        f'Cannot write {path} ({cause}); the checkpoints are '
+        'intact. Free space or fix the directory, then run the '
+        'same command to resume.'
+    ) from e
 
 
 def _write_text(path: str, text: str) -> None:
@@ -85,6 +88,7 @@ def write_json(path: str, value: Any) -> None:
   def write(tmp):
     with open(tmp, 'w') as f:
       json.dump(value, f, indent=2)
+
   write_atomically(path, write)
 
 
@@ -96,8 +100,9 @@ class _LogWriter:
     logging.info('Hyperparameters: %s', hparams)
 
   def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
-    logging.info('[%d] %s', step, ', '.join(
-        f'{k}={v:.6g}' for k, v in scalars.items()))
+    logging.info(
+        '[%d] %s', step, ', '.join(f'{k}={v:.6g}' for k, v in scalars.items())
+    )
 
   def flush(self) -> None:
     pass
@@ -109,8 +114,9 @@ class _LogWriter:
 class Reporter:
   """Writes a run's summaries; `progress(step)` after every train step."""
 
-  def __init__(self, workdir: str, config: ml_collections.ConfigDict,
-               total_steps: int):
+  def __init__(
+      self, workdir: str, config: ml_collections.ConfigDict, total_steps: int
+  ):
     self.workdir = workdir
     self.is_writer = jax.process_index() == 0
     self.title = os.path.basename(os.path.normpath(workdir))
@@ -121,36 +127,63 @@ class Reporter:
       from clu import metric_writers  # pylint: disable=g-import-not-at-top
       from clu import periodic_actions  # pylint: disable=g-import-not-at-top
     except ImportError as e:
-      logging.warning('No TensorBoard summaries (%s); history.json and '
-                      'curves.png are written as usual.', e)
+      logging.warning(
+          'No TensorBoard summaries (%s); history.json and '
+          'curves.png are written as usual.',
+          e,
+      )
       self.writer = _LogWriter()
       self.progress = lambda step: None
       return
     self.writer = metric_writers.create_default_writer(
-        workdir, just_logging=not self.is_writer, asynchronous=True)
+        workdir, just_logging=not self.is_writer, asynchronous=True
+    )
     hparams = flatten(json.loads(config.to_json_best_effort()))
-    self.writer.write_hparams({k: v if isinstance(v, (bool, int, float, str))
-                               else str(v) for k, v in hparams.items()})
+    self.writer.write_hparams(
+        {
+            k: v if isinstance(v, (bool, int, float, str)) else str(v)
+            for k, v in hparams.items()
+        }
+    )
     self.progress = periodic_actions.ReportProgress(
-        num_train_steps=total_steps, writer=self.writer, every_secs=60)
+        num_train_steps=total_steps, writer=self.writer, every_secs=60
+    )
 
-  def start(self, config: ml_collections.ConfigDict,
-            class_names: Sequence[str], train_examples: int,
-            eval_examples: int, steps_per_epoch: int) -> None:
+  def start(
+      self,
+      config: ml_collections.ConfigDict,
+      class_names: Sequence[str],
+      train_examples: int,
+      eval_examples: int,
+      steps_per_epoch: int,
+  ) -> None:
     """Writes config.json and dataset_info.json (what evaluate, predict
     and a resume read back)."""
     if not self.is_writer:
       return
-    write_atomically(os.path.join(self.workdir, 'config.json'),
-                     lambda tmp: _write_text(
-                         tmp, config.to_json_best_effort(indent=2)))
-    write_json(os.path.join(self.workdir, DATASET_INFO), {
-        'class_names': list(class_names), 'train_examples': train_examples,
-        'eval_examples': eval_examples, 'steps_per_epoch': steps_per_epoch})
+    write_atomically(
+        os.path.join(self.workdir, 'config.json'),
+        lambda tmp: _write_text(tmp, config.to_json_best_effort(indent=2)),
+    )
+    write_json(
+        os.path.join(self.workdir, DATASET_INFO),
+        {
+            'class_names': list(class_names),
+            'train_examples': train_examples,
+            'eval_examples': eval_examples,
+            'steps_per_epoch': steps_per_epoch,
+        },
+    )
 
-  def epoch(self, step: int, history: list[dict[str, float]],
-            learning_rate: float, train_seconds: float, num_steps: int,
-            num_images: int) -> None:
+  def epoch(
+      self,
+      step: int,
+      history: list[dict[str, float]],
+      learning_rate: float,
+      train_seconds: float,
+      num_steps: int,
+      num_images: int,
+  ) -> None:
     """Records the epoch that `history[-1]` describes, ending at `step`.
 
     Args:
@@ -161,20 +194,27 @@ class Reporter:
       num_steps, num_images: steps and images trained in that time.
     """
     row = history[-1]
-    self._summaries(step, {
-        'train_loss': row['loss'], 'train_accuracy': row['accuracy'],
-        'eval_loss': row['val_loss'], 'eval_accuracy': row['val_accuracy'],
-        'learning_rate': learning_rate,
-        'steps_per_second': num_steps / train_seconds,
-        'images_per_second': num_images / train_seconds,
-    })
+    self._summaries(
+        step,
+        {
+            'train_loss': row['loss'],
+            'train_accuracy': row['accuracy'],
+            'eval_loss': row['val_loss'],
+            'eval_accuracy': row['val_accuracy'],
+            'learning_rate': learning_rate,
+            'steps_per_second': num_steps / train_seconds,
+            'images_per_second': num_images / train_seconds,
+        },
+    )
     if self.is_writer:
       write_json(os.path.join(self.workdir, 'history.json'), history)
-      reference = seed_notebook.reference(self.seed_rung,
-                                          up_to_epoch=history[-1]['epoch'])
-      write_atomically(os.path.join(self.workdir, 'curves.png'),
-                       lambda tmp: plots.curves(history, tmp, self.title,
-                                                reference))
+      reference = seed_notebook.reference(
+          self.seed_rung, up_to_epoch=history[-1]['epoch']
+      )
+      write_atomically(
+          os.path.join(self.workdir, 'curves.png'),
+          lambda tmp: plots.curves(history, tmp, self.title, reference),
+      )
 
   def _summaries(self, step: int, scalars: dict[str, float]) -> None:
     """Writes TensorBoard scalars; a failed write is one clear error."""
@@ -185,10 +225,12 @@ class Reporter:
       cause = write_failure(e)
       if cause is None:
         raise
-      raise UserError(f'Cannot write TensorBoard summaries to '
-                      f'{self.workdir} ({cause}); the checkpoints are '
-                      'intact. Free space or fix the directory, then run '
-                      'the same command to resume.') from e
+      raise UserError(
+          f'Cannot write TensorBoard summaries to '
+          f'{self.workdir} ({cause}); the checkpoints are '
+          'intact. Free space or fix the directory, then run '
+          'the same command to resume.'
+      ) from e
 
   def close(self) -> None:
     try:

@@ -26,16 +26,21 @@ def prepare(workdir: str) -> str:
   """Creates `workdir` if needed; its absolute path, or one clear error."""
   path = os.path.abspath(os.path.expanduser(workdir))
   if os.path.exists(path) and not os.path.isdir(path):
-    raise UserError(f'--workdir {workdir} is a file, not a directory; name '
-                    'a directory for the run.')
+    raise UserError(
+        f'--workdir {workdir} is a file, not a directory; name '
+        'a directory for the run.'
+    )
   try:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
-    raise UserError(f'Cannot create the run directory {path}: '
-                    f'{e.strerror or e}.') from e
+    raise UserError(
+        f'Cannot create the run directory {path}: ' f'{e.strerror or e}.'
+    ) from e
   if not os.access(path, os.W_OK) or _read_only_mount(path):
-    raise UserError(f'Cannot write to the run directory {path} (read-only '
-                    'file system or no permission); use another --workdir.')
+    raise UserError(
+        f'Cannot write to the run directory {path} (read-only '
+        'file system or no permission); use another --workdir.'
+    )
   return path
 
 
@@ -66,12 +71,17 @@ def hold(workdir: str, take: bool = True) -> Iterator[None]:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-      raise UserError(f'{workdir} is in use by another run ({_holder(fd)}); '
-                      'wait for it to end, or use another --workdir.'
-                      ) from None
+      raise UserError(
+          f'{workdir} is in use by another run ({_holder(fd)}); '
+          'wait for it to end, or use another --workdir.'
+      ) from None
     except OSError as e:  # A file system without locks (some FUSE mounts).
-      logging.warning('Cannot lock %s (%s): nothing stops a second run from '
-                      'using this directory at the same time.', path, e)
+      logging.warning(
+          'Cannot lock %s (%s): nothing stops a second run from '
+          'using this directory at the same time.',
+          path,
+          e,
+      )
     holder = json.dumps({'host': socket.gethostname(), 'pid': os.getpid()})
     os.ftruncate(fd, 0)
     os.pwrite(fd, holder.encode(), 0)

@@ -25,6 +25,7 @@ TOLERANCE_POINTS = 1.5
 @dataclasses.dataclass(frozen=True)
 class SeedRun:
   """One rung as the notebook ran it."""
+
   rung: str
   num_epochs: int
   final_accuracy: float | None  # A fraction; None where nothing was printed.
@@ -49,27 +50,31 @@ def load(rung: str) -> SeedRun:
   entry = _record()['rungs'][rung]
   columns = _record()['columns']
   return SeedRun(
-      rung=rung, num_epochs=entry['num_epochs'],
-      final_accuracy=entry['final_accuracy'], final_text=entry['final_text'],
-      reference=entry['reference'], note=entry['note'],
-      epochs=tuple(dict(zip(columns, row)) for row in entry['epochs']))
+      rung=rung,
+      num_epochs=entry['num_epochs'],
+      final_accuracy=entry['final_accuracy'],
+      final_text=entry['final_text'],
+      reference=entry['reference'],
+      note=entry['note'],
+      epochs=tuple(dict(zip(columns, row)) for row in entry['epochs']),
+  )
 
 
 def summary(rung: str) -> str:
   """One line for a config's docstring: the seed's result and speed."""
   run = load(rung)
   seconds = [r['seconds'] for r in run.epochs]
-  speed = (f', {statistics.median(seconds):.0f} s per epoch' if seconds
-           else '')
+  speed = f', {statistics.median(seconds):.0f} s per epoch' if seconds else ''
   result = run.final_text
   if run.final_accuracy is not None:
     result += ' test accuracy'
-  return (f'Seed notebook (Keras 2.3, laptop CPU): {result} after '
-          f'{run.num_epochs} epochs{speed}.')
+  return (
+      f'Seed notebook (Keras 2.3, laptop CPU): {result} after '
+      f'{run.num_epochs} epochs{speed}.'
+  )
 
 
-def reference(rung: str, up_to_epoch: int
-              ) -> tuple[str, list[dict]] | None:
+def reference(rung: str, up_to_epoch: int) -> tuple[str, list[dict]] | None:
   """(label, rows) of the seed's curve to draw beside a run of `rung`.
 
   Only the epochs the run has reached. A rung the notebook printed no log
@@ -89,6 +94,7 @@ def reference(rung: str, up_to_epoch: int
 @dataclasses.dataclass(frozen=True)
 class Comparison:
   """A run of ours against the seed's, in accuracy points (percent)."""
+
   final: float
   best: float
   best_epoch: int
@@ -106,19 +112,28 @@ def compare(rung: str, history: Sequence[dict]) -> Comparison:
   run = load(rung)
   best = max(history, key=lambda h: h['val_accuracy'])
   final = 100 * history[-1]['val_accuracy']
-  seed_final = (None if run.final_accuracy is None
-                else 100 * run.final_accuracy)
+  seed_final = None if run.final_accuracy is None else 100 * run.final_accuracy
   gap = None
   if seed_final is not None and history[-1]['epoch'] == run.num_epochs:
     gap = final - seed_final
   _, rows = reference(rung, up_to_epoch=history[-1]['epoch'])
-  seed_by_epoch = {r['epoch']: r['val_accuracy'] for r in rows
-                   if r['val_accuracy'] is not None}
-  diffs = [abs(h['val_accuracy'] - seed_by_epoch[h['epoch']]) * 100
-           for h in history if h['epoch'] in seed_by_epoch]
+  seed_by_epoch = {
+      r['epoch']: r['val_accuracy']
+      for r in rows
+      if r['val_accuracy'] is not None
+  }
+  diffs = [
+      abs(h['val_accuracy'] - seed_by_epoch[h['epoch']]) * 100
+      for h in history
+      if h['epoch'] in seed_by_epoch
+  ]
   return Comparison(
-      final=final, best=100 * best['val_accuracy'], best_epoch=best['epoch'],
-      seed_final=seed_final, gap=gap,
+      final=final,
+      best=100 * best['val_accuracy'],
+      best_epoch=best['epoch'],
+      seed_final=seed_final,
+      gap=gap,
       mean_abs_diff=statistics.fmean(diffs) if diffs else None,
       common_epochs=len(diffs),
-      within=None if gap is None else abs(gap) <= TOLERANCE_POINTS)
+      within=None if gap is None else abs(gap) <= TOLERANCE_POINTS,
+  )

@@ -8,7 +8,6 @@ see that the augmentation looks right (nothing upside down, borders filled by
 repeating the edge, zooms centred).
 """
 
-
 from absl import app
 from absl import flags
 import jax
@@ -30,28 +29,38 @@ _IMAGES = flags.DEFINE_integer('num_images', 8, 'Rows: training images.')
 _VIEWS = flags.DEFINE_integer('num_views', 6, 'Augmented views per image.')
 
 
-def augmented_views(images: np.ndarray, aug: augment.AugmentConfig,
-                    key: jax.Array, num_views: int) -> np.ndarray:
+def augmented_views(
+    images: np.ndarray,
+    aug: augment.AugmentConfig,
+    key: jax.Array,
+    num_views: int,
+) -> np.ndarray:
   """(views, n, h, w, c) float images in [0, 1], one key per view."""
   x = jnp.asarray(images, jnp.float32) / 255.0
-  views = [augment.augment_batch(jax.random.fold_in(key, v), x, aug)
-           for v in range(num_views)]
+  views = [
+      augment.augment_batch(jax.random.fold_in(key, v), x, aug)
+      for v in range(num_views)
+  ]
   return np.clip(np.stack(views), 0, 1)
 
 
-def render(config: ml_collections.ConfigDict, out: str, num_images: int,
-           num_views: int) -> None:
+def render(
+    config: ml_collections.ConfigDict, out: str, num_images: int, num_views: int
+) -> None:
   """Writes the grid: a row per image, the original first, then its views."""
   aug = augment.AugmentConfig.from_config(config.augment)
   data = input_pipeline.load_split(config, config.train_split)
-  pick = np.random.default_rng(config.seed).choice(len(data), num_images,
-                                                   replace=False)
+  pick = np.random.default_rng(config.seed).choice(
+      len(data), num_images, replace=False
+  )
   images = data.images[pick]
-  views = augmented_views(images, aug, jax.random.key(config.seed),
-                          num_views)
-  fig, axes = plt.subplots(num_images, num_views + 1,
-                           figsize=(1.3 * (num_views + 1), 1.3 * num_images),
-                           squeeze=False)
+  views = augmented_views(images, aug, jax.random.key(config.seed), num_views)
+  fig, axes = plt.subplots(
+      num_images,
+      num_views + 1,
+      figsize=(1.3 * (num_views + 1), 1.3 * num_images),
+      squeeze=False,
+  )
   for i in range(num_images):
     row = [images[i] / 255.0] + [views[v, i] for v in range(num_views)]
     for j, image in enumerate(row):
@@ -65,8 +74,9 @@ def render(config: ml_collections.ConfigDict, out: str, num_images: int,
   settings = {k: v for k, v in config.augment.items() if v}
   if not config.augment.crop_padding:
     settings.pop('crop_padding_mode')
-  fig.suptitle(f'augment: {settings or "none (all transforms off)"}',
-               fontsize=9)
+  fig.suptitle(
+      f'augment: {settings or "none (all transforms off)"}', fontsize=9
+  )
   fig.tight_layout()
   fig.savefig(out, dpi=100)
   plt.close(fig)

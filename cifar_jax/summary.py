@@ -15,8 +15,14 @@ import numpy as np
 from cifar_jax import models
 
 # Layers that get a row, as Keras would list them; containers do not.
-_LAYER_TYPES = (nn.Conv, nn.Dense, nn.Dropout, nn.BatchNorm, models.MaxPool,
-                models.Flatten)
+_LAYER_TYPES = (
+    nn.Conv,
+    nn.Dense,
+    nn.Dropout,
+    nn.BatchNorm,
+    models.MaxPool,
+    models.Flatten,
+)
 
 
 def _count(tree: Any) -> int:
@@ -42,8 +48,9 @@ def _flatten_calls(tree: dict, prefix=()) -> list[tuple[tuple[str, ...], Any]]:
   return rows
 
 
-def keras_summary(model: nn.Module, variables: Any,
-                  input_shape: tuple[int, ...]) -> str:
+def keras_summary(
+    model: nn.Module, variables: Any, input_shape: tuple[int, ...]
+) -> str:
   """Returns the summary table of `model` applied to `input_shape` inputs.
 
   Args:
@@ -64,9 +71,13 @@ def keras_summary(model: nn.Module, variables: Any,
 
   def run(variables):
     x = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
-    _, state = model.apply(variables, x, train=False,
-                           capture_intermediates=only_layers,
-                           mutable=['intermediates'])
+    _, state = model.apply(
+        variables,
+        x,
+        train=False,
+        capture_intermediates=only_layers,
+        mutable=['intermediates'],
+    )
     return state['intermediates']
 
   outputs = dict(_flatten_calls(jax.eval_shape(run, variables)))
@@ -86,10 +97,18 @@ def keras_summary(model: nn.Module, variables: Any,
     return ''.join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
 
   total = _count(params) + _count(stats)
-  lines = [f'Model: "{type(model).__name__}"', '_' * sum(widths), fmt(header),
-           rule]
+  lines = [
+      f'Model: "{type(model).__name__}"',
+      '_' * sum(widths),
+      fmt(header),
+      rule,
+  ]
   lines += [fmt(r) for r in rows]
-  lines += [rule, f'Total params: {total:,}',
-            f'Trainable params: {_count(params):,}',
-            f'Non-trainable params: {_count(stats):,}', '_' * sum(widths)]
+  lines += [
+      rule,
+      f'Total params: {total:,}',
+      f'Trainable params: {_count(params):,}',
+      f'Non-trainable params: {_count(stats):,}',
+      '_' * sum(widths),
+  ]
   return '\n'.join(lines)

@@ -29,14 +29,15 @@ YNN_FUSION_TYPE = 'xla_cpu_experimental_ynn_fusion_type'
 # the same programs.
 YNN_FUSIONS_WITHOUT_CONVOLUTIONS = ','.join(
     f'LIBRARY_FUSION_TYPE_{name}'
-    for name in ('DOT', 'REDUCE', 'INDIVIDUAL_DOT'))
+    for name in ('DOT', 'REDUCE', 'INDIVIDUAL_DOT')
+)
 # Set to 1 to compile with XLA's own defaults (e.g. to measure them).
 OPT_OUT = 'CIFAR_JAX_KEEP_XLA_FLAGS'
 
 
-def compiler_options(platform: str,
-                     environ: Mapping[str, str] = os.environ
-                     ) -> dict[str, str]:
+def compiler_options(
+    platform: str, environ: Mapping[str, str] = os.environ
+) -> dict[str, str]:
   """The compiler options for a program compiled for `platform`.
 
   Empty off the CPU, under OPT_OUT, where the user's XLA_FLAGS set the
@@ -45,8 +46,10 @@ def compiler_options(platform: str,
   """
   if platform != 'cpu' or environ.get(OPT_OUT, '') not in ('', '0'):
     return {}
-  user_flags = {item.split('=', 1)[0].lstrip('-')
-                for item in environ.get('XLA_FLAGS', '').split()}
+  user_flags = {
+      item.split('=', 1)[0].lstrip('-')
+      for item in environ.get('XLA_FLAGS', '').split()
+  }
   if YNN_FUSION_TYPE in user_flags:
     return {}
   options = {YNN_FUSION_TYPE: YNN_FUSIONS_WITHOUT_CONVOLUTIONS}
@@ -58,10 +61,13 @@ def _accepted(options: tuple[tuple[str, str], ...]) -> bool:
   """Whether this jaxlib's XLA:CPU compiles with `options` (a tiny program)."""
   x = jax.device_put(np.float32(1), jax.devices('cpu')[0])
   try:
-    jax.jit(lambda v: v + 1, compiler_options=dict(options)).lower(
-        x).compile()
+    jax.jit(lambda v: v + 1, compiler_options=dict(options)).lower(x).compile()
     return True
   except jax.errors.JaxRuntimeError as e:
-    logging.warning('This jaxlib refuses the XLA:CPU options %s (%s); CPU '
-                    'programs compile with XLA\'s defaults.', options, e)
+    logging.warning(
+        'This jaxlib refuses the XLA:CPU options %s (%s); CPU '
+        "programs compile with XLA's defaults.",
+        options,
+        e,
+    )
     return False

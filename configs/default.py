@@ -2,7 +2,8 @@
 
 The rungs of the ladder (../shared/LADDER.md) import this and override only
 what differs, so each key is documented once, here. Any key can be overridden
-on the command line: `--config.num_epochs=3 --config.optimizer.learning_rate=0.02`.
+on the command line: `--config.num_epochs=3`,
+`--config.optimizer.learning_rate=0.02`.
 """
 
 import ml_collections

@@ -26,8 +26,9 @@ import ml_collections
 from configs import default
 
 
-def set_rates(config: ml_collections.ConfigDict, lr_per_1024: float,
-              decay_per_1024: float) -> None:
+def set_rates(
+    config: ml_collections.ConfigDict, lr_per_1024: float, decay_per_1024: float
+) -> None:
   """The paper's per-1024-example rates, as our mean-loss optimizer's."""
   kilostep = 1024 * (1 + 1 / (1 - config.optimizer.momentum))
   config.optimizer.learning_rate = lr_per_1024 * config.batch_size / kilostep
@@ -45,7 +46,7 @@ def get_config():
   config.label_smoothing = 0.2
   config.eval_tta = 2
   config.whitening.images = 5000
-  config.whitening.epsilon = 5e-4 * 0.25 ** 2
+  config.whitening.epsilon = 5e-4 * 0.25**2
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'FastNet'
@@ -67,7 +68,7 @@ def get_config():
   config.optimizer.schedule_peak = 0.23
   config.optimizer.schedule_end = 0.07
   config.optimizer.lookahead_every = 5
-  config.optimizer.lookahead_decay = 0.95 ** 5
+  config.optimizer.lookahead_decay = 0.95**5
 
   config.augment.horizontal_flip = True
   config.augment.flip_mode = 'alternating'

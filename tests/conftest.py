@@ -27,9 +27,11 @@ def compilation_cache(tmp_path_factory):
   makes it about a third faster. The cache starts empty in every session.
   """
   path = str(tmp_path_factory.mktemp('xla_cache'))
-  settings = {'jax_compilation_cache_dir': path,
-              'jax_persistent_cache_min_compile_time_secs': 0,
-              'jax_persistent_cache_min_entry_size_bytes': 0}
+  settings = {
+      'jax_compilation_cache_dir': path,
+      'jax_persistent_cache_min_compile_time_secs': 0,
+      'jax_persistent_cache_min_entry_size_bytes': 0,
+  }
   for name, value in settings.items():
     jax.config.update(name, value)
     os.environ[name.upper()] = str(value)
@@ -38,17 +40,25 @@ def compilation_cache(tmp_path_factory):
     os.environ.pop(name.upper(), None)
 
 
-def write_image_folder(root, classes, per_class, size=(32, 32), mode='RGB',
-                       splits=('train', 'test')):
+def write_image_folder(
+    root,
+    classes,
+    per_class,
+    size=(32, 32),
+    mode='RGB',
+    splits=('train', 'test'),
+):
   """Images whose colour encodes their class, in <root>/<split>/<class>/."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
+
   for split in splits:
     for c, name in enumerate(classes):
       os.makedirs(root / split / name)
       for i in range(per_class):
         value = 20 * c + i
-        image = Image.new(mode, size, (value,) * len(mode)
-                          if mode != 'L' else value)
+        image = Image.new(
+            mode, size, (value,) * len(mode) if mode != 'L' else value
+        )
         image.save(root / split / name / f'{i}.png')
 
 
@@ -65,12 +75,20 @@ def shared_zip():
 
 def start_main(*args, devices=1, **popen_kwargs):
   """`python -m cifar_jax.main *args` on `devices` fake CPU devices."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu',
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS='cpu',
+      XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+  )
   return subprocess.Popen(
-      [sys.executable, '-m', 'cifar_jax.main', *map(str, args)], cwd=REPO,
-      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-      **popen_kwargs)
+      [sys.executable, '-m', 'cifar_jax.main', *map(str, args)],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      **popen_kwargs,
+  )
 
 
 def run_main(*args, devices=1, timeout=300):

@@ -74,9 +74,15 @@ def _error_line(stderr: str) -> str:
 
 def _folder_config(root, **overrides):
   config = get_config('test')
-  config.update(dataset='image_folder', data_dir=str(root), cache_dir='',
-                batch_size=8, eval_batch_size=8, num_epochs=1,
-                steps_per_epoch=2)
+  config.update(
+      dataset='image_folder',
+      data_dir=str(root),
+      cache_dir='',
+      batch_size=8,
+      eval_batch_size=8,
+      num_epochs=1,
+      steps_per_epoch=2,
+  )
   config.update(overrides)
   return config
 
@@ -88,8 +94,7 @@ def _train(config, workdir):
 # ------------------------------------------------ silently wrong, or lost
 
 
-def test_a_second_run_on_a_held_workdir_is_refused_naming_the_holder(
-    tmp_path):
+def test_a_second_run_on_a_held_workdir_is_refused_naming_the_holder(tmp_path):
   config = get_config('test')
   with rundir.hold(str(tmp_path)):
     code, line = _cli(_train, config, tmp_path)
@@ -102,10 +107,17 @@ def test_a_second_run_on_a_held_workdir_is_refused_naming_the_holder(
 
 def test_a_killed_runs_lock_never_blocks_the_next_run(tmp_path):
   holder = subprocess.Popen(
-      [sys.executable, '-c', 'import sys, time; from cifar_jax import rundir\n'
-       f'with rundir.hold({str(tmp_path)!r}):\n'
-       '  print("held", flush=True); time.sleep(120)'],
-      cwd=REPO, stdout=subprocess.PIPE, text=True)
+      [
+          sys.executable,
+          '-c',
+          'import sys, time; from cifar_jax import rundir\n'
+          f'with rundir.hold({str(tmp_path)!r}):\n'
+          '  print("held", flush=True); time.sleep(120)',
+      ],
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      text=True,
+  )
   assert holder.stdout.readline().strip() == 'held'
   with pytest.raises(Exception, match=f'pid {holder.pid} on host'):
     with rundir.hold(str(tmp_path)):
@@ -123,8 +135,7 @@ def test_the_command_line_refuses_a_second_run_on_one_workdir(tmp_path):
   assert f'pid {os.getpid()}' in _error_line(r.stderr)
 
 
-def test_relabelled_images_are_decoded_again_not_read_from_the_cache(
-    tmp_path):
+def test_relabelled_images_are_decoded_again_not_read_from_the_cache(tmp_path):
   root = tmp_path / 'data'
   write_image_folder(root, CLASSES, per_class=4)
   config = _folder_config(root, cache_dir=str(tmp_path / 'cache'))
@@ -149,13 +160,11 @@ def test_one_class_list_for_every_split_from_the_training_split(tmp_path):
   test = input_pipeline.load_split(config, 'test')
   assert test.class_names == CLASSES
   # The trucks keep label 2 though the test split has no cats.
-  np.testing.assert_array_equal(test.labels,
-                                test.images[:, 0, 0, 0] // 20)
+  np.testing.assert_array_equal(test.labels, test.images[:, 0, 0, 0] // 20)
   assert set(test.labels) == {0, 2}
 
 
-def test_a_split_with_a_class_the_training_split_lacks_is_refused(
-    tmp_path):
+def test_a_split_with_a_class_the_training_split_lacks_is_refused(tmp_path):
   root = tmp_path / 'data'
   write_image_folder(root, CLASSES, per_class=2)
   write_image_folder(root, ('zebra',), per_class=2, splits=('test',))
@@ -175,7 +184,8 @@ def three_class_run(tmp_path_factory):
 
 
 def test_evaluate_says_a_class_has_no_test_images_instead_of_nan(
-    three_class_run, capsys):
+    three_class_run, capsys
+):
   workdir, _, history = three_class_run
   result = evaluate.evaluate(str(workdir))
   out = capsys.readouterr().out
@@ -197,17 +207,31 @@ def test_predict_ranks_only_the_data_sets_classes(three_class_run):
 # ------------------------------------------------ config values and files
 
 
-@pytest.mark.parametrize('key, value', [
-    ('batch_size', -4), ('batch_size', 0), ('eval_batch_size', 0),
-    ('num_epochs', 0), ('steps_per_epoch', -3), ('keep_checkpoints', 0),
-    ('label_smoothing', 1.0), ('eval_tta', 3), ('seed_rung', 'huge'),
-    ('optimizer.learning_rate', 0.0), ('optimizer.momentum', 1.5),
-    ('model.conv_dropout', (1.0,)), ('model.hidden_dropout', -0.1),
-    ('augment.zoom_range', -0.2), ('augment.cutout_size', 40),
-    ('compute_dtype', 'float16'), ('model.second_conv_padding', ('FULL',)),
-])
+@pytest.mark.parametrize(
+    'key, value',
+    [
+        ('batch_size', -4),
+        ('batch_size', 0),
+        ('eval_batch_size', 0),
+        ('num_epochs', 0),
+        ('steps_per_epoch', -3),
+        ('keep_checkpoints', 0),
+        ('label_smoothing', 1.0),
+        ('eval_tta', 3),
+        ('seed_rung', 'huge'),
+        ('optimizer.learning_rate', 0.0),
+        ('optimizer.momentum', 1.5),
+        ('model.conv_dropout', (1.0,)),
+        ('model.hidden_dropout', -0.1),
+        ('augment.zoom_range', -0.2),
+        ('augment.cutout_size', 40),
+        ('compute_dtype', 'float16'),
+        ('model.second_conv_padding', ('FULL',)),
+    ],
+)
 def test_a_bad_config_value_is_refused_before_anything_is_written(
-    tmp_path, key, value):
+    tmp_path, key, value
+):
   config = get_config('test')
   *parents, leaf = key.split('.')
   node = config
@@ -228,30 +252,52 @@ def test_every_key_of_every_config_has_a_rule():
 
 
 def test_the_shipped_configs_pass_the_checks():
-  for name in ('simple', 'large', 'large_100', 'large_less_dropout',
-               'deep_adam', 'deep_adam_aug', 'deep_adam_aug_dropout',
-               'bn_aug_sgd', 'fast94', 'fast95', 'fast96', 'test'):
+  for name in (
+      'simple',
+      'large',
+      'large_100',
+      'large_less_dropout',
+      'deep_adam',
+      'deep_adam_aug',
+      'deep_adam_aug_dropout',
+      'bn_aug_sgd',
+      'fast94',
+      'fast95',
+      'fast96',
+      'test',
+  ):
     assert config_checks.problems(get_config(name)) == [], name
 
 
 def test_negative_batch_size_on_the_command_line_is_one_line(tmp_path):
-  r = run_main('--config', 'configs/test.py', '--workdir', tmp_path / 'run',
-               '--config.batch_size=-4', timeout=120)
+  r = run_main(
+      '--config',
+      'configs/test.py',
+      '--workdir',
+      tmp_path / 'run',
+      '--config.batch_size=-4',
+      timeout=120,
+  )
   assert r.returncode == 1
   assert _error_line(r.stderr) == (
-      'error: bad config: batch_size=-4 must be an integer >= 1.')
+      'error: bad config: batch_size=-4 must be an integer >= 1.'
+  )
 
 
-@pytest.mark.parametrize('source, expected', [
-    (None, 'cannot read config file {path}: No such file or directory'),
-    ('def get_config(:\n', 'config file {path}, line 1: invalid syntax'),
-])
+@pytest.mark.parametrize(
+    'source, expected',
+    [
+        (None, 'cannot read config file {path}: No such file or directory'),
+        ('def get_config(:\n', 'config file {path}, line 1: invalid syntax'),
+    ],
+)
 def test_an_unreadable_config_file_is_one_line(tmp_path, source, expected):
   path = tmp_path / 'config.py'
   if source is not None:
     path.write_text(source)
   assert cli._check_config_file(str(path)).startswith(
-      expected.format(path=path))
+      expected.format(path=path)
+  )
 
 
 def test_a_config_file_that_fails_to_load_is_one_line(tmp_path):
@@ -261,11 +307,13 @@ def test_a_config_file_that_fails_to_load_is_one_line(tmp_path):
   assert r.returncode == 2
   assert _error_line(r.stderr) == (
       f'error: cannot load config file {path}: ModuleNotFoundError: No '
-      "module named 'no_such_module'")
+      "module named 'no_such_module'"
+  )
   path.write_text('x = 1\n')
   r = run_main('--config', path, '--workdir', tmp_path / 'run', timeout=120)
   assert _error_line(r.stderr) == (
-      f'error: config file {path} defines no get_config().')
+      f'error: config file {path} defines no get_config().'
+  )
 
 
 # ------------------------------------------------ files and directories
@@ -283,8 +331,7 @@ def test_a_damaged_zip_member_is_named(tmp_path):
   # Flip a byte inside that member's data: its CRC no longer matches.
   data[info.header_offset + 30 + len(info.filename) + 40] ^= 0xFF
   archive.write_bytes(bytes(data))
-  code, line = _cli(input_pipeline.load_split, _folder_config(archive),
-                    'train')
+  code, line = _cli(input_pipeline.load_split, _folder_config(archive), 'train')
   assert code == 1 and 'train/cat/1.png' in line
 
 
@@ -306,13 +353,15 @@ def one_epoch_run(tmp_path_factory):
 
 
 def test_when_every_checkpoint_is_damaged_the_run_stops_and_keeps_them(
-    one_epoch_run, tmp_path):
+    one_epoch_run, tmp_path
+):
   original, config = one_epoch_run
   workdir = tmp_path / 'run'
   shutil.copytree(original, workdir)
   history = (workdir / 'history.json').read_text()
-  steps = sorted(p.name for p in (workdir / 'checkpoints').iterdir()
-                 if p.name.isdigit())
+  steps = sorted(
+      p.name for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()
+  )
   for step in steps:  # Garbage in every file of every checkpoint.
     for f in (workdir / 'checkpoints' / step).rglob('*'):
       if f.is_file():
@@ -329,14 +378,20 @@ def test_a_refused_resume_writes_nothing(one_epoch_run, tmp_path):
   original, config = one_epoch_run
   workdir = tmp_path / 'run'
   shutil.copytree(original, workdir)
-  before = {p.name: p.stat().st_mtime_ns for p in workdir.iterdir()
-            if p.name != rundir.LOCK_FILE}
+  before = {
+      p.name: p.stat().st_mtime_ns
+      for p in workdir.iterdir()
+      if p.name != rundir.LOCK_FILE
+  }
   other = get_config('test')
   other.optimizer.learning_rate = 0.5
   code, line = _cli(_train, other, workdir)
   assert code == 1 and 'different config' in line
-  after = {p.name: p.stat().st_mtime_ns for p in workdir.iterdir()
-           if p.name != rundir.LOCK_FILE}
+  after = {
+      p.name: p.stat().st_mtime_ns
+      for p in workdir.iterdir()
+      if p.name != rundir.LOCK_FILE
+  }
   assert after == before  # No new events file, config.json untouched.
 
 
@@ -347,13 +402,19 @@ def _mount(*args) -> None:
 
 
 def test_a_full_disk_is_one_line_leaves_no_partial_checkpoint_and_resumes(
-    tmp_path):
+    tmp_path,
+):
   disk = tmp_path / 'disk'
   disk.mkdir()
   _mount('-t', 'tmpfs', '-o', 'size=600k', 'tmpfs', disk)
   try:
-    args = ('--config', 'configs/test.py', '--workdir', disk / 'run',
-            '--config.num_epochs=4')
+    args = (
+        '--config',
+        'configs/test.py',
+        '--workdir',
+        disk / 'run',
+        '--config.num_epochs=4',
+    )
     r = run_main(*args)
     assert r.returncode == 1
     assert 'no space left on the device' in _error_line(r.stderr)
@@ -382,8 +443,14 @@ def test_a_read_only_workdir_is_one_line(tmp_path):
 
 
 def test_ctrl_c_twice_exits_130_in_one_line(tmp_path):
-  proc = start_main('--config', 'configs/test.py', '--workdir', tmp_path,
-                    '--config.num_epochs=50', '--config.steps_per_epoch=200')
+  proc = start_main(
+      '--config',
+      'configs/test.py',
+      '--workdir',
+      tmp_path,
+      '--config.num_epochs=50',
+      '--config.steps_per_epoch=200',
+  )
   deadline = time.monotonic() + 240
   while not list((tmp_path / 'checkpoints').glob('[0-9]*')):
     assert proc.poll() is None and time.monotonic() < deadline
@@ -397,8 +464,11 @@ def test_ctrl_c_twice_exits_130_in_one_line(tmp_path):
   err = proc.stderr.read()
   assert proc.returncode == 130, err[-3000:]
   assert 'Traceback' not in err
-  said = [l for l in err.splitlines()
-          if l.startswith(('Stopped by SIGINT', 'Interrupted (Ctrl-C twice)'))]
+  said = [
+      l
+      for l in err.splitlines()
+      if l.startswith(('Stopped by SIGINT', 'Interrupted (Ctrl-C twice)'))
+  ]
   assert len(said) == 1, err[-3000:]
 
 
@@ -418,7 +488,8 @@ def test_a_failed_write_keeps_the_previous_file_and_no_tmp(tmp_path):
 
 
 def test_late_tensorstore_callbacks_after_a_failed_write_print_nothing(
-    monkeypatch):
+    monkeypatch,
+):
   # TensorStore finishes in-flight writes after Orbax closed its event loop
   # and reports asyncio's RuntimeError through sys.excepthook.
   loop = asyncio.new_event_loop()

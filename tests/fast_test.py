@@ -24,8 +24,11 @@ def _correlated_images(n=300, seed=0):
   rng = np.random.default_rng(seed)
   base = rng.normal(size=(n, 17, 17, 1))
   smooth = base.repeat(2, axis=1).repeat(2, axis=2)[:, :32, :32]
-  return smooth * np.array([1.0, 0.8, 0.5]) + 0.1 * rng.normal(
-      size=(n, 32, 32, 3)) + 0.3
+  return (
+      smooth * np.array([1.0, 0.8, 0.5])
+      + 0.1 * rng.normal(size=(n, 32, 32, 3))
+      + 0.3
+  )
 
 
 def test_whitening_conv_decorrelates_patches_and_centres_them():
@@ -35,8 +38,9 @@ def test_whitening_conv_decorrelates_patches_and_centres_them():
   assert np.abs(np.corrcoef(x, rowvar=False)).max() > 0.5  # Correlated in.
   out = x @ kernel.reshape(12, 24) + bias
   np.testing.assert_allclose(out.mean(0), 0, atol=1e-3)
-  np.testing.assert_allclose(np.cov(out[:, :12], rowvar=False), np.eye(12),
-                             atol=1e-3)
+  np.testing.assert_allclose(
+      np.cov(out[:, :12], rowvar=False), np.eye(12), atol=1e-3
+  )
   np.testing.assert_allclose(out[:, 12:], -out[:, :12], atol=1e-5)
 
 
@@ -44,18 +48,26 @@ def test_patches_are_the_convolution_windows():
   images = np.random.default_rng(0).normal(size=(2, 5, 6, 3))
   kernel = np.random.default_rng(1).normal(size=(2, 2, 3, 4))
   conv = jax.lax.conv_general_dilated(
-      images, kernel, (1, 1), 'VALID',
-      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      images,
+      kernel,
+      (1, 1),
+      'VALID',
+      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+  )
   np.testing.assert_allclose(
       initializers.patches(images, 2) @ kernel.reshape(12, 4),
-      np.asarray(conv).reshape(-1, 4), rtol=1e-5, atol=1e-5)
+      np.asarray(conv).reshape(-1, 4),
+      rtol=1e-5,
+      atol=1e-5,
+  )
 
 
 def test_dirac_init_makes_convolutions_start_as_identity_maps():
   kernel = models.dirac_init()(jax.random.key(0), (3, 3, 8, 8))
   x = jax.random.normal(jax.random.key(1), (2, 6, 6, 8))
-  y = jax.lax.conv_general_dilated(x, kernel, (1, 1), 'SAME',
-                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  y = jax.lax.conv_general_dilated(
+      x, kernel, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
   np.testing.assert_allclose(y, x, atol=1e-6)
   wider = models.dirac_init()(jax.random.key(0), (3, 3, 4, 8))
   assert float(jnp.abs(wider[:, :, :, 4:]).sum()) > 0  # The rest random.
@@ -64,14 +76,18 @@ def test_dirac_init_makes_convolutions_start_as_identity_maps():
 def test_triangle_schedule_warms_up_then_decays_linearly():
   schedule = optimizers.triangle(100, start=0.2, peak=0.25, end=0.05)
   values = np.array([float(schedule(t)) for t in (0, 10, 25, 50, 100)])
-  np.testing.assert_allclose(values, [0.2, 0.2 + 0.8 * 10 / 25, 1.0,
-                                      1.0 - 0.95 * 25 / 75, 0.05], rtol=1e-6)
+  np.testing.assert_allclose(
+      values,
+      [0.2, 0.2 + 0.8 * 10 / 25, 1.0, 1.0 - 0.95 * 25 / 75, 0.05],
+      rtol=1e-6,
+  )
 
 
 def test_ema_lookahead_matches_its_definition():
   total, every, max_decay = 12, 5, 0.7
-  tx = optax.chain(optax.sgd(0.1),
-                   optimizers.ema_lookahead(every, max_decay, total))
+  tx = optax.chain(
+      optax.sgd(0.1), optimizers.ema_lookahead(every, max_decay, total)
+  )
   params = jnp.array([1.0, -2.0])
   state = tx.init(params)
   fast, slow = np.array([1.0, -2.0]), np.array([1.0, -2.0])
@@ -89,18 +105,23 @@ def test_ema_lookahead_matches_its_definition():
 
 def test_fast_sgd_trains_groups_at_their_rates_and_freezes_whitening():
   config = get_config('fast94').optimizer
-  params = {'whiten': {'kernel': jnp.ones((2, 2, 3, 24)),
-                       'bias': jnp.zeros(24)},
-            # Zero weights: the decay adds nothing, so rates compare alone.
-            'block1': {'conv1': {'kernel': jnp.zeros((3, 3, 24, 4))},
-                       'bn1': {'bias': jnp.zeros(4)}}}
+  params = {
+      'whiten': {'kernel': jnp.ones((2, 2, 3, 24)), 'bias': jnp.zeros(24)},
+      # Zero weights: the decay adds nothing, so rates compare alone.
+      'block1': {
+          'conv1': {'kernel': jnp.zeros((3, 3, 24, 4))},
+          'bn1': {'bias': jnp.zeros(4)},
+      },
+  }
   assert optimizers.param_groups(params) == {
       'whiten': {'kernel': 'whiten_kernel', 'bias': 'whiten_bias'},
-      'block1': {'conv1': {'kernel': 'weight'}, 'bn1': {'bias': 'norm_bias'}}}
+      'block1': {'conv1': {'kernel': 'weight'}, 'bn1': {'bias': 'norm_bias'}},
+  }
   config.lookahead_every = 0
   no_max_norm = jax.tree.map(lambda _: 0.0, params)
-  tx = optimizers.create_optimizer(config, no_max_norm, total_steps=10,
-                                   steps_per_epoch=2)
+  tx = optimizers.create_optimizer(
+      config, no_max_norm, total_steps=10, steps_per_epoch=2
+  )
   state = tx.init(params)
   grads = jax.tree.map(jnp.ones_like, params)
   moved = []
@@ -110,13 +131,13 @@ def test_fast_sgd_trains_groups_at_their_rates_and_freezes_whitening():
   assert all(m['whiten']['kernel'] == 0 for m in moved)
   # whiten_bias_epochs=3 of 2 steps: the bias moves for 6 steps only.
   assert [m['whiten']['bias'] > 0 for m in moved] == [True] * 6 + [False] * 4
-  ratio = moved[0]['block1']['bn1']['bias'] / moved[0]['block1']['conv1'][
-      'kernel']
+  ratio = (
+      moved[0]['block1']['bn1']['bias'] / moved[0]['block1']['conv1']['kernel']
+  )
   assert ratio == pytest.approx(config.bias_lr_scale, rel=1e-3)
 
 
-def torch_sgd_reference(w, summed_grads, lr, weight_decay, momentum,
-                        schedule):
+def torch_sgd_reference(w, summed_grads, lr, weight_decay, momentum, schedule):
   """PyTorch's SGD(nesterov=True, weight_decay) on a summed loss, in NumPy:
   g += wd * w; b = m * b + g; w -= lr_t * (g + m * b)."""
   w, b, out = w.astype(np.float64), None, []
@@ -141,34 +162,44 @@ def test_fast94_mean_loss_rates_equal_the_papers_summed_loss_sgd(group):
   lr, wd = 11.5 / kilostep, 0.0153 * batch / kilostep
   if group == 'norm_bias':
     lr *= 64
-  params = ({'head': {'kernel': jnp.zeros((5, 3))}} if group == 'weight' else
-            {'block1': {'bn1': {'bias': jnp.zeros((5, 3))}}})
+  params = (
+      {'head': {'kernel': jnp.zeros((5, 3))}}
+      if group == 'weight'
+      else {'block1': {'bn1': {'bias': jnp.zeros((5, 3))}}}
+  )
   rng = np.random.default_rng(0)
   w0 = rng.normal(size=(5, 3))
   mean_grads = [rng.normal(size=(5, 3)) for _ in range(steps)]
   total = 4 * steps  # Inside the warm-up: the schedule changes every step.
-  tx = optimizers.create_optimizer(opt, jax.tree.map(lambda _: 0.0, params),
-                                   total_steps=total, steps_per_epoch=10)
+  tx = optimizers.create_optimizer(
+      opt,
+      jax.tree.map(lambda _: 0.0, params),
+      total_steps=total,
+      steps_per_epoch=10,
+  )
   leaf = lambda tree: jax.tree.leaves(tree)[0]
-  tree = lambda x: jax.tree.map(lambda _: jnp.asarray(x, jnp.float32),
-                                params)
+  tree = lambda x: jax.tree.map(lambda _: jnp.asarray(x, jnp.float32), params)
   p, state, ours = tree(w0), None, []
   state = tx.init(p)
   for g in mean_grads:
     updates, state = tx.update(tree(g), state, p)
     p = optax.apply_updates(p, updates)
     ours.append(np.asarray(leaf(p)))
-  schedule = [float(optimizers.triangle(total, 0.2, 0.23, 0.07)(t))
-              for t in range(steps)]
-  theirs = torch_sgd_reference(w0, [batch * g for g in mean_grads], lr,
-                               wd / lr, 0.85, schedule)
+  schedule = [
+      float(optimizers.triangle(total, 0.2, 0.23, 0.07)(t))
+      for t in range(steps)
+  ]
+  theirs = torch_sgd_reference(
+      w0, [batch * g for g in mean_grads], lr, wd / lr, 0.85, schedule
+  )
   np.testing.assert_allclose(ours, theirs, rtol=2e-4, atol=1e-5)
 
 
 def test_alternating_flips_show_every_image_both_ways():
   key, indices = jax.random.key(0), jnp.arange(1000)
-  passes = [np.asarray(augment.alternating_flips(key, indices, p))
-            for p in range(4)]
+  passes = [
+      np.asarray(augment.alternating_flips(key, indices, p)) for p in range(4)
+  ]
   assert 0.45 < passes[0].mean() < 0.55
   np.testing.assert_array_equal(passes[1], ~passes[0])
   np.testing.assert_array_equal(passes[2], passes[0])
@@ -183,20 +214,27 @@ def test_tta_levels_average_mirrors_and_translations():
   weights = jax.random.normal(jax.random.key(1), (8 * 8 * 3, 4))
   apply = lambda x: x.reshape(len(x), -1) @ weights  # Linear: sums exact.
   mirror = lambda x: 0.5 * (apply(x) + apply(x[:, :, ::-1]))
-  np.testing.assert_allclose(augment.tta_logits(apply, images, 0),
-                             apply(images), rtol=1e-5)
-  np.testing.assert_allclose(augment.tta_logits(apply, images, 1),
-                             mirror(images), rtol=1e-5)
+  np.testing.assert_allclose(
+      augment.tta_logits(apply, images, 0), apply(images), rtol=1e-5
+  )
+  np.testing.assert_allclose(
+      augment.tta_logits(apply, images, 1), mirror(images), rtol=1e-5
+  )
   padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='reflect')
-  expected = (0.5 * mirror(images) + 0.25 * mirror(padded[:, :8, :8]) +
-              0.25 * mirror(padded[:, 2:, 2:]))
-  np.testing.assert_allclose(augment.tta_logits(apply, images, 2), expected,
-                             rtol=1e-5, atol=1e-5)
+  expected = (
+      0.5 * mirror(images)
+      + 0.25 * mirror(padded[:, :8, :8])
+      + 0.25 * mirror(padded[:, 2:, 2:])
+  )
+  np.testing.assert_allclose(
+      augment.tta_logits(apply, images, 2), expected, rtol=1e-5, atol=1e-5
+  )
 
 
 @pytest.mark.parametrize('name', FAST)
 def test_fast_config_trains_on_synthetic_data_and_evaluates_with_tta(
-    name, tmp_path):
+    name, tmp_path
+):
   config = get_config(name)
   config.dataset = 'synthetic'
   config.synthetic_train_size = 256
@@ -206,17 +244,23 @@ def test_fast_config_trains_on_synthetic_data_and_evaluates_with_tta(
   config.num_epochs = 2
   config.whitening.images = 128
   config.model.widths = tuple(w // 8 for w in config.model.widths)
-  state, history = train.train_and_evaluate(config, str(tmp_path),
-                                            out=io.StringIO())
+  state, history = train.train_and_evaluate(
+      config, str(tmp_path), out=io.StringIO()
+  )
   assert [h['epoch'] for h in history] == [1, 2]
   assert all(np.isfinite(h['loss']) for h in history)
   assert history[1]['loss'] < history[0]['loss']
   assert history[1]['val_accuracy'] > 0.2  # Chance is 0.1.
   exp_kernel, _ = initializers.whitening(
-      np.asarray(train.input_pipeline.load_split(config, 'train').images[
-          :128]) / 255.0, 2, config.whitening.epsilon)
-  np.testing.assert_allclose(state.params['whiten']['kernel'], exp_kernel,
-                             rtol=1e-6)  # Set from the data, never trained.
+      np.asarray(train.input_pipeline.load_split(config, 'train').images[:128])
+      / 255.0,
+      2,
+      config.whitening.epsilon,
+  )
+  np.testing.assert_allclose(
+      state.params['whiten']['kernel'], exp_kernel, rtol=1e-6
+  )  # Set from the data, never trained.
   result = evaluate.evaluate(str(tmp_path), 'latest')  # With the run's TTA.
-  assert result['accuracy'] == pytest.approx(history[-1]['val_accuracy'],
-                                             abs=1e-6)
+  assert result['accuracy'] == pytest.approx(
+      history[-1]['val_accuracy'], abs=1e-6
+  )

@@ -35,10 +35,12 @@ def test_synthetic_splits_are_deterministic_uint8_and_sliceable():
   head = input_pipeline.load_split(config, 'train[:400]')
   tail = input_pipeline.load_split(config, 'train[400:]')
   np.testing.assert_array_equal(
-      np.concatenate([head.labels, tail.labels]), train.labels)
+      np.concatenate([head.labels, tail.labels]), train.labels
+  )
   test = input_pipeline.load_split(config, 'test')
-  assert len(test) == 200 and not np.array_equal(test.images[:10],
-                                                 train.images[:10])
+  assert len(test) == 200 and not np.array_equal(
+      test.images[:10], train.images[:10]
+  )
 
 
 def test_synthetic_refuses_unknown_split():
@@ -47,8 +49,9 @@ def test_synthetic_refuses_unknown_split():
 
 
 def test_train_order_covers_each_pass_once_with_a_partial_last_batch():
-  order = input_pipeline.TrainOrder(num_examples=50, batch_size=16,
-                                    key=jax.random.key(3))
+  order = input_pipeline.TrainOrder(
+      num_examples=50, batch_size=16, key=jax.random.key(3)
+  )
   assert order.batches_per_pass == 4
   for pass_index in range(2):
     seen = []
@@ -94,8 +97,9 @@ def test_image_folder_maps_cifar_class_names_to_cifar_label_order(tmp_path):
 
 
 def test_image_folder_converts_any_size_and_mode_and_slices(tmp_path):
-  write_image_folder(tmp_path, ('cats', 'dogs'), per_class=5, size=(40, 20),
-                mode='L')
+  write_image_folder(
+      tmp_path, ('cats', 'dogs'), per_class=5, size=(40, 20), mode='L'
+  )
   config = _config(dataset='image_folder', data_dir=str(tmp_path))
   full = input_pipeline.load_split(config, 'test')
   assert full.images.shape == (10, 32, 32, 3)
@@ -111,18 +115,21 @@ def test_image_folder_errors_are_clear(tmp_path):
   with pytest.raises(UserError, match='not a directory'):
     input_pipeline.load_split(
         _config(dataset='image_folder', data_dir=str(tmp_path / 'nope')),
-        'train')
+        'train',
+    )
   write_image_folder(tmp_path, ('a', 'b'), per_class=1)
   with pytest.raises(UserError, match="No split 'validation'"):
     input_pipeline.load_split(
-        _config(dataset='image_folder', data_dir=str(tmp_path)),
-        'validation')
+        _config(dataset='image_folder', data_dir=str(tmp_path)), 'validation'
+    )
 
 
 def test_image_zip_equals_the_unzipped_folder_and_needs_no_tensorflow(
-    tmp_path, monkeypatch):
-  write_image_folder(tmp_path / 'top', ('cats', 'dogs', 'owls'), per_class=4,
-                size=(36, 30))
+    tmp_path, monkeypatch
+):
+  write_image_folder(
+      tmp_path / 'top', ('cats', 'dogs', 'owls'), per_class=4, size=(36, 30)
+  )
   archive = tmp_path / 'images.zip'
   with zipfile.ZipFile(archive, 'w') as z:  # One top-level folder, as the
     for path in sorted((tmp_path / 'top').rglob('*.png')):  # shared copy.
@@ -131,15 +138,17 @@ def test_image_zip_equals_the_unzipped_folder_and_needs_no_tensorflow(
   monkeypatch.setitem(sys.modules, 'tensorflow', None)
   monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)
   from_zip = input_pipeline.load_split(
-      _config(dataset='image_folder', data_dir=str(archive)), 'train')
+      _config(dataset='image_folder', data_dir=str(archive)), 'train'
+  )
   from_folder = input_pipeline.load_split(
-      _config(dataset='image_folder', data_dir=str(tmp_path / 'top')),
-      'train')
+      _config(dataset='image_folder', data_dir=str(tmp_path / 'top')), 'train'
+  )
   assert from_zip.class_names == ('cats', 'dogs', 'owls')
   np.testing.assert_array_equal(from_zip.images, from_folder.images)
   np.testing.assert_array_equal(from_zip.labels, from_folder.labels)
-  np.testing.assert_array_equal(from_zip.images[:, 3, 3, 0] // 20,
-                                from_zip.labels)
+  np.testing.assert_array_equal(
+      from_zip.images[:, 3, 3, 0] // 20, from_zip.labels
+  )
   # Shuffled once, not grouped by class, so a slice holds every class.
   assert len(set(from_zip.labels[:6].tolist())) > 1
   assert sorted(from_zip.labels.tolist()) == [0] * 4 + [1] * 4 + [2] * 4
@@ -150,34 +159,52 @@ def test_a_file_that_is_not_a_zip_is_a_clear_error(tmp_path):
   bad.write_bytes(b'not a zip')
   with pytest.raises(UserError, match='not a readable zip'):
     input_pipeline.load_split(
-        _config(dataset='image_folder', data_dir=str(bad)), 'train')
+        _config(dataset='image_folder', data_dir=str(bad)), 'train'
+    )
 
 
-@pytest.mark.parametrize('spec', [
-    'train', 'train[:45000]', 'train[45000:]', 'train[-5000:]',
-    'train[:-5000]', 'train[10%:]', 'train[:33%]', 'train[-10%:]',
-    'train[5:10]'])
+@pytest.mark.parametrize(
+    'spec',
+    [
+        'train',
+        'train[:45000]',
+        'train[45000:]',
+        'train[-5000:]',
+        'train[:-5000]',
+        'train[10%:]',
+        'train[:33%]',
+        'train[-10%:]',
+        'train[5:10]',
+    ],
+)
 def test_common_slices_match_tfds_without_importing_it(spec, monkeypatch):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
   sizes = {'train': 50000, 'test': 10000}
   (expected,) = tfds.core.ReadInstruction.from_spec(spec).to_absolute(
-      {k: input_pipeline._SplitSize(v) for k, v in sizes.items()})
+      {k: input_pipeline._SplitSize(v) for k, v in sizes.items()}
+  )
   monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)
   assert input_pipeline._slice_bounds(spec, sizes) == (
-      expected.from_ or 0, 50000 if expected.to is None else expected.to)
+      expected.from_ or 0,
+      50000 if expected.to is None else expected.to,
+  )
   with pytest.raises(UserError, match='has 50000 examples'):
     input_pipeline._slice_bounds('train[:60000]', sizes)
 
 
 def test_offline_tfds_fails_within_seconds_saying_how_to_train_offline(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
   def no_network(*args, **kwargs):
     raise OSError('Name or service not known')
+
   monkeypatch.setattr(socket, 'create_connection', no_network)
   start = time.monotonic()
   with pytest.raises(UserError) as e:
-    input_pipeline.load_split(_config(dataset='cifar10',
-                                      data_dir=str(tmp_path)), 'train')
+    input_pipeline.load_split(
+        _config(dataset='cifar10', data_dir=str(tmp_path)), 'train'
+    )
   assert time.monotonic() - start < 30
   assert 'cannot be downloaded' in str(e.value)
   assert '--config.dataset=image_folder' in str(e.value)
@@ -193,16 +220,16 @@ def test_real_jpeg_copy_loads_with_cifar_labels(shared_zip, tmp_path):
         prefix = f'cifar10-jpeg/{split}/{cls}/'
         picked += [n for n in names if n.startswith(prefix)][:4]
     z.extractall(tmp_path, picked)
-  config = _config(dataset='image_folder',
-                   data_dir=str(tmp_path / 'cifar10-jpeg'))
+  config = _config(
+      dataset='image_folder', data_dir=str(tmp_path / 'cifar10-jpeg')
+  )
   test = input_pipeline.load_split(config, 'test')
   assert test.images.shape == (40, 32, 32, 3)
   assert np.bincount(test.labels).tolist() == [4] * 10
   assert test.images.std() > 20  # Real photos, not blank decodes.
 
 
-def test_shared_zip_loads_whole_test_split_as_libjpeg_decodes_it(
-    shared_zip):
+def test_shared_zip_loads_whole_test_split_as_libjpeg_decodes_it(shared_zip):
   """The real copy, read straight from the zip: 1,000 images per class."""
   config = _config(dataset='image_folder', data_dir=str(shared_zip))
   test = input_pipeline.load_split(config, 'test')
@@ -215,16 +242,19 @@ def test_shared_zip_loads_whole_test_split_as_libjpeg_decodes_it(
     direct = np.asarray(Image.open(z.open(name)).convert('RGB'))
   matches = np.flatnonzero((test.images == direct).all(axis=(1, 2, 3)))
   assert len(matches) >= 1
-  assert test.labels[matches[0]] == input_pipeline.CIFAR10_CLASSES.index(
-      'frog')
+  assert test.labels[matches[0]] == input_pipeline.CIFAR10_CLASSES.index('frog')
 
 
 def test_decoded_splits_are_cached_and_refreshed_when_files_change(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
   root = tmp_path / 'data'
   write_image_folder(root, ('a', 'b'), per_class=4)
-  config = _config(dataset='image_folder', data_dir=str(root),
-                   cache_dir=str(tmp_path / 'cache'))
+  config = _config(
+      dataset='image_folder',
+      data_dir=str(root),
+      cache_dir=str(tmp_path / 'cache'),
+  )
   first = input_pipeline.load_split(config, 'train[:6]')
   assert len(list((tmp_path / 'cache').glob('*.npz'))) == 1
   calls = []
@@ -233,6 +263,7 @@ def test_decoded_splits_are_cached_and_refreshed_when_files_change(
   def counting_loader(*args, **kwargs):
     calls.append(args)
     return real_loader(*args, **kwargs)
+
   monkeypatch.setattr(input_pipeline, '_load_image_folder', counting_loader)
   again = input_pipeline.load_split(config, 'train[:6]')
   full = input_pipeline.load_split(config, 'train')  # Same cached split.
@@ -247,8 +278,11 @@ def test_decoded_splits_are_cached_and_refreshed_when_files_change(
 def test_unreadable_cache_is_ignored_and_rewritten(tmp_path):
   root = tmp_path / 'data'
   write_image_folder(root, ('a', 'b'), per_class=2)
-  config = _config(dataset='image_folder', data_dir=str(root),
-                   cache_dir=str(tmp_path / 'cache'))
+  config = _config(
+      dataset='image_folder',
+      data_dir=str(root),
+      cache_dir=str(tmp_path / 'cache'),
+  )
   first = input_pipeline.load_split(config, 'test')
   (cache_file,) = (tmp_path / 'cache').glob('*.npz')
   cache_file.write_bytes(cache_file.read_bytes()[:100])  # Truncated.

@@ -15,15 +15,20 @@ from cifar_jax.errors import UserError
 from conftest import get_config
 from conftest import REPO
 
-SMALL = [('dataset', 'synthetic'), ('synthetic_train_size', '256'),
-         ('synthetic_eval_size', '100'), ('steps_per_epoch', '2')]
+SMALL = [
+    ('dataset', 'synthetic'),
+    ('synthetic_train_size', '256'),
+    ('synthetic_eval_size', '100'),
+    ('steps_per_epoch', '2'),
+]
 
 
 def test_two_rungs_run_and_the_report_holds_both(tmp_path):
   root = tmp_path / 'ladder'
   out = io.StringIO()
-  rows = ladder.run_ladder(['deep_adam', 'deep_adam_aug'], 0.02, SMALL,
-                           str(root), 'test', out=out)
+  rows = ladder.run_ladder(
+      ['deep_adam', 'deep_adam_aug'], 0.02, SMALL, str(root), 'test', out=out
+  )
   assert [r['rung'] for r in rows] == ['deep_adam', 'deep_adam_aug']
   assert [r['epochs'] for r in rows] == [2, 4]  # 0.02 x 100 and x 200.
   report = (root / 'REPORT.md').read_text()
@@ -38,8 +43,10 @@ def test_two_rungs_run_and_the_report_holds_both(tmp_path):
   history = json.loads((root / 'deep_adam' / 'history.json').read_text())
   ours = [100 * h['val_accuracy'] for h in history]
   for epoch, seed_acc in ((1, 56.04), (2, 59.66)):
-    assert (f'| {epoch} | {ours[epoch - 1]:.2f}% | {seed_acc:.2f}% | '
-            f'{ours[epoch - 1] - seed_acc:+.2f} |') in report
+    assert (
+        f'| {epoch} | {ours[epoch - 1]:.2f}% | {seed_acc:.2f}% | '
+        f'{ours[epoch - 1] - seed_acc:+.2f} |'
+    ) in report
   mean = (abs(ours[0] - 56.04) + abs(ours[1] - 59.66)) / 2
   line = next(l for l in report.splitlines() if l.startswith('| deep_adam '))
   assert f'| – | {mean:.2f} (2) | – |' in line
@@ -50,26 +57,35 @@ def test_two_rungs_run_and_the_report_holds_both(tmp_path):
   assert str(root / 'deep_adam') in config
   # Run again: both rungs are finished and only reported.
   again = io.StringIO()
-  ladder.run_ladder(['deep_adam', 'deep_adam_aug'], 0.02, SMALL, str(root),
-                    'test', out=again)
+  ladder.run_ladder(
+      ['deep_adam', 'deep_adam_aug'], 0.02, SMALL, str(root), 'test', out=again
+  )
   assert again.getvalue().count('already finished') == 2
 
 
 def test_parallel_rungs_run_in_processes_and_deep_adam_aug_waits(tmp_path):
   root = tmp_path / 'ladder'
   out = io.StringIO()
-  rows = ladder.run_ladder(['deep_adam', 'deep_adam_aug', 'simple'], 0.02,
-                           SMALL, str(root), 'test', out=out, parallel=2)
+  rows = ladder.run_ladder(
+      ['deep_adam', 'deep_adam_aug', 'simple'],
+      0.02,
+      SMALL,
+      str(root),
+      'test',
+      out=out,
+      parallel=2,
+  )
   assert [r['rung'] for r in rows] == ['deep_adam', 'deep_adam_aug', 'simple']
   assert [r['epochs'] for r in rows] == [2, 4, 1]
   log = out.getvalue().splitlines()
   # Two at once: simple starts beside deep_adam; deep_adam_aug only after
   # deep_adam has finished, from its parameters.
   assert log.index('=== simple: 1 epochs, started') < next(
-      i for i, l in enumerate(log) if l.startswith('=== deep_adam finished'))
-  assert next(i for i, l in enumerate(log)
-              if l.startswith('=== deep_adam finished')) < log.index(
-                  '=== deep_adam_aug: 4 epochs, started')
+      i for i, l in enumerate(log) if l.startswith('=== deep_adam finished')
+  )
+  assert next(
+      i for i, l in enumerate(log) if l.startswith('=== deep_adam finished')
+  ) < log.index('=== deep_adam_aug: 4 epochs, started')
   config = json.loads((root / 'deep_adam_aug' / 'config.json').read_text())
   assert config['init_from'] == str(root / 'deep_adam')
   assert 'Epoch 4/4' in (root / 'deep_adam_aug' / 'log.txt').read_text()
@@ -81,9 +97,15 @@ def test_parallel_rungs_run_in_processes_and_deep_adam_aug_waits(tmp_path):
 def test_a_failing_rung_fails_the_ladder_and_skips_its_dependent(tmp_path):
   out = io.StringIO()
   with pytest.raises(UserError, match='Rungs failed'):
-    ladder.run_ladder(['deep_adam', 'deep_adam_aug'], 0.02,
-                      SMALL + [('optimizer.learning_rate', '1e9')],
-                      str(tmp_path), 'test', out=out, parallel=2)
+    ladder.run_ladder(
+        ['deep_adam', 'deep_adam_aug'],
+        0.02,
+        SMALL + [('optimizer.learning_rate', '1e9')],
+        str(tmp_path),
+        'test',
+        out=out,
+        parallel=2,
+    )
   assert '=== deep_adam failed' in out.getvalue()
   assert '=== deep_adam_aug skipped: deep_adam failed' in out.getvalue()
 
@@ -108,14 +130,31 @@ def test_unknown_rungs_are_refused(tmp_path):
 
 
 def test_sigterm_to_a_parallel_ladder_checkpoints_its_rungs_and_resumes(
-    tmp_path):
+    tmp_path,
+):
   root = tmp_path / 'ladder'
-  args = [sys.executable, '-m', 'cifar_jax.ladder', '--configs',
-          'simple,bn_aug_sgd', '--parallel', '2', '--epochs-scale', '0.2',
-          '--root', str(root)] + [f'--config.{k}={v}' for k, v in SMALL]
+  args = [
+      sys.executable,
+      '-m',
+      'cifar_jax.ladder',
+      '--configs',
+      'simple,bn_aug_sgd',
+      '--parallel',
+      '2',
+      '--epochs-scale',
+      '0.2',
+      '--root',
+      str(root),
+  ] + [f'--config.{k}={v}' for k, v in SMALL]
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  proc = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+      args,
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+  )
   deadline = time.monotonic() + 240
   while not list(root.glob('*/checkpoints/[0-9]*')):
     assert proc.poll() is None and time.monotonic() < deadline
@@ -124,11 +163,15 @@ def test_sigterm_to_a_parallel_ladder_checkpoints_its_rungs_and_resumes(
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
   assert 'Run the same command to resume' in err and 'Traceback' not in err
-  stopped = [name for name in ('simple', 'bn_aug_sgd')
-             if 'Stopped by SIGTERM' in (root / name / 'log.txt').read_text()]
+  stopped = [
+      name
+      for name in ('simple', 'bn_aug_sgd')
+      if 'Stopped by SIGTERM' in (root / name / 'log.txt').read_text()
+  ]
   assert stopped  # At least one rung was mid-run and saved a checkpoint.
-  again = subprocess.run(args, cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=300)
+  again = subprocess.run(
+      args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+  )
   assert again.returncode == 0, again.stderr[-2000:]
   for name in stopped:
     assert 'Resuming from step' in (root / name / 'log.txt').read_text()

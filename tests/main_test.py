@@ -11,42 +11,71 @@ from conftest import run_main as _run
 
 
 def test_cli_trains_and_writes_history_config_and_keras_lines(tmp_path):
-  r = _run('--config', 'configs/test.py', '--workdir', str(tmp_path),
-           '--config.num_epochs=2', '--config.seed=3')
+  r = _run(
+      '--config',
+      'configs/test.py',
+      '--workdir',
+      str(tmp_path),
+      '--config.num_epochs=2',
+      '--config.seed=3',
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   history = json.loads((tmp_path / 'history.json').read_text())
   assert [h['epoch'] for h in history] == [1, 2]
   for h in history:
-    assert set(h) == {'epoch', 'loss', 'accuracy', 'val_loss',
-                      'val_accuracy', 'seconds'}
+    assert set(h) == {
+        'epoch',
+        'loss',
+        'accuracy',
+        'val_loss',
+        'val_accuracy',
+        'seconds',
+    }
   config = json.loads((tmp_path / 'config.json').read_text())
   assert config['num_epochs'] == 2 and config['seed'] == 3
   out = r.stdout
   assert 'Total params: 66,706' in out
   lines = re.findall(
       r'^Epoch (\d)/2 - \d+s - loss: ([\d.]+) - accuracy: ([\d.]+) - '
-      r'val_loss: ([\d.]+) - val_accuracy: ([\d.]+)$', out, re.M)
+      r'val_loss: ([\d.]+) - val_accuracy: ([\d.]+)$',
+      out,
+      re.M,
+  )
   assert len(lines) == 2
   for line, h in zip(lines, history):
     assert float(line[1]) == pytest.approx(h['loss'], abs=1e-4)
     assert float(line[4]) == pytest.approx(h['val_accuracy'], abs=1e-4)
   final = re.search(r'^Accuracy: (\d+\.\d\d)%$', out, re.M)
   assert final and float(final.group(1)) == pytest.approx(
-      100 * history[-1]['val_accuracy'], abs=0.005)
+      100 * history[-1]['val_accuracy'], abs=0.005
+  )
 
 
 def test_cli_refuses_a_batch_that_does_not_split_over_devices(tmp_path):
-  r = _run('--config', 'configs/test.py', '--workdir', str(tmp_path),
-           '--config.batch_size=33', devices=2)
+  r = _run(
+      '--config',
+      'configs/test.py',
+      '--workdir',
+      str(tmp_path),
+      '--config.batch_size=33',
+      devices=2,
+  )
   assert r.returncode == 1
   assert 'batch_size=33 must be divisible by the number of devices (2)' in (
-      r.stderr)
+      r.stderr
+  )
   assert 'Traceback' not in r.stderr
 
 
 def test_cli_typo_in_an_override_fails_with_a_clear_message(tmp_path):
-  r = _run('--config', 'configs/test.py', '--workdir', str(tmp_path),
-           '--config.num_epoch=3', timeout=120)
+  r = _run(
+      '--config',
+      'configs/test.py',
+      '--workdir',
+      str(tmp_path),
+      '--config.num_epoch=3',
+      timeout=120,
+  )
   assert r.returncode == 2
   assert 'Did you mean "num_epochs" instead of "num_epoch"?' in r.stderr
   assert 'Traceback' not in r.stderr
@@ -54,9 +83,15 @@ def test_cli_typo_in_an_override_fails_with_a_clear_message(tmp_path):
 
 
 def test_cli_missing_image_folder_is_one_clear_line(tmp_path):
-  r = _run('--config', 'configs/simple.py', '--workdir', str(tmp_path),
-           '--config.dataset=image_folder',
-           f'--config.data_dir={tmp_path}/missing', timeout=120)
+  r = _run(
+      '--config',
+      'configs/simple.py',
+      '--workdir',
+      str(tmp_path),
+      '--config.dataset=image_folder',
+      f'--config.data_dir={tmp_path}/missing',
+      timeout=120,
+  )
   assert r.returncode == 1
   assert 'is not a directory' in r.stderr
   assert 'Traceback' not in r.stderr
@@ -64,6 +99,8 @@ def test_cli_missing_image_folder_is_one_clear_line(tmp_path):
 
 def test_default_workdir_is_ckpt_slash_config_name():
   assert cli.default_workdir('configs/large.py') == os.path.join(
-      'ckpt', 'large')
+      'ckpt', 'large'
+  )
   assert cli.default_workdir('/abs/configs/bn_aug_sgd.py:arg') == (
-      os.path.join('ckpt', 'bn_aug_sgd'))
+      os.path.join('ckpt', 'bn_aug_sgd')
+  )

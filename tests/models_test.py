@@ -27,7 +27,8 @@ PARAMS = {
 def _init(name):
   model = models.create_model(get_config(name).model)
   variables = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3))))
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))
+  )
   return model, variables
 
 
@@ -63,22 +64,25 @@ def test_simple_summary_rows_match_the_seed():
   rows = [line for line in text.splitlines() if '(None,' in line]
   # The seed's table: conv 896, dropout, conv 9,248, pool to 16x16,
   # flatten 8192, dense 4,194,816, dropout, dense 5,130.
-  expected = [('(Conv)', '(None, 32, 32, 32)', '896'),
-              ('(Dropout)', '(None, 32, 32, 32)', '0'),
-              ('(Conv)', '(None, 32, 32, 32)', '9,248'),
-              ('(MaxPool)', '(None, 16, 16, 32)', '0'),
-              ('(Flatten)', '(None, 8192)', '0'),
-              ('(Dense)', '(None, 512)', '4,194,816'),
-              ('(Dropout)', '(None, 512)', '0'),
-              ('(Dense)', '(None, 10)', '5,130')]
+  expected = [
+      ('(Conv)', '(None, 32, 32, 32)', '896'),
+      ('(Dropout)', '(None, 32, 32, 32)', '0'),
+      ('(Conv)', '(None, 32, 32, 32)', '9,248'),
+      ('(MaxPool)', '(None, 16, 16, 32)', '0'),
+      ('(Flatten)', '(None, 8192)', '0'),
+      ('(Dense)', '(None, 512)', '4,194,816'),
+      ('(Dropout)', '(None, 512)', '0'),
+      ('(Dense)', '(None, 10)', '5,130'),
+  ]
   assert len(rows) == len(expected)
   for row, (kind, shape, n) in zip(rows, expected):
     assert kind in row and shape in row and row.endswith(n)
 
 
-@pytest.mark.parametrize('name,stochastic', [('simple', True),
-                                             ('deep_adam', False),
-                                             ('bn_aug_sgd', True)])
+@pytest.mark.parametrize(
+    'name,stochastic',
+    [('simple', True), ('deep_adam', False), ('bn_aug_sgd', True)],
+)
 def test_logits_shape_and_dropout_only_in_training(name, stochastic):
   model = models.create_model(get_config(name).model)
   x = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3))
@@ -86,9 +90,13 @@ def test_logits_shape_and_dropout_only_in_training(name, stochastic):
   logits = model.apply(variables, x)
   assert logits.shape == (4, 10)
   np.testing.assert_array_equal(logits, model.apply(variables, x))
-  train_out, _ = model.apply(variables, x, train=True,
-                             rngs={'dropout': jax.random.key(2)},
-                             mutable=['batch_stats'])
+  train_out, _ = model.apply(
+      variables,
+      x,
+      train=True,
+      rngs={'dropout': jax.random.key(2)},
+      mutable=['batch_stats'],
+  )
   # deep_adam has neither dropout nor BatchNorm: training mode changes nothing.
   assert np.allclose(train_out, logits) != stochastic
 
@@ -102,8 +110,11 @@ def test_kernels_are_glorot_uniform_and_biases_zero():
   assert np.abs(kernel).max() > 0.99 * limit
   # Uniform on [-limit, limit] has variance limit^2 / 3.
   np.testing.assert_allclose(np.var(kernel), limit**2 / 3, rtol=0.05)
-  biases = [leaf for path, leaf in jax.tree_util.tree_leaves_with_path(params)
-            if path[-1].key == 'bias']
+  biases = [
+      leaf
+      for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+      if path[-1].key == 'bias'
+  ]
   assert len(biases) == 9  # 6 convs, 2 hidden dense layers, logits.
   assert not any(np.any(b) for b in biases)
 
@@ -112,20 +123,26 @@ def test_batch_norm_uses_keras_momentum_and_epsilon():
   model = models.create_model(get_config('bn_aug_sgd').model)
   x = jax.random.uniform(jax.random.key(1), (8, 32, 32, 3))
   variables = model.init(jax.random.key(0), x)
-  _, updates = model.apply(variables, x, train=True,
-                           rngs={'dropout': jax.random.key(2)},
-                           mutable=['batch_stats', 'intermediates'],
-                           capture_intermediates=True)
+  _, updates = model.apply(
+      variables,
+      x,
+      train=True,
+      rngs={'dropout': jax.random.key(2)},
+      mutable=['batch_stats', 'intermediates'],
+      capture_intermediates=True,
+  )
   stats = updates['batch_stats']['stage1']['bn1']
   conv = updates['intermediates']['stage1']['conv1']['__call__'][0]
   relu = np.maximum(conv, 0)
   # Running mean moves 1% of the way from 0 towards the batch mean.
-  np.testing.assert_allclose(stats['mean'], 0.01 * relu.mean((0, 1, 2)),
-                             rtol=1e-4, atol=1e-7)
+  np.testing.assert_allclose(
+      stats['mean'], 0.01 * relu.mean((0, 1, 2)), rtol=1e-4, atol=1e-7
+  )
   bn_out = updates['intermediates']['stage1']['bn1']['__call__'][0]
   mean, var = relu.mean((0, 1, 2)), relu.var((0, 1, 2))
-  np.testing.assert_allclose(bn_out, (relu - mean) / np.sqrt(var + 1e-3),
-                             atol=2e-4)
+  np.testing.assert_allclose(
+      bn_out, (relu - mean) / np.sqrt(var + 1e-3), atol=2e-4
+  )
 
 
 def test_max_norm_marks_exactly_the_seeds_constrained_kernels():
@@ -150,12 +167,12 @@ def test_mismatched_stage_lists_are_refused_with_a_clear_message():
 
 
 @pytest.mark.parametrize('residual', [False, True])
-def test_residual_fast_block_adds_its_first_activation_to_its_output(
-    residual):
+def test_residual_fast_block_adds_its_first_activation_to_its_output(residual):
   """With the later convolutions zeroed, their BN-GELU path outputs 0, so a
   residual block returns its first activation and a plain one returns 0."""
-  block = models.FastBlock(8, bn_momentum=0.4, bn_epsilon=1e-12, depth=3,
-                           residual=residual)
+  block = models.FastBlock(
+      8, bn_momentum=0.4, bn_epsilon=1e-12, depth=3, residual=residual
+  )
   x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
   variables = block.init(jax.random.key(1), x, train=True)
   params = dict(variables['params'])
@@ -164,8 +181,10 @@ def test_residual_fast_block_adds_its_first_activation_to_its_output(
   variables = {**variables, 'params': params}
   out, _ = block.apply(variables, x, train=True, mutable=['batch_stats'])
   first = models.FastBlock(8, bn_momentum=0.4, bn_epsilon=1e-12, depth=1)
-  first_vars = {'params': {k: params[k] for k in ('conv1', 'bn1')},
-                'batch_stats': {'bn1': variables['batch_stats']['bn1']}}
+  first_vars = {
+      'params': {k: params[k] for k in ('conv1', 'bn1')},
+      'batch_stats': {'bn1': variables['batch_stats']['bn1']},
+  }
   expected, _ = first.apply(first_vars, x, train=True, mutable=['batch_stats'])
   if residual:
     np.testing.assert_allclose(out, expected, atol=1e-6)
@@ -177,33 +196,44 @@ def test_residual_fast_block_adds_its_first_activation_to_its_output(
 def test_fast96_has_ten_convolutions_and_residual_blocks():
   config = get_config('fast96')
   model = models.create_model(config.model)
-  params = jax.eval_shape(model.init, jax.random.key(0),
-                          jnp.zeros((1, 32, 32, 3)))['params']
-  convs = [k for block in params.values() for k in block
-           if k.startswith('conv')] + ['whiten']
+  params = jax.eval_shape(
+      model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3))
+  )['params']
+  convs = [
+      k for block in params.values() for k in block if k.startswith('conv')
+  ] + ['whiten']
   assert len(convs) == 10 and model.residual
 
 
 @pytest.mark.parametrize('size', [32, 31, 7])
 def test_cpu_max_pool_equals_flax_max_pool_in_values_and_gradients(size):
   x = jax.random.normal(jax.random.key(size), (2, size, size, 3))
+
   def flax_pool(x):
     return nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+
   np.testing.assert_array_equal(models.max_pool_2x2(x), flax_pool(x))
   assert models.max_pool_2x2(x).shape == (2, size // 2, size // 2, 3)
   weights = jax.random.normal(jax.random.key(1), (2, size // 2, size // 2, 3))
+
   def loss(pool):
     return lambda x: jnp.sum(pool(x) * weights)
-  np.testing.assert_allclose(jax.grad(loss(models.max_pool_2x2))(x),
-                             jax.grad(loss(flax_pool))(x), atol=1e-6)
+
+  np.testing.assert_allclose(
+      jax.grad(loss(models.max_pool_2x2))(x),
+      jax.grad(loss(flax_pool))(x),
+      atol=1e-6,
+  )
 
 
 def test_cpu_max_pool_sends_a_tied_windows_gradient_where_flax_does():
   # Integers in 0..2: most windows hold ties.
   x = jax.random.randint(jax.random.key(0), (2, 8, 9, 3), 0, 3).astype(float)
   weights = jax.random.normal(jax.random.key(1), (2, 4, 4, 3))
+
   def grad(pool):
     return jax.jit(jax.grad(lambda x: jnp.sum(pool(x) * weights)))(x)
+
   flax_grad = grad(lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)))
   np.testing.assert_array_equal(grad(models.max_pool_2x2), flax_grad)
 
@@ -227,8 +257,12 @@ def test_jitted_gradient_of_a_batch_norm_model_equals_the_eager_one():
 
   def loss(params, batch_stats, x, mask):
     logits, updates = model.apply(
-        {'params': params, 'batch_stats': batch_stats}, x, train=True,
-        mask=mask, mutable=['batch_stats'])
+        {'params': params, 'batch_stats': batch_stats},
+        x,
+        train=True,
+        mask=mask,
+        mutable=['batch_stats'],
+    )
     per_example = -jax.nn.log_softmax(logits)[jnp.arange(32), labels]
     return jnp.sum(per_example * mask) / jnp.sum(mask), updates
 

@@ -100,8 +100,7 @@ def test_adam_matches_keras_epsilon_hat_placement():
 def test_max_norm_projection_matches_keras_axis_0(shape):
   w = np.random.default_rng(3).normal(size=shape).astype(np.float32) * 3
   ours = np.asarray(optimizers.max_norm_project(jnp.asarray(w), 3.0))
-  np.testing.assert_allclose(ours, keras_max_norm_reference(w, 3.0),
-                             rtol=1e-6)
+  np.testing.assert_allclose(ours, keras_max_norm_reference(w, 3.0), rtol=1e-6)
   norms = np.sqrt((ours**2).sum(axis=0))
   assert norms.max() <= 3.0 + 1e-5
   assert norms.max() > 2.9  # Something was actually projected.
@@ -109,18 +108,24 @@ def test_max_norm_projection_matches_keras_axis_0(shape):
 
 def test_max_norm_runs_after_every_update_only_on_constrained_leaves():
   rng = np.random.default_rng(4)
-  w0 = {'k': rng.normal(size=(3, 3, 2, 4)).astype(np.float32),
-        'free': rng.normal(size=(6, 4)).astype(np.float32)}
+  w0 = {
+      'k': rng.normal(size=(3, 3, 2, 4)).astype(np.float32),
+      'free': rng.normal(size=(6, 4)).astype(np.float32),
+  }
   max_values = {'k': 3.0, 'free': 0.0}
-  tx = optax.chain(optimizers.keras_sgd(0.5, 0.9, 0.01),
-                   optimizers.keras_max_norm(max_values))
+  tx = optax.chain(
+      optimizers.keras_sgd(0.5, 0.9, 0.01),
+      optimizers.keras_max_norm(max_values),
+  )
   params = jax.tree.map(jnp.asarray, w0)
   state = tx.init(params)
   ref_k, ref_free = w0['k'].astype(np.float64), w0['free'].astype(np.float64)
   v_k, v_free = np.zeros_like(ref_k), np.zeros_like(ref_free)
   for t in range(STEPS):
-    g = {'k': rng.normal(size=(3, 3, 2, 4)) * 5,
-         'free': rng.normal(size=(6, 4)) * 5}
+    g = {
+        'k': rng.normal(size=(3, 3, 2, 4)) * 5,
+        'free': rng.normal(size=(6, 4)) * 5,
+    }
     updates, state = tx.update(jax.tree.map(jnp.float32, g), state, params)
     params = optax.apply_updates(params, updates)
     # Keras: the optimizer updates the variable, then the constraint runs.
@@ -130,8 +135,7 @@ def test_max_norm_runs_after_every_update_only_on_constrained_leaves():
     v_free = 0.9 * v_free - lr_t * g['free']
     ref_free = ref_free + v_free
     np.testing.assert_allclose(params['k'], ref_k, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(params['free'], ref_free, rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(params['free'], ref_free, rtol=1e-4, atol=1e-5)
   assert np.sqrt((ref_free**2).sum(axis=0)).max() > 3.0  # 'free' is free.
 
 
@@ -150,6 +154,7 @@ def test_adam_state_can_be_donated_to_a_jitted_update():
   def update(params, state):
     updates, state = tx.update({'w': jnp.ones((3, 2))}, state, params)
     return optax.apply_updates(params, updates), state
+
   update = jax.jit(update, donate_argnums=(0, 1))
   params, state = update(params, state)
   assert int(state[0].count) == 1

@@ -24,21 +24,38 @@ from conftest import start_main
 
 TOLERANCE = dict(rel=1e-4, abs=1e-6)
 EPOCHS = 8  # 16 steps each: 500 examples, batch 32, last batch of 20.
-CALM = ('--config', 'configs/test.py', '--config.synthetic_train_size=500',
-        '--config.model.batch_norm=True', '--config.model.conv_dropout=(0.0,)',
-        '--config.model.hidden_dropout=0.0',
-        '--config.optimizer.learning_rate=0.002')
-RANDOM = ('--config', 'configs/test.py', '--config.model.batch_norm=True',
-          '--config.augment.horizontal_flip=True',
-          '--config.augment.width_shift_range=0.1',
-          '--config.augment.zoom_range=0.1', '--config.augment.crop_padding=2',
-          '--config.augment.cutout_size=4', '--config.num_epochs=1',
-          '--config.steps_per_epoch=1')
+CALM = (
+    '--config',
+    'configs/test.py',
+    '--config.synthetic_train_size=500',
+    '--config.model.batch_norm=True',
+    '--config.model.conv_dropout=(0.0,)',
+    '--config.model.hidden_dropout=0.0',
+    '--config.optimizer.learning_rate=0.002',
+)
+RANDOM = (
+    '--config',
+    'configs/test.py',
+    '--config.model.batch_norm=True',
+    '--config.augment.horizontal_flip=True',
+    '--config.augment.width_shift_range=0.1',
+    '--config.augment.zoom_range=0.1',
+    '--config.augment.crop_padding=2',
+    '--config.augment.cutout_size=4',
+    '--config.num_epochs=1',
+    '--config.steps_per_epoch=1',
+)
 
 
 def _train(workdir, *args, devices, epochs=EPOCHS):
-  r = run_main(*CALM, '--workdir', workdir, f'--config.num_epochs={epochs}',
-               *args, devices=devices)
+  r = run_main(
+      *CALM,
+      '--workdir',
+      workdir,
+      f'--config.num_epochs={epochs}',
+      *args,
+      devices=devices,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   return r.stdout
 
@@ -49,7 +66,8 @@ def _history(workdir):
 
 def _assert_same_metrics(history, reference):
   assert [h['epoch'] for h in history] == [
-      h['epoch'] for h in reference[:len(history)]]
+      h['epoch'] for h in reference[: len(history)]
+  ]
   for h, ref in zip(history, reference):
     for key in ('loss', 'accuracy', 'val_loss', 'val_accuracy'):
       assert h[key] == pytest.approx(ref[key], **TOLERANCE), (h['epoch'], key)
@@ -63,11 +81,19 @@ def _free_port():
 
 def _train_two_processes(workdir, epochs, devices_per_process):
   port = _free_port()
-  procs = [start_main(*CALM, '--workdir', workdir,
-                      f'--config.num_epochs={epochs}',
-                      f'--coordinator_address=127.0.0.1:{port}',
-                      '--num_processes=2', f'--process_id={i}',
-                      devices=devices_per_process) for i in range(2)]
+  procs = [
+      start_main(
+          *CALM,
+          '--workdir',
+          workdir,
+          f'--config.num_epochs={epochs}',
+          f'--coordinator_address=127.0.0.1:{port}',
+          '--num_processes=2',
+          f'--process_id={i}',
+          devices=devices_per_process,
+      )
+      for i in range(2)
+  ]
   outputs = []
   for proc in procs:
     try:
@@ -108,7 +134,8 @@ def test_checkpoint_from_eight_devices_resumes_on_two(tmp_path, one_device):
 
 
 def test_two_processes_match_one_process_and_resume_together(
-    tmp_path, one_device):
+    tmp_path, one_device
+):
   """2 processes x 2 devices, stopped halfway and resumed by both."""
   first = _train_two_processes(tmp_path, EPOCHS // 2, devices_per_process=2)
   assert '(4 device(s): cpu)' in first[0]
@@ -120,12 +147,12 @@ def test_two_processes_match_one_process_and_resume_together(
   _assert_same_metrics(history, one_device)
   # This (one-device) process reads the 4-device checkpoint for evaluation.
   result = evaluate.evaluate(str(tmp_path), 'latest')
-  assert result['accuracy'] == pytest.approx(history[-1]['val_accuracy'],
-                                             abs=1e-6)
+  assert result['accuracy'] == pytest.approx(
+      history[-1]['val_accuracy'], abs=1e-6
+  )
 
 
-def test_dropout_and_augmentation_do_not_depend_on_the_device_count(
-    tmp_path):
+def test_dropout_and_augmentation_do_not_depend_on_the_device_count(tmp_path):
   """One step with every random part on: same loss on 1 and 8 devices.
 
   Dropout and augmentation draw from keys split over the global batch, so
@@ -139,5 +166,6 @@ def test_dropout_and_augmentation_do_not_depend_on_the_device_count(
     rows[devices] = _history(workdir)
   for devices in (8,):
     _assert_same_metrics(rows[devices], rows[1])
-    assert rows[devices][0]['loss'] == pytest.approx(rows[1][0]['loss'],
-                                                     rel=1e-6)
+    assert rows[devices][0]['loss'] == pytest.approx(
+        rows[1][0]['loss'], rel=1e-6
+    )

@@ -13,12 +13,21 @@ NOTEBOOK = SHARED / 'seed' / '000_5aa4ee9aafc89df0.txt'
 LADDER_MD = SHARED / 'LADDER.md'
 
 # The notebook's cells that printed epoch lines, in its order.
-LOGGED_CELLS = ('simple', 'large_100', 'large_less_dropout', 'deep_adam',
-                'deep_adam_aug', 'deep_adam_aug_dropout', 'bn_aug_sgd')
+LOGGED_CELLS = (
+    'simple',
+    'large_100',
+    'large_less_dropout',
+    'deep_adam',
+    'deep_adam_aug',
+    'deep_adam_aug_dropout',
+    'bn_aug_sgd',
+)
 _HEADER = re.compile(r'Epoch (\d+)/(\d+)')
 _PROGRESS = re.compile(r'\d+/\d+ \[=+\] - (\d+)s [^\n]*?- loss:')
-_METRICS = re.compile(r'\s*([\d.]+) - accuracy: ([\d.]+) - val_loss: '
-                      r'([\d.]+) - val_accuracy: ([\d.]+)')
+_METRICS = re.compile(
+    r'\s*([\d.]+) - accuracy: ([\d.]+) - val_loss: '
+    r'([\d.]+) - val_accuracy: ([\d.]+)'
+)
 
 
 def parse_cell(text: str) -> tuple[int, list[dict]]:
@@ -28,9 +37,11 @@ def parse_cell(text: str) -> tuple[int, list[dict]]:
   header was cut off is the epoch before the next header. Metrics wrapped
   onto the next line count; a line cut after 'loss:' keeps only seconds.
   """
-  tokens = sorted([(m.start(), 'header', m) for m in _HEADER.finditer(text)] +
-                  [(m.start(), 'line', m) for m in _PROGRESS.finditer(text)],
-                  key=lambda t: t[0])
+  tokens = sorted(
+      [(m.start(), 'header', m) for m in _HEADER.finditer(text)]
+      + [(m.start(), 'line', m) for m in _PROGRESS.finditer(text)],
+      key=lambda t: t[0],
+  )
   rows, total = [], None
   for i, (_, kind, match) in enumerate(tokens):
     if kind == 'header':
@@ -39,12 +50,16 @@ def parse_cell(text: str) -> tuple[int, list[dict]]:
     if i > 0 and tokens[i - 1][1] == 'header':
       epoch = int(tokens[i - 1][2].group(1))
     else:
-      epoch = int(next(t[2] for t in tokens[i:] if t[1] == 'header').group(1)
-                  ) - 1
+      epoch = (
+          int(next(t[2] for t in tokens[i:] if t[1] == 'header').group(1)) - 1
+      )
     metrics = _METRICS.match(text, match.end())
     values = [float(v) for v in metrics.groups()] if metrics else [None] * 4
-    rows.append(dict(zip(seed_notebook.COLUMNS,
-                         [epoch, float(match.group(1)), *values])))
+    rows.append(
+        dict(
+            zip(seed_notebook.COLUMNS, [epoch, float(match.group(1)), *values])
+        )
+    )
   return total, rows
 
 
@@ -73,17 +88,27 @@ def test_every_printed_epoch_line_is_in_the_record(notebook):
   # Spot checks a wrong parser would miss: a cut-off line keeps its seconds
   # only, and a line whose header was cut off is the epoch before the next.
   bn = {r['epoch']: r for r in seed_notebook.load('bn_aug_sgd').epochs}
-  assert bn[2] == {'epoch': 2, 'seconds': 196.0, 'loss': None,
-                   'accuracy': None, 'val_loss': None, 'val_accuracy': None}
+  assert bn[2] == {
+      'epoch': 2,
+      'seconds': 196.0,
+      'loss': None,
+      'accuracy': None,
+      'val_loss': None,
+      'val_accuracy': None,
+  }
   assert bn[43]['val_accuracy'] == 0.83
   assert sorted(bn) == [1, 2] + list(range(43, 51))
 
 
 def test_printed_final_accuracies_are_the_records(notebook):
-  printed = [float(a) for a in re.findall(r'^Accuracy: ([\d.]+)%', notebook,
-                                          flags=re.M)]
-  assert printed == [100 * seed_notebook.load(r).final_accuracy
-                     for r in ('simple', 'large_less_dropout')]
+  printed = [
+      float(a)
+      for a in re.findall(r'^Accuracy: ([\d.]+)%', notebook, flags=re.M)
+  ]
+  assert printed == [
+      100 * seed_notebook.load(r).final_accuracy
+      for r in ('simple', 'large_less_dropout')
+  ]
 
 
 def test_final_accuracies_equal_the_ladder_spec():
@@ -109,7 +134,8 @@ def test_the_final_accuracy_is_the_last_printed_epoch_where_it_was_printed():
     run = seed_notebook.load(rung)
     if run.epochs and run.epochs[-1]['epoch'] == run.num_epochs:
       assert run.final_accuracy == pytest.approx(
-          run.epochs[-1]['val_accuracy'], abs=1e-4)
+          run.epochs[-1]['val_accuracy'], abs=1e-4
+      )
 
 
 def test_each_rung_config_names_its_seed_rung_and_says_its_numbers():
@@ -122,10 +148,12 @@ def test_each_rung_config_names_its_seed_rung_and_says_its_numbers():
 def test_the_seed_line_of_a_config_docstring_comes_from_the_record():
   assert seed_notebook.summary('simple') == (
       'Seed notebook (Keras 2.3, laptop CPU): 69.88% test accuracy after 25 '
-      'epochs, 134 s per epoch.')
+      'epochs, 134 s per epoch.'
+  )
   assert seed_notebook.summary('large') == (
       'Seed notebook (Keras 2.3, laptop CPU): "about 80%" (no log) after 25 '
-      'epochs.')
+      'epochs.'
+  )
 
 
 def test_large_is_compared_with_large_100s_first_epochs():
@@ -144,9 +172,11 @@ def test_the_reference_keeps_only_the_epochs_a_run_reached():
 
 def _shifted(rung: str, by: float) -> list[dict]:
   """A history equal to the seed's printed epochs, val_accuracy + `by`."""
-  return [dict(r, val_accuracy=r['val_accuracy'] + by)
-          for r in seed_notebook.load(rung).epochs
-          if r['val_accuracy'] is not None]
+  return [
+      dict(r, val_accuracy=r['val_accuracy'] + by)
+      for r in seed_notebook.load(rung).epochs
+      if r['val_accuracy'] is not None
+  ]
 
 
 def test_comparison_of_a_run_one_point_above_the_seed():
@@ -179,8 +209,10 @@ def test_comparison_of_a_short_run_has_no_verdict():
 
 def test_comparison_only_counts_epochs_both_have():
   # Ours ran epochs 1-3 of bn_aug_sgd: the seed printed metrics for 1 only.
-  history = [dict(epoch=e, loss=1.0, accuracy=0.5, val_loss=1.0,
-                  val_accuracy=0.3822) for e in (1, 2, 3)]
+  history = [
+      dict(epoch=e, loss=1.0, accuracy=0.5, val_loss=1.0, val_accuracy=0.3822)
+      for e in (1, 2, 3)
+  ]
   c = seed_notebook.compare('bn_aug_sgd', history)
   assert c.common_epochs == 1
   assert c.mean_abs_diff == pytest.approx(10.0)
@@ -190,5 +222,12 @@ def test_record_file_is_shipped_with_the_package():
   path = pathlib.Path(seed_notebook.__file__).with_name(seed_notebook.FILENAME)
   assert path.exists()
   assert seed_notebook.rungs() == (
-      'simple', 'large', 'large_100', 'large_less_dropout', 'deep_adam',
-      'deep_adam_aug', 'deep_adam_aug_dropout', 'bn_aug_sgd')
+      'simple',
+      'large',
+      'large_100',
+      'large_less_dropout',
+      'deep_adam',
+      'deep_adam_aug',
+      'deep_adam_aug_dropout',
+      'bn_aug_sgd',
+  )

@@ -15,8 +15,9 @@ from conftest import REPO
 
 
 def test_views_are_augmented_copies_in_unit_range():
-  images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3),
-                                             dtype=np.uint8)
+  images = np.random.default_rng(0).integers(
+      0, 256, (3, 32, 32, 3), dtype=np.uint8
+  )
   aug = augment.AugmentConfig(horizontal_flip=True, zoom_range=0.2)
   views = show_augment.augmented_views(images, aug, jax.random.key(0), 4)
   assert views.shape == (4, 3, 32, 32, 3)
@@ -41,9 +42,22 @@ def test_cli_writes_the_png(tmp_path):
   out = tmp_path / 'a.png'
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   r = subprocess.run(
-      [sys.executable, '-m', 'cifar_jax.show_augment', '--config',
-       'configs/bn_aug_sgd.py', '--config.dataset=synthetic',
-       '--num_images=2', '--num_views=2', f'--out={out}'],
-      cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          '-m',
+          'cifar_jax.show_augment',
+          '--config',
+          'configs/bn_aug_sgd.py',
+          '--config.dataset=synthetic',
+          '--num_images=2',
+          '--num_views=2',
+          f'--out={out}',
+      ],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert r.returncode == 0, r.stderr[-2000:]
   assert Image.open(out).format == 'PNG'

@@ -36,24 +36,35 @@ def test_the_opt_out_gives_xlas_defaults():
 
 
 def test_a_jaxlib_that_refuses_the_option_compiles_with_defaults(
-    monkeypatch, caplog):
-  monkeypatch.setattr(xla_cpu, 'YNN_FUSIONS_WITHOUT_CONVOLUTIONS',
-                      'LIBRARY_FUSION_TYPE_NO_SUCH_THING')
+    monkeypatch, caplog
+):
+  monkeypatch.setattr(
+      xla_cpu,
+      'YNN_FUSIONS_WITHOUT_CONVOLUTIONS',
+      'LIBRARY_FUSION_TYPE_NO_SUCH_THING',
+  )
   with caplog.at_level(logging.WARNING):
     assert xla_cpu.compiler_options('cpu', {}) == {}
   assert 'refuses the XLA:CPU options' in caplog.text
 
 
 def test_importing_cifar_jax_leaves_the_environment_alone():
-  code = ('import os; import cifar_jax, cifar_jax.train; '
-          'print(repr(os.environ.get("XLA_FLAGS")))')
+  code = (
+      'import os; import cifar_jax, cifar_jax.train; '
+      'print(repr(os.environ.get("XLA_FLAGS")))'
+  )
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   env.pop('XLA_FLAGS', None)
-  out = subprocess.run([sys.executable, '-c', code], cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=120,
-                       check=True).stdout
+  out = subprocess.run(
+      [sys.executable, '-c', code],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=120,
+      check=True,
+  ).stdout
   assert out.strip() == 'None'
-
 
 
 _TRAIN_A_FEW_STEPS = r"""
@@ -85,11 +96,20 @@ print(json.dumps({'ynn_convs': ynn_convs, 'params': leaves,
 
 
 def _train_a_few_steps(**env):
-  env = dict({k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'},
-             JAX_PLATFORMS='cpu', **env)
-  out = subprocess.run([sys.executable, '-c', _TRAIN_A_FEW_STEPS], cwd=REPO,
-                       env=env, capture_output=True, text=True, timeout=300,
-                       check=True).stdout
+  env = dict(
+      {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'},
+      JAX_PLATFORMS='cpu',
+      **env,
+  )
+  out = subprocess.run(
+      [sys.executable, '-c', _TRAIN_A_FEW_STEPS],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      check=True,
+  ).stdout
   return json.loads(out.splitlines()[-1])
 
 
