@@ -33,6 +33,7 @@ from cifar_jax import progress
 from cifar_jax import reporting
 from cifar_jax import train
 
+_CONFIG = cli.define_config()
 _RUNS = flags.DEFINE_integer('runs', 5, 'Counted runs (seeds).')
 _TARGET = flags.DEFINE_float(
     'target', 0.94, 'Accuracy to test the mean ' 'against.'
@@ -92,7 +93,7 @@ def one_sided_p(values: list[float], target: float) -> float:
 
 def main(argv):
   del argv
-  config = cli.CONFIG.value
+  config = _CONFIG.value
   with cli.exit_on_errors():
     start = time.perf_counter()
     exp = train.create_experiment(config)

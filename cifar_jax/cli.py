@@ -1,5 +1,6 @@
 """Shared pieces of the command-line tools (main, show_augment, ...)."""
 
+from collections.abc import Callable
 import contextlib
 import logging as std_logging
 import os
@@ -16,24 +17,48 @@ from cifar_jax.errors import NonFiniteLossError
 from cifar_jax.errors import Preempted
 from cifar_jax.errors import UserError
 
-# Flags the tools share, defined once here (absl refuses a second definition).
-CONFIG = config_flags.DEFINE_config_file(
-    'config',
-    None,
-    'Path to a config file, e.g. configs/simple.py.',
-    lock_config=True,
-)
-WORKDIR = flags.DEFINE_string(
-    'workdir',
-    None,
-    'Run directory (for training: default ' 'ckpt/<config file name>).',
-)
-CHECKPOINT = flags.DEFINE_string(
-    'checkpoint',
-    'latest',
-    "Which checkpoint of --workdir: 'best' (by "
-    "val_accuracy), 'latest' or a step.",
-)
+
+def _flag(
+    name: str, define: Callable[[], flags.FlagHolder]
+) -> flags.FlagHolder:
+  """The flag `name`, defined by `define` unless a tool imported in the same
+  process (the tests import several) has defined it already."""
+  if name in flags.FLAGS:
+    return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
+  return define()
+
+
+def define_config() -> flags.FlagHolder:
+  """--config: a config file and its --config.key=value overrides."""
+  return _flag(
+      'config',
+      lambda: config_flags.DEFINE_config_file(
+          'config',
+          None,
+          'Path to a config file, e.g. configs/simple.py.',
+          lock_config=True,
+      ),
+  )
+
+
+def define_workdir(help_text: str) -> flags.FlagHolder:
+  """--workdir: the run directory."""
+  return _flag(
+      'workdir', lambda: flags.DEFINE_string('workdir', None, help_text)
+  )
+
+
+def define_checkpoint() -> flags.FlagHolder:
+  """--checkpoint: which checkpoint of --workdir a tool reads."""
+  return _flag(
+      'checkpoint',
+      lambda: flags.DEFINE_string(
+          'checkpoint',
+          'latest',
+          "Which checkpoint of --workdir: 'best' (by val_accuracy), 'latest' "
+          'or a step.',
+      ),
+  )
 
 
 def default_workdir(config_path: str) -> str:

@@ -24,6 +24,8 @@ from cifar_jax import input_pipeline
 from cifar_jax import plots
 from cifar_jax.errors import UserError
 
+_WORKDIR = cli.define_workdir('The run directory to evaluate.')
+_CHECKPOINT = cli.define_checkpoint()
 _SPLIT = flags.DEFINE_string(
     'split', '', "Split; default the run's " 'eval_split.'
 )
@@ -133,8 +135,8 @@ def main(argv):
   del argv
   with cli.exit_on_errors():
     evaluate(
-        cli.WORKDIR.value,
-        cli.CHECKPOINT.value,
+        _WORKDIR.value,
+        _CHECKPOINT.value,
         _SPLIT.value,
         _DATA_DIR.value,
         _TTA.value,

@@ -10,11 +10,11 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
 from cifar_jax import augment
+from cifar_jax import images as images_lib
 from cifar_jax import checkpointing
 from cifar_jax import input_pipeline
 from cifar_jax import models
@@ -45,7 +45,7 @@ class TrainedRun:
     self.apply = jax.jit(
         lambda v, x: augment.tta_logits(
             lambda y: self.model.apply(v, y, train=False),
-            x.astype(jnp.float32) / 255.0,
+            images_lib.to_unit_range(x),
             level,
         ),
         compiler_options=xla_cpu.compiler_options(jax.default_backend()),

@@ -16,7 +16,6 @@ import concurrent.futures
 import dataclasses
 import functools
 import hashlib
-import io
 import json
 import os
 import re
@@ -32,6 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from cifar_jax import images as images_lib
 from cifar_jax.errors import UserError
 
 CIFAR10_CLASSES = (
@@ -46,7 +46,7 @@ CIFAR10_CLASSES = (
     'ship',
     'truck',
 )
-IMAGE_SHAPE = (32, 32, 3)
+IMAGE_SHAPE = images_lib.SHAPE
 # Shuffles an image folder's sorted files once, so its order is fixed.
 FOLDER_ORDER_SEED = 0
 # Part of the cache key: bump when decoding or ordering changes.
@@ -289,9 +289,6 @@ def _check_can_download(builder, timeout: float = 5.0) -> None:
 # ---------------------------------------------------------------- folders
 
 
-IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.gif')
-
-
 def _check_folder(root: str | None) -> None:
   if not root:
     raise UserError(
@@ -333,7 +330,7 @@ def _image_files(
       with open(os.path.join(root, name), 'rb') as f:
         return f.read()
 
-  images = [n for n in names if n.lower().endswith(IMAGE_SUFFIXES)]
+  images = [n for n in names if images_lib.is_image(n)]
   parts = [n.split('/') for n in images]
   if (
       parts
@@ -346,19 +343,6 @@ def _image_files(
     if len(p) == 3:
       splits.setdefault(p[0], []).append(name)
   return splits, read
-
-
-def _decode_rgb32(data: bytes) -> np.ndarray:
-  """Any image file -> (32, 32, 3) uint8; other sizes are resized."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-
-  with Image.open(io.BytesIO(data)) as image:
-    image = image.convert('RGB')
-    if image.size != IMAGE_SHAPE[:2][::-1]:
-      image = image.resize(
-          IMAGE_SHAPE[:2][::-1], Image.Resampling.BILINEAR, reducing_gap=None
-      )
-    return np.asarray(image, np.uint8)
 
 
 def _load_image_folder(
@@ -401,7 +385,7 @@ def _load_image_folder(
 
   def decode(name):
     try:
-      return _decode_rgb32(read(name))
+      return images_lib.decode(read(name))
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
       raise UserError(f'Cannot read {name} in {root}: {e}') from e
 

@@ -44,6 +44,7 @@ from cifar_jax import cli
 from cifar_jax import plots
 from cifar_jax import reporting
 from cifar_jax import seed_notebook
+from cifar_jax import summary
 from cifar_jax import train
 from cifar_jax.errors import Preempted
 from cifar_jax.errors import UserError
@@ -97,7 +98,7 @@ def _params(config: ml_collections.ConfigDict) -> int:
   shapes = jax.eval_shape(
       model.init, jax.random.key(0), jax.numpy.zeros((1, 32, 32, 3))
   )
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+  return summary.count_params(shapes)
 
 
 def report_row(

@@ -17,6 +17,8 @@ from cifar_jax import cli
 from cifar_jax import distributed
 from cifar_jax import train
 
+CONFIG = cli.define_config()
+WORKDIR = cli.define_workdir('Run directory; default ckpt/<config file name>.')
 DISTRIBUTED = flags.DEFINE_enum(
     'distributed',
     'auto',
@@ -42,7 +44,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   config_path = config_flags.get_config_filename(flags.FLAGS['config'])
-  workdir = cli.WORKDIR.value or cli.default_workdir(config_path)
+  workdir = WORKDIR.value or cli.default_workdir(config_path)
   with cli.exit_on_errors():
     distributed.initialize(
         DISTRIBUTED.value,
@@ -62,7 +64,7 @@ def main(argv):
         config_flags.get_override_values(flags.FLAGS['config']),
         workdir,
     )
-    train.train_and_evaluate(cli.CONFIG.value, workdir)
+    train.train_and_evaluate(CONFIG.value, workdir)
 
 
 if __name__ == '__main__':

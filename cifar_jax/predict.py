@@ -17,29 +17,20 @@ import sys
 from absl import app
 from absl import flags
 import numpy as np
-from PIL import Image
 from PIL import UnidentifiedImageError
 
 from cifar_jax import cli
+from cifar_jax import images
 from cifar_jax import inference
 
-_EXTENSIONS = (
-    '.png',
-    '.jpg',
-    '.jpeg',
-    '.bmp',
-    '.gif',
-    '.webp',
-    '.tif',
-    '.tiff',
-)
+_WORKDIR = cli.define_workdir('The run directory whose model classifies.')
+_CHECKPOINT = cli.define_checkpoint()
 
 
 def to_input(path: str) -> np.ndarray:
-  """(32, 32, 3) uint8 from any image file Pillow reads."""
-  with Image.open(path) as image:
-    image = image.convert('RGB').resize((32, 32), Image.Resampling.BILINEAR)
-    return np.asarray(image, np.uint8)
+  """(32, 32, 3) uint8 from any image file Pillow reads, as training reads it."""
+  with open(path, 'rb') as f:
+    return images.decode(f.read())
 
 
 def expand(paths: list[str]) -> list[str]:
@@ -49,9 +40,7 @@ def expand(paths: list[str]) -> list[str]:
     if os.path.isdir(path):
       for root, _, names in sorted(os.walk(path)):
         files += [
-            os.path.join(root, n)
-            for n in sorted(names)
-            if n.lower().endswith(_EXTENSIONS)
+            os.path.join(root, n) for n in sorted(names) if images.is_image(n)
         ]
     else:
       files.append(path)
@@ -68,16 +57,16 @@ def predict(
 ) -> int:
   """Prints the top classes of each image; returns the number of failures."""
   run = inference.load_run(workdir, checkpoint)
-  files, images, failures = [], [], 0
+  files, pixels, failures = [], [], 0
   for path in expand(paths):
     try:
-      images.append(to_input(path))
+      pixels.append(to_input(path))
       files.append(path)
     except (OSError, UnidentifiedImageError, ValueError) as e:
       print(f'error: {path}: cannot read it as an image ({e})', file=err)
       failures += 1
-  if images:
-    logits = inference.logits(run, np.stack(images))
+  if pixels:
+    logits = inference.logits(run, np.stack(pixels))
     probs = np.exp(logits - logits.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
     for path, p in zip(files, probs):
@@ -94,7 +83,7 @@ def main(argv):
   if len(argv) < 2:
     raise app.UsageError('Name at least one image file or folder.')
   with cli.exit_on_errors():
-    failures = predict(cli.WORKDIR.value, argv[1:], cli.CHECKPOINT.value)
+    failures = predict(_WORKDIR.value, argv[1:], _CHECKPOINT.value)
   sys.exit(1 if failures else 0)
 
 

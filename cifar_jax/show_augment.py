@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 
 from cifar_jax import augment
+from cifar_jax import images as images_lib
 from cifar_jax import cli
 from cifar_jax import input_pipeline
 from cifar_jax.errors import UserError
@@ -24,6 +25,7 @@ from cifar_jax.errors import UserError
 matplotlib.use('Agg')  # Headless: no display needed.
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
+_CONFIG = cli.define_config()
 _OUT = flags.DEFINE_string('out', 'augment.png', 'PNG file to write.')
 _IMAGES = flags.DEFINE_integer('num_images', 8, 'Rows: training images.')
 _VIEWS = flags.DEFINE_integer('num_views', 6, 'Augmented views per image.')
@@ -36,7 +38,7 @@ def augmented_views(
     num_views: int,
 ) -> np.ndarray:
   """(views, n, h, w, c) float images in [0, 1], one key per view."""
-  x = jnp.asarray(images, jnp.float32) / 255.0
+  x = images_lib.to_unit_range(jnp.asarray(images))
   views = [
       augment.augment_batch(jax.random.fold_in(key, v), x, aug)
       for v in range(num_views)
@@ -62,7 +64,9 @@ def render(
       squeeze=False,
   )
   for i in range(num_images):
-    row = [images[i] / 255.0] + [views[v, i] for v in range(num_views)]
+    row = [images_lib.to_unit_range(images[i], np.float64)] + [
+        views[v, i] for v in range(num_views)
+    ]
     for j, image in enumerate(row):
       ax = axes[i, j]
       ax.imshow(image, interpolation='nearest')
@@ -86,7 +90,7 @@ def main(argv):
   del argv
   with cli.exit_on_errors():
     try:
-      render(cli.CONFIG.value, _OUT.value, _IMAGES.value, _VIEWS.value)
+      render(_CONFIG.value, _OUT.value, _IMAGES.value, _VIEWS.value)
     except ValueError as e:  # A bad augment section.
       raise UserError(f'Bad config: {e}') from e
   print(f'Wrote {_OUT.value}')

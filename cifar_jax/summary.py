@@ -25,7 +25,8 @@ _LAYER_TYPES = (
 )
 
 
-def _count(tree: Any) -> int:
+def count_params(tree: Any) -> int:
+  """The number of scalars in a pytree of arrays (or of shapes)."""
   return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
 
 
@@ -87,7 +88,9 @@ def keras_summary(
   rows = []
   for path, module_type in layer_types.items():
     out = outputs[path]
-    n = _count(_subtree(params, path)) + _count(_subtree(stats, path))
+    n = count_params(_subtree(params, path)) + count_params(
+        _subtree(stats, path)
+    )
     shape = '(None, ' + ', '.join(str(d) for d in out.shape[1:]) + ')'
     rows.append((f"{'/'.join(path)} ({module_type})", shape, f'{n:,}'))
   widths = [max(len(r[i]) for r in rows + [header]) + 2 for i in range(3)]
@@ -96,7 +99,7 @@ def keras_summary(
   def fmt(row):
     return ''.join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
 
-  total = _count(params) + _count(stats)
+  total = count_params(params) + count_params(stats)
   lines = [
       f'Model: "{type(model).__name__}"',
       '_' * sum(widths),
@@ -107,8 +110,8 @@ def keras_summary(
   lines += [
       rule,
       f'Total params: {total:,}',
-      f'Trainable params: {_count(params):,}',
-      f'Non-trainable params: {_count(stats):,}',
+      f'Trainable params: {count_params(params):,}',
+      f'Non-trainable params: {count_params(stats):,}',
       '_' * sum(widths),
   ]
   return '\n'.join(lines)

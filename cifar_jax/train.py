@@ -32,6 +32,7 @@ import numpy as np
 import optax
 
 from cifar_jax import augment
+from cifar_jax import images as images_lib
 from cifar_jax import checkpointing
 from cifar_jax import config_checks
 from cifar_jax import initializers
@@ -163,11 +164,6 @@ def _variables(state: TrainState, params: Any) -> dict[str, Any]:
   return {'params': params}
 
 
-def _to_float(images: jax.Array) -> jax.Array:
-  """uint8 -> float32 in [0, 1], the seed's `x / 255.0`."""
-  return images.astype(jnp.float32) / 255.0
-
-
 def train_step(
     state: TrainState,
     epoch_metrics: Metrics,
@@ -200,7 +196,7 @@ def train_step(
     indices, mask = jax.lax.with_sharding_constraint(
         (indices, mask), batch_sharding
     )
-  images = _to_float(data[indices])
+  images = images_lib.to_unit_range(data[indices])
   flips = None
   if augment_config.flip_mode == 'alternating':
     pass_index = state.step // (order[0].shape[0] // batch_size)
@@ -303,7 +299,7 @@ def eval_step(
   variables = _variables(state, state.params)
   logits = augment.tta_logits(
       lambda x: state.apply_fn(variables, x, train=False),
-      _to_float(data[indices]),
+      images_lib.to_unit_range(data[indices]),
       tta,
   )[:, :num_classes]
   per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
@@ -425,7 +421,9 @@ def create_experiment(
   init_params, start = {}, time.perf_counter()
   if config.whitening.images:
     kernel, bias = initializers.whitening(
-        train_ds.images[: config.whitening.images] / 255.0,
+        images_lib.to_unit_range(
+            train_ds.images[: config.whitening.images], np.float64
+        ),
         config.model.whiten_patch,
         config.whitening.epsilon,
     )

@@ -32,16 +32,12 @@ def _init(name):
   return model, variables
 
 
-def _count(tree):
-  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
-
-
 @pytest.mark.parametrize('name', RUNGS)
 def test_parameter_counts_equal_the_seeds_keras_models(name):
   _, variables = _init(name)
   total, non_trainable = PARAMS[name]
-  assert _count(variables) == total
-  assert _count(variables.get('batch_stats', {})) == non_trainable
+  assert summary.count_params(variables) == total
+  assert summary.count_params(variables.get('batch_stats', {})) == non_trainable
 
 
 @pytest.mark.parametrize('name', RUNGS)
