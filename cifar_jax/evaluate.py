@@ -2,14 +2,13 @@
 
   python -m cifar_jax.evaluate --workdir ckpt/large
       [--checkpoint best|latest|STEP] [--split test] [--data_dir DIR]
-      [--tta] [--tta_level N]
+      [--tta_level N]
 
 The numbers equal what training logged for that checkpoint (same model,
 same split, same test-time augmentation level `eval_tta`). `--tta_level`
-evaluates with another level instead (0 none, 1 mirror, 2 mirror and
-translations, as `augment.tta_logits`). `--tta` adds flip test-time
-augmentation (the mean of the softmax of each image and its mirror),
-reported separately.
+evaluates with another level instead (0 none, 1 the mean logits of each
+image and its mirror, 2 also one-pixel translations): the one test-time
+augmentation, `augment.tta_logits`, that training evaluates with.
 """
 
 import os
@@ -27,13 +26,10 @@ from cifar_jax.errors import UserError
 _WORKDIR = cli.define_workdir('The run directory to evaluate.')
 _CHECKPOINT = cli.define_checkpoint()
 _SPLIT = flags.DEFINE_string(
-    'split', '', "Split; default the run's " 'eval_split.'
+    'split', '', "Split; default the run's eval_split."
 )
 _DATA_DIR = flags.DEFINE_string(
-    'data_dir', '', 'Data directory; default ' "the run's."
-)
-_TTA = flags.DEFINE_bool(
-    'tta', False, 'Also report flip test-time ' 'augmentation.'
+    'data_dir', '', "Data directory; default the run's."
 )
 _TTA_LEVEL = flags.DEFINE_integer(
     'tta_level',
@@ -65,21 +61,11 @@ def metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
   }
 
 
-def flip_tta(run: inference.TrainedRun, images: np.ndarray) -> np.ndarray:
-  """Log of the mean softmax over each image and its horizontal mirror."""
-  probs = [
-      np.exp(_log_softmax(inference.logits(run, x)))
-      for x in (images, images[:, :, ::-1])
-  ]
-  return np.log(np.maximum((probs[0] + probs[1]) / 2, 1e-30))
-
-
 def evaluate(
     workdir: str,
     checkpoint: str = 'latest',
     split: str = '',
     data_dir: str = '',
-    tta: bool = False,
     tta_level: int | None = None,
 ) -> dict:
   """Evaluates, prints the report, writes confusion_matrix.png; returns it."""
@@ -103,14 +89,6 @@ def evaluate(
       f'Accuracy: {100 * result["accuracy"]:.2f}% - loss: '
       f'{result["loss"]:.4f}'
   )
-  if tta:
-    result['tta'] = metrics(
-        flip_tta(run, data.images), data.labels, len(run.class_names)
-    )
-    print(
-        f'With flip TTA: accuracy {100 * result["tta"]["accuracy"]:.2f}% '
-        f'- loss: {result["tta"]["loss"]:.4f}'
-    )
   print('Per class:')
   for name, acc, count in zip(
       run.class_names, result['per_class'], result['confusion'].sum(1)
@@ -139,7 +117,6 @@ def main(argv):
         _CHECKPOINT.value,
         _SPLIT.value,
         _DATA_DIR.value,
-        _TTA.value,
         _TTA_LEVEL.value,
     )
 
