@@ -255,12 +255,9 @@ def _rung_configs(
   configs = {}
   for name in names:
     config = rung_config(name, epochs_scale, overrides)
-    if (
-        name == 'deep_adam_aug'
-        and 'deep_adam' in names
-        and not (config.init_from)
-    ):
-      config.init_from = os.path.join(root, 'deep_adam')  # As the seed did.
+    parent = seed_notebook.load(name).continues_from
+    if parent in names and not config.init_from:
+      config.init_from = os.path.join(root, parent)  # As the seed did.
     configs[name] = config
   return configs
 
@@ -313,11 +310,11 @@ class _RungProcesses:
   ):
     self.configs, self.overrides, self.root = configs, overrides, root
     self.parallel, self.out = parallel, out
-    self.waits_for = (
-        {'deep_adam_aug': 'deep_adam'}
-        if {'deep_adam', 'deep_adam_aug'} <= set(configs)
-        else {}
-    )
+    self.waits_for = {
+        name: parent
+        for name in configs
+        if (parent := seed_notebook.load(name).continues_from) in configs
+    }
     self.env = dict(os.environ)
     self.env.setdefault(
         'XLA_PYTHON_CLIENT_MEM_FRACTION', f'{0.9 / parallel:.3f}'

@@ -31,6 +31,7 @@ class SeedRun:
   final_accuracy: float | None  # A fraction; None where nothing was printed.
   final_text: str  # As LADDER.md states it, e.g. '69.88%'.
   reference: str | None  # A rung whose curve stands in for a missing log.
+  continues_from: str | None  # The rung whose trained model it started from.
   note: str  # What the notebook shows and leaves out for this rung.
   epochs: tuple[dict, ...]  # COLUMNS -> value; None where cut off.
 
@@ -55,6 +56,7 @@ def load(rung: str) -> SeedRun:
       final_accuracy=entry['final_accuracy'],
       final_text=entry['final_text'],
       reference=entry['reference'],
+      continues_from=entry['continues_from'],
       note=entry['note'],
       epochs=tuple(dict(zip(columns, row)) for row in entry['epochs']),
   )

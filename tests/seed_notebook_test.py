@@ -129,6 +129,25 @@ def test_final_accuracies_equal_the_ladder_spec():
       assert seed_acc == f'{100 * run.final_accuracy:.2f}%'
 
 
+def test_only_deep_adam_aug_continues_a_trained_rung_as_the_spec_says():
+  if not LADDER_MD.exists():
+    pytest.skip(f'{LADDER_MD} not present.')
+  spec = ' '.join(LADDER_MD.read_text().split())
+  continued = {
+      rung: parent
+      for rung in seed_notebook.rungs()
+      for parent in seed_notebook.rungs()
+      if f'{rung} in the notebook was not trained from scratch: it continued '
+      f'the already trained {parent} model' in spec
+  }
+  assert continued == {
+      r: p
+      for r in seed_notebook.rungs()
+      if (p := seed_notebook.load(r).continues_from)
+  }
+  assert continued == {'deep_adam_aug': 'deep_adam'}
+
+
 def test_the_final_accuracy_is_the_last_printed_epoch_where_it_was_printed():
   for rung in seed_notebook.rungs():
     run = seed_notebook.load(rung)
