@@ -253,23 +253,43 @@ class Checkpoints:
     return aside
 
 
+def checkpoint_dir(workdir: str) -> str:
+  """Where a run directory keeps its checkpoints, one `<step>/` each."""
+  return os.path.join(workdir, 'checkpoints')
+
+
+def saved_steps(workdir: str) -> list[int]:
+  """The steps of a run's finished checkpoints, ascending.
+
+  Unfinished (`<step>.orbax-checkpoint-tmp-*`) and damaged ones moved aside
+  (`corrupt-*`) are not steps.
+  """
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(p) for p in os.listdir(directory) if p.isdigit())
+
+
 def restore_params(
-    path: str, sharding: jax.sharding.Sharding | None = None
+    path: str,
+    sharding: jax.sharding.Sharding | None = None,
+    step: int | None = None,
 ) -> dict[str, Any]:
-  """{'params', 'batch_stats'} of a run directory's newest checkpoint, or of
-  one checkpoint directory (`<run>/checkpoints/<step>`).
+  """{'params', 'batch_stats'} of a run directory's checkpoint `step`
+  (default: the newest), or of one checkpoint directory
+  (`<run>/checkpoints/<step>`).
 
   For `init_from`, evaluation and prediction. The arrays are placed on
   `sharding` (default: this process's first device), whatever devices wrote
   them: Orbax refuses to guess a placement on another topology.
   """
   path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
-    path = os.path.join(path, 'checkpoints')
+  if os.path.isdir(checkpoint_dir(path)):
+    path = checkpoint_dir(path)
   if os.path.isdir(os.path.join(path, 'state')):  # One checkpoint.
     directory, step = os.path.dirname(path), int(os.path.basename(path))
   else:
-    directory, step = path, None
+    directory = path
   if not os.path.isdir(directory):
     raise UserError(
         f'init_from: {path} is not a run directory or a ' 'checkpoint.'

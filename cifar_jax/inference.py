@@ -66,12 +66,8 @@ def _read_json(workdir: str, name: str) -> Any:
 
 def select_step(workdir: str, which: str) -> int:
   """The checkpoint step for 'latest', 'best' (by val_accuracy) or 'STEP'."""
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
-  steps = (
-      sorted(int(p) for p in os.listdir(ckpt_dir) if p.isdigit())
-      if (os.path.isdir(ckpt_dir))
-      else []
-  )
+  ckpt_dir = checkpointing.checkpoint_dir(workdir)
+  steps = checkpointing.saved_steps(workdir)
   if not steps:
     raise UserError(f'No checkpoints in {ckpt_dir}.')
   if which == 'latest':
@@ -108,9 +104,7 @@ def load_run(
       config.model, config.get('compute_dtype', 'float32')
   )
   step = select_step(workdir, checkpoint)
-  variables = checkpointing.restore_params(
-      os.path.join(workdir, 'checkpoints', str(step))
-  )
+  variables = checkpointing.restore_params(workdir, step=step)
   if not variables['batch_stats']:
     variables = {'params': variables['params']}
   info_path = os.path.join(workdir, DATASET_INFO)

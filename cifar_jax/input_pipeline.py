@@ -2,8 +2,8 @@
 
 CIFAR-10 is small (150 MB as uint8), so each split is decoded once into
 uint8 numpy arrays and kept in memory; training draws batches from them by
-index. TensorFlow is imported only here, only to read data, and is hidden
-from any GPU so it cannot take accelerator memory.
+index. TensorFlow is imported only for TFDS data sets
+(`tensorflow_cpu`, hidden from any GPU).
 
 Decoded splits are cached on disk (`cache_dir`), so the second start does not
 decode 60,000 JPEGs again. The batch order is drawn on the device and is a
@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 
 from cifar_jax import images as images_lib
+from cifar_jax import tensorflow_cpu
 from cifar_jax.errors import UserError
 
 CIFAR10_CLASSES = (
@@ -229,20 +230,11 @@ def synthetic(split: str, config: ml_collections.ConfigDict) -> Dataset:
 # ---------------------------------------------------------------- TFDS
 
 
-def import_tensorflow():
-  """Imports TensorFlow (for reading data or writing summaries only), with
-  every GPU hidden from it so it never takes accelerator memory."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-
-  tf.config.set_visible_devices([], 'GPU')
-  return tf
-
-
 def _load_tfds(split: str, data_dir: str | None, name: str) -> Dataset:
   """A TFDS data set, prepared in `data_dir` or downloaded if possible."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
-  import_tensorflow()
+  tensorflow_cpu.import_tensorflow()
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:

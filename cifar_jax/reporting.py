@@ -19,7 +19,7 @@ from absl import logging
 import jax
 import ml_collections
 
-from cifar_jax import input_pipeline
+from cifar_jax import tensorflow_cpu
 from cifar_jax import plots
 from cifar_jax import seed_notebook
 from cifar_jax.errors import UserError
@@ -123,7 +123,7 @@ class Reporter:
     self.seed_rung = config.seed_rung
     try:
       # clu's writers import TensorFlow: keep it off the GPUs first.
-      input_pipeline.import_tensorflow()
+      tensorflow_cpu.import_tensorflow()
       from clu import metric_writers  # pylint: disable=g-import-not-at-top
       from clu import periodic_actions  # pylint: disable=g-import-not-at-top
     except ImportError as e:

@@ -16,7 +16,6 @@ import dataclasses
 import functools
 import io
 import json
-import os
 import sys
 import time
 from typing import Any
@@ -719,7 +718,7 @@ def train_and_evaluate(
   with rundir.hold(workdir, take=jax.process_index() == 0):
     exp = create_experiment(config)
     ckpt = checkpointing.Checkpoints(
-        os.path.join(workdir, 'checkpoints'), config.keep_checkpoints
+        checkpointing.checkpoint_dir(workdir), config.keep_checkpoints
     )
     try:
       result = _train(exp, ckpt, config, workdir, out)
