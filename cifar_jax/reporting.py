@@ -37,20 +37,40 @@ def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
   return out
 
 
+# The x86 vector extensions that decide CPU speed, as /proc/cpuinfo's flags
+# name them: XLA:CPU and TensorFlow's oneDNN use them unequally.
+_VECTOR_EXTENSIONS = (
+    ('AVX2', 'avx2'),
+    ('AVX-512', 'avx512f'),
+    ('AVX512_BF16', 'avx512_bf16'),
+    ('AMX', 'amx_tile'),
+)
+
+
+def vector_extensions(cpu_flags: set[str]) -> list[str]:
+  """The names of the vector extensions among a CPU's flags."""
+  return [name for name, flag in _VECTOR_EXTENSIONS if flag in cpu_flags]
+
+
 def machine_description() -> str:
-  """The accelerator, or the CPU model and core count, for reports."""
+  """The accelerator, or the CPU model, core count and vector extensions."""
   device = jax.devices()[0]
   if device.platform != 'cpu':
     return f'{jax.device_count()} x {device.device_kind}'
-  model = platform.processor() or platform.machine()
+  model, cpu_flags = platform.processor() or platform.machine(), set()
   try:
     with open('/proc/cpuinfo') as f:
-      model = next(
-          l.split(':', 1)[1].strip() for l in f if l.startswith('model name')
-      )
-  except (OSError, StopIteration):
+      for line in f:
+        key, _, value = line.partition(':')
+        if key.strip() == 'model name':
+          model = value.strip()
+        elif key.strip() == 'flags':
+          cpu_flags = set(value.split())
+          break
+  except OSError:
     pass
-  return f'{model}, {os.cpu_count()} CPU cores'
+  extensions = ' '.join(vector_extensions(cpu_flags)) or 'no AVX2'
+  return f'{model}, {os.cpu_count()} CPU cores ({extensions})'
 
 
 # What a trained run's data set was: class names (in label order), sizes.

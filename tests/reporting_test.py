@@ -1,0 +1,43 @@
+"""What a report says about the machine it was measured on."""
+
+import os
+
+import pytest
+
+from cifar_jax import reporting
+
+
+def test_vector_extensions_name_each_extension_the_cpu_flags_have():
+  avx2_only = {'fpu', 'sse4_2', 'avx', 'avx2', 'fma'}
+  sapphire_rapids = avx2_only | {
+      'avx512f',
+      'avx512bw',
+      'avx512_bf16',
+      'avx512_vnni',
+      'amx_bf16',
+      'amx_tile',
+      'amx_int8',
+  }
+  assert reporting.vector_extensions(avx2_only) == ['AVX2']
+  assert reporting.vector_extensions(sapphire_rapids) == [
+      'AVX2',
+      'AVX-512',
+      'AVX512_BF16',
+      'AMX',
+  ]
+  assert reporting.vector_extensions({'avx2', 'avx512f'}) == ['AVX2', 'AVX-512']
+  assert reporting.vector_extensions({'sse2'}) == []
+
+
+@pytest.mark.skipif(
+    not os.path.exists('/proc/cpuinfo'), reason='no /proc/cpuinfo (not Linux)'
+)
+def test_the_machine_line_names_this_cpus_extensions():
+  line = reporting.machine_description()
+  assert 'CPU cores (' in line  # The tests run on the CPU.
+  with open('/proc/cpuinfo') as f:
+    flags = next(
+        set(l.split(':', 1)[1].split()) for l in f if l.startswith('flags')
+    )
+  for name in reporting.vector_extensions(flags):
+    assert name in line
