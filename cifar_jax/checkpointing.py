@@ -31,6 +31,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
+from cifar_jax.errors import CheckpointWriteFailure
 from cifar_jax.errors import UserError
 from cifar_jax.errors import write_failure
 
@@ -146,7 +147,7 @@ class Checkpoints:
       if cause is None:
         raise
       self._remove_unfinished()
-      raise UserError(
+      raise CheckpointWriteFailure(
           f'Writing a checkpoint to {self.directory} failed ({cause}); the '
           'earlier checkpoints are intact. Free space or fix the directory, '
           'then run the same command to resume.'

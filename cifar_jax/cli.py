@@ -13,6 +13,7 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
+from cifar_jax.errors import CheckpointWriteFailure
 from cifar_jax.errors import NonFiniteLossError
 from cifar_jax.errors import Preempted
 from cifar_jax.errors import UserError
@@ -171,6 +172,8 @@ def exit_on_errors():
     yield
   except (UserError, NonFiniteLossError) as e:
     print(f'error: {e}', file=sys.stderr)
+    if isinstance(e, CheckpointWriteFailure):
+      _exit_now(1)
     sys.exit(1)
   except Preempted as e:
     _ignore_more_interrupts()
@@ -184,7 +187,21 @@ def exit_on_errors():
         'resume from the newest.',
         file=sys.stderr,
     )
-    sys.exit(130)
+    _exit_now(130)
+
+
+def _exit_now(code: int) -> None:
+  """Ends the process without Python's shutdown, after a cut-short save.
+
+  TensorStore's threads still finish the writes of the save that was cut
+  short (a full disk, a second Ctrl-C) for an event loop Orbax has closed,
+  and during the interpreter's shutdown they print tracebacks. Nothing is
+  left to save or close: the finished checkpoints are on disk, and the
+  unfinished one is ignored by the next run.
+  """
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(code)
 
 
 def _is_late_tensorstore_callback(value: BaseException) -> bool:

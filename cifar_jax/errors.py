@@ -26,6 +26,10 @@ class UserError(Exception):
   """A problem with the user's input, explained in the message."""
 
 
+class CheckpointWriteFailure(UserError):
+  """A checkpoint could not be written (full disk, read-only directory)."""
+
+
 class NonFiniteLossError(RuntimeError):
   """Training diverged: the loss became NaN or infinite."""
 
