@@ -167,7 +167,6 @@ def exit_on_errors():
   Preempted with 128 + the signal, a second Ctrl-C with 130; no traceback
   for any of them.
   """
-  _drop_late_tensorstore_callbacks()
   try:
     yield
   except (UserError, NonFiniteLossError) as e:
@@ -202,36 +201,6 @@ def _exit_now(code: int) -> None:
   sys.stdout.flush()
   sys.stderr.flush()
   os._exit(code)
-
-
-def _is_late_tensorstore_callback(value: BaseException) -> bool:
-  """TensorStore reports an exception in its completion callback through
-  sys.excepthook. After a failed checkpoint write, writes that were still in
-  flight finish for an event loop Orbax has closed: `RuntimeError('Event loop
-  is closed')` raised by asyncio, which has nothing left to report to."""
-  tb = value.__traceback__
-  while tb is not None and tb.tb_next is not None:
-    tb = tb.tb_next
-  return (
-      isinstance(value, RuntimeError)
-      and str(value) == 'Event loop is closed'
-      and tb is not None
-      and f'{os.sep}asyncio{os.sep}' in tb.tb_frame.f_code.co_filename
-  )
-
-
-def _drop_late_tensorstore_callbacks() -> None:
-  """Keeps the failed write's one error line the only thing the user sees."""
-  previous = sys.excepthook
-  if getattr(previous, 'drops_late_tensorstore_callbacks', False):
-    return
-
-  def excepthook(kind, value, tb):
-    if not _is_late_tensorstore_callback(value):
-      previous(kind, value, tb)
-
-  excepthook.drops_late_tensorstore_callbacks = True
-  sys.excepthook = excepthook
 
 
 def _ignore_more_interrupts() -> None:
