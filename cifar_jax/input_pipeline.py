@@ -47,7 +47,6 @@ CIFAR10_CLASSES = (
     'ship',
     'truck',
 )
-IMAGE_SHAPE = images_lib.SHAPE
 # Shuffles an image folder's sorted files once, so its order is fixed.
 FOLDER_ORDER_SEED = 0
 # Part of the cache key: bump when decoding or ordering changes.
@@ -388,7 +387,7 @@ def _load_image_folder(
     images = (
         np.stack(list(pool.map(decode, files)))
         if files
-        else np.empty((0,) + IMAGE_SHAPE, np.uint8)
+        else np.empty((0,) + images_lib.SHAPE, np.uint8)
     )
   return Dataset(images, labels, names)
 

@@ -108,9 +108,7 @@ def state_initializer(
   """
 
   def init_variables(rng):
-    return model.init(
-        rng, jnp.zeros((1,) + input_pipeline.IMAGE_SHAPE), train=False
-    )
+    return model.init(rng, jnp.zeros((1,) + images_lib.SHAPE), train=False)
 
   abstract = jax.eval_shape(init_variables, jax.random.key(0))
   tx = optimizers.create_optimizer(
@@ -835,7 +833,7 @@ def _loop(
       summary.keras_summary(
           exp.model,
           {'params': state.params, 'batch_stats': state.batch_stats},
-          input_pipeline.IMAGE_SHAPE,
+          images_lib.SHAPE,
       ),
       file=out,
   )
