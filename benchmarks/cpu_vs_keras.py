@@ -8,7 +8,7 @@
 For each rung, on synthetic data (`--steps` batches of the rung's batch size,
 uniform random pixels and labels), each side in a process of its own (so
 neither's thread pools slow the other), in the same run:
-- cifar_jax: the experiment `main` builds (`train.create_experiment`) and its
+- cifar_jax: the experiment `main` builds (`experiment.create_experiment`) and its
   loop (`train.run_steps`): the jitted, donated train step with the rung's
   dropout, MaxNorm, BatchNorm, augmentation and Keras-SGD chain;
 - Keras 3 on TensorFlow: the same layers, initialisers, SGD with momentum and
@@ -39,20 +39,23 @@ import jax  # pylint: disable=g-import-not-at-top
 import ml_collections
 import numpy as np
 
+from cifar_jax import compile_ahead
+from cifar_jax import experiment
 from cifar_jax import ladder
 from cifar_jax import progress
 from cifar_jax import reporting
+from cifar_jax import steps
 from cifar_jax import train
 from cifar_jax.errors import UserError
 
 
 def rung_config(
-    name: str, steps: int, overrides: list[str]
+    name: str, num_steps: int, overrides: list[str]
 ) -> ml_collections.ConfigDict:
-  """The rung's config on `steps` batches of synthetic data."""
+  """The rung's config on `num_steps` batches of synthetic data."""
   config = __import__(f'configs.{name}', fromlist=['get_config']).get_config()
   config.dataset = 'synthetic'
-  config.synthetic_train_size = steps * config.batch_size
+  config.synthetic_train_size = num_steps * config.batch_size
   config.synthetic_eval_size = config.eval_batch_size
   config.steps_per_epoch = 0
   for item in overrides:  # The ladder's parser: typed, unknown keys refused.
@@ -62,19 +65,19 @@ def rung_config(
 
 def cifar_jax_pass(config: ml_collections.ConfigDict) -> Callable[[], float]:
   """A function that trains one pass over the data, as `main`; its seconds."""
-  exp = train.create_experiment(config)
-  steps = exp.steps_per_epoch
-  train.compile_ahead(exp, [steps])
+  exp = experiment.create_experiment(config)
+  per_pass = exp.steps_per_epoch
+  compile_ahead.compile_ahead(exp, [per_pass])
   state, passes = exp.state, 0
 
   def one_pass():
     nonlocal state, passes
-    metrics = train.empty_metrics(exp.replicated)
-    bar = progress.ProgressBar(steps, out=io.StringIO())
+    metrics = steps.empty_metrics(exp.replicated)
+    bar = progress.ProgressBar(per_pass, out=io.StringIO())
     jax.block_until_ready((state, metrics))
     start = time.perf_counter()
     state, metrics, _ = train.run_steps(
-        exp, state, metrics, passes * steps, (passes + 1) * steps, bar
+        exp, state, metrics, passes * per_pass, (passes + 1) * per_pass, bar
     )
     jax.block_until_ready((state, metrics))
     passes += 1
@@ -192,13 +195,13 @@ def keras_pass(config: ml_collections.ConfigDict) -> Callable[[], float]:
   return one_pass
 
 
-def worker(side: str, rung: str, steps: int, overrides: list[str]) -> None:
+def worker(side: str, rung: str, num_steps: int, overrides: list[str]) -> None:
   """One side in its own process: builds, warms up, then times on request.
 
   Protocol on stdin/stdout: prints `ready <json>` after the warm-up pass;
   each `pass` line read runs one timed pass and prints `seconds <float>`.
   """
-  config = rung_config(rung, steps, overrides)
+  config = rung_config(rung, num_steps, overrides)
   if side == 'keras':
     import keras  # pylint: disable=g-import-not-at-top
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -223,7 +226,7 @@ def worker(side: str, rung: str, steps: int, overrides: list[str]) -> None:
 class _Worker:
   """A `worker` subprocess and its pipes."""
 
-  def __init__(self, side, rung, steps, overrides):
+  def __init__(self, side, rung, num_steps, overrides):
     self.proc = subprocess.Popen(
         [
             sys.executable,
@@ -233,7 +236,7 @@ class _Worker:
             '--rungs',
             rung,
             '--steps',
-            str(steps),
+            str(num_steps),
             *overrides,
         ],
         stdin=subprocess.PIPE,

@@ -29,8 +29,11 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
+from cifar_jax import experiment  # pylint: disable=g-import-not-at-top
+from cifar_jax import mesh  # pylint: disable=g-import-not-at-top
 from cifar_jax import progress  # pylint: disable=g-import-not-at-top
 from cifar_jax import reporting  # pylint: disable=g-import-not-at-top
+from cifar_jax import steps  # pylint: disable=g-import-not-at-top
 from cifar_jax import train  # pylint: disable=g-import-not-at-top
 from configs import test  # pylint: disable=g-import-not-at-top
 
@@ -61,8 +64,8 @@ def losses(
     config, num_devices: int, epochs: int, nudge: float = 0.0
 ) -> np.ndarray:
   """(epochs, 2): each epoch's training loss and val_loss."""
-  exp = train.create_experiment(
-      config, train.create_mesh(jax.devices()[:num_devices])
+  exp = experiment.create_experiment(
+      config, mesh.create_mesh(jax.devices()[:num_devices])
   )
   state = exp.state
   if nudge:
@@ -83,17 +86,17 @@ def losses(
     state, metrics, _ = train.run_steps(
         exp,
         state,
-        train.empty_metrics(exp.replicated),
+        steps.empty_metrics(exp.replicated),
         epoch * spe,
         (epoch + 1) * spe,
         bar,
     )
     evaluation = train.evaluate(
-        exp.jit_eval_step,
+        exp.eval_step,
         state,
-        *exp.eval,
+        exp.eval,
         config.eval_batch_size,
-        exp.batch_sharding,
+        exp.shardings.batch,
     )
     rows.append((float(metrics.compute()['loss']), evaluation['loss']))
   return np.array(rows)

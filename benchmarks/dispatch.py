@@ -17,29 +17,31 @@ import time
 import jax
 import jax.numpy as jnp
 
+from cifar_jax import experiment
 from cifar_jax import progress
 from cifar_jax import reporting
+from cifar_jax import steps
 from cifar_jax import train
 
 
-def _experiment(name: str, steps_per_dispatch: int, steps: int):
+def _experiment(name: str, steps_per_dispatch: int, num_steps: int):
   config = __import__(f'configs.{name}', fromlist=['get_config']).get_config()
   config.dataset = 'synthetic'
-  config.synthetic_train_size = steps * config.batch_size
+  config.synthetic_train_size = num_steps * config.batch_size
   config.synthetic_eval_size = config.eval_batch_size
   config.steps_per_dispatch = steps_per_dispatch
-  return train.create_experiment(config)
+  return experiment.create_experiment(config)
 
 
-def _time(exp, steps: int) -> float:
-  bar = progress.ProgressBar(steps, out=io.StringIO())
+def _time(exp, num_steps: int) -> float:
+  bar = progress.ProgressBar(num_steps, out=io.StringIO())
   state = jax.tree.map(jnp.copy, exp.state)  # The steps donate theirs.
-  metrics = train.empty_metrics(exp.replicated)
+  metrics = steps.empty_metrics(exp.replicated)
   jax.block_until_ready((state, metrics))
   start = time.perf_counter()
-  state, metrics, _ = train.run_steps(exp, state, metrics, 0, steps, bar)
+  state, metrics, _ = train.run_steps(exp, state, metrics, 0, num_steps, bar)
   jax.block_until_ready((state, metrics))
-  return (time.perf_counter() - start) / steps
+  return (time.perf_counter() - start) / num_steps
 
 
 def main():

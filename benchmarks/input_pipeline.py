@@ -29,8 +29,10 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cifar_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+from cifar_jax import experiment
 from cifar_jax import progress
 from cifar_jax import reporting
+from cifar_jax import steps
 from cifar_jax import train
 from configs import bn_aug_sgd
 from configs import simple
@@ -60,7 +62,7 @@ def time_loads(data_dir: str, cache_dir: str) -> None:
 class LoopTimer:
   """The real epoch loop (`train.run_steps`, as `main` runs it)."""
 
-  def __init__(self, exp: train.Experiment, state):
+  def __init__(self, exp: experiment.Experiment, state):
     self.exp, self.state, self.step = exp, state, 0
     self(3)  # Compiles.
 
@@ -70,7 +72,7 @@ class LoopTimer:
     self.state, _, self.step = train.run_steps(
         self.exp,
         self.state,
-        train.Metrics.empty(),
+        steps.Metrics.empty(),
         self.step,
         self.step + steps,
         bar,
@@ -85,21 +87,20 @@ class CompiledStepTimer:
   XLA:CPU runs this step about 12x slower inside a while loop.)
   """
 
-  def __init__(self, exp: train.Experiment, state):
+  def __init__(self, exp: experiment.Experiment, state):
     self.exp, self.state, self.step = exp, state, 0
-    self.metrics = train.Metrics.empty()
-    self.compiled = exp.jit_train_step.lower(
-        state, self.metrics, *self._args()
-    ).compile()
+    self.metrics = steps.Metrics.empty()
+    self.compiled = (
+        exp.train_steps(1).lower(state, self.metrics, *self._args()).compile()
+    )
 
   def _args(self):
     exp = self.exp
     return (
-        *exp.train,
+        exp.train,
         exp.order.pass_order(0),
         self.step % exp.order.batches_per_pass,
-        exp.dropout_key,
-        exp.augment_key,
+        exp.keys,
     )
 
   def __call__(self, steps: int) -> float:
@@ -116,7 +117,7 @@ class CompiledStepTimer:
 
 
 def timers(config) -> tuple[int, LoopTimer, CompiledStepTimer]:
-  exp = train.create_experiment(config)
+  exp = experiment.create_experiment(config)
   copy = jax.tree.map(lambda x: x.copy(), exp.state)  # Steps donate states.
   return (
       exp.steps_per_epoch,

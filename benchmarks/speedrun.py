@@ -29,8 +29,11 @@ from absl import flags
 import jax
 
 from cifar_jax import cli
+from cifar_jax import compile_ahead
+from cifar_jax import experiment
 from cifar_jax import progress
 from cifar_jax import reporting
+from cifar_jax import steps
 from cifar_jax import train
 
 _CONFIG = cli.define_config()
@@ -49,10 +52,10 @@ _WARMUP = flags.DEFINE_integer(
 _JSON = flags.DEFINE_string('json', '', 'Also write the results here.')
 
 
-def timed_run(exp: train.Experiment, seed: int) -> tuple[float, float]:
+def timed_run(exp: experiment.Experiment, seed: int) -> tuple[float, float]:
   """(test accuracy, seconds) of one full run of `exp` with `seed`."""
-  run = train.with_seed(exp, seed)
-  metrics = train.empty_metrics(run.replicated)
+  run = experiment.with_seed(exp, seed)
+  metrics = steps.empty_metrics(run.replicated)
   jax.block_until_ready((run.state, metrics))  # Initialisation: not timed.
   total = run.config.num_epochs * run.steps_per_epoch
   start = time.perf_counter()
@@ -65,11 +68,11 @@ def timed_run(exp: train.Experiment, seed: int) -> tuple[float, float]:
       progress.ProgressBar(total, out=io.StringIO()),
   )
   result = train.evaluate(
-      run.jit_eval_step,
+      run.eval_step,
       state,
-      *run.eval,
+      run.eval,
       run.config.eval_batch_size,
-      run.batch_sharding,
+      run.shardings.batch,
   )
   return result['accuracy'], time.perf_counter() - start
 
@@ -96,7 +99,7 @@ def main(argv):
   config = _CONFIG.value
   with cli.exit_on_errors():
     start = time.perf_counter()
-    exp = train.create_experiment(config)
+    exp = experiment.create_experiment(config)
     setup_s = time.perf_counter() - start
   print(
       f'{reporting.machine_description()}; JAX {jax.__version__}; '
@@ -110,7 +113,7 @@ def main(argv):
       f'{setup_s:.2f} s, of which whitening {exp.init_seconds:.2f} s',
       flush=True,
   )
-  compile_s = train.compile_ahead(
+  compile_s = compile_ahead.compile_ahead(
       exp, [config.num_epochs * exp.steps_per_epoch]
   )
   print(f'compilation (ahead of time): {compile_s:.2f} s', flush=True)

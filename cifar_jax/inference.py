@@ -123,7 +123,7 @@ def logits(
 
   Only the data set's classes: a model with more outputs than its data had
   classes (model.num_classes) never trained the others, and they are
-  ranked as they were in training's evaluation (`train.eval_step`): not.
+  ranked as they were in training's evaluation (`steps.eval_step`): not.
   """
   out = []
   for start in range(0, len(images), batch_size):

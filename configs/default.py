@@ -65,7 +65,7 @@ def get_config() -> ml_collections.ConfigDict:
   # always the plain cross-entropy).
   config.label_smoothing = 0.0
   # Test-time augmentation of every evaluation: 0 none, 1 mirror, 2 mirror
-  # and one-pixel translations (train.tta_logits).
+  # and one-pixel translations (augment.tta_logits).
   config.eval_tta = 0
   # Data-dependent init of a model's 'whiten' layer (models.FastNet): the
   # patch covariance of the first `images` training images (0 = off).

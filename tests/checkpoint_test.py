@@ -14,6 +14,9 @@ import numpy as np
 import pytest
 
 from cifar_jax import checkpointing
+from cifar_jax import experiment
+from cifar_jax import resume
+from cifar_jax import steps
 from cifar_jax import train
 from cifar_jax.errors import UserError
 from conftest import get_config
@@ -202,7 +205,9 @@ def test_init_from_loads_params_of_another_run(tmp_path, uninterrupted):
   config = get_config('test')
   config.synthetic_train_size = 1024
   config.model.batch_norm = True
-  state = train.state_from_run(train.create_experiment(config), str(workdir))
+  state = resume.state_from_run(
+      experiment.create_experiment(config), str(workdir)
+  )
   loaded = {'params': state.params, 'batch_stats': state.batch_stats}
   assert jax.tree.leaves(params['batch_stats'])
   for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
@@ -217,9 +222,9 @@ def test_init_from_loads_params_of_another_run(tmp_path, uninterrupted):
 def test_a_failed_save_is_a_clear_error_and_keeps_earlier_checkpoints(
     tmp_path, monkeypatch
 ):
-  exp = train.create_experiment(get_config('test'))
+  exp = experiment.create_experiment(get_config('test'))
   ckpt = checkpointing.Checkpoints(str(tmp_path), keep=2)
-  ckpt.save(1, exp.state, train.Metrics.empty(), {'history': []}, None)
+  ckpt.save(1, exp.state, steps.Metrics.empty(), {'history': []}, None)
   ckpt.wait()
 
   def full_disk(*args, **kwargs):
@@ -227,13 +232,13 @@ def test_a_failed_save_is_a_clear_error_and_keeps_earlier_checkpoints(
 
   monkeypatch.setattr(ckpt._manager, 'save', full_disk)  # pylint: disable=protected-access
   with pytest.raises(UserError, match='no space left on the device'):
-    ckpt.save(2, exp.state, train.Metrics.empty(), {'history': []}, None)
+    ckpt.save(2, exp.state, steps.Metrics.empty(), {'history': []}, None)
   monkeypatch.undo()
   ckpt.close()
   again = checkpointing.Checkpoints(str(tmp_path), keep=2)
   assert again.steps() == [1]
   restored = again.restore_latest(
-      exp.state, train.Metrics.empty(), lambda meta: None
+      exp.state, steps.Metrics.empty(), lambda meta: None
   )
   assert restored.step == 1
   again.close()

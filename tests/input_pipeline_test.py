@@ -1,6 +1,5 @@
 """Data loading (synthetic, image folder, TFDS offline) and batch order."""
 
-import os
 import socket
 import sys
 import time

@@ -13,10 +13,13 @@ import numpy as np
 import pytest
 
 from cifar_jax import augment
+from cifar_jax import compile_ahead
 from cifar_jax import evaluate
+from cifar_jax import experiment
 from cifar_jax import input_pipeline
 from cifar_jax import models
 from cifar_jax import progress
+from cifar_jax import steps
 from cifar_jax import train
 from cifar_jax.errors import NonFiniteLossError
 from conftest import get_config
@@ -53,23 +56,17 @@ def test_same_seed_gives_the_same_history_and_another_seed_does_not(tmp_path):
 
 def _one_step(config, images, labels, mask):
   model = models.create_model(config.model, config.compute_dtype)
-  state = train.create_train_state(config, model, jax.random.key(0))
+  state = steps.create_train_state(model, config.optimizer, jax.random.key(0))
   n = len(labels)
-  order = (jnp.arange(n), jnp.asarray(mask, jnp.float32))
-  step = jax.jit(
-      functools.partial(
-          train.train_step, batch_size=n, augment_config=augment.AugmentConfig()
-      )
-  )
+  batch = (jnp.arange(n), jnp.asarray(mask, jnp.float32))
+  options = steps.StepOptions(batch_size=n, batches_per_pass=1)
+  step = jax.jit(functools.partial(steps.train_step, options=options))
   return step(
       state,
-      train.Metrics.empty(),
-      jnp.asarray(images),
-      jnp.asarray(labels),
-      order,
-      0,
-      jax.random.key(1),
-      jax.random.key(2),
+      steps.Metrics.empty(),
+      (jnp.asarray(images), jnp.asarray(labels)),
+      batch,
+      steps.Keys(jax.random.key(1), jax.random.key(2)),
   )
 
 
@@ -156,13 +153,13 @@ def test_padded_partial_batch_equals_keras_smaller_last_batch():
 def test_evaluation_is_exact_whatever_the_batch_size():
   config = get_config('test')
   model = models.create_model(config.model)
-  state = train.create_train_state(config, model, jax.random.key(0))
+  state = steps.create_train_state(model, config.optimizer, jax.random.key(0))
   data = input_pipeline.load_split(config, 'test[:103]')
   images, labels = jnp.asarray(data.images), jnp.asarray(data.labels)
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   results = [
       train.evaluate(
-          jax.jit(train.eval_step), state, images, labels, bs, sharding
+          jax.jit(steps.eval_step), state, (images, labels), bs, sharding
       )
       for bs in (103, 10, 64)
   ]
@@ -198,21 +195,17 @@ def test_augmentation_runs_inside_the_step_reproducibly():
   images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, 10, 8).astype(np.int32)
   model = models.create_model(config.model)
-  state = train.create_train_state(config, model, jax.random.key(0))
-  order = (jnp.arange(8), jnp.ones(8))
+  state = steps.create_train_state(model, config.optimizer, jax.random.key(0))
+  batch = (jnp.arange(8), jnp.ones(8))
 
   def step(aug):
-    new_state, _ = train.train_step(
+    new_state, _ = steps.train_step(
         state,
-        train.Metrics.empty(),
-        jnp.asarray(images),
-        jnp.asarray(labels),
-        order,
-        0,
-        jax.random.key(1),
-        jax.random.key(2),
-        batch_size=8,
-        augment_config=aug,
+        steps.Metrics.empty(),
+        (jnp.asarray(images), jnp.asarray(labels)),
+        batch,
+        steps.Keys(jax.random.key(1), jax.random.key(2)),
+        steps.StepOptions(batch_size=8, batches_per_pass=1, augmentation=aug),
     )
     return new_state.params['dense1']['kernel']
 
@@ -241,11 +234,11 @@ def test_tensorflow_stays_off_the_training_path():
   code = (
       'import io, sys\n'
       'from configs import test\n'
-      'from cifar_jax import progress, train\n'
+      'from cifar_jax import experiment, progress, steps, train\n'
       'c = test.get_config(); c.augment.horizontal_flip = True\n'
-      'exp = train.create_experiment(c)\n'
+      'exp = experiment.create_experiment(c)\n'
       'bar = progress.ProgressBar(20, out=io.StringIO())\n'
-      'train.run_steps(exp, exp.state, train.Metrics.empty(), 0, 20, bar)\n'
+      'train.run_steps(exp, exp.state, steps.Metrics.empty(), 0, 20, bar)\n'
       'print("tensorflow" in sys.modules)\n'
   )
   r = subprocess.run(
@@ -304,13 +297,13 @@ def test_steps_scanned_in_one_dispatch_equal_steps_dispatched_one_by_one():
     config.augment.horizontal_flip = True
     config.augment.flip_mode = 'alternating'
     config.augment.crop_padding = 2
-    exp = train.create_experiment(config)
+    exp = experiment.create_experiment(config)
     assert exp.steps_per_dispatch == k
     first = exp.order.batches_per_pass + 3  # Pass 1, batches 3 to 7.
     state = exp.state.replace(step=jnp.asarray(first, jnp.int32))
     bar = progress.ProgressBar(100, out=io.StringIO())
     results[k] = train.run_steps(
-        exp, state, train.empty_metrics(exp.replicated), first, first + 5, bar
+        exp, state, steps.empty_metrics(exp.replicated), first, first + 5, bar
     )
   (s1, m1, step1), (s5, m5, step5) = results[1], results[5]
   assert step1 == step5 == exp.order.batches_per_pass + 8
@@ -328,7 +321,7 @@ def test_steps_scanned_in_one_dispatch_equal_steps_dispatched_one_by_one():
 def test_steps_per_dispatch_auto_is_one_step_on_cpu():
   config = get_config('test')
   assert config.steps_per_dispatch == 0
-  assert train.create_experiment(config).steps_per_dispatch == 1
+  assert experiment.create_experiment(config).steps_per_dispatch == 1
 
 
 def test_runs_with_other_seeds_reuse_the_programs_compiled_ahead(caplog):
@@ -336,32 +329,32 @@ def test_runs_with_other_seeds_reuse_the_programs_compiled_ahead(caplog):
   config = get_config('test')
   config.num_epochs = 1
   config.steps_per_dispatch = 4
-  exp = train.create_experiment(config)
+  exp = experiment.create_experiment(config)
   total = exp.steps_per_epoch
-  assert train.dispatch_sizes(exp, [total]) == [4]
+  assert compile_ahead.dispatch_sizes(exp, [total]) == [4]
   # 16 steps per epoch, stopping for checkpoints every 6: 4, 2, 4, 2, 4.
-  assert train.dispatch_sizes(exp, [6, 12, 16]) == [2, 4]
+  assert compile_ahead.dispatch_sizes(exp, [6, 12, 16]) == [2, 4]
   with jax.log_compiles(True), caplog.at_level('WARNING'):
-    assert train.compile_ahead(exp, [total]) > 0
+    assert compile_ahead.compile_ahead(exp, [total]) > 0
     ahead = [r.getMessage() for r in caplog.records]
     caplog.clear()
     finals = []
     for seed in (1, 2):
-      run = train.with_seed(exp, seed)
+      run = experiment.with_seed(exp, seed)
       state, _, _ = train.run_steps(
           run,
           run.state,
-          train.empty_metrics(run.replicated),
+          steps.empty_metrics(run.replicated),
           0,
           total,
           progress.ProgressBar(total, out=io.StringIO()),
       )
       train.evaluate(
-          run.jit_eval_step,
+          run.eval_step,
           state,
-          *run.eval,
+          run.eval,
           config.eval_batch_size,
-          run.batch_sharding,
+          run.shardings.batch,
       )
       finals.append(jax.tree.leaves(state.params)[0])
     during = [r.getMessage() for r in caplog.records]

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from cifar_jax import xla_cpu
 from conftest import REPO
@@ -70,22 +69,22 @@ def test_importing_cifar_jax_leaves_the_environment_alone():
 _TRAIN_A_FEW_STEPS = r"""
 import hashlib, json, io, re, sys
 import jax
-from cifar_jax import progress, train
+from cifar_jax import experiment, progress, steps, train
 from configs import test
 config = test.get_config()
 config.dataset = 'synthetic'
 config.synthetic_train_size = 4 * config.batch_size
 config.synthetic_eval_size = config.eval_batch_size
 config.steps_per_epoch = 0
-exp = train.create_experiment(config)
-hlo = exp.jit_train_step.lower(
-    exp.state, train.empty_metrics(exp.replicated), *exp.train,
-    exp.order.pass_order(0), 0, exp.dropout_key, exp.augment_key
+exp = experiment.create_experiment(config)
+hlo = exp.train_steps(1).lower(
+    exp.state, steps.empty_metrics(exp.replicated), exp.train,
+    exp.order.pass_order(0), 0, exp.keys
 ).compile().as_text()
 ynn_convs = sum('__ynn_fusion' in line and 'conv_general_dilated' in line
                 for line in hlo.splitlines())
 state, _, _ = train.run_steps(exp, exp.state,
-                              train.empty_metrics(exp.replicated), 0, 4,
+                              steps.empty_metrics(exp.replicated), 0, 4,
                               progress.ProgressBar(4, out=io.StringIO()))
 leaves = [x.tolist() for x in jax.tree.leaves(state.params)]
 # The program, without the numbers XLA appends to instruction names.

@@ -1,0 +1,220 @@
+"""What a run builds once: model, data on the device(s), compiled programs.
+
+`create_experiment` validates the config, loads both splits onto the
+device(s) as uint8, and jits the steps with the CPU's compiler options; the
+seed's initial state, data order and keys come with it (`with_seed` swaps
+them, sharing everything compiled, so benchmarks can repeat runs).
+"""
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from cifar_jax import augment
+from cifar_jax import config_checks
+from cifar_jax import images as images_lib
+from cifar_jax import initializers
+from cifar_jax import input_pipeline
+from cifar_jax import mesh as mesh_lib
+from cifar_jax import models
+from cifar_jax import steps
+from cifar_jax import xla_cpu
+from cifar_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """A run's fixed parts, and the initial state, order and keys of a seed."""
+
+  config: ml_collections.ConfigDict
+  model: Any
+  shardings: mesh_lib.Shardings
+  train: tuple[jax.Array, jax.Array]  # uint8 images, labels; replicated.
+  eval: tuple[jax.Array, jax.Array]
+  class_names: tuple[str, ...]
+  steps_per_epoch: int
+  steps_per_dispatch: int  # Train steps per call (a scan when > 1).
+  init_params: dict[str, Any]  # Data-dependent params (whitening), NumPy.
+  init_seconds: float  # Host time spent computing init_params.
+  init_state: Callable[..., steps.TrainState]  # steps.state_initializer.
+  train_steps: Callable[[int], Any]  # num_steps -> its jitted function.
+  eval_step: Any  # Jitted steps.eval_step.
+  # Of the seed:
+  state: steps.TrainState
+  order: input_pipeline.TrainOrder
+  keys: steps.Keys
+
+  @property
+  def replicated(self) -> jax.sharding.Sharding:
+    return self.shardings.replicated
+
+
+def create_experiment(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None
+) -> Experiment:
+  """Validates `config`, loads the data, compiles nothing yet (jit is lazy).
+
+  Args:
+    config: the run's config.
+    mesh: a 1-D mesh with axis 'data' (default: `mesh.create_mesh()`).
+
+  Raises:
+    UserError: for a config or data problem the user can fix.
+  """
+  config_checks.check(config)
+  mesh = mesh or mesh_lib.create_mesh()
+  mesh_lib.check_divisible('batch_size', config.batch_size, mesh)
+  mesh_lib.check_divisible('eval_batch_size', config.eval_batch_size, mesh)
+  shardings = mesh_lib.Shardings.of(mesh)
+  try:
+    model = models.create_model(config.model, config.compute_dtype)
+    augment_config = augment.AugmentConfig.from_config(config.augment)
+  except (TypeError, ValueError) as e:
+    raise UserError(f'Bad config: {e}') from e
+
+  train_ds = input_pipeline.load_split(config, config.train_split)
+  eval_ds = input_pipeline.load_split(config, config.eval_split)
+  if len(train_ds.class_names) > config.model.num_classes:
+    raise UserError(
+        f'The data has {len(train_ds.class_names)} classes but '
+        f'model.num_classes={config.model.num_classes}; set '
+        f'--config.model.num_classes={len(train_ds.class_names)}.'
+    )
+  steps_per_epoch = config.steps_per_epoch or -(
+      -len(train_ds) // config.batch_size
+  )
+  init_params, init_seconds = _data_dependent_params(config, train_ds.images)
+  # Both splits live on the device(s) for the whole run, as uint8.
+  train_arrays, eval_arrays = jax.device_put(
+      ((train_ds.images, train_ds.labels), (eval_ds.images, eval_ds.labels)),
+      shardings.replicated,
+  )
+  # The steps hold the convolutions: compiled with the CPU's options.
+  jit = functools.partial(
+      jax.jit, compiler_options=xla_cpu.compiler_options(shardings.platform)
+  )
+  options = steps.StepOptions(
+      batch_size=config.batch_size,
+      batches_per_pass=-(-len(train_ds) // config.batch_size),
+      augmentation=augment_config,
+      label_smoothing=config.label_smoothing,
+      batch_sharding=shardings.batch,
+  )
+  replicated = shardings.replicated
+  init_state = steps.state_initializer(
+      model,
+      config.optimizer,
+      replicated,
+      config.num_epochs * steps_per_epoch,
+      steps_per_epoch,
+  )
+  return _seeded(
+      config.seed,
+      config=config,
+      model=model,
+      shardings=shardings,
+      train=train_arrays,
+      eval=eval_arrays,
+      class_names=train_ds.class_names,
+      steps_per_epoch=steps_per_epoch,
+      steps_per_dispatch=_steps_per_dispatch(
+          config.steps_per_dispatch, steps_per_epoch, shardings.platform
+      ),
+      init_params=init_params,
+      init_seconds=init_seconds,
+      init_state=init_state,
+      train_steps=functools.cache(
+          lambda n: jit(
+              functools.partial(
+                  steps.train_steps, num_steps=n, options=options
+              ),
+              donate_argnums=(0, 1),
+              out_shardings=(replicated, replicated),
+          )
+      ),
+      eval_step=jit(
+          functools.partial(
+              steps.eval_step,
+              tta=config.eval_tta,
+              num_classes=len(train_ds.class_names),
+          ),
+          donate_argnums=(1,),
+          out_shardings=replicated,
+      ),
+  )
+
+
+def with_seed(exp: Experiment, seed: int) -> Experiment:
+  """`exp` with the initial state, data order and keys of `seed`.
+
+  The data on the device(s), the optimizer and the compiled programs are
+  shared, so repeated runs (benchmarks/speedrun.py) compile once.
+  """
+  fixed = {
+      f.name: getattr(exp, f.name)
+      for f in dataclasses.fields(exp)
+      if f.name not in ('state', 'order', 'keys')
+  }
+  return _seeded(seed, **fixed)
+
+
+def _seeded(seed: int, **fixed: Any) -> Experiment:
+  init_key, dropout_key, augment_key, order_key = _split_seed_fn(
+      fixed['shardings'].replicated
+  )(seed)
+  return Experiment(
+      **fixed,
+      state=fixed['init_state'](init_key, fixed['init_params']),
+      order=input_pipeline.TrainOrder(
+          len(fixed['train'][1]),
+          fixed['config'].batch_size,
+          order_key,
+          fixed['shardings'].replicated,
+      ),
+      keys=steps.Keys(dropout_key, augment_key),
+  )
+
+
+@functools.cache
+def _split_seed_fn(sharding: jax.sharding.Sharding):
+  """seed -> 4 keys (init, dropout, augment, order), compiled once."""
+  return jax.jit(
+      lambda seed: tuple(jax.random.split(jax.random.key(seed), 4)),
+      out_shardings=sharding,
+  )
+
+
+def _data_dependent_params(
+    config: ml_collections.ConfigDict, images: np.ndarray
+) -> tuple[dict[str, Any], float]:
+  """The whitening layer's params from the training images, and the time."""
+  start = time.perf_counter()
+  if not config.whitening.images:
+    return {}, 0.0
+  kernel, bias = initializers.whitening(
+      images_lib.to_unit_range(images[: config.whitening.images], np.float64),
+      config.model.whiten_patch,
+      config.whitening.epsilon,
+  )
+  return {'whiten': {'kernel': kernel, 'bias': bias}}, (
+      time.perf_counter() - start
+  )
+
+
+def _steps_per_dispatch(
+    configured: int, steps_per_epoch: int, platform: str
+) -> int:
+  """`configured`, with 0 = a whole epoch on GPU/TPU and 1 on CPU.
+
+  On XLA:CPU a scan of train steps ran 14-27x slower per step than
+  dispatching them one by one (benchmarks/dispatch.py), so CPUs keep
+  single steps.
+  """
+  if configured:
+    return configured
+  return 1 if platform == 'cpu' else steps_per_epoch

@@ -1,0 +1,134 @@
+"""Where a run starts: its newest good checkpoint, another run's params, or 0.
+
+A run resumes only checkpoints made by the same computation: every config
+key must match except `RESUMABLE_CHANGES`, which do not change what the
+saved steps computed. `init_from` starts a new run from another run's
+parameters and BatchNorm statistics, with a fresh optimizer.
+"""
+
+import dataclasses
+import json
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from cifar_jax import checkpointing
+from cifar_jax import reporting
+from cifar_jax import steps
+from cifar_jax.errors import UserError
+from cifar_jax.experiment import Experiment
+
+# Config keys that may change when a run resumes: they do not change what
+# the checkpointed steps computed.
+RESUMABLE_CHANGES = (
+    'num_epochs',
+    'data_dir',
+    'cache_dir',
+    'eval_batch_size',
+    'eval_split',
+    'eval_tta',
+    'checkpoint_every_steps',
+    'keep_checkpoints',
+    'init_from',
+    'steps_per_dispatch',
+    'seed_rung',
+)
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+  """'key: saved -> current' for every key that must not change on resume."""
+  saved, current = reporting.flatten(saved), reporting.flatten(current)
+  return [
+      f'{k}: {saved.get(k, "<absent>")!r} in the checkpoint, '
+      f'{current.get(k, "<absent>")!r} now'
+      for k in sorted(set(saved) | set(current))
+      if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
+  ]
+
+
+@dataclasses.dataclass
+class Start:
+  """The point a run's loop starts from."""
+
+  state: steps.TrainState
+  epoch_metrics: steps.Metrics  # Of the epoch in progress.
+  step: int
+  history: list[dict[str, float]]  # One row per finished epoch.
+  epoch_seconds: float  # Already spent on the epoch in progress.
+  resumed: bool
+
+
+def start(
+    exp: Experiment, ckpt: checkpointing.Checkpoints, config_dict: dict
+) -> Start:
+  """The newest good checkpoint of this config, or a fresh start.
+
+  Raises:
+    UserError: the checkpoints come from another config.
+  """
+
+  def check_meta(meta):
+    diffs = config_differences(meta['config'], config_dict)
+    if diffs:
+      raise UserError(
+          f'The checkpoints in {ckpt.directory} come from a different '
+          'config:\n  '
+          + '\n  '.join(diffs)
+          + '\nUse another --workdir, or the config they were made with.'
+      )
+
+  restored = ckpt.restore_latest(
+      _abstract(exp.state),
+      _abstract(steps.empty_metrics(exp.replicated)),
+      check_meta,
+  )
+  if restored:
+    return Start(
+        restored.state,
+        restored.metrics,
+        restored.step,
+        restored.meta['history'],
+        restored.meta['epoch_seconds'],
+        resumed=True,
+    )
+  init_from = exp.config.init_from
+  return Start(
+      state_from_run(exp, init_from) if init_from else exp.state,
+      steps.empty_metrics(exp.replicated),
+      0,
+      [],
+      0.0,
+      resumed=False,
+  )
+
+
+def config_json(config: ml_collections.ConfigDict) -> dict:
+  """The config as saved in checkpoints and config.json."""
+  return json.loads(config.to_json_best_effort())
+
+
+def _abstract(tree: Any) -> Any:
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+      tree,
+  )
+
+
+def state_from_run(exp: Experiment, path: str) -> steps.TrainState:
+  """The initial state with params and BN statistics of another run."""
+  loaded = checkpointing.restore_params(path, exp.replicated)
+  ours = {'params': exp.state.params, 'batch_stats': exp.state.batch_stats}
+  theirs_shapes = jax.tree.map(np.shape, loaded)
+  ours_shapes = jax.tree.map(np.shape, ours)
+  if theirs_shapes != ours_shapes:
+    raise UserError(
+        f'init_from={path}: its parameters do not fit this '
+        f'model.\n  checkpoint: {theirs_shapes}\n  model: '
+        f'{ours_shapes}'
+    )
+  loaded = jax.tree.map(lambda new, old: new.astype(old.dtype), loaded, ours)
+  return exp.state.replace(
+      params=loaded['params'], batch_stats=loaded['batch_stats']
+  )

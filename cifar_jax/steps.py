@@ -1,0 +1,267 @@
+"""The training state and the pure, jitted train and eval steps.
+
+Every random choice inside a step is a function of (seed, step): dropout
+and augmentation use `fold_in(key, step)` of keys split once from the seed,
+and the batch is sliced from the pass's order (`input_pipeline.TrainOrder`).
+Data and augmentation live on the device: the host only dispatches steps.
+"""
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+from clu import metrics
+import flax
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from cifar_jax import augment
+from cifar_jax import images as images_lib
+from cifar_jax import input_pipeline
+from cifar_jax import optimizers
+
+
+class TrainState(train_state.TrainState):
+  """Flax's TrainState plus the BatchNorm statistics ({} without BN)."""
+
+  batch_stats: Any
+
+
+@flax.struct.dataclass
+class Metrics(metrics.Collection):
+  """Example-weighted mean loss and accuracy, as Keras reports them."""
+
+  loss: metrics.Average.from_output('loss')
+  accuracy: metrics.Accuracy
+
+
+class Keys(NamedTuple):
+  """The run's dropout and augmentation keys; steps fold in their step."""
+
+  dropout: jax.Array
+  augment: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+  """What a train step is compiled for (closed over, not traced)."""
+
+  batch_size: int
+  batches_per_pass: int  # Of the train order: alternating flips count passes.
+  augmentation: augment.AugmentConfig = augment.AugmentConfig()
+  label_smoothing: float = 0.0
+  # Where each batch's indices go: each device gathers only its share.
+  batch_sharding: jax.sharding.Sharding | None = None
+
+
+def state_initializer(
+    model: Any,
+    optimizer_config: ml_collections.ConfigDict,
+    sharding: jax.sharding.Sharding | None = None,
+    total_steps: int = 0,
+    steps_per_epoch: int = 0,
+):
+  """A jitted `(rng, replace) -> TrainState` that inits params and optimizer.
+
+  The optimizer is built once, here: it is a static part of the state's
+  tree structure, so every state made by this function has the same
+  structure, and the compiled steps serve all of them (one compilation for
+  many seeds). The state is made by one jitted program that writes it
+  straight to `sharding`: on several processes, moving arrays made on one
+  device to a global sharding is not supported.
+
+  `replace` holds top-level parameter subtrees to use instead of the random
+  ones (the data-dependent whitening layer); `total_steps` and
+  `steps_per_epoch` are the run's length, for the schedules.
+  """
+
+  def init_variables(rng):
+    return model.init(rng, jnp.zeros((1,) + images_lib.SHAPE), train=False)
+
+  abstract = jax.eval_shape(init_variables, jax.random.key(0))
+  tx = optimizers.create_optimizer(
+      optimizer_config,
+      model.max_norm_values(abstract['params']),
+      total_steps,
+      steps_per_epoch,
+  )
+
+  def init(rng, replace):
+    variables = init_variables(rng)
+    return TrainState.create(
+        apply_fn=model.apply,
+        params={**variables['params'], **replace},
+        tx=tx,
+        batch_stats=variables.get('batch_stats', {}),
+    )
+
+  return jax.jit(init, out_shardings=sharding)
+
+
+def create_train_state(
+    model: Any,
+    optimizer_config: ml_collections.ConfigDict,
+    rng: jax.Array,
+    sharding: jax.sharding.Sharding | None = None,
+) -> TrainState:
+  """One initial state with random parameters (see `state_initializer`)."""
+  return state_initializer(model, optimizer_config, sharding)(rng, {})
+
+
+def empty_metrics(sharding: jax.sharding.Sharding | None = None) -> Metrics:
+  """`Metrics.empty()`, made on `sharding` (see `state_initializer`)."""
+  return _empty_metrics_fn(sharding)()
+
+
+@functools.cache
+def _empty_metrics_fn(sharding: jax.sharding.Sharding | None):
+  return jax.jit(Metrics.empty, out_shardings=sharding)  # Compiled once.
+
+
+def computed(m: Metrics) -> dict[str, float]:
+  """The metrics' values as Python floats (a device sync)."""
+  return {k: float(v) for k, v in m.compute().items()}
+
+
+def _variables(state: TrainState, params: Any) -> dict[str, Any]:
+  if state.batch_stats:
+    return {'params': params, 'batch_stats': state.batch_stats}
+  return {'params': params}
+
+
+def train_step(
+    state: TrainState,
+    epoch_metrics: Metrics,
+    data: tuple[jax.Array, jax.Array],
+    batch: tuple[jax.Array, jax.Array],
+    keys: Keys,
+    options: StepOptions,
+) -> tuple[TrainState, Metrics]:
+  """One update on `batch` (indices into `data`, and their mask).
+
+  The batch is gathered from `data` (uint8 images and labels, on the
+  device) and augmented here, inside the compiled step. Padded examples
+  (mask 0) of a pass's last batch are left out of the loss, so the gradient
+  is Keras' on its smaller last batch.
+
+  Returns:
+    The new state and `epoch_metrics` merged with this batch's metrics.
+  """
+  indices, mask = batch
+  if options.batch_sharding is not None:
+    indices, mask = jax.lax.with_sharding_constraint(
+        (indices, mask), options.batch_sharding
+    )
+  images = images_lib.to_unit_range(data[0][indices])
+  flips = None
+  if options.augmentation.flip_mode == 'alternating':
+    flips = augment.alternating_flips(
+        keys.augment, indices, state.step // options.batches_per_pass
+    )
+  images = augment.augment_batch(
+      jax.random.fold_in(keys.augment, state.step),
+      images,
+      options.augmentation,
+      flips,
+  )
+  labels = data[1][indices]
+  rng = jax.random.fold_in(keys.dropout, state.step)
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(
+        _variables(state, params),
+        images,
+        train=True,
+        mask=mask,
+        rngs={'dropout': rng},
+        mutable=['batch_stats'],
+    )
+    per_example = optax.softmax_cross_entropy_with_integer_labels(
+        logits, labels
+    )
+    targets = optax.smooth_labels(
+        jax.nn.one_hot(labels, logits.shape[-1]), options.label_smoothing
+    )
+    objective = optax.softmax_cross_entropy(logits, targets)
+    loss = jnp.sum(objective * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    return loss, (logits, per_example, updates)
+
+  grads, (logits, per_example, updates) = jax.grad(loss_fn, has_aux=True)(
+      state.params
+  )
+  state = state.apply_gradients(grads=grads)
+  if state.batch_stats:
+    state = state.replace(batch_stats=updates['batch_stats'])
+  batch_metrics = Metrics.single_from_model_output(
+      loss=per_example, logits=logits, labels=labels, mask=mask
+  )
+  return state, epoch_metrics.merge(batch_metrics)
+
+
+def train_steps(
+    state: TrainState,
+    epoch_metrics: Metrics,
+    data: tuple[jax.Array, jax.Array],
+    order: tuple[jax.Array, jax.Array],
+    position: jax.Array,
+    keys: Keys,
+    *,
+    num_steps: int,
+    options: StepOptions,
+) -> tuple[TrainState, Metrics]:
+  """Steps `position` .. `position + num_steps - 1` of one pass's `order`.
+
+  More than one step runs as one `lax.scan`: one dispatch for many steps,
+  so on a GPU or TPU the host never waits between them.
+  """
+
+  def step(carry, i):
+    batch = tuple(
+        input_pipeline.batch_at(a, position + i, options.batch_size)
+        for a in order
+    )
+    return (
+        train_step(*carry, data, batch, keys, options),
+        None,
+    )
+
+  if num_steps == 1:
+    return step((state, epoch_metrics), 0)[0]
+  (state, epoch_metrics), _ = jax.lax.scan(
+      step, (state, epoch_metrics), jnp.arange(num_steps)
+  )
+  return state, epoch_metrics
+
+
+def eval_step(
+    state: TrainState,
+    epoch_metrics: Metrics,
+    data: tuple[jax.Array, jax.Array],
+    batch: tuple[jax.Array, jax.Array],
+    *,
+    tta: int = 0,
+    num_classes: int | None = None,
+) -> Metrics:
+  """Adds the metrics of `batch` (inference mode) to `epoch_metrics`.
+
+  `tta` is the test-time augmentation level of `augment.tta_logits`. Only
+  the first `num_classes` outputs (the data set's classes) are ranked: a
+  model with more outputs never trained the others.
+  """
+  indices, mask = batch
+  labels = data[1][indices]
+  variables = _variables(state, state.params)
+  logits = augment.tta_logits(
+      lambda x: state.apply_fn(variables, x, train=False),
+      images_lib.to_unit_range(data[0][indices]),
+      tta,
+  )[:, :num_classes]
+  per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return epoch_metrics.merge(
+      Metrics.single_from_model_output(
+          loss=per_example, logits=logits, labels=labels, mask=mask
+      )
+  )
