@@ -3,7 +3,7 @@
     pip install -e '.[bench]'
     JAX_PLATFORMS=cpu python benchmarks/cpu_vs_keras.py \
         [--rungs simple large bn_aug_sgd] [--steps 200] [--repeats 3] \
-        [--json out.json] [--config.compute_dtype=bfloat16 ...]
+        [--json out.json] [--config.model.compute_dtype=bfloat16 ...]
 
 For each rung, on synthetic data (`--steps` batches of the rung's batch size,
 uniform random pixels and labels), each side in a process of its own (so
@@ -54,9 +54,9 @@ def rung_config(
 ) -> ml_collections.ConfigDict:
   """The rung's config on `num_steps` batches of synthetic data."""
   config = __import__(f'configs.{name}', fromlist=['get_config']).get_config()
-  config.dataset = 'synthetic'
-  config.synthetic_train_size = num_steps * config.batch_size
-  config.synthetic_eval_size = config.eval_batch_size
+  config.data.name = 'synthetic'
+  config.data.synthetic_train_size = num_steps * config.batch_size
+  config.data.synthetic_eval_size = config.eval_batch_size
   config.steps_per_epoch = 0
   for item in overrides:  # The ladder's parser: typed, unknown keys refused.
     ladder.apply_override(config, *item.removeprefix('--config.').split('=', 1))
@@ -118,7 +118,7 @@ def keras_model(config: ml_collections.ConfigDict):
               3,
               padding=padding,
               activation='relu',
-              kernel_constraint=max_norm(m.conv_max_norm),
+              kernel_constraint=max_norm(config.optimizer.conv_max_norm),
           )
       )
       if m.batch_norm:
@@ -136,7 +136,7 @@ def keras_model(config: ml_collections.ConfigDict):
         keras.layers.Dense(
             features,
             activation='relu',
-            kernel_constraint=max_norm(m.hidden_max_norm),
+            kernel_constraint=max_norm(config.optimizer.hidden_max_norm),
         )
     )
     if m.hidden_dropout:
@@ -166,7 +166,7 @@ def keras_pass(config: ml_collections.ConfigDict) -> Callable[[], float]:
   import keras  # pylint: disable=g-import-not-at-top
 
   rng = np.random.default_rng(0)
-  n = config.synthetic_train_size
+  n = config.data.synthetic_train_size
   images = rng.random((n, 32, 32, 3), dtype=np.float32)
   labels = rng.integers(0, config.model.num_classes, n)
   model = keras_model(config)
@@ -290,7 +290,7 @@ def main():
   if bad:
     parser.error(
         f'unknown arguments {bad}; overrides look like '
-        '--config.compute_dtype=bfloat16'
+        '--config.model.compute_dtype=bfloat16'
     )
   if args.worker:
     return worker(args.worker, args.rungs[0], args.steps, overrides)

@@ -51,7 +51,7 @@ VARIANTS = {
 
 def make_config(variant: str):
   config = test.get_config()
-  config.synthetic_train_size = 500
+  config.data.synthetic_train_size = 500
   config.model.batch_norm = True
   config.optimizer.learning_rate = 0.002
   for key, value in VARIANTS[variant].items():

@@ -26,9 +26,9 @@ from cifar_jax import train
 
 def _experiment(name: str, steps_per_dispatch: int, num_steps: int):
   config = __import__(f'configs.{name}', fromlist=['get_config']).get_config()
-  config.dataset = 'synthetic'
-  config.synthetic_train_size = num_steps * config.batch_size
-  config.synthetic_eval_size = config.eval_batch_size
+  config.data.name = 'synthetic'
+  config.data.synthetic_train_size = num_steps * config.batch_size
+  config.data.synthetic_eval_size = config.eval_batch_size
   config.steps_per_dispatch = steps_per_dispatch
   return experiment.create_experiment(config)
 

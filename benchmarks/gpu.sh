@@ -24,10 +24,10 @@ export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 
 data=()
 if [ -n "${DATA:-}" ]; then
-  data=(--config.dataset=image_folder "--config.data_dir=$DATA")
+  data=(--config.data.name=image_folder "--config.data.dir=$DATA")
 fi
 if [ "${SMOKE:-0}" = 1 ]; then
-  small=(--config.train_split='train[:2048]' --config.eval_split='test[:1000]')
+  small=(--config.data.train_split='train[:2048]' --config.data.eval_split='test[:1000]')
   fast94=(--runs 2 --config.num_epochs=1 --config.batch_size=512 "${small[@]}")
   fast96=(--runs 1 --warmup_runs 0 --config.num_epochs=1
           --config.batch_size=512 "${small[@]}")

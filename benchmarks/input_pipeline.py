@@ -39,9 +39,9 @@ from configs import simple
 
 
 def data_config(config, data_dir, cache_dir):
-  config.dataset = 'image_folder'
-  config.data_dir = data_dir
-  config.cache_dir = cache_dir
+  config.data.name = 'image_folder'
+  config.data.dir = data_dir
+  config.data.cache_dir = cache_dir
   return config
 
 
@@ -51,7 +51,7 @@ def time_loads(data_dir: str, cache_dir: str) -> None:
   for _ in range(2):
     start = time.perf_counter()
     for split in ('train', 'test'):
-      input_pipeline.load_split(config, split)
+      input_pipeline.load_split(config.data, split)
     times.append(time.perf_counter() - start)
   print(
       f'load train+test: first (decode JPEGs, write cache) {times[0]:.1f} s,'

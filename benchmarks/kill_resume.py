@@ -35,7 +35,7 @@ DEFAULT_RUN = [
     '--config',
     'configs/test.py',
     '--config.num_epochs=12',
-    '--config.synthetic_train_size=2048',
+    '--config.data.synthetic_train_size=2048',
     '--config.checkpoint_every_steps=10',
     '--config.model.batch_norm=True',
     '--config.augment.horizontal_flip=True',

@@ -105,7 +105,7 @@ def main(argv):
       f'{reporting.machine_description()}; JAX {jax.__version__}; '
       f'{config.num_epochs} epochs x {exp.steps_per_epoch} steps of '
       f'{config.batch_size}, {exp.steps_per_dispatch} steps per dispatch; '
-      f'TTA level {config.eval_tta}; data {config.dataset}',
+      f'TTA level {config.eval_tta}; data {config.data.name}',
       flush=True,
   )
   print(

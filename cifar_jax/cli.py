@@ -13,6 +13,7 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
+from cifar_jax import config_renames
 from cifar_jax.errors import CheckpointWriteFailure
 from cifar_jax.errors import NonFiniteLossError
 from cifar_jax.errors import Preempted
@@ -112,7 +113,9 @@ def parse_flags(argv: list[str]) -> list[str]:
   for a config file that does not load; absl would show them as tracebacks.
   """
   path = _config_path(argv[1:])
-  problem = path and _check_config_file(path)
+  problem = config_renames.renamed_flag(argv[1:]) or (
+      path and _check_config_file(path)
+  )
   if problem:
     print(f'error: {problem}', file=sys.stderr)
     sys.exit(2)

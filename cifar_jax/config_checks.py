@@ -85,20 +85,25 @@ NON_NEGATIVE = real(0)
 BOOL = (lambda v: isinstance(v, bool), 'true or false')
 
 COMMON: dict[str, Rule] = {
-    'dataset': (
+    'data.name': (
         lambda v: isinstance(v, str) and bool(v),
         "a data set name ('cifar10', 'image_folder', 'synthetic' "
         'or another TFDS name)',
     ),
-    'train_split': (lambda v: isinstance(v, str) and bool(v), 'a split name'),
-    'eval_split': (lambda v: isinstance(v, str) and bool(v), 'a split name'),
-    'synthetic_train_size': integer(1),
-    'synthetic_eval_size': integer(1),
+    'data.train_split': (
+        lambda v: isinstance(v, str) and bool(v),
+        'a split name',
+    ),
+    'data.eval_split': (
+        lambda v: isinstance(v, str) and bool(v),
+        'a split name',
+    ),
+    'data.synthetic_train_size': integer(1),
+    'data.synthetic_eval_size': integer(1),
     'batch_size': integer(1),
     'eval_batch_size': integer(1),
     'num_epochs': integer(1),
     'steps_per_epoch': integer(0),
-    'compute_dtype': one_of('float32', 'bfloat16'),
     'steps_per_dispatch': integer(0),
     'seed': integer(0, 2**32 - 1),
     'checkpoint_every_steps': integer(0),
@@ -110,8 +115,12 @@ COMMON: dict[str, Rule] = {
     'whitening.epsilon': POSITIVE,
     'model.name': one_of('ConvNet', 'FastNet'),
     'model.num_classes': integer(2),
+    'model.compute_dtype': one_of('float32', 'bfloat16'),
+    'model.pooling': one_of('auto', 'reduce_window', 'window_max'),
     'optimizer.name': one_of('sgd', 'adam', 'fast_sgd'),
     'optimizer.learning_rate': POSITIVE,
+    'optimizer.conv_max_norm': NON_NEGATIVE,
+    'optimizer.hidden_max_norm': NON_NEGATIVE,
     'optimizer.momentum': FRACTION,
     'optimizer.decay': NON_NEGATIVE,
     'optimizer.beta1': FRACTION,
@@ -148,8 +157,6 @@ MODEL: dict[str, dict[str, Rule]] = {
         ),
         'model.flatten_dropout': FRACTION,
         'model.hidden_dropout': FRACTION,
-        'model.conv_max_norm': NON_NEGATIVE,
-        'model.hidden_max_norm': NON_NEGATIVE,
     },
     'FastNet': {
         'model.widths': each(integer(1)),
@@ -162,7 +169,7 @@ MODEL: dict[str, dict[str, Rule]] = {
     },
 }
 # Paths and names checked where they are used (data, checkpoints).
-FREE_FORM = ('data_dir', 'cache_dir', 'init_from')
+FREE_FORM = ('data.dir', 'data.cache_dir', 'init_from')
 # ConvNet's per-stage tuples: one entry per stage.
 _PER_STAGE = (
     'model.second_conv_padding',

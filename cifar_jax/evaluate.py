@@ -74,15 +74,15 @@ def evaluate(
   run = inference.load_run(workdir, checkpoint, tta_level)
   config = run.config
   if data_dir:
-    config.data_dir = data_dir
-  split = split or config.eval_split
-  data = input_pipeline.load_split(config, split)
+    config.data.dir = data_dir
+  split = split or config.data.eval_split
+  data = input_pipeline.load_split(config.data, split)
   result = metrics(
       inference.logits(run, data.images), data.labels, len(run.class_names)
   )
   level = config.get('eval_tta', 0) if tta_level is None else tta_level
   print(
-      f'{workdir}, checkpoint step {run.step}, {config.dataset} {split!r} '
+      f'{workdir}, checkpoint step {run.step}, {config.data.name} {split!r} '
       f'({len(data)} images), test-time augmentation level {level}:'
   )
   print(

@@ -72,13 +72,13 @@ def create_experiment(
   mesh_lib.check_divisible('eval_batch_size', config.eval_batch_size, mesh)
   shardings = mesh_lib.Shardings.of(mesh)
   try:
-    model = models.create_model(config.model, config.compute_dtype)
+    model = models.create_model(config.model, shardings.platform)
     augment_config = augment.AugmentConfig.from_config(config.augment)
   except (TypeError, ValueError) as e:
     raise UserError(f'Bad config: {e}') from e
 
-  train_ds = input_pipeline.load_split(config, config.train_split)
-  eval_ds = input_pipeline.load_split(config, config.eval_split)
+  train_ds = input_pipeline.load_split(config.data, config.data.train_split)
+  eval_ds = input_pipeline.load_split(config.data, config.data.eval_split)
   if len(train_ds.class_names) > config.model.num_classes:
     raise UserError(
         f'The data has {len(train_ds.class_names)} classes but '

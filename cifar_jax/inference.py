@@ -16,6 +16,7 @@ import numpy as np
 from cifar_jax import augment
 from cifar_jax import images as images_lib
 from cifar_jax import checkpointing
+from cifar_jax import config_renames
 from cifar_jax import input_pipeline
 from cifar_jax import models
 from cifar_jax import reporting
@@ -99,10 +100,10 @@ def load_run(
   Its logits use test-time augmentation `tta_level` (augment.tta_logits),
   by default the level the run evaluated with, so they match its log.
   """
-  config = ml_collections.ConfigDict(_read_json(workdir, 'config.json'))
-  model = models.create_model(
-      config.model, config.get('compute_dtype', 'float32')
+  config = ml_collections.ConfigDict(
+      config_renames.upgrade(_read_json(workdir, 'config.json'))
   )
+  model = models.create_model(config.model)
   step = select_step(workdir, checkpoint)
   variables = checkpointing.restore_params(workdir, step=step)
   if not variables['batch_stats']:

@@ -66,17 +66,19 @@ class Dataset:
 
 
 def load_split(config: ml_collections.ConfigDict, split: str) -> Dataset:
-  """Loads `split` of `config.dataset`; TFDS slicing ('train[:45000]') works.
+  """Loads `split` of the data set; TFDS slicing ('train[:45000]') works.
+
+  `config` is the config's `data` section.
 
   The whole base split is decoded once and cached on disk (see `_cached`);
   slices are cut from it, in the split's stored order, as TFDS slices it.
   """
   start = time.time()
   base = split.split('[')[0]
-  if config.dataset == 'synthetic':
+  if config.name == 'synthetic':
     full = synthetic(base, config)
-  elif config.dataset == 'image_folder':
-    train_base = config.train_split.split('[')[0]
+  elif config.name == 'image_folder':
+    train_base = config.data.train_split.split('[')[0]
     full = _cached(
         config,
         base,
@@ -84,13 +86,13 @@ def load_split(config: ml_collections.ConfigDict, split: str) -> Dataset:
     )
   else:
     full = _cached(
-        config, base, functools.partial(_load_tfds, name=config.dataset)
+        config, base, functools.partial(_load_tfds, name=config.name)
     )
   lo, hi = _slice_bounds(split, {base: len(full)})
   ds = Dataset(full.images[lo:hi], full.labels[lo:hi], full.class_names)
   logging.info(
       'Loaded %s %r: %d images in %.1fs.',
-      config.dataset,
+      config.name,
       split,
       len(ds),
       time.time() - start,
@@ -103,7 +105,7 @@ def _cached(
     split: str,
     load: Callable[[str, str | None], Dataset],
 ) -> Dataset:
-  """`load(split, data_dir)`, through a .npz cache in `config.cache_dir`.
+  """`load(split, data_dir)`, through a .npz cache in `config.data.cache_dir`.
 
   The key covers the data set, the resolved data_dir, the training split
   (whose folders name the classes) and a fingerprint of every file that
@@ -113,15 +115,13 @@ def _cached(
   speed-up.
   """
   data_dir = (
-      os.path.abspath(os.path.expanduser(config.data_dir))
-      if (config.data_dir)
-      else None
+      os.path.abspath(os.path.expanduser(config.dir)) if (config.dir) else None
   )
-  if not config.cache_dir:
+  if not config.data.cache_dir:
     return load(split, data_dir)
-  if config.dataset == 'image_folder':
+  if config.name == 'image_folder':
     _check_folder(data_dir)
-    train_split = config.train_split.split('[')[0]
+    train_split = config.data.train_split.split('[')[0]
     watched = (
         [data_dir]
         if os.path.isfile(data_dir)
@@ -132,11 +132,11 @@ def _cached(
     watched = data_dir or os.environ.get(
         'TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets')
     )
-    watched = [os.path.join(watched, config.dataset)]
+    watched = [os.path.join(watched, config.name)]
   key = json.dumps(
       [
           CACHE_FORMAT,
-          config.dataset,
+          config.name,
           data_dir,
           split,
           train_split,
@@ -144,8 +144,8 @@ def _cached(
       ]
   )
   digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-  name = f'{config.dataset}-{split}-{digest}.npz'
-  path = os.path.join(os.path.expanduser(config.cache_dir), name)
+  name = f'{config.name}-{split}-{digest}.npz'
+  path = os.path.join(os.path.expanduser(config.data.cache_dir), name)
   if os.path.exists(path):
     try:
       with np.load(path) as f:
@@ -166,7 +166,7 @@ def _cached(
           class_names=np.array(ds.class_names),
       )
     os.replace(tmp, path)  # Atomic: a crash never leaves half a cache.
-    logging.info('Cached decoded %s %r in %s.', config.dataset, split, path)
+    logging.info('Cached decoded %s %r in %s.', config.name, split, path)
   except OSError as e:
     logging.warning('Could not cache decoded data in %s: %s', path, e)
   return ds
@@ -200,12 +200,12 @@ def _fingerprint(root: str) -> str:
 def synthetic(split: str, config: ml_collections.ConfigDict) -> Dataset:
   """A small learnable data set: noisy, shifted copies of 10 class patterns.
 
-  The class patterns are fixed (independent of `config.seed`), so train and
+  The class patterns are fixed (independent of the run's seed), so train and
   eval share them; the examples of each split are drawn independently.
   """
   sizes = {
-      'train': config.synthetic_train_size,
-      'test': config.synthetic_eval_size,
+      'train': config.data.synthetic_train_size,
+      'test': config.data.synthetic_eval_size,
   }
   if split not in sizes:
     raise UserError(
@@ -238,7 +238,8 @@ def _load_tfds(split: str, data_dir: str | None, name: str) -> Dataset:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
     raise UserError(
-        f'Unknown dataset {name!r}: use cifar10, image_folder or ' 'synthetic.'
+        f'Unknown data.name {name!r}: use cifar10, image_folder or '
+        'synthetic.'
     ) from e
   if not builder.is_prepared():
     _check_can_download(builder)
@@ -269,10 +270,10 @@ def _check_can_download(builder, timeout: float = 5.0) -> None:
         f'{builder.name} is not prepared in {builder.data_dir} and cannot be '
         f'downloaded ({host}: {e}).\n'
         'To train offline, point cifar_jax at a local copy:\n'
-        '  --config.dataset=image_folder --config.data_dir=/path/to/root\n'
+        '  --config.data.name=image_folder --config.data.dir=/path/to/root\n'
         '    where root holds <split>/<class>/*.jpg|png, e.g. the unzipped '
         'cifar10-jpeg.zip, or\n'
-        '  --config.data_dir=/path/to/tensorflow_datasets that holds a '
+        '  --config.data.dir=/path/to/tensorflow_datasets that holds a '
         f'prepared {builder.name}/ copied from a machine with internet.'
     ) from e
 
@@ -283,14 +284,14 @@ def _check_can_download(builder, timeout: float = 5.0) -> None:
 def _check_folder(root: str | None) -> None:
   if not root:
     raise UserError(
-        'dataset=image_folder needs --config.data_dir=<root>, '
+        'data.name=image_folder needs --config.data.dir=<root>, '
         'the folder (or .zip) that holds <split>/<class>/*.jpg.'
     )
   if root.lower().endswith('.zip'):
     if not zipfile.is_zipfile(root):
-      raise UserError(f'data_dir {root!r} is not a readable zip archive.')
+      raise UserError(f'data.dir {root!r} is not a readable zip archive.')
   elif not os.path.isdir(root):
-    raise UserError(f'data_dir {root!r} is not a directory.')
+    raise UserError(f'data.dir {root!r} is not a directory.')
 
 
 def _image_files(

@@ -287,7 +287,7 @@ def run_ladder(
   wall = time.monotonic() - start
   rows = [report_row(name, configs[name], histories[name]) for name in names]
   config = configs[names[-1]]
-  data = config.dataset + (f' ({config.data_dir})' if config.data_dir else '')
+  data = config.data.name + (f' ({config.data.dir})' if config.data.dir else '')
   write_report(rows, root, data, command, wall)
   print(
       f'Ladder: {wall / 60:.1f} min wall-clock. Wrote '

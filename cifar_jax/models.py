@@ -22,76 +22,22 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from cifar_jax import pooling
+
 _glorot = nn.initializers.glorot_uniform()
 Conv3x3 = functools.partial(nn.Conv, kernel_size=(3, 3), kernel_init=_glorot)
 Dense = functools.partial(nn.Dense, kernel_init=_glorot)
 KerasBatchNorm = functools.partial(nn.BatchNorm, momentum=0.99, epsilon=1e-3)
 
 
-def max_pool_2x2(x: jax.Array) -> jax.Array:
-  """2x2 max-pooling with stride 2, 'valid' padding (odd sizes round down).
-
-  On XLA:CPU the gradient of `nn.max_pool` (select-and-scatter) cost 4x
-  the pooling itself, about a tenth of the simple rung's step
-  (benchmarks/cpu_vs_keras.py), so the CPU takes the max of each window's
-  four pixels (`_window_max`), whose gradient is a cheap select. GPUs and
-  TPUs keep their native pooling.
-  """
-  if jax.default_backend() != 'cpu':
-    return nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
-  return _window_max(x)
-
-
-def _windows(x: jax.Array) -> jax.Array:
-  """(b, h, w, c) -> (b, h // 2, w // 2, c, 4): each 2x2 window's pixels."""
-  batch, height, width, channels = x.shape
-  x = x[:, : height - height % 2, : width - width % 2]
-  x = x.reshape(batch, height // 2, 2, width // 2, 2, channels)
-  return jnp.stack([x[:, :, i, :, j] for i in (0, 1) for j in (0, 1)], -1)
-
-
-@jax.custom_vjp
-def _window_max(x: jax.Array) -> jax.Array:
-  return jnp.max(_windows(x), axis=-1)
-
-
-def _window_max_fwd(x):
-  """The max, and which pixel it came from (the first, as select-and-scatter).
-
-  The gradient goes to that recorded pixel. Autodiff of `jnp.max` would
-  instead find the maximum again by comparing the input with the output in
-  the backward pass, and under jit XLA may recompute the input there with
-  other rounding, so that no pixel compares equal: with jaxlib 0.12 that
-  gave the BatchNorm rungs wrong gradients on the CPU, and NaNs without
-  optimisation.
-  """
-  windows = _windows(x)
-  first = jnp.argmax(windows, axis=-1)
-  pooled = jnp.take_along_axis(windows, first[..., None], axis=-1)[..., 0]
-  return pooled, (first, x.shape)
-
-
-def _window_max_bwd(residuals, g):
-  first, shape = residuals
-  batch, height, width, channels = shape
-  grads = jax.nn.one_hot(first, 4, dtype=g.dtype) * g[..., None]
-  grads = grads.reshape(batch, height // 2, width // 2, channels, 2, 2)
-  grads = grads.transpose(0, 1, 4, 2, 5, 3).reshape(
-      batch, height // 2 * 2, width // 2 * 2, channels
-  )
-  grads = jnp.pad(grads, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)))
-  return (grads,)
-
-
-_window_max.defvjp(_window_max_fwd, _window_max_bwd)
-
-
 class MaxPool(nn.Module):
   """Keras `MaxPooling2D((2, 2))`: window 2, stride 2, 'valid' padding."""
 
+  method: str = 'reduce_window'  # pooling.METHODS.
+
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return max_pool_2x2(x)
+    return pooling.max_pool_2x2(x, self.method)
 
 
 class Flatten(nn.Module):
@@ -111,6 +57,7 @@ class ConvStage(nn.Module):
     inner_dropout: dropout rate between the two convs (0 = no layer).
     outer_dropout: dropout rate after the pool (0 = no layer).
     batch_norm: BatchNorm after each conv's ReLU.
+    pooling: a `pooling.METHODS` entry.
   """
 
   features: int
@@ -119,6 +66,7 @@ class ConvStage(nn.Module):
   outer_dropout: float = 0.0
   batch_norm: bool = False
   dtype: Any = jnp.float32
+  pooling: str = 'reduce_window'
 
   @nn.compact
   def __call__(
@@ -143,7 +91,7 @@ class ConvStage(nn.Module):
           self.inner_dropout, deterministic=not train, name='dropout1'
       )(x)
     x = conv_bn(x, self.second_padding, 2)
-    x = MaxPool(name='pool')(x)
+    x = MaxPool(self.pooling, name='pool')(x)
     if self.outer_dropout:
       x = nn.Dropout(
           self.outer_dropout, deterministic=not train, name='dropout2'
@@ -166,9 +114,12 @@ class ConvNet(nn.Module):
     hidden_features: widths of the dense ReLU layers.
     flatten_dropout: dropout right after Flatten (0 = no layer).
     hidden_dropout: dropout after every dense ReLU layer (0 = no layer).
-    conv_max_norm: Keras MaxNorm value of every conv kernel (0 = none).
-    hidden_max_norm: MaxNorm value of the dense ReLU kernels (0 = none).
     num_classes: width of the output layer.
+    pooling: a `pooling.METHODS` entry.
+
+  Keras' MaxNorm kernel constraints are the optimizer's
+  (`optimizers.max_norm_bounds`): Optax sees only arrays, and they are
+  projected after each update, as Keras does.
   """
 
   stage_features: Sequence[int]
@@ -179,10 +130,9 @@ class ConvNet(nn.Module):
   hidden_features: Sequence[int]
   flatten_dropout: float
   hidden_dropout: float
-  conv_max_norm: float
-  hidden_max_norm: float
   num_classes: int = 10
   dtype: Any = jnp.float32
+  pooling: str = 'reduce_window'
 
   def __post_init__(self):
     per_stage = (
@@ -232,6 +182,7 @@ class ConvNet(nn.Module):
           self.stage_dropout[i],
           self.batch_norm,
           dtype=self.dtype,
+          pooling=self.pooling,
           name=f'stage{i + 1}',
       )(x, train, mask)
     x = Flatten(name='flatten')(x)
@@ -249,26 +200,6 @@ class ConvNet(nn.Module):
         )(x)
     x = Dense(self.num_classes, dtype=self.dtype, name='logits')(x)
     return x.astype(jnp.float32)
-
-  def max_norm_values(self, params: Any) -> Any:
-    """A tree like `params`: each kernel's MaxNorm bound, 0.0 = unconstrained.
-
-    Keras attaches `kernel_constraint` to a layer; Optax sees only arrays, so
-    the model, which knows its layers, says which arrays are constrained.
-    """
-
-    def value(path, leaf):
-      del leaf
-      names = [getattr(p, 'key', str(p)) for p in path]
-      if names[-1] != 'kernel':
-        return 0.0
-      if names[0].startswith('stage'):
-        return float(self.conv_max_norm)
-      if names[0].startswith('dense'):
-        return float(self.hidden_max_norm)
-      return 0.0
-
-    return jax.tree_util.tree_map_with_path(value, params)
 
 
 def dirac_init(
@@ -313,6 +244,7 @@ class FastBlock(nn.Module):
   depth: int = 2
   dtype: Any = jnp.float32
   residual: bool = False
+  pooling: str = 'reduce_window'
 
   @nn.compact
   def __call__(
@@ -336,7 +268,7 @@ class FastBlock(nn.Module):
         dtype=self.dtype,
     )
     x = conv(name='conv1')(x)
-    x = max_pool_2x2(x)
+    x = pooling.max_pool_2x2(x, self.pooling)
     x = shortcut = nn.gelu(norm(name='bn1')(x, mask=mask))
     for i in range(2, self.depth + 1):
       x = nn.gelu(norm(name=f'bn{i}')(conv(name=f'conv{i}')(x), mask=mask))
@@ -361,6 +293,7 @@ class FastNet(nn.Module):
       running + (1 - m) * batch).
     logit_scale: multiplies the logits (airbench: 1/9).
     num_classes: outputs.
+    pooling: a `pooling.METHODS` entry.
   """
 
   widths: Sequence[int] = (64, 256, 256)
@@ -372,6 +305,7 @@ class FastNet(nn.Module):
   logit_scale: float = 1 / 9
   num_classes: int = 10
   dtype: Any = jnp.float32
+  pooling: str = 'reduce_window'
 
   @property
   def whiten_features(self) -> int:
@@ -401,6 +335,7 @@ class FastNet(nn.Module):
           self.block_depth,
           self.dtype,
           self.residual,
+          self.pooling,
           name=f'block{i + 1}',
       )(x, train, mask)
     x = jnp.max(x, axis=(1, 2))
@@ -415,30 +350,33 @@ class FastNet(nn.Module):
     )(x)
     return (x * self.logit_scale).astype(jnp.float32)
 
-  def max_norm_values(self, params: Any) -> Any:
-    return jax.tree.map(lambda _: 0.0, params)
-
 
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
 def create_model(
-    model_config: ml_collections.ConfigDict, compute_dtype: str = 'float32'
+    model_config: ml_collections.ConfigDict, platform: str | None = None
 ) -> nn.Module:
   """Builds the model named by `model_config.name` from its other fields.
 
   `compute_dtype` is the dtype of activations and of the convolutions and
   matmuls; parameters, BatchNorm statistics and logits stay float32.
+  `pooling` 'auto' is resolved for `platform` (default: JAX's default
+  backend), here, where the model is built.
   """
-  if compute_dtype not in COMPUTE_DTYPES:
-    raise ValueError(
-        f'compute_dtype must be one of {tuple(COMPUTE_DTYPES)}, '
-        f'not {compute_dtype!r}'
-    )
   kwargs = dict(model_config)
   name = kwargs.pop('name')
-  model_cls = globals().get(name)
-  if not (isinstance(model_cls, type) and issubclass(model_cls, nn.Module)):
+  compute_dtype = kwargs.pop('compute_dtype', 'float32')
+  if compute_dtype not in COMPUTE_DTYPES:
+    raise ValueError(
+        f'model.compute_dtype must be one of {tuple(COMPUTE_DTYPES)}, '
+        f'not {compute_dtype!r}'
+    )
+  kwargs['pooling'] = pooling.method_for(
+      kwargs.pop('pooling', 'auto'), platform or jax.default_backend()
+  )
+  model_cls = {'ConvNet': ConvNet, 'FastNet': FastNet}.get(name)
+  if model_cls is None:
     raise ValueError(
         f'Unknown model.name {name!r}; models.py defines '
         "'ConvNet' and 'FastNet'."

@@ -97,7 +97,7 @@ def keras_max_norm(max_values: Any, axis=0) -> optax.GradientTransformation:
 
   Args:
     max_values: a tree like the params with a float per leaf: the MaxNorm
-      bound, or 0.0 for an unconstrained leaf (see ConvNet.max_norm_values).
+      bound, or 0.0 for an unconstrained leaf (`max_norm_bounds`).
     axis: Keras' `axis` argument (default 0, as the seed used, even for conv
       kernels, where it bounds each length-3 column along the kernel height).
 
@@ -117,6 +117,28 @@ def keras_max_norm(max_values: Any, axis=0) -> optax.GradientTransformation:
     return jax.tree.map(project, updates, params, max_values), state
 
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
+
+
+def max_norm_bounds(params: Any, config: ml_collections.ConfigDict) -> Any:
+  """A tree like `params`: each kernel's MaxNorm bound, 0.0 = unconstrained.
+
+  Keras attaches `kernel_constraint` to a layer; here the bounds follow
+  ConvNet's layer names: `conv_max_norm` for its stages' conv kernels,
+  `hidden_max_norm` for its dense ReLU layers' kernels (never the logits).
+  """
+
+  def bound(path, leaf):
+    del leaf
+    names = [getattr(p, 'key', str(p)) for p in path]
+    if names[-1] != 'kernel':
+      return 0.0
+    if names[0].startswith('stage'):
+      return float(config.conv_max_norm)
+    if names[0].startswith('dense'):
+      return float(config.hidden_max_norm)
+    return 0.0
+
+  return jax.tree_util.tree_map_with_path(bound, params)
 
 
 def triangle(
@@ -268,7 +290,7 @@ def learning_rate(
 
 def create_optimizer(
     config: ml_collections.ConfigDict,
-    max_norm_values: Any,
+    params: Any,
     total_steps: int = 0,
     steps_per_epoch: int = 0,
 ) -> optax.GradientTransformation:
@@ -276,8 +298,8 @@ def create_optimizer(
 
   Args:
     config: the `optimizer` section of a config.
-    max_norm_values: per-parameter MaxNorm bounds from the model (a tree
-      like the params).
+    params: the model's parameters (or their shapes): the MaxNorm bounds
+      and the fast recipes' parameter groups follow their names.
     total_steps, steps_per_epoch: the run's length, for 'fast_sgd's
       schedule.
   """
@@ -288,14 +310,13 @@ def create_optimizer(
         config.learning_rate, config.beta1, config.beta2, config.epsilon
     )
   elif config.name == 'fast_sgd':
-    tx = fast_sgd(
-        config, param_groups(max_norm_values), total_steps, steps_per_epoch
-    )
+    tx = fast_sgd(config, param_groups(params), total_steps, steps_per_epoch)
   else:
     raise ValueError(
         f'Unknown optimizer.name {config.name!r}; '
         "expected 'sgd', 'adam' or 'fast_sgd'."
     )
-  if any(jax.tree.leaves(max_norm_values)):
-    tx = optax.chain(tx, keras_max_norm(max_norm_values))
+  bounds = max_norm_bounds(params, config)
+  if any(jax.tree.leaves(bounds)):
+    tx = optax.chain(tx, keras_max_norm(bounds))
   return tx

@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from cifar_jax import checkpointing
+from cifar_jax import config_renames
 from cifar_jax import reporting
 from cifar_jax import steps
 from cifar_jax.errors import UserError
@@ -24,10 +25,10 @@ from cifar_jax.experiment import Experiment
 # the checkpointed steps computed.
 RESUMABLE_CHANGES = (
     'num_epochs',
-    'data_dir',
-    'cache_dir',
+    'data.dir',
+    'data.cache_dir',
     'eval_batch_size',
-    'eval_split',
+    'data.eval_split',
     'eval_tta',
     'checkpoint_every_steps',
     'keep_checkpoints',
@@ -70,7 +71,9 @@ def start(
   """
 
   def check_meta(meta):
-    diffs = config_differences(meta['config'], config_dict)
+    diffs = config_differences(
+        config_renames.upgrade(meta['config']), config_dict
+    )
     if diffs:
       raise UserError(
           f'The checkpoints in {ckpt.directory} come from a different '

@@ -1,7 +1,7 @@
 """Draws original training images beside augmented views of them.
 
   python -m cifar_jax.show_augment --config configs/deep_adam_aug.py \
-      --config.dataset=image_folder --config.data_dir=DIR --out augment.png
+      --config.data.name=image_folder --config.data.dir=DIR --out augment.png
 
 Numbers in tests prove the transform equals Keras'; this picture lets a person
 see that the augmentation looks right (nothing upside down, borders filled by
@@ -51,7 +51,7 @@ def render(
 ) -> None:
   """Writes the grid: a row per image, the original first, then its views."""
   aug = augment.AugmentConfig.from_config(config.augment)
-  data = input_pipeline.load_split(config, config.train_split)
+  data = input_pipeline.load_split(config.data, config.data.train_split)
   pick = np.random.default_rng(config.seed).choice(
       len(data), num_images, replace=False
   )

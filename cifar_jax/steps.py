@@ -83,10 +83,7 @@ def state_initializer(
 
   abstract = jax.eval_shape(init_variables, jax.random.key(0))
   tx = optimizers.create_optimizer(
-      optimizer_config,
-      model.max_norm_values(abstract['params']),
-      total_steps,
-      steps_per_epoch,
+      optimizer_config, abstract['params'], total_steps, steps_per_epoch
   )
 
   def init(rng, replace):

@@ -25,8 +25,8 @@ def get_config():
   config.model.batch_norm = True
   config.model.hidden_features = (512, 256)
   config.model.hidden_dropout = 0.5
-  config.model.conv_max_norm = 0.0
-  config.model.hidden_max_norm = 0.0
+  config.optimizer.conv_max_norm = 0.0
+  config.optimizer.hidden_max_norm = 0.0
   config.optimizer.decay = 0.01 / 50
   config.augment.width_shift_range = 0.1
   config.augment.height_shift_range = 0.1

@@ -21,8 +21,8 @@ def get_config():
   config.model.stage_dropout = (0.0, 0.0, 0.0)
   config.model.hidden_features = (512, 256)
   config.model.hidden_dropout = 0.0
-  config.model.conv_max_norm = 0.0
-  config.model.hidden_max_norm = 0.0
+  config.optimizer.conv_max_norm = 0.0
+  config.optimizer.hidden_max_norm = 0.0
   config.optimizer.name = 'adam'
   config.optimizer.learning_rate = 0.001
   config.seed_rung = 'deep_adam'

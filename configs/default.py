@@ -3,7 +3,9 @@
 The rungs of the ladder (../shared/LADDER.md) import this and override only
 what differs, so each key is documented once, here. Any key can be overridden
 on the command line: `--config.num_epochs=3`,
-`--config.optimizer.learning_rate=0.02`.
+`--config.optimizer.learning_rate=0.02`. Each part of the code gets its own
+section: `data`, `model`, `optimizer`, `augment` (and `whitening`, the
+data-dependent init); the loop's keys are at the top.
 """
 
 import ml_collections
@@ -13,20 +15,21 @@ def get_config() -> ml_collections.ConfigDict:
   """The simple rung: 2 convs + 1 dense layer, SGD with decay, 25 epochs."""
   config = ml_collections.ConfigDict()
 
-  # Data. 'cifar10' (TFDS), 'image_folder' (<data_dir>/<split>/<class>/*.jpg)
-  # or 'synthetic' (a small learnable offline set for tests and smoke runs).
-  config.dataset = 'cifar10'
+  # Data (input_pipeline.load_split).
+  config.data = ml_collections.ConfigDict()
+  # 'cifar10' (TFDS), 'image_folder' (<dir>/<split>/<class>/*.jpg, or a .zip
+  # of that) or 'synthetic' (a small learnable offline set for tests).
+  config.data.name = 'cifar10'
   # TFDS data_dir, or the root of the image folder; None = TFDS's default.
-  config.data_dir = ml_collections.FieldReference(None, field_type=str)
+  config.data.dir = ml_collections.FieldReference(None, field_type=str)
   # Decoded splits are cached here as .npz ('' = no cache).
-  config.cache_dir = '~/.cache/cifar_jax'
-
+  config.data.cache_dir = '~/.cache/cifar_jax'
   # Split names, with TFDS slicing: 'train[:45000]' / 'train[45000:]'.
-  config.train_split = 'train'
-  config.eval_split = 'test'
+  config.data.train_split = 'train'
+  config.data.eval_split = 'test'
   # Sizes of the synthetic data set's train and eval splits.
-  config.synthetic_train_size = 2048
-  config.synthetic_eval_size = 512
+  config.data.synthetic_train_size = 2048
+  config.data.synthetic_eval_size = 512
 
   # Loop. Global batch size (split over all devices).
   config.batch_size = 32
@@ -37,10 +40,6 @@ def get_config() -> ml_collections.ConfigDict:
   # the last partial batch, as Keras `fit`. k > 0 = exactly k batches, going
   # on through the shuffled passes as Keras' `fit_generator` did.
   config.steps_per_epoch = 0
-  # dtype of activations, convolutions and matmuls: 'float32' or 'bfloat16'
-  # (mixed precision: params, optimizer state, BatchNorm statistics, the
-  # loss and the updates stay float32).
-  config.compute_dtype = 'float32'
   # Train steps per dispatch from the host, run as one compiled lax.scan;
   # 0 = a whole epoch on GPU/TPU and 1 on CPU (where a scan is slower).
   config.steps_per_dispatch = 0
@@ -73,9 +72,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.whitening.images = 0
   config.whitening.epsilon = 5e-4
 
-  # Model: models.ConvNet, a stack of ConvStages and dense layers.
+  # Model (models.create_model): models.ConvNet, a stack of ConvStages and
+  # dense layers.
   config.model = ml_collections.ConfigDict()
   config.model.name = 'ConvNet'
+  # dtype of activations, convolutions and matmuls: 'float32' or 'bfloat16'
+  # (mixed precision: params, optimizer state, BatchNorm statistics, the
+  # loss and the updates stay float32).
+  config.model.compute_dtype = 'float32'
+  # 2x2 max-pooling: 'auto' = 'window_max' on CPUs (a cheaper gradient
+  # there), 'reduce_window' (XLA's own) on GPUs and TPUs.
+  config.model.pooling = 'auto'
   # Filters of each stage's two 3x3 convs.
   config.model.stage_features = (32,)
   # Padding of each stage's second conv ('SAME' or 'VALID').
@@ -91,16 +98,18 @@ def get_config() -> ml_collections.ConfigDict:
   # Dropout right after Flatten, and after each dense ReLU layer (0 = none).
   config.model.flatten_dropout = 0.0
   config.model.hidden_dropout = 0.5
-  # Keras MaxNorm bound of the conv and dense kernels (0 = unconstrained).
-  config.model.conv_max_norm = 3.0
-  config.model.hidden_max_norm = 3.0
   config.model.num_classes = 10
 
-  # Optimizer: 'sgd' (Keras SGD: momentum, lr / (1 + decay * updates)) or
-  # 'adam' (Keras Adam; epsilon added to sqrt(v) as Keras 2.3 did).
+  # Optimizer (optimizers.create_optimizer): 'sgd' (Keras SGD: momentum,
+  # lr / (1 + decay * updates)) or 'adam' (Keras Adam; epsilon added to
+  # sqrt(v) as Keras 2.3 did).
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.name = 'sgd'
   config.optimizer.learning_rate = 0.01
+  # Keras MaxNorm bound of ConvNet's conv kernels and dense ReLU layers'
+  # kernels, projected after every update (0 = unconstrained).
+  config.optimizer.conv_max_norm = 3.0
+  config.optimizer.hidden_max_norm = 3.0
   # SGD only: momentum and per-update inverse-time decay (seed: lr/epochs).
   config.optimizer.momentum = 0.9
   config.optimizer.decay = 0.01 / 25

@@ -40,9 +40,6 @@ def get_config():
   config.batch_size = 1024
   config.eval_batch_size = 1000
   config.num_epochs = 10
-  # bf16 convolutions and matmuls, float32 state (models.create_model): the
-  # GPU/TPU speed setting. On a CPU, float32 is as fast or faster (README).
-  config.compute_dtype = 'bfloat16'
   config.label_smoothing = 0.2
   config.eval_tta = 2
   config.whitening.images = 5000
@@ -50,6 +47,10 @@ def get_config():
 
   config.model = ml_collections.ConfigDict()
   config.model.name = 'FastNet'
+  # bf16 convolutions and matmuls, float32 state (models.create_model): the
+  # GPU/TPU speed setting. On a CPU, float32 is as fast or faster (README).
+  config.model.compute_dtype = 'bfloat16'
+  config.model.pooling = 'auto'
   config.model.widths = (64, 256, 256)
   config.model.block_depth = 2
   config.model.residual = False
@@ -60,6 +61,8 @@ def get_config():
   config.model.num_classes = 10
 
   config.optimizer.name = 'fast_sgd'
+  config.optimizer.conv_max_norm = 0.0
+  config.optimizer.hidden_max_norm = 0.0
   config.optimizer.momentum = 0.85
   set_rates(config, lr_per_1024=11.5, decay_per_1024=0.0153)
   config.optimizer.bias_lr_scale = 64.0

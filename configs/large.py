@@ -19,7 +19,7 @@ def get_config():
   config.model.second_conv_padding = ('SAME', 'SAME', 'SAME')
   config.model.conv_dropout = (0.2, 0.2, 0.2)
   config.model.stage_dropout = (0.0, 0.0, 0.0)
-  config.model.conv_max_norm = 0.0
+  config.optimizer.conv_max_norm = 0.0
   config.model.hidden_features = (1024, 512)
   config.model.flatten_dropout = 0.2
   config.model.hidden_dropout = 0.2

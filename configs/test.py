@@ -8,9 +8,9 @@ from configs import default
 
 def get_config():
   config = default.get_config()
-  config.dataset = 'synthetic'
-  config.synthetic_train_size = 512
-  config.synthetic_eval_size = 200
+  config.data.name = 'synthetic'
+  config.data.synthetic_train_size = 512
+  config.data.synthetic_eval_size = 200
   config.batch_size = 32
   config.eval_batch_size = 64
   config.num_epochs = 2

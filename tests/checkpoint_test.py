@@ -28,7 +28,7 @@ RUN = (
     '--config',
     'configs/test.py',
     '--config.num_epochs=8',
-    '--config.synthetic_train_size=1024',
+    '--config.data.synthetic_train_size=1024',
     '--config.checkpoint_every_steps=12',
     '--config.model.batch_norm=True',
     '--config.augment.horizontal_flip=True',
@@ -203,7 +203,7 @@ def test_retention_keeps_the_newest_and_the_best(uninterrupted):
 def test_init_from_loads_params_of_another_run(tmp_path, uninterrupted):
   workdir, (_, params) = uninterrupted
   config = get_config('test')
-  config.synthetic_train_size = 1024
+  config.data.synthetic_train_size = 1024
   config.model.batch_norm = True
   state = resume.state_from_run(
       experiment.create_experiment(config), str(workdir)

@@ -88,10 +88,8 @@ def _error_line(stderr: str) -> str:
 
 def _folder_config(root, **overrides):
   config = get_config('test')
+  config.data.update(name='image_folder', dir=str(root), cache_dir='')
   config.update(
-      dataset='image_folder',
-      data_dir=str(root),
-      cache_dir='',
       batch_size=8,
       eval_batch_size=8,
       num_epochs=1,
@@ -152,7 +150,8 @@ def test_the_command_line_refuses_a_second_run_on_one_workdir(tmp_path):
 def test_relabelled_images_are_decoded_again_not_read_from_the_cache(tmp_path):
   root = tmp_path / 'data'
   write_image_folder(root, CLASSES, per_class=4)
-  config = _folder_config(root, cache_dir=str(tmp_path / 'cache'))
+  config = _folder_config(root)
+  config.data.cache_dir = str(tmp_path / 'cache')
   before = input_pipeline.load_split(config, 'train')
   assert before.class_names == CLASSES
   for f in (root / 'train' / 'cat').iterdir():  # Every cat is an airplane.
@@ -239,7 +238,9 @@ def test_predict_ranks_only_the_data_sets_classes(three_class_run):
         ('model.hidden_dropout', -0.1),
         ('augment.zoom_range', -0.2),
         ('augment.cutout_size', 40),
-        ('compute_dtype', 'float16'),
+        ('model.compute_dtype', 'float16'),
+        ('model.pooling', 'average'),
+        ('data.train_split', ''),
         ('model.second_conv_padding', ('FULL',)),
     ],
 )

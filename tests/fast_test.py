@@ -118,9 +118,8 @@ def test_fast_sgd_trains_groups_at_their_rates_and_freezes_whitening():
       'block1': {'conv1': {'kernel': 'weight'}, 'bn1': {'bias': 'norm_bias'}},
   }
   config.lookahead_every = 0
-  no_max_norm = jax.tree.map(lambda _: 0.0, params)
   tx = optimizers.create_optimizer(
-      config, no_max_norm, total_steps=10, steps_per_epoch=2
+      config, params, total_steps=10, steps_per_epoch=2
   )
   state = tx.init(params)
   grads = jax.tree.map(jnp.ones_like, params)
@@ -172,10 +171,7 @@ def test_fast94_mean_loss_rates_equal_the_papers_summed_loss_sgd(group):
   mean_grads = [rng.normal(size=(5, 3)) for _ in range(steps)]
   total = 4 * steps  # Inside the warm-up: the schedule changes every step.
   tx = optimizers.create_optimizer(
-      opt,
-      jax.tree.map(lambda _: 0.0, params),
-      total_steps=total,
-      steps_per_epoch=10,
+      opt, params, total_steps=total, steps_per_epoch=10
   )
   leaf = lambda tree: jax.tree.leaves(tree)[0]
   tree = lambda x: jax.tree.map(lambda _: jnp.asarray(x, jnp.float32), params)
@@ -236,9 +232,9 @@ def test_fast_config_trains_on_synthetic_data_and_evaluates_with_tta(
     name, tmp_path
 ):
   config = get_config(name)
-  config.dataset = 'synthetic'
-  config.synthetic_train_size = 256
-  config.synthetic_eval_size = 100
+  config.data.name = 'synthetic'
+  config.data.synthetic_train_size = 256
+  config.data.synthetic_eval_size = 100
   config.batch_size = 64
   config.eval_batch_size = 50
   config.num_epochs = 2

@@ -17,7 +17,8 @@ from conftest import write_image_folder
 
 
 def _config(**overrides):
-  config = get_config('test')
+  """The test config's `data` section, uncached, with `overrides`."""
+  config = get_config('test').data
   config.cache_dir = ''
   config.update(overrides)
   return config
@@ -87,7 +88,7 @@ def test_eval_batches_count_every_example_exactly_once():
 def test_image_folder_maps_cifar_class_names_to_cifar_label_order(tmp_path):
   # 'frog' etc.: folder names are CIFAR-10's, listed alphabetically by TFDS.
   write_image_folder(tmp_path, input_pipeline.CIFAR10_CLASSES, per_class=3)
-  config = _config(dataset='image_folder', data_dir=str(tmp_path))
+  config = _config(name='image_folder', dir=str(tmp_path))
   train = input_pipeline.load_split(config, 'train')
   assert train.images.shape == (30, 32, 32, 3)
   assert train.class_names == input_pipeline.CIFAR10_CLASSES
@@ -99,7 +100,7 @@ def test_image_folder_converts_any_size_and_mode_and_slices(tmp_path):
   write_image_folder(
       tmp_path, ('cats', 'dogs'), per_class=5, size=(40, 20), mode='L'
   )
-  config = _config(dataset='image_folder', data_dir=str(tmp_path))
+  config = _config(name='image_folder', dir=str(tmp_path))
   full = input_pipeline.load_split(config, 'test')
   assert full.images.shape == (10, 32, 32, 3)
   assert full.class_names == ('cats', 'dogs')
@@ -109,17 +110,17 @@ def test_image_folder_converts_any_size_and_mode_and_slices(tmp_path):
 
 
 def test_image_folder_errors_are_clear(tmp_path):
-  with pytest.raises(UserError, match='needs --config.data_dir'):
-    input_pipeline.load_split(_config(dataset='image_folder'), 'train')
+  with pytest.raises(UserError, match='needs --config.data.dir'):
+    input_pipeline.load_split(_config(name='image_folder'), 'train')
   with pytest.raises(UserError, match='not a directory'):
     input_pipeline.load_split(
-        _config(dataset='image_folder', data_dir=str(tmp_path / 'nope')),
+        _config(name='image_folder', dir=str(tmp_path / 'nope')),
         'train',
     )
   write_image_folder(tmp_path, ('a', 'b'), per_class=1)
   with pytest.raises(UserError, match="No split 'validation'"):
     input_pipeline.load_split(
-        _config(dataset='image_folder', data_dir=str(tmp_path)), 'validation'
+        _config(name='image_folder', dir=str(tmp_path)), 'validation'
     )
 
 
@@ -137,10 +138,10 @@ def test_image_zip_equals_the_unzipped_folder_and_needs_no_tensorflow(
   monkeypatch.setitem(sys.modules, 'tensorflow', None)
   monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)
   from_zip = input_pipeline.load_split(
-      _config(dataset='image_folder', data_dir=str(archive)), 'train'
+      _config(name='image_folder', dir=str(archive)), 'train'
   )
   from_folder = input_pipeline.load_split(
-      _config(dataset='image_folder', data_dir=str(tmp_path / 'top')), 'train'
+      _config(name='image_folder', dir=str(tmp_path / 'top')), 'train'
   )
   assert from_zip.class_names == ('cats', 'dogs', 'owls')
   np.testing.assert_array_equal(from_zip.images, from_folder.images)
@@ -158,7 +159,7 @@ def test_a_file_that_is_not_a_zip_is_a_clear_error(tmp_path):
   bad.write_bytes(b'not a zip')
   with pytest.raises(UserError, match='not a readable zip'):
     input_pipeline.load_split(
-        _config(dataset='image_folder', data_dir=str(bad)), 'train'
+        _config(name='image_folder', dir=str(bad)), 'train'
     )
 
 
@@ -202,11 +203,11 @@ def test_offline_tfds_fails_within_seconds_saying_how_to_train_offline(
   start = time.monotonic()
   with pytest.raises(UserError) as e:
     input_pipeline.load_split(
-        _config(dataset='cifar10', data_dir=str(tmp_path)), 'train'
+        _config(name='cifar10', dir=str(tmp_path)), 'train'
     )
   assert time.monotonic() - start < 30
   assert 'cannot be downloaded' in str(e.value)
-  assert '--config.dataset=image_folder' in str(e.value)
+  assert '--config.data.name=image_folder' in str(e.value)
 
 
 def test_real_jpeg_copy_loads_with_cifar_labels(shared_zip, tmp_path):
@@ -219,9 +220,7 @@ def test_real_jpeg_copy_loads_with_cifar_labels(shared_zip, tmp_path):
         prefix = f'cifar10-jpeg/{split}/{cls}/'
         picked += [n for n in names if n.startswith(prefix)][:4]
     z.extractall(tmp_path, picked)
-  config = _config(
-      dataset='image_folder', data_dir=str(tmp_path / 'cifar10-jpeg')
-  )
+  config = _config(name='image_folder', dir=str(tmp_path / 'cifar10-jpeg'))
   test = input_pipeline.load_split(config, 'test')
   assert test.images.shape == (40, 32, 32, 3)
   assert np.bincount(test.labels).tolist() == [4] * 10
@@ -230,7 +229,7 @@ def test_real_jpeg_copy_loads_with_cifar_labels(shared_zip, tmp_path):
 
 def test_shared_zip_loads_whole_test_split_as_libjpeg_decodes_it(shared_zip):
   """The real copy, read straight from the zip: 1,000 images per class."""
-  config = _config(dataset='image_folder', data_dir=str(shared_zip))
+  config = _config(name='image_folder', dir=str(shared_zip))
   test = input_pipeline.load_split(config, 'test')
   assert test.images.shape == (10000, 32, 32, 3)
   assert test.class_names == input_pipeline.CIFAR10_CLASSES
@@ -250,8 +249,8 @@ def test_decoded_splits_are_cached_and_refreshed_when_files_change(
   root = tmp_path / 'data'
   write_image_folder(root, ('a', 'b'), per_class=4)
   config = _config(
-      dataset='image_folder',
-      data_dir=str(root),
+      name='image_folder',
+      dir=str(root),
       cache_dir=str(tmp_path / 'cache'),
   )
   first = input_pipeline.load_split(config, 'train[:6]')
@@ -278,8 +277,8 @@ def test_unreadable_cache_is_ignored_and_rewritten(tmp_path):
   root = tmp_path / 'data'
   write_image_folder(root, ('a', 'b'), per_class=2)
   config = _config(
-      dataset='image_folder',
-      data_dir=str(root),
+      name='image_folder',
+      dir=str(root),
       cache_dir=str(tmp_path / 'cache'),
   )
   first = input_pipeline.load_split(config, 'test')

@@ -16,9 +16,9 @@ from conftest import get_config
 from conftest import REPO
 
 SMALL = [
-    ('dataset', 'synthetic'),
-    ('synthetic_train_size', '256'),
-    ('synthetic_eval_size', '100'),
+    ('data.name', 'synthetic'),
+    ('data.synthetic_train_size', '256'),
+    ('data.synthetic_eval_size', '100'),
     ('steps_per_epoch', '2'),
 ]
 
@@ -115,9 +115,9 @@ def test_overrides_keep_types_and_refuse_unknown_keys():
   ladder.apply_override(config, 'num_epochs', '3')
   ladder.apply_override(config, 'model.hidden_features', '(64, 32)')
   ladder.apply_override(config, 'augment.horizontal_flip', 'true')
-  ladder.apply_override(config, 'data_dir', '/data')
+  ladder.apply_override(config, 'data.dir', '/data')
   assert config.num_epochs == 3 and config.model.hidden_features == (64, 32)
-  assert config.augment.horizontal_flip is True and config.data_dir == '/data'
+  assert config.augment.horizontal_flip is True and config.data.dir == '/data'
   with pytest.raises(UserError, match='Unknown config key'):
     ladder.apply_override(config, 'num_epoch', '3')
   with pytest.raises(UserError, match='expected type int'):

@@ -88,8 +88,8 @@ def test_cli_missing_image_folder_is_one_clear_line(tmp_path):
       'configs/simple.py',
       '--workdir',
       str(tmp_path),
-      '--config.dataset=image_folder',
-      f'--config.data_dir={tmp_path}/missing',
+      '--config.data.name=image_folder',
+      f'--config.data.dir={tmp_path}/missing',
       timeout=120,
   )
   assert r.returncode == 1

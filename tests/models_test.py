@@ -1,12 +1,12 @@
 """The ladder's models: exact Keras parameter counts, shapes, initialisers."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from cifar_jax import models
+from cifar_jax import optimizers
 from cifar_jax import summary
 from conftest import get_config
 from conftest import RUNGS
@@ -142,15 +142,19 @@ def test_batch_norm_uses_keras_momentum_and_epsilon():
 
 
 def test_max_norm_marks_exactly_the_seeds_constrained_kernels():
-  model, variables = _init('simple')
-  values = model.max_norm_values(variables['params'])
+  _, variables = _init('simple')
+  values = optimizers.max_norm_bounds(
+      variables['params'], get_config('simple').optimizer
+  )
   assert values['stage1']['conv1']['kernel'] == 3.0
   assert values['stage1']['conv2']['kernel'] == 3.0
   assert values['dense1']['kernel'] == 3.0
   assert values['logits']['kernel'] == 0.0
   assert values['dense1']['bias'] == 0.0
-  model, variables = _init('large')
-  values = model.max_norm_values(variables['params'])
+  _, variables = _init('large')
+  values = optimizers.max_norm_bounds(
+      variables['params'], get_config('large').optimizer
+  )
   assert values['stage1']['conv1']['kernel'] == 0.0
   assert values['dense1']['kernel'] == values['dense2']['kernel'] == 3.0
 
@@ -199,39 +203,6 @@ def test_fast96_has_ten_convolutions_and_residual_blocks():
       k for block in params.values() for k in block if k.startswith('conv')
   ] + ['whiten']
   assert len(convs) == 10 and model.residual
-
-
-@pytest.mark.parametrize('size', [32, 31, 7])
-def test_cpu_max_pool_equals_flax_max_pool_in_values_and_gradients(size):
-  x = jax.random.normal(jax.random.key(size), (2, size, size, 3))
-
-  def flax_pool(x):
-    return nn.max_pool(x, (2, 2), strides=(2, 2), padding='VALID')
-
-  np.testing.assert_array_equal(models.max_pool_2x2(x), flax_pool(x))
-  assert models.max_pool_2x2(x).shape == (2, size // 2, size // 2, 3)
-  weights = jax.random.normal(jax.random.key(1), (2, size // 2, size // 2, 3))
-
-  def loss(pool):
-    return lambda x: jnp.sum(pool(x) * weights)
-
-  np.testing.assert_allclose(
-      jax.grad(loss(models.max_pool_2x2))(x),
-      jax.grad(loss(flax_pool))(x),
-      atol=1e-6,
-  )
-
-
-def test_cpu_max_pool_sends_a_tied_windows_gradient_where_flax_does():
-  # Integers in 0..2: most windows hold ties.
-  x = jax.random.randint(jax.random.key(0), (2, 8, 9, 3), 0, 3).astype(float)
-  weights = jax.random.normal(jax.random.key(1), (2, 4, 4, 3))
-
-  def grad(pool):
-    return jax.jit(jax.grad(lambda x: jnp.sum(pool(x) * weights)))(x)
-
-  flax_grad = grad(lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)))
-  np.testing.assert_array_equal(grad(models.max_pool_2x2), flax_grad)
 
 
 def test_jitted_gradient_of_a_batch_norm_model_equals_the_eager_one():

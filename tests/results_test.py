@@ -167,7 +167,7 @@ def test_evaluate_tta_level_1_averages_the_logits_of_each_mirror(trained):
   workdir, _ = trained
   result = evaluate.evaluate(str(workdir), 'latest', tta_level=1)
   run = inference.load_run(str(workdir), 'latest', tta_level=0)
-  data = input_pipeline.load_split(run.config, run.config.eval_split)
+  data = input_pipeline.load_split(run.config, run.config.data.eval_split)
   logits = sum(
       inference.logits(run, x) for x in (data.images, data.images[:, :, ::-1])
   )
@@ -227,11 +227,11 @@ def test_predict_gives_the_trained_class_for_any_image_and_skips_bad_files(
 ):
   colours = _colour_folder(tmp_path / 'data')
   config = get_config('test')
+  config.data.update(
+      {'name': 'image_folder', 'dir': str(tmp_path / 'data'), 'cache_dir': ''}
+  )
   config.update(
       {
-          'dataset': 'image_folder',
-          'data_dir': str(tmp_path / 'data'),
-          'cache_dir': '',
           'num_epochs': 4,
           'eval_batch_size': 40,
           'batch_size': 16,

@@ -27,7 +27,7 @@ EPOCHS = 8  # 16 steps each: 500 examples, batch 32, last batch of 20.
 CALM = (
     '--config',
     'configs/test.py',
-    '--config.synthetic_train_size=500',
+    '--config.data.synthetic_train_size=500',
     '--config.model.batch_norm=True',
     '--config.model.conv_dropout=(0.0,)',
     '--config.model.hidden_dropout=0.0',

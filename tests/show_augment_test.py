@@ -48,7 +48,7 @@ def test_cli_writes_the_png(tmp_path):
           'cifar_jax.show_augment',
           '--config',
           'configs/bn_aug_sgd.py',
-          '--config.dataset=synthetic',
+          '--config.data.name=synthetic',
           '--num_images=2',
           '--num_views=2',
           f'--out={out}',

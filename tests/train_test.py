@@ -55,7 +55,7 @@ def test_same_seed_gives_the_same_history_and_another_seed_does_not(tmp_path):
 
 
 def _one_step(config, images, labels, mask):
-  model = models.create_model(config.model, config.compute_dtype)
+  model = models.create_model(config.model)
   state = steps.create_train_state(model, config.optimizer, jax.random.key(0))
   n = len(labels)
   batch = (jnp.arange(n), jnp.asarray(mask, jnp.float32))
@@ -91,7 +91,7 @@ def test_bfloat16_compute_keeps_params_optimizer_and_statistics_float32():
   labels = rng.integers(0, 10, 16).astype(np.int32)
   results = {}
   for dtype in ('float32', 'bfloat16'):
-    config.compute_dtype = dtype
+    config.model.compute_dtype = dtype
     state, m = _one_step(config, images, labels, np.ones(16))
     assert _float_dtypes(
         (state.params, state.opt_state, state.batch_stats)
@@ -104,7 +104,8 @@ def test_bfloat16_compute_keeps_params_optimizer_and_statistics_float32():
   ):
     np.testing.assert_allclose(a, b, rtol=5e-2, atol=5e-3)
 
-  model = models.create_model(config.model, 'bfloat16')
+  config.model.compute_dtype = 'bfloat16'
+  model = models.create_model(config.model)
   hlo = (
       jax.jit(lambda v, x: model.apply(v, x))
       .lower(
@@ -118,8 +119,10 @@ def test_bfloat16_compute_keeps_params_optimizer_and_statistics_float32():
 
 
 def test_unknown_compute_dtype_is_refused_by_name():
+  config = get_config('test').model
+  config.compute_dtype = 'float16'
   with pytest.raises(ValueError, match="'float32', 'bfloat16'"):
-    models.create_model(get_config('test').model, 'float16')
+    models.create_model(config)
 
 
 def test_padded_partial_batch_equals_keras_smaller_last_batch():
@@ -256,8 +259,8 @@ def test_tensorflow_stays_off_the_training_path():
 def test_validation_split_carved_from_train(tmp_path):
   config = get_config('test')
   config.num_epochs = 1
-  config.train_split = 'train[:400]'
-  config.eval_split = 'train[400:]'
+  config.data.train_split = 'train[:400]'
+  config.data.eval_split = 'train[400:]'
   out = io.StringIO()
   _, history = train.train_and_evaluate(config, str(tmp_path), out=out)
   assert 'Train on 400 samples, validate on 112 samples' in out.getvalue()
@@ -265,7 +268,7 @@ def test_validation_split_carved_from_train(tmp_path):
   whole = input_pipeline.load_split(config, 'train')
   parts = [
       input_pipeline.load_split(config, s)
-      for s in (config.train_split, config.eval_split)
+      for s in (config.data.train_split, config.data.eval_split)
   ]
   np.testing.assert_array_equal(
       np.concatenate([p.images for p in parts]), whole.images

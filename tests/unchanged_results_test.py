@@ -45,8 +45,8 @@ def _bn_aug(config):
   config.model.conv_dropout = (0.0, 0.0)
   config.model.stage_dropout = (0.25, 0.25)
   config.model.batch_norm = True
-  config.model.conv_max_norm = 0.0
-  config.model.hidden_max_norm = 0.0
+  config.optimizer.conv_max_norm = 0.0
+  config.optimizer.hidden_max_norm = 0.0
   config.optimizer.name = 'adam'
   config.optimizer.learning_rate = 1e-3
   config.augment.width_shift_range = 0.1
@@ -59,9 +59,9 @@ def _bn_aug(config):
 def _fast94(config):
   """configs/fast94.py for 8 steps: whitening, bf16, Lookahead, crops, TTA."""
   fast = get_config('fast94')
-  fast.dataset = config.dataset
-  fast.synthetic_train_size = 256
-  fast.synthetic_eval_size = 100
+  fast.data.name = config.data.name
+  fast.data.synthetic_train_size = 256
+  fast.data.synthetic_eval_size = 100
   fast.batch_size = 64
   fast.eval_batch_size = 100
   fast.num_epochs = 2

@@ -72,9 +72,9 @@ import jax
 from cifar_jax import experiment, progress, steps, train
 from configs import test
 config = test.get_config()
-config.dataset = 'synthetic'
-config.synthetic_train_size = 4 * config.batch_size
-config.synthetic_eval_size = config.eval_batch_size
+config.data.name = 'synthetic'
+config.data.synthetic_train_size = 4 * config.batch_size
+config.data.synthetic_eval_size = config.eval_batch_size
 config.steps_per_epoch = 0
 exp = experiment.create_experiment(config)
 hlo = exp.train_steps(1).lower(

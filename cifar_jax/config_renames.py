@@ -1,0 +1,81 @@
+"""Config keys that moved into sections, and old run directories upgraded.
+
+Runs saved before the move store their config (in checkpoints and
+config.json) under the old keys; `upgrade` maps such a config to today's
+keys, so those runs resume, evaluate and report as before. Old keys on
+the command line get one line naming the new key.
+"""
+
+import copy
+from typing import Any
+
+# Old key -> new key (dotted paths).
+RENAMED = {
+    'dataset': 'data.name',
+    'data_dir': 'data.dir',
+    'cache_dir': 'data.cache_dir',
+    'train_split': 'data.train_split',
+    'eval_split': 'data.eval_split',
+    'synthetic_train_size': 'data.synthetic_train_size',
+    'synthetic_eval_size': 'data.synthetic_eval_size',
+    'compute_dtype': 'model.compute_dtype',
+    'model.conv_max_norm': 'optimizer.conv_max_norm',
+    'model.hidden_max_norm': 'optimizer.hidden_max_norm',
+}
+# Keys an old config lacks, with the value that computes what it computed:
+# the pooling was chosen by the platform, and FastNet had no MaxNorm.
+ADDED = {
+    'model.pooling': 'auto',
+    'optimizer.conv_max_norm': 0.0,
+    'optimizer.hidden_max_norm': 0.0,
+}
+
+
+def _pop(tree: dict, path: str) -> tuple[bool, Any]:
+  *parents, leaf = path.split('.')
+  for key in parents:
+    tree = tree.get(key)
+    if not isinstance(tree, dict):
+      return False, None
+  if leaf not in tree:
+    return False, None
+  return True, tree.pop(leaf)
+
+
+def _set(tree: dict, path: str, value: Any, overwrite: bool = True) -> None:
+  *parents, leaf = path.split('.')
+  for key in parents:
+    tree = tree.setdefault(key, {})
+  if overwrite or leaf not in tree:
+    tree[leaf] = value
+
+
+def is_old(config: dict) -> bool:
+  """Whether `config` (a nested dict) has any key from before the move."""
+  return any(_pop(copy.deepcopy(config), old)[0] for old in RENAMED)
+
+
+def upgrade(config: dict) -> dict:
+  """A copy of a saved config (nested dicts) with today's keys."""
+  if not is_old(config):
+    return config
+  config = copy.deepcopy(config)
+  for old, new in RENAMED.items():
+    found, value = _pop(config, old)
+    if found:
+      _set(config, new, value)
+  for key, value in ADDED.items():
+    _set(config, key, value, overwrite=False)
+  return config
+
+
+def renamed_flag(argv: list[str]) -> str | None:
+  """One line for the first `--config.<old key>` in argv, or None."""
+  for arg in argv:
+    key = arg.removeprefix('--config.').split('=', 1)[0]
+    if arg.startswith('--config.') and key in RENAMED:
+      return (
+          f'--config.{key} is now --config.{RENAMED[key]} (config keys '
+          'moved into sections; README, "Config keys").'
+      )
+  return None

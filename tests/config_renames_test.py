@@ -1,0 +1,44 @@
+"""Configs saved before the keys moved into sections still resume and load."""
+
+import json
+import pathlib
+
+import pytest
+
+from cifar_jax import cli
+from cifar_jax import config_renames
+from cifar_jax import resume
+from conftest import get_config
+
+# Every shipped config as the code before the move saved it (config.json).
+BEFORE = json.loads(
+    (
+        pathlib.Path(__file__).parent / 'data' / 'configs_before_sections.json'
+    ).read_text()
+)
+
+
+@pytest.mark.parametrize('name', sorted(BEFORE))
+def test_an_old_saved_config_upgrades_to_exactly_todays(name):
+  old = BEFORE[name]
+  assert config_renames.is_old(old)
+  now = resume.config_json(get_config(name))
+  assert config_renames.upgrade(old) == now
+  assert resume.config_differences(config_renames.upgrade(old), now) == []
+
+
+def test_todays_config_is_left_as_it_is():
+  now = resume.config_json(get_config('simple'))
+  assert not config_renames.is_old(now)
+  assert config_renames.upgrade(now) is now
+
+
+def test_an_old_key_on_the_command_line_gets_one_line_naming_the_new(capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.parse_flags(
+        ['main', '--config=configs/test.py', '--config.dataset=synthetic']
+    )
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip()
+  assert err.startswith('error: --config.dataset is now --config.data.name')
+  assert len(err.splitlines()) == 1
