@@ -2,7 +2,7 @@
 
     pip install -e '.[bench]'
     JAX_PLATFORMS=cpu python benchmarks/cpu_vs_keras.py \
-        [--rungs simple large bn_aug_sgd] [--steps 200] [--repeats 3] \
+        [--rungs simple,large,bn_aug_sgd] [--steps 200] [--repeats 3] \
         [--json out.json] [--config.model.compute_dtype=bfloat16 ...]
 
 For each rung, on synthetic data (`--steps` batches of the rung's batch size,
@@ -21,7 +21,6 @@ is cifar_jax / Keras, > 1 = cifar_jax is faster. `--config.*` overrides apply
 to every rung's cifar_jax config (e.g. to compare compute dtypes).
 """
 
-import argparse
 import importlib.util
 import io
 import json
@@ -35,22 +34,42 @@ from collections.abc import Callable
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
 
-import jax  # pylint: disable=g-import-not-at-top
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import jax
 import ml_collections
 import numpy as np
 
+from cifar_jax import cli
 from cifar_jax import compile_ahead
 from cifar_jax import experiment
-from cifar_jax import ladder
 from cifar_jax import progress
 from cifar_jax import reporting
 from cifar_jax import steps
 from cifar_jax import train
 from cifar_jax.errors import UserError
 
+RUNGS = flags.DEFINE_list(
+    'rungs', ['simple', 'large', 'bn_aug_sgd'], 'Rungs to compare.'
+)
+STEPS = flags.DEFINE_integer(
+    'steps', 200, 'Batches per timed pass.', lower_bound=1
+)
+REPEATS = flags.DEFINE_integer(
+    'repeats', 3, 'Timed passes per side.', lower_bound=1
+)
+SKIP_KERAS = flags.DEFINE_bool(
+    'skip_keras', False, 'Only cifar_jax (no Keras needed).'
+)
+JSON = flags.DEFINE_string('json', None, 'Also write the results here.')
+WORKER = flags.DEFINE_enum(
+    'worker', None, ['cifar_jax', 'keras'], 'Internal: run one side.'
+)
+OVERRIDES = cli.define_config_overrides()
+
 
 def rung_config(
-    name: str, num_steps: int, overrides: list[str]
+    name: str, num_steps: int, overrides: dict[str, object]
 ) -> ml_collections.ConfigDict:
   """The rung's config on `num_steps` batches of synthetic data."""
   config = __import__(f'configs.{name}', fromlist=['get_config']).get_config()
@@ -58,8 +77,7 @@ def rung_config(
   config.data.synthetic_train_size = num_steps * config.batch_size
   config.data.synthetic_eval_size = config.eval_batch_size
   config.steps_per_epoch = 0
-  for item in overrides:  # The ladder's parser: typed, unknown keys refused.
-    ladder.apply_override(config, *item.removeprefix('--config.').split('=', 1))
+  cli.apply_overrides(config, overrides)
   return config
 
 
@@ -195,7 +213,9 @@ def keras_pass(config: ml_collections.ConfigDict) -> Callable[[], float]:
   return one_pass
 
 
-def worker(side: str, rung: str, num_steps: int, overrides: list[str]) -> None:
+def worker(
+    side: str, rung: str, num_steps: int, overrides: dict[str, object]
+) -> None:
   """One side in its own process: builds, warms up, then times on request.
 
   Protocol on stdin/stdout: prints `ready <json>` after the warm-up pass;
@@ -237,7 +257,7 @@ class _Worker:
             rung,
             '--steps',
             str(num_steps),
-            *overrides,
+            *[f'--config.{k}={v}' for k, v in overrides.items()],
         ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -267,40 +287,20 @@ class _Worker:
     self.proc.wait(timeout=60)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument(
-      '--rungs', nargs='+', default=['simple', 'large', 'bn_aug_sgd']
-  )
-  parser.add_argument(
-      '--steps', type=int, default=200, help='batches per timed pass'
-  )
-  parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument(
-      '--skip_keras',
-      action='store_true',
-      help='only cifar_jax (no Keras needed)',
-  )
-  parser.add_argument('--json', help='also write the results here')
-  parser.add_argument(
-      '--worker', choices=['cifar_jax', 'keras'], help=argparse.SUPPRESS
-  )
-  args, overrides = parser.parse_known_args()
-  bad = [o for o in overrides if not o.startswith('--config.') or '=' not in o]
-  if bad:
-    parser.error(
-        f'unknown arguments {bad}; overrides look like '
-        '--config.model.compute_dtype=bfloat16'
-    )
-  if args.worker:
-    return worker(args.worker, args.rungs[0], args.steps, overrides)
-  try:  # Bad rungs or overrides: one line here, not a worker's traceback.
-    for name in args.rungs:
-      rung_config(name, args.steps, overrides)
-  except (UserError, ModuleNotFoundError) as e:
-    parser.error(str(e))
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  overrides = cli.override_values()
+  if WORKER.value:
+    return worker(WORKER.value, RUNGS.value[0], STEPS.value, overrides)
+  with cli.exit_on_errors():  # Bad rungs or overrides: one line, here.
+    for name in RUNGS.value:
+      try:
+        rung_config(name, STEPS.value, overrides)
+      except ModuleNotFoundError as e:
+        raise UserError(f'Unknown rung {name!r}.') from e
   sides = ['cifar_jax']
-  if not args.skip_keras:
+  if not SKIP_KERAS.value:
     if importlib.util.find_spec('keras') is None or (
         importlib.util.find_spec('tensorflow') is None
     ):
@@ -311,20 +311,20 @@ def main():
     sides.append('keras')
   machine = reporting.machine_description()
   print(
-      f'{machine}; {args.steps} batches per pass, median of '
-      f'{args.repeats} passes after one warm-up, each side in its own '
+      f'{machine}; {STEPS.value} batches per pass, median of '
+      f'{REPEATS.value} passes after one warm-up, each side in its own '
       f'process; overrides {overrides or "none"}',
       flush=True,
   )
   results, about = [], {}
-  for name in args.rungs:
+  for name in RUNGS.value:
     workers = {}
     try:
       for side in sides:  # One at a time: warm-ups do not overlap.
-        workers[side] = _Worker(side, name, args.steps, overrides)
+        workers[side] = _Worker(side, name, STEPS.value, overrides)
         about[side] = workers[side].info['about']
       seconds = {side: [] for side in sides}
-      for _ in range(args.repeats):  # Interleaved: both see the same load.
+      for _ in range(REPEATS.value):  # Interleaved: both see the same load.
         for side in sides:
           time.sleep(1)  # Lets the other side's thread pools go idle.
           seconds[side].append(workers[side].time_pass())
@@ -332,7 +332,7 @@ def main():
       for w in workers.values():
         w.close()
     batch_size = workers['cifar_jax'].info['batch_size']
-    images = args.steps * batch_size
+    images = STEPS.value * batch_size
     rates = {side: images / statistics.median(s) for side, s in seconds.items()}
     row = dict(
         rung=name,
@@ -354,14 +354,14 @@ def main():
     print(line, flush=True)
     results.append(row)
   print('; '.join(about.values()))
-  if args.json:
-    with open(args.json, 'w') as f:
+  if JSON.value:
+    with open(JSON.value, 'w') as f:
       json.dump(
           dict(
               machine=machine,
               versions=about,
-              steps=args.steps,
-              repeats=args.repeats,
+              steps=STEPS.value,
+              repeats=REPEATS.value,
               overrides=overrides,
               results=results,
           ),
@@ -371,4 +371,4 @@ def main():
 
 
 if __name__ == '__main__':
-  sys.exit(main())
+  app.run(main, flags_parser=cli.parse_flags)

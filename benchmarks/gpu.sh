@@ -31,7 +31,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
   fast94=(--runs 2 --config.num_epochs=1 --config.batch_size=512 "${small[@]}")
   fast96=(--runs 1 --warmup_runs 0 --config.num_epochs=1
           --config.batch_size=512 "${small[@]}")
-  ladder=(--configs simple,deep_adam,deep_adam_aug --epochs-scale 0.01
+  ladder=(--configs simple,deep_adam,deep_adam_aug --epochs_scale 0.01
           --config.steps_per_epoch=3 "${small[@]}")
 else
   fast94=(--runs 25)

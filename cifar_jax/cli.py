@@ -1,12 +1,14 @@
 """Shared pieces of the command-line tools (main, show_augment, ...)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 import contextlib
+import importlib
 import logging as std_logging
 import os
 import signal
 import sys
 import threading
+from typing import Any
 
 from absl import flags
 from absl import logging
@@ -41,6 +43,45 @@ def define_config() -> flags.FlagHolder:
           lock_config=True,
       ),
   )
+
+
+def define_config_overrides() -> flags.FlagHolder:
+  """--config.key=value overrides of configs/default.py's keys, no file.
+
+  For tools that build several configs (the ladder's rungs, a benchmark's)
+  and apply the same overrides to each (`apply_overrides`).
+  """
+  default = importlib.import_module('configs.default').get_config()
+  return _flag(
+      'config',
+      lambda: config_flags.DEFINE_config_dict(
+          'config',
+          default,
+          'Overrides for every config: --config.key=value.',
+          lock_config=True,
+      ),
+  )
+
+
+def override_values() -> dict[str, Any]:
+  """The --config.key=value overrides given, typed: {'a.b': value}."""
+  return dict(config_flags.get_override_values(flags.FLAGS['config']))
+
+
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
+) -> None:
+  """Sets each dotted key of `overrides` in `config`; unknown keys refused."""
+  for key, value in overrides.items():
+    *parents, leaf = key.split('.')
+    node = config
+    for name in parents:
+      node = node.get(name)
+      if not isinstance(node, ml_collections.ConfigDict):
+        break
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+      raise UserError(f'--config.{key}: this config has no key {key!r}.')
+    node[leaf] = value
 
 
 def define_workdir(help_text: str) -> flags.FlagHolder:

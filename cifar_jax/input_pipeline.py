@@ -78,7 +78,7 @@ def load_split(config: ml_collections.ConfigDict, split: str) -> Dataset:
   if config.name == 'synthetic':
     full = synthetic(base, config)
   elif config.name == 'image_folder':
-    train_base = config.data.train_split.split('[')[0]
+    train_base = config.train_split.split('[')[0]
     full = _cached(
         config,
         base,
@@ -105,7 +105,7 @@ def _cached(
     split: str,
     load: Callable[[str, str | None], Dataset],
 ) -> Dataset:
-  """`load(split, data_dir)`, through a .npz cache in `config.data.cache_dir`.
+  """`load(split, data_dir)`, through a .npz cache in `config.cache_dir`.
 
   The key covers the data set, the resolved data_dir, the training split
   (whose folders name the classes) and a fingerprint of every file that
@@ -117,11 +117,11 @@ def _cached(
   data_dir = (
       os.path.abspath(os.path.expanduser(config.dir)) if (config.dir) else None
   )
-  if not config.data.cache_dir:
+  if not config.cache_dir:
     return load(split, data_dir)
   if config.name == 'image_folder':
     _check_folder(data_dir)
-    train_split = config.data.train_split.split('[')[0]
+    train_split = config.train_split.split('[')[0]
     watched = (
         [data_dir]
         if os.path.isfile(data_dir)
@@ -145,7 +145,7 @@ def _cached(
   )
   digest = hashlib.sha256(key.encode()).hexdigest()[:16]
   name = f'{config.name}-{split}-{digest}.npz'
-  path = os.path.join(os.path.expanduser(config.data.cache_dir), name)
+  path = os.path.join(os.path.expanduser(config.cache_dir), name)
   if os.path.exists(path):
     try:
       with np.load(path) as f:
@@ -204,8 +204,8 @@ def synthetic(split: str, config: ml_collections.ConfigDict) -> Dataset:
   eval share them; the examples of each split are drawn independently.
   """
   sizes = {
-      'train': config.data.synthetic_train_size,
-      'test': config.data.synthetic_eval_size,
+      'train': config.synthetic_train_size,
+      'test': config.synthetic_eval_size,
   }
   if split not in sizes:
     raise UserError(

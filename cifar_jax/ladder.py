@@ -1,6 +1,6 @@
 """Runs the seed's ladder, rung by rung, and writes the comparison report.
 
-  python -m cifar_jax.ladder [--configs simple,large,...] [--epochs-scale 0.04]
+  python -m cifar_jax.ladder [--configs simple,large,...] [--epochs_scale 0.04]
       [--root ckpt/ladder] [--parallel N] [--config.key=value ...]
 
 Each rung trains in its own run directory `<root>/<rung>/` (so a ladder that
@@ -10,7 +10,7 @@ then `<root>/REPORT.md` compares every rung with the seed notebook's record
 the mean |difference| of test accuracy over the epochs both printed, whether
 the final is within 1.5 points, the epoch-by-epoch comparison, and the
 curves with the seed's drawn beside ours; with parameters, seconds per
-epoch, total time, machine and data. `--epochs-scale F` trains
+epoch, total time, machine and data. `--epochs_scale F` trains
 max(1, round(F * epochs)) epochs per rung, for short runs on a CPU.
 `--config.key=value` overrides apply to every rung (e.g. the data options).
 As in the seed, deep_adam_aug starts from the trained deep_adam when both
@@ -24,8 +24,7 @@ each process gets 0.9/N of the GPU memory (XLA_PYTHON_CLIENT_MEM_FRACTION).
 On a CPU, keep the default of 1.
 """
 
-import argparse
-import ast
+from collections.abc import Mapping
 import datetime
 import importlib
 import json
@@ -35,7 +34,10 @@ import subprocess
 import sys
 import threading
 import time
+from typing import Any
 
+from absl import app
+from absl import flags
 import jax
 import ml_collections
 import numpy as np
@@ -52,42 +54,13 @@ from cifar_jax.errors import UserError
 RUNGS = seed_notebook.rungs()
 
 
-def apply_override(
-    config: ml_collections.ConfigDict, key: str, raw: str
-) -> None:
-  """Sets `config.<key>` from the command-line text `raw`, keeping its type."""
-  *parents, leaf = key.split('.')
-  node = config
-  for name in parents:
-    if name not in node:
-      raise UserError(f'Unknown config key {key!r}.')
-    node = node[name]
-  if leaf not in node:
-    raise UserError(f'Unknown config key {key!r}.')
-  kind = node.get_type(leaf)
-  try:
-    if kind is bool:
-      if raw.lower() not in ('true', 'false', '1', '0'):
-        raise ValueError(raw)
-      value = raw.lower() in ('true', '1')
-    elif kind is str:
-      value = raw
-    else:
-      value = kind(ast.literal_eval(raw))
-    node[leaf] = value
-  except (ValueError, TypeError, SyntaxError) as e:
-    raise UserError(
-        f'--config.{key}={raw}: expected type {kind.__name__}.'
-    ) from e
-
-
 def rung_config(
-    name: str, epochs_scale: float, overrides: list[tuple[str, str]]
+    name: str, epochs_scale: float, overrides: Mapping[str, Any]
 ) -> ml_collections.ConfigDict:
+  """The rung's config, its epochs scaled, with the ladder's overrides."""
   config = importlib.import_module(f'configs.{name}').get_config()
   config.num_epochs = max(1, round(config.num_epochs * epochs_scale))
-  for key, raw in overrides:
-    apply_override(config, key, raw)
+  cli.apply_overrides(config, overrides)
   return config
 
 
@@ -246,7 +219,7 @@ def write_report(
 def _rung_configs(
     names: list[str],
     epochs_scale: float,
-    overrides: list[tuple[str, str]],
+    overrides: Mapping[str, Any],
     root: str,
 ) -> dict[str, ml_collections.ConfigDict]:
   unknown = [n for n in names if n not in RUNGS]
@@ -265,7 +238,7 @@ def _rung_configs(
 def run_ladder(
     names: list[str],
     epochs_scale: float,
-    overrides: list[tuple[str, str]],
+    overrides: Mapping[str, Any],
     root: str,
     command: str,
     out=sys.stdout,
@@ -413,7 +386,7 @@ class _RungProcesses:
         '--workdir',
         workdir,
         f'--config.num_epochs={config.num_epochs}',
-        *[f'--config.{k}={v}' for k, v in self.overrides],
+        *[f'--config.{k}={v}' for k, v in self.overrides.items()],
     ]
     if name in self.waits_for and config.init_from:
       args.append(f'--config.init_from={config.init_from}')
@@ -428,51 +401,39 @@ class _RungProcesses:
     self._print(f'{name}: {config.num_epochs} epochs, started')
 
 
-def parse_args(argv: list[str]):
-  parser = argparse.ArgumentParser(
-      prog='python -m cifar_jax.ladder', description=__doc__.split('\n')[0]
-  )
-  parser.add_argument(
-      '--configs',
-      default=','.join(RUNGS),
-      help='comma-separated rungs, in order',
-  )
-  parser.add_argument('--epochs-scale', type=float, default=1.0)
-  parser.add_argument('--root', default=os.path.join('ckpt', 'ladder'))
-  parser.add_argument(
-      '--parallel',
-      type=int,
-      default=1,
-      help='rungs trained at once, each in its own process',
-  )
-  args, rest = parser.parse_known_args(argv)
-  overrides = []
-  for arg in rest:
-    if not arg.startswith('--config.') or '=' not in arg:
-      parser.error(
-          f'unrecognised argument {arg!r} (overrides are ' '--config.key=value)'
-      )
-    key, raw = arg[len('--config.') :].split('=', 1)
-    overrides.append((key, raw))
-  if args.epochs_scale <= 0:
-    parser.error('--epochs-scale must be positive')
-  if args.parallel < 1:
-    parser.error('--parallel must be at least 1')
-  return args, overrides
+CONFIGS = flags.DEFINE_list('configs', list(RUNGS), 'Rungs to train, in order.')
+EPOCHS_SCALE = flags.DEFINE_float(
+    'epochs_scale',
+    1.0,
+    'Train max(1, round(F * epochs)) epochs per rung.',
+    lower_bound=1e-9,
+)
+ROOT = flags.DEFINE_string(
+    'root', os.path.join('ckpt', 'ladder'), 'Holds <rung>/ and REPORT.md.'
+)
+PARALLEL = flags.DEFINE_integer(
+    'parallel',
+    1,
+    'Rungs trained at once, each in its own process.',
+    lower_bound=1,
+)
+# Every rung's keys are configs/default.py's: its overrides apply to all.
+OVERRIDES = cli.define_config_overrides()
 
 
 def main(argv: list[str]) -> None:
-  args, overrides = parse_args(argv)
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   with cli.exit_on_errors():
     run_ladder(
-        [n.strip() for n in args.configs.split(',') if n.strip()],
-        args.epochs_scale,
-        overrides,
-        args.root,
-        'python -m cifar_jax.ladder ' + ' '.join(argv),
-        parallel=args.parallel,
+        [n.strip() for n in CONFIGS.value if n.strip()],
+        EPOCHS_SCALE.value,
+        cli.override_values(),
+        ROOT.value,
+        'python -m cifar_jax.ladder ' + ' '.join(sys.argv[1:]),
+        parallel=PARALLEL.value,
     )
 
 
 if __name__ == '__main__':
-  main(sys.argv[1:])
+  app.run(main, flags_parser=cli.parse_flags)

@@ -12,15 +12,14 @@ import pytest
 
 from cifar_jax import ladder
 from cifar_jax.errors import UserError
-from conftest import get_config
 from conftest import REPO
 
-SMALL = [
-    ('data.name', 'synthetic'),
-    ('data.synthetic_train_size', '256'),
-    ('data.synthetic_eval_size', '100'),
-    ('steps_per_epoch', '2'),
-]
+SMALL = {
+    'data.name': 'synthetic',
+    'data.synthetic_train_size': 256,
+    'data.synthetic_eval_size': 100,
+    'steps_per_epoch': 2,
+}
 
 
 def test_two_rungs_run_and_the_report_holds_both(tmp_path):
@@ -100,7 +99,7 @@ def test_a_failing_rung_fails_the_ladder_and_skips_its_dependent(tmp_path):
     ladder.run_ladder(
         ['deep_adam', 'deep_adam_aug'],
         0.02,
-        SMALL + [('optimizer.learning_rate', '1e9')],
+        {**SMALL, 'optimizer.learning_rate': 1e9},
         str(tmp_path),
         'test',
         out=out,
@@ -110,23 +109,42 @@ def test_a_failing_rung_fails_the_ladder_and_skips_its_dependent(tmp_path):
   assert '=== deep_adam_aug skipped: deep_adam failed' in out.getvalue()
 
 
-def test_overrides_keep_types_and_refuse_unknown_keys():
-  config = get_config('simple')
-  ladder.apply_override(config, 'num_epochs', '3')
-  ladder.apply_override(config, 'model.hidden_features', '(64, 32)')
-  ladder.apply_override(config, 'augment.horizontal_flip', 'true')
-  ladder.apply_override(config, 'data.dir', '/data')
-  assert config.num_epochs == 3 and config.model.hidden_features == (64, 32)
-  assert config.augment.horizontal_flip is True and config.data.dir == '/data'
-  with pytest.raises(UserError, match='Unknown config key'):
-    ladder.apply_override(config, 'num_epoch', '3')
-  with pytest.raises(UserError, match='expected type int'):
-    ladder.apply_override(config, 'num_epochs', 'many')
+def test_overrides_apply_to_every_rung_and_unknown_keys_are_refused():
+  overrides = {
+      'num_epochs': 3,
+      'data.dir': '/data',
+      'model.hidden_features': (64, 32),
+  }
+  for name in ('simple', 'bn_aug_sgd'):
+    config = ladder.rung_config(name, 1.0, overrides)
+    assert config.num_epochs == 3 and config.data.dir == '/data'
+    assert config.model.hidden_features == (64, 32)
+  with pytest.raises(UserError, match="no key 'num_epoch'"):
+    ladder.rung_config('simple', 1.0, {'num_epoch': 3})
+  with pytest.raises(UserError, match="no key 'model.nope.x'"):
+    ladder.rung_config('simple', 1.0, {'model.nope.x': 3})
+
+
+def test_the_ladders_overrides_are_typed_by_the_flag_parser_and_bad_ones_refused():
+  base = [sys.executable, '-m', 'cifar_jax.ladder', '--configs', 'huge']
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  bad_type = subprocess.run(
+      base + ['--config.num_epochs=many'], cwd=REPO, env=env,
+      capture_output=True, text=True, timeout=120,
+  )  # fmt: skip
+  assert bad_type.returncode == 2
+  assert bad_type.stderr.startswith('error: flag --config.num_epochs=many')
+  typed = subprocess.run(
+      base + ['--config.num_epochs=3'], cwd=REPO, env=env,
+      capture_output=True, text=True, timeout=120,
+  )  # fmt: skip
+  assert typed.returncode == 1 and 'Traceback' not in typed.stderr
+  assert typed.stderr.strip().startswith("error: Unknown rungs ['huge']")
 
 
 def test_unknown_rungs_are_refused(tmp_path):
   with pytest.raises(UserError, match='Unknown rungs'):
-    ladder.run_ladder(['simple', 'huge'], 1.0, [], str(tmp_path), 'test')
+    ladder.run_ladder(['simple', 'huge'], 1.0, {}, str(tmp_path), 'test')
 
 
 def test_sigterm_to_a_parallel_ladder_checkpoints_its_rungs_and_resumes(
@@ -141,11 +159,11 @@ def test_sigterm_to_a_parallel_ladder_checkpoints_its_rungs_and_resumes(
       'simple,bn_aug_sgd',
       '--parallel',
       '2',
-      '--epochs-scale',
+      '--epochs_scale',
       '0.2',
       '--root',
       str(root),
-  ] + [f'--config.{k}={v}' for k, v in SMALL]
+  ] + [f'--config.{k}={v}' for k, v in SMALL.items()]
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   proc = subprocess.Popen(
       args,
