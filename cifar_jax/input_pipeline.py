@@ -5,7 +5,7 @@ uint8 numpy arrays and kept in memory; training draws batches from them by
 index. TensorFlow is imported only for TFDS data sets
 (`tensorflow_cpu`, hidden from any GPU).
 
-Decoded splits are cached on disk (`cache_dir`), so the second start does not
+Decoded splits are cached on disk (`data.cache_dir`), so the second start does not
 decode 60,000 JPEGs again. The batch order is drawn on the device and is a
 pure function of (seed, step) (`TrainOrder`), so a run can be resumed at any
 step and gets the same data it would have seen.
