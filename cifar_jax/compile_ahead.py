@@ -10,7 +10,7 @@ import time
 
 import jax
 
-from cifar_jax import input_pipeline
+from cifar_jax import batching
 from cifar_jax import steps
 from cifar_jax.experiment import Experiment
 
@@ -54,7 +54,7 @@ def compile_ahead(exp: Experiment, stops: list[int], start: int = 0) -> float:
         state, metrics, exp.train, order, 0, exp.keys
     ).compile()
   batch = next(
-      input_pipeline.eval_batches(len(exp.eval[1]), exp.config.eval_batch_size)
+      batching.eval_batches(len(exp.eval[1]), exp.config.eval_batch_size)
   )
   exp.eval_step.lower(
       state, metrics, exp.eval, jax.device_put(batch, exp.shardings.batch)

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from cifar_jax import augment
+from cifar_jax import batching
 from cifar_jax import config_checks
 from cifar_jax import images as images_lib
 from cifar_jax import initializers
@@ -46,7 +47,7 @@ class Experiment:
   eval_step: Any  # Jitted steps.eval_step.
   # Of the seed:
   state: steps.TrainState
-  order: input_pipeline.TrainOrder
+  order: batching.TrainOrder
   keys: steps.Keys
 
   @property
@@ -77,14 +78,7 @@ def create_experiment(
   except (TypeError, ValueError) as e:
     raise UserError(f'Bad config: {e}') from e
 
-  train_ds = input_pipeline.load_split(config.data, config.data.train_split)
-  eval_ds = input_pipeline.load_split(config.data, config.data.eval_split)
-  if len(train_ds.class_names) > config.model.num_classes:
-    raise UserError(
-        f'The data has {len(train_ds.class_names)} classes but '
-        f'model.num_classes={config.model.num_classes}; set '
-        f'--config.model.num_classes={len(train_ds.class_names)}.'
-    )
+  train_ds, eval_ds = _load_data(config)
   steps_per_epoch = config.steps_per_epoch or -(
       -len(train_ds) // config.batch_size
   )
@@ -94,10 +88,6 @@ def create_experiment(
       ((train_ds.images, train_ds.labels), (eval_ds.images, eval_ds.labels)),
       shardings.replicated,
   )
-  # The steps hold the convolutions: compiled with the CPU's options.
-  jit = functools.partial(
-      jax.jit, compiler_options=xla_cpu.compiler_options(shardings.platform)
-  )
   options = steps.StepOptions(
       batch_size=config.batch_size,
       batches_per_pass=-(-len(train_ds) // config.batch_size),
@@ -105,13 +95,8 @@ def create_experiment(
       label_smoothing=config.label_smoothing,
       batch_sharding=shardings.batch,
   )
-  replicated = shardings.replicated
-  init_state = steps.state_initializer(
-      model,
-      config.optimizer,
-      replicated,
-      config.num_epochs * steps_per_epoch,
-      steps_per_epoch,
+  train_steps, eval_step = _programs(
+      config, shardings, options, len(train_ds.class_names)
   )
   return _seeded(
       config.seed,
@@ -127,26 +112,63 @@ def create_experiment(
       ),
       init_params=init_params,
       init_seconds=init_seconds,
-      init_state=init_state,
-      train_steps=functools.cache(
-          lambda n: jit(
-              functools.partial(
-                  steps.train_steps, num_steps=n, options=options
-              ),
-              donate_argnums=(0, 1),
-              out_shardings=(replicated, replicated),
-          )
+      init_state=steps.state_initializer(
+          model,
+          config.optimizer,
+          shardings.replicated,
+          config.num_epochs * steps_per_epoch,
+          steps_per_epoch,
       ),
-      eval_step=jit(
-          functools.partial(
-              steps.eval_step,
-              tta=config.eval_tta,
-              num_classes=len(train_ds.class_names),
-          ),
-          donate_argnums=(1,),
-          out_shardings=replicated,
-      ),
+      train_steps=train_steps,
+      eval_step=eval_step,
   )
+
+
+def _load_data(
+    config: ml_collections.ConfigDict,
+) -> tuple[input_pipeline.Dataset, input_pipeline.Dataset]:
+  """The train and eval splits, checked against the model's outputs."""
+  train_ds = input_pipeline.load_split(config.data, config.data.train_split)
+  eval_ds = input_pipeline.load_split(config.data, config.data.eval_split)
+  if len(train_ds.class_names) > config.model.num_classes:
+    raise UserError(
+        f'The data has {len(train_ds.class_names)} classes but '
+        f'model.num_classes={config.model.num_classes}; set '
+        f'--config.model.num_classes={len(train_ds.class_names)}.'
+    )
+  return train_ds, eval_ds
+
+
+def _programs(
+    config: ml_collections.ConfigDict,
+    shardings: mesh_lib.Shardings,
+    options: steps.StepOptions,
+    num_classes: int,
+) -> tuple[Callable[[int], Any], Any]:
+  """The jitted train steps (one program per scan length) and eval step.
+
+  They hold the convolutions, so they are compiled with the CPU's options;
+  the state and metrics they are handed are donated.
+  """
+  jit = functools.partial(
+      jax.jit, compiler_options=xla_cpu.compiler_options(shardings.platform)
+  )
+  replicated = shardings.replicated
+  train_steps = functools.cache(
+      lambda n: jit(
+          functools.partial(steps.train_steps, num_steps=n, options=options),
+          donate_argnums=(0, 1),
+          out_shardings=(replicated, replicated),
+      )
+  )
+  eval_step = jit(
+      functools.partial(
+          steps.eval_step, tta=config.eval_tta, num_classes=num_classes
+      ),
+      donate_argnums=(1,),
+      out_shardings=replicated,
+  )
+  return train_steps, eval_step
 
 
 def with_seed(exp: Experiment, seed: int) -> Experiment:
@@ -170,7 +192,7 @@ def _seeded(seed: int, **fixed: Any) -> Experiment:
   return Experiment(
       **fixed,
       state=fixed['init_state'](init_key, fixed['init_params']),
-      order=input_pipeline.TrainOrder(
+      order=batching.TrainOrder(
           len(fixed['train'][1]),
           fixed['config'].batch_size,
           order_key,

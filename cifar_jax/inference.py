@@ -14,9 +14,9 @@ import ml_collections
 import numpy as np
 
 from cifar_jax import augment
-from cifar_jax import images as images_lib
 from cifar_jax import checkpointing
 from cifar_jax import config_renames
+from cifar_jax import images as images_lib
 from cifar_jax import input_pipeline
 from cifar_jax import models
 from cifar_jax import reporting

@@ -1,4 +1,4 @@
-"""Loads CIFAR-10 (TFDS, an image folder, or synthetic) and orders batches.
+"""Loads CIFAR-10 (TFDS, an image folder, or synthetic) into memory.
 
 CIFAR-10 is small (150 MB as uint8), so each split is decoded once into
 uint8 numpy arrays and kept in memory; training draws batches from them by
@@ -6,13 +6,11 @@ index. TensorFlow is imported only for TFDS data sets
 (`tensorflow_cpu`, hidden from any GPU).
 
 Decoded splits are cached on disk (`data.cache_dir`), so the second start does not
-decode 60,000 JPEGs again. The batch order is drawn on the device and is a
-pure function of (seed, step) (`TrainOrder`), so a run can be resumed at any
-step and gets the same data it would have seen.
+decode 60,000 JPEGs again. Batches are drawn from the arrays by
+`batching`.
 """
 
 from collections.abc import Callable
-import concurrent.futures
 import dataclasses
 import functools
 import hashlib
@@ -23,15 +21,12 @@ import socket
 import time
 import urllib.parse
 import zipfile
-import zlib
 
 from absl import logging
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cifar_jax import images as images_lib
+from cifar_jax import image_folder
 from cifar_jax import tensorflow_cpu
 from cifar_jax.errors import UserError
 
@@ -47,8 +42,6 @@ CIFAR10_CLASSES = (
     'ship',
     'truck',
 )
-# Shuffles an image folder's sorted files once, so its order is fixed.
-FOLDER_ORDER_SEED = 0
 # Part of the cache key: bump when decoding or ordering changes.
 CACHE_FORMAT = 3
 
@@ -120,7 +113,7 @@ def _cached(
   if not config.cache_dir:
     return load(split, data_dir)
   if config.name == 'image_folder':
-    _check_folder(data_dir)
+    image_folder.check_root(data_dir)
     train_split = config.train_split.split('[')[0]
     watched = (
         [data_dir]
@@ -170,6 +163,12 @@ def _cached(
   except OSError as e:
     logging.warning('Could not cache decoded data in %s: %s', path, e)
   return ds
+
+
+def _load_image_folder(
+    split: str, root: str | None, train_split: str
+) -> Dataset:
+  return Dataset(*image_folder.load(split, root, train_split, CIFAR10_CLASSES))
 
 
 def _fingerprint(root: str) -> str:
@@ -278,119 +277,7 @@ def _check_can_download(builder, timeout: float = 5.0) -> None:
     ) from e
 
 
-# ---------------------------------------------------------------- folders
-
-
-def _check_folder(root: str | None) -> None:
-  if not root:
-    raise UserError(
-        'data.name=image_folder needs --config.data.dir=<root>, '
-        'the folder (or .zip) that holds <split>/<class>/*.jpg.'
-    )
-  if root.lower().endswith('.zip'):
-    if not zipfile.is_zipfile(root):
-      raise UserError(f'data.dir {root!r} is not a readable zip archive.')
-  elif not os.path.isdir(root):
-    raise UserError(f'data.dir {root!r} is not a directory.')
-
-
-def _image_files(
-    root: str,
-) -> tuple[dict[str, list[str]], Callable[[str], bytes]]:
-  """{split: [member paths of its images]} and a reader of one member.
-
-  `root` is a folder or a zip; in a zip, one top-level folder around the
-  splits (`cifar10-jpeg/train/...`, as the shared copy has) is looked
-  through.
-  """
-  if root.lower().endswith('.zip'):
-    try:
-      archive = zipfile.ZipFile(root)
-    except (OSError, zipfile.BadZipFile) as e:
-      raise UserError(f'Cannot read the zip {root}: {e}') from e
-    names = [n for n in archive.namelist() if not n.endswith('/')]
-    read = archive.read
-  else:
-    names = [
-        os.path.relpath(os.path.join(d, f), root)
-        for d, _, files in os.walk(root)
-        for f in files
-    ]
-    names = [n.replace(os.sep, '/') for n in names]
-
-    def read(name):
-      with open(os.path.join(root, name), 'rb') as f:
-        return f.read()
-
-  images = [n for n in names if images_lib.is_image(n)]
-  parts = [n.split('/') for n in images]
-  if (
-      parts
-      and all(len(p) == 4 for p in parts)
-      and len({p[0] for p in parts}) == 1
-  ):
-    parts = [p[1:] for p in parts]  # <top>/<split>/<class>/<file>.
-  splits = {}
-  for name, p in zip(images, parts):
-    if len(p) == 3:
-      splits.setdefault(p[0], []).append(name)
-  return splits, read
-
-
-def _load_image_folder(
-    split: str, root: str | None, train_split: str
-) -> Dataset:
-  """`<root>/<split>/<class>/*.jpg|png`, root a folder or a .zip of one.
-
-  Decoded with Pillow, so no TensorFlow is needed (GPU images rarely have
-  it). Images of any size or mode become 32x32 RGB. The classes are the
-  class folders of `train_split`, for every split, so a class missing from
-  the test split shifts no label; in CIFAR-10's order when they are
-  CIFAR-10's names. A split with a class the training split lacks is
-  refused. The order of examples is the sorted paths under a fixed shuffle
-  (FOLDER_ORDER_SEED), so slices are stable and not grouped by class.
-  """
-  _check_folder(root)
-  splits, read = _image_files(root)
-  for name in {split, train_split}:
-    if name not in splits:
-      raise UserError(
-          f'No split {name!r} in {root}: it has '
-          f'{sorted(splits) or "no <split>/<class>/ folders"}.'
-      )
-  names = tuple(sorted({f.split('/')[-2] for f in splits[train_split]}))
-  if sorted(names) == sorted(CIFAR10_CLASSES):
-    names = CIFAR10_CLASSES
-  files = sorted(splits[split])
-  unknown = sorted({f.split('/')[-2] for f in files} - set(names))
-  if unknown:
-    raise UserError(
-        f'Split {split!r} of {root} has class folders '
-        f'{unknown} that the training split {train_split!r} '
-        f'lacks; its classes are {list(names)}.'
-    )
-  files = [
-      files[i]
-      for i in np.random.default_rng(FOLDER_ORDER_SEED).permutation(len(files))
-  ]
-  labels = np.array([names.index(f.split('/')[-2]) for f in files], np.int32)
-
-  def decode(name):
-    try:
-      return images_lib.decode(read(name))
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-      raise UserError(f'Cannot read {name} in {root}: {e}') from e
-
-  # Pillow decodes without holding the GIL: threads use every core.
-  with concurrent.futures.ThreadPoolExecutor(
-      min(32, os.cpu_count() or 1)
-  ) as pool:
-    images = (
-        np.stack(list(pool.map(decode, files)))
-        if files
-        else np.empty((0,) + images_lib.SHAPE, np.uint8)
-    )
-  return Dataset(images, labels, names)
+# ---------------------------------------------------------------- slicing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -444,103 +331,3 @@ def _slice_bounds(split: str, sizes: dict[str, int]) -> tuple[int, int]:
   return instruction.from_ or 0, size if instruction.to is None else (
       instruction.to
   )
-
-
-# ---------------------------------------------------------------- batching
-
-
-class TrainOrder:
-  """Which examples make up training batch `step`: a function of (key, step).
-
-  The training stream is a sequence of passes over the data, each a fresh
-  permutation drawn from fold_in(key, pass), cut into ceil(N / B) batches
-  with the last one partial (padded, mask 0), as Keras' `fit` and
-  `fit_generator` drew them. Epochs are windows of `steps_per_epoch` batches
-  over that stream, so an epoch shorter than a pass continues where the
-  previous one stopped (as the seed's generators did), and a resumed run
-  sees exactly the batches it would have seen.
-
-  The permutation is computed on the device(s), once per pass; the train
-  step slices its batch out of it (`batch_at`), so no data crosses from the
-  host during training.
-  """
-
-  def __init__(
-      self,
-      num_examples: int,
-      batch_size: int,
-      key: jax.Array,
-      sharding: jax.sharding.Sharding | None = None,
-  ):
-    self.num_examples = num_examples
-    self.batch_size = batch_size
-    self.batches_per_pass = -(-num_examples // batch_size)
-    permute = _pass_order_fn(
-        num_examples, self.batches_per_pass * batch_size, sharding
-    )
-    self._permute = functools.partial(permute, key)
-    self._cached = (-1, None)
-
-  def locate(self, step: int) -> tuple[int, int]:
-    """(pass, position of the batch within the pass)."""
-    return divmod(step, self.batches_per_pass)
-
-  def pass_order(self, pass_index: int) -> tuple[jax.Array, jax.Array]:
-    """(indices, mask) of a whole pass, padded to whole batches."""
-    if self._cached[0] != pass_index:
-      self._cached = (pass_index, self._permute(pass_index))
-    return self._cached[1]
-
-  def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
-    """(indices, mask) of batch `step`, on the host (for inspection)."""
-    pass_index, position = self.locate(step)
-    order = self.pass_order(pass_index)
-    return tuple(
-        np.asarray(batch_at(a, position, self.batch_size)) for a in order
-    )
-
-
-@functools.cache
-def _pass_order_fn(
-    num_examples: int, length: int, sharding: jax.sharding.Sharding | None
-):
-  """`_pass_order` jitted once per shape, shared by every seed's order."""
-  return jax.jit(
-      functools.partial(_pass_order, num_examples=num_examples, length=length),
-      out_shardings=sharding,
-  )
-
-
-def _pass_order(
-    key: jax.Array, pass_index: jax.Array, *, num_examples: int, length: int
-) -> tuple[jax.Array, jax.Array]:
-  perm = jax.random.permutation(
-      jax.random.fold_in(key, pass_index), num_examples
-  )
-  indices = jnp.zeros(length, jnp.int32).at[:num_examples].set(perm)
-  mask = (jnp.arange(length) < num_examples).astype(jnp.float32)
-  return indices, mask
-
-
-def batch_at(
-    order: jax.Array, position: jax.Array, batch_size: int
-) -> jax.Array:
-  """Batch number `position` of a pass's order (works inside jit)."""
-  return jax.lax.dynamic_slice_in_dim(order, position * batch_size, batch_size)
-
-
-def eval_batches(num_examples: int, batch_size: int):
-  """(indices, mask) covering every example once; the last batch is padded."""
-  for start in range(0, num_examples, batch_size):
-    yield _pad(
-        np.arange(start, min(start + batch_size, num_examples)), batch_size
-    )
-
-
-def _pad(idx: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-  """Pads indices to `size` (with index 0) and returns (indices, mask)."""
-  mask = np.zeros(size, np.float32)
-  mask[: len(idx)] = 1
-  padded = np.zeros(size, np.int64)
-  padded[: len(idx)] = idx
-  return padded, mask

@@ -19,9 +19,9 @@ from absl import logging
 import jax
 import ml_collections
 
-from cifar_jax import tensorflow_cpu
 from cifar_jax import plots
 from cifar_jax import seed_notebook
+from cifar_jax import tensorflow_cpu
 from cifar_jax.errors import UserError
 from cifar_jax.errors import write_failure
 

@@ -17,8 +17,8 @@ import ml_collections
 import numpy as np
 
 from cifar_jax import augment
-from cifar_jax import images as images_lib
 from cifar_jax import cli
+from cifar_jax import images as images_lib
 from cifar_jax import input_pipeline
 from cifar_jax.errors import UserError
 

@@ -2,7 +2,7 @@
 
 Every random choice inside a step is a function of (seed, step): dropout
 and augmentation use `fold_in(key, step)` of keys split once from the seed,
-and the batch is sliced from the pass's order (`input_pipeline.TrainOrder`).
+and the batch is sliced from the pass's order (`batching.TrainOrder`).
 Data and augmentation live on the device: the host only dispatches steps.
 """
 
@@ -19,8 +19,8 @@ import ml_collections
 import optax
 
 from cifar_jax import augment
+from cifar_jax import batching
 from cifar_jax import images as images_lib
-from cifar_jax import input_pipeline
 from cifar_jax import optimizers
 
 
@@ -217,8 +217,7 @@ def train_steps(
 
   def step(carry, i):
     batch = tuple(
-        input_pipeline.batch_at(a, position + i, options.batch_size)
-        for a in order
+        batching.batch_at(a, position + i, options.batch_size) for a in order
     )
     return (
         train_step(*carry, data, batch, keys, options),

@@ -15,11 +15,11 @@ import jax
 import ml_collections
 import numpy as np
 
+from cifar_jax import batching
 from cifar_jax import checkpointing
 from cifar_jax import compile_ahead
 from cifar_jax import config_checks
 from cifar_jax import images as images_lib
-from cifar_jax import input_pipeline
 from cifar_jax import optimizers
 from cifar_jax import preemption
 from cifar_jax import progress
@@ -147,38 +147,51 @@ def _loop(
         if stop % spe:
           save()
       bar.close()
-      train_seconds = time.monotonic() - started
-      row = {
-          'epoch': epoch + 1,
-          **steps.computed(run.epoch_metrics),
-          **{
-              f'val_{k}': v
-              for k, v in evaluate(
-                  exp.eval_step,
-                  run.state,
-                  exp.eval,
-                  config.eval_batch_size,
-                  exp.shardings.batch,
-              ).items()
-          },
-          'seconds': time.monotonic() - started,
-      }
-      run.history.append(row)
-      run.epoch_metrics = steps.empty_metrics(exp.replicated)
-      run.epoch_seconds = 0.0
-      reporter.epoch(
-          run.step,
-          run.history,
-          optimizers.learning_rate(config.optimizer, run.step, total_steps),
-          train_seconds,
-          spe,
-          spe * config.batch_size,
+      _end_epoch(exp, run, reporter, started)
+      save(run.history[-1]['val_accuracy'])
+      print(
+          _epoch_line(run.history[-1], config.num_epochs), file=out, flush=True
       )
-      save(row['val_accuracy'])
-      print(_epoch_line(row, config.num_epochs), file=out, flush=True)
   if run.history:
     accuracy = run.history[-1]['val_accuracy']
     print(f'Accuracy: {accuracy * 100:.2f}%', file=out, flush=True)
+
+
+def _end_epoch(
+    exp: Experiment,
+    run: resume.Start,
+    reporter: reporting.Reporter,
+    started: float,
+) -> None:
+  """Evaluates, appends the epoch's history row, reports, resets metrics."""
+  config, spe = exp.config, exp.steps_per_epoch
+  train_seconds = time.monotonic() - started
+  evaluation = evaluate(
+      exp.eval_step,
+      run.state,
+      exp.eval,
+      config.eval_batch_size,
+      exp.shardings.batch,
+  )
+  run.history.append(
+      {
+          'epoch': run.step // spe,
+          **steps.computed(run.epoch_metrics),
+          **{f'val_{k}': v for k, v in evaluation.items()},
+          'seconds': time.monotonic() - started,
+      }
+  )
+  run.epoch_metrics = steps.empty_metrics(exp.replicated)
+  run.epoch_seconds = 0.0
+  total_steps = config.num_epochs * spe
+  reporter.epoch(
+      run.step,
+      run.history,
+      optimizers.learning_rate(config.optimizer, run.step, total_steps),
+      train_seconds,
+      spe,
+      spe * config.batch_size,
+  )
 
 
 def _stops(spe: int, total_steps: int, every: int) -> list[int]:
@@ -293,7 +306,7 @@ def evaluate(
   else:
     metrics_sharding = batch_sharding
   m = steps.empty_metrics(metrics_sharding)
-  for batch in input_pipeline.eval_batches(len(data[1]), batch_size):
+  for batch in batching.eval_batches(len(data[1]), batch_size):
     m = eval_step(state, m, data, jax.device_put(batch, batch_sharding))
   return steps.computed(m)
 

@@ -152,12 +152,12 @@ def test_relabelled_images_are_decoded_again_not_read_from_the_cache(tmp_path):
   write_image_folder(root, CLASSES, per_class=4)
   config = _folder_config(root)
   config.data.cache_dir = str(tmp_path / 'cache')
-  before = input_pipeline.load_split(config, 'train')
+  before = input_pipeline.load_split(config.data, 'train')
   assert before.class_names == CLASSES
   for f in (root / 'train' / 'cat').iterdir():  # Every cat is an airplane.
     f.rename(root / 'train' / 'airplane' / f'cat-{f.name}')
   (root / 'train' / 'cat').rmdir()
-  after = input_pipeline.load_split(config, 'train')
+  after = input_pipeline.load_split(config.data, 'train')
   assert after.class_names == ('airplane', 'truck')
   # The image colours say which folder each came from: 0-3 airplanes,
   # 20-23 former cats (now airplanes), 40-43 trucks.
@@ -170,7 +170,7 @@ def test_one_class_list_for_every_split_from_the_training_split(tmp_path):
   write_image_folder(root, CLASSES, per_class=4)
   shutil.rmtree(root / 'test' / 'cat')
   config = _folder_config(root)
-  test = input_pipeline.load_split(config, 'test')
+  test = input_pipeline.load_split(config.data, 'test')
   assert test.class_names == CLASSES
   # The trucks keep label 2 though the test split has no cats.
   np.testing.assert_array_equal(test.labels, test.images[:, 0, 0, 0] // 20)
@@ -181,7 +181,9 @@ def test_a_split_with_a_class_the_training_split_lacks_is_refused(tmp_path):
   root = tmp_path / 'data'
   write_image_folder(root, CLASSES, per_class=2)
   write_image_folder(root, ('zebra',), per_class=2, splits=('test',))
-  code, line = _cli(input_pipeline.load_split, _folder_config(root), 'test')
+  code, line = _cli(
+      input_pipeline.load_split, _folder_config(root).data, 'test'
+  )
   assert code == 1 and "['zebra']" in line and 'training split' in line
 
 
@@ -340,7 +342,9 @@ def test_a_damaged_zip_member_is_named(tmp_path):
   # Flip a byte inside that member's data: its CRC no longer matches.
   data[info.header_offset + 30 + len(info.filename) + 40] ^= 0xFF
   archive.write_bytes(bytes(data))
-  code, line = _cli(input_pipeline.load_split, _folder_config(archive), 'train')
+  code, line = _cli(
+      input_pipeline.load_split, _folder_config(archive).data, 'train'
+  )
   assert code == 1 and 'train/cat/1.png' in line
 
 

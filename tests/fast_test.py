@@ -11,6 +11,7 @@ import pytest
 from cifar_jax import augment
 from cifar_jax import evaluate
 from cifar_jax import initializers
+from cifar_jax import input_pipeline
 from cifar_jax import models
 from cifar_jax import optimizers
 from cifar_jax import train
@@ -248,7 +249,7 @@ def test_fast_config_trains_on_synthetic_data_and_evaluates_with_tta(
   assert history[1]['loss'] < history[0]['loss']
   assert history[1]['val_accuracy'] > 0.2  # Chance is 0.1.
   exp_kernel, _ = initializers.whitening(
-      np.asarray(train.input_pipeline.load_split(config, 'train').images[:128])
+      np.asarray(input_pipeline.load_split(config.data, 'train').images[:128])
       / 255.0,
       2,
       config.whitening.epsilon,

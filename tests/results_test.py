@@ -167,7 +167,7 @@ def test_evaluate_tta_level_1_averages_the_logits_of_each_mirror(trained):
   workdir, _ = trained
   result = evaluate.evaluate(str(workdir), 'latest', tta_level=1)
   run = inference.load_run(str(workdir), 'latest', tta_level=0)
-  data = input_pipeline.load_split(run.config, run.config.data.eval_split)
+  data = input_pipeline.load_split(run.config.data, run.config.data.eval_split)
   logits = sum(
       inference.logits(run, x) for x in (data.images, data.images[:, :, ::-1])
   )

@@ -157,7 +157,7 @@ def test_evaluation_is_exact_whatever_the_batch_size():
   config = get_config('test')
   model = models.create_model(config.model)
   state = steps.create_train_state(model, config.optimizer, jax.random.key(0))
-  data = input_pipeline.load_split(config, 'test[:103]')
+  data = input_pipeline.load_split(config.data, 'test[:103]')
   images, labels = jnp.asarray(data.images), jnp.asarray(data.labels)
   sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   results = [
@@ -265,9 +265,9 @@ def test_validation_split_carved_from_train(tmp_path):
   _, history = train.train_and_evaluate(config, str(tmp_path), out=out)
   assert 'Train on 400 samples, validate on 112 samples' in out.getvalue()
   # The two parts are the training set, split without overlap.
-  whole = input_pipeline.load_split(config, 'train')
+  whole = input_pipeline.load_split(config.data, 'train')
   parts = [
-      input_pipeline.load_split(config, s)
+      input_pipeline.load_split(config.data, s)
       for s in (config.data.train_split, config.data.eval_split)
   ]
   np.testing.assert_array_equal(

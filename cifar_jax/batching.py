@@ -1,0 +1,109 @@
+"""Which examples make up each batch: training order and evaluation batches.
+
+The training order is drawn on the device and is a pure function of
+(seed, step), so a run can be resumed at any step and gets the same data it
+would have seen.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class TrainOrder:
+  """Which examples make up training batch `step`: a function of (key, step).
+
+  The training stream is a sequence of passes over the data, each a fresh
+  permutation drawn from fold_in(key, pass), cut into ceil(N / B) batches
+  with the last one partial (padded, mask 0), as Keras' `fit` and
+  `fit_generator` drew them. Epochs are windows of `steps_per_epoch` batches
+  over that stream, so an epoch shorter than a pass continues where the
+  previous one stopped (as the seed's generators did), and a resumed run
+  sees exactly the batches it would have seen.
+
+  The permutation is computed on the device(s), once per pass; the train
+  step slices its batch out of it (`batch_at`), so no data crosses from the
+  host during training.
+  """
+
+  def __init__(
+      self,
+      num_examples: int,
+      batch_size: int,
+      key: jax.Array,
+      sharding: jax.sharding.Sharding | None = None,
+  ):
+    self.num_examples = num_examples
+    self.batch_size = batch_size
+    self.batches_per_pass = -(-num_examples // batch_size)
+    permute = _pass_order_fn(
+        num_examples, self.batches_per_pass * batch_size, sharding
+    )
+    self._permute = functools.partial(permute, key)
+    self._cached = (-1, None)
+
+  def locate(self, step: int) -> tuple[int, int]:
+    """(pass, position of the batch within the pass)."""
+    return divmod(step, self.batches_per_pass)
+
+  def pass_order(self, pass_index: int) -> tuple[jax.Array, jax.Array]:
+    """(indices, mask) of a whole pass, padded to whole batches."""
+    if self._cached[0] != pass_index:
+      self._cached = (pass_index, self._permute(pass_index))
+    return self._cached[1]
+
+  def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices, mask) of batch `step`, on the host (for inspection)."""
+    pass_index, position = self.locate(step)
+    order = self.pass_order(pass_index)
+    return tuple(
+        np.asarray(batch_at(a, position, self.batch_size)) for a in order
+    )
+
+
+@functools.cache
+def _pass_order_fn(
+    num_examples: int, length: int, sharding: jax.sharding.Sharding | None
+):
+  """`_pass_order` jitted once per shape, shared by every seed's order."""
+  return jax.jit(
+      functools.partial(_pass_order, num_examples=num_examples, length=length),
+      out_shardings=sharding,
+  )
+
+
+def _pass_order(
+    key: jax.Array, pass_index: jax.Array, *, num_examples: int, length: int
+) -> tuple[jax.Array, jax.Array]:
+  perm = jax.random.permutation(
+      jax.random.fold_in(key, pass_index), num_examples
+  )
+  indices = jnp.zeros(length, jnp.int32).at[:num_examples].set(perm)
+  mask = (jnp.arange(length) < num_examples).astype(jnp.float32)
+  return indices, mask
+
+
+def batch_at(
+    order: jax.Array, position: jax.Array, batch_size: int
+) -> jax.Array:
+  """Batch number `position` of a pass's order (works inside jit)."""
+  return jax.lax.dynamic_slice_in_dim(order, position * batch_size, batch_size)
+
+
+def eval_batches(num_examples: int, batch_size: int):
+  """(indices, mask) covering every example once; the last batch is padded."""
+  for start in range(0, num_examples, batch_size):
+    yield _pad(
+        np.arange(start, min(start + batch_size, num_examples)), batch_size
+    )
+
+
+def _pad(idx: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+  """Pads indices to `size` (with index 0) and returns (indices, mask)."""
+  mask = np.zeros(size, np.float32)
+  mask[: len(idx)] = 1
+  padded = np.zeros(size, np.int64)
+  padded[: len(idx)] = idx
+  return padded, mask

@@ -1,0 +1,137 @@
+"""Image folders and zips: `<root>/<split>/<class>/*.jpg|png`, via Pillow.
+
+No TensorFlow is needed (GPU images rarely have it). The shared CIFAR-10
+JPEG copy is such a zip, with one top-level folder around the splits.
+"""
+
+from collections.abc import Callable
+import concurrent.futures
+import os
+import zipfile
+import zlib
+
+import numpy as np
+
+from cifar_jax import images as images_lib
+from cifar_jax.errors import UserError
+
+# Shuffles an image folder's sorted files once, so its order is fixed.
+FOLDER_ORDER_SEED = 0
+
+
+def check_root(root: str | None) -> None:
+  """A folder or a readable zip, or a UserError naming the problem."""
+  if not root:
+    raise UserError(
+        'data.name=image_folder needs --config.data.dir=<root>, '
+        'the folder (or .zip) that holds <split>/<class>/*.jpg.'
+    )
+  if root.lower().endswith('.zip'):
+    if not zipfile.is_zipfile(root):
+      raise UserError(f'data.dir {root!r} is not a readable zip archive.')
+  elif not os.path.isdir(root):
+    raise UserError(f'data.dir {root!r} is not a directory.')
+
+
+def _image_files(
+    root: str,
+) -> tuple[dict[str, list[str]], Callable[[str], bytes]]:
+  """{split: [member paths of its images]} and a reader of one member.
+
+  `root` is a folder or a zip; in a zip, one top-level folder around the
+  splits (`cifar10-jpeg/train/...`, as the shared copy has) is looked
+  through.
+  """
+  if root.lower().endswith('.zip'):
+    try:
+      archive = zipfile.ZipFile(root)
+    except (OSError, zipfile.BadZipFile) as e:
+      raise UserError(f'Cannot read the zip {root}: {e}') from e
+    names = [n for n in archive.namelist() if not n.endswith('/')]
+    read = archive.read
+  else:
+    names = [
+        os.path.relpath(os.path.join(d, f), root)
+        for d, _, files in os.walk(root)
+        for f in files
+    ]
+    names = [n.replace(os.sep, '/') for n in names]
+
+    def read(name):
+      with open(os.path.join(root, name), 'rb') as f:
+        return f.read()
+
+  images = [n for n in names if images_lib.is_image(n)]
+  parts = [n.split('/') for n in images]
+  if (
+      parts
+      and all(len(p) == 4 for p in parts)
+      and len({p[0] for p in parts}) == 1
+  ):
+    parts = [p[1:] for p in parts]  # <top>/<split>/<class>/<file>.
+  splits = {}
+  for name, p in zip(images, parts):
+    if len(p) == 3:
+      splits.setdefault(p[0], []).append(name)
+  return splits, read
+
+
+def load(
+    split: str,
+    root: str | None,
+    train_split: str,
+    known_order: tuple[str, ...] = (),
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+  """`<root>/<split>/<class>/*.jpg|png`, root a folder or a .zip of one.
+
+  Returns uint8 images, int32 labels and the class names in label order.
+
+  Decoded with Pillow, so no TensorFlow is needed (GPU images rarely have
+  it). Images of any size or mode become 32x32 RGB. The classes are the
+  class folders of `train_split`, for every split, so a class missing from
+  the test split shifts no label; in CIFAR-10's order when they are
+  `known_order`'s names (CIFAR-10's). A split with a class the training split lacks is
+  refused. The order of examples is the sorted paths under a fixed shuffle
+  (FOLDER_ORDER_SEED), so slices are stable and not grouped by class.
+  """
+  check_root(root)
+  splits, read = _image_files(root)
+  for name in {split, train_split}:
+    if name not in splits:
+      raise UserError(
+          f'No split {name!r} in {root}: it has '
+          f'{sorted(splits) or "no <split>/<class>/ folders"}.'
+      )
+  names = tuple(sorted({f.split('/')[-2] for f in splits[train_split]}))
+  if sorted(names) == sorted(known_order):
+    names = tuple(known_order)
+  files = sorted(splits[split])
+  unknown = sorted({f.split('/')[-2] for f in files} - set(names))
+  if unknown:
+    raise UserError(
+        f'Split {split!r} of {root} has class folders '
+        f'{unknown} that the training split {train_split!r} '
+        f'lacks; its classes are {list(names)}.'
+    )
+  files = [
+      files[i]
+      for i in np.random.default_rng(FOLDER_ORDER_SEED).permutation(len(files))
+  ]
+  labels = np.array([names.index(f.split('/')[-2]) for f in files], np.int32)
+
+  def decode(name):
+    try:
+      return images_lib.decode(read(name))
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+      raise UserError(f'Cannot read {name} in {root}: {e}') from e
+
+  # Pillow decodes without holding the GIL: threads use every core.
+  with concurrent.futures.ThreadPoolExecutor(
+      min(32, os.cpu_count() or 1)
+  ) as pool:
+    images = (
+        np.stack(list(pool.map(decode, files)))
+        if files
+        else np.empty((0,) + images_lib.SHAPE, np.uint8)
+    )
+  return images, labels, names

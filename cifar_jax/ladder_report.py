@@ -1,0 +1,178 @@
+"""The ladder's REPORT.md: every rung beside the seed notebook's record.
+
+Per rung: ours final and best, the seed's final, the gap, the mean
+|difference| of test accuracy over the epochs both printed, whether the
+final is within `seed_notebook.TOLERANCE_POINTS`, the epoch-by-epoch table
+and the curves with the seed's drawn beside ours.
+"""
+
+import datetime
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from cifar_jax import models
+from cifar_jax import plots
+from cifar_jax import reporting
+from cifar_jax import seed_notebook
+from cifar_jax import summary
+
+
+def _params(config: ml_collections.ConfigDict) -> int:
+  model = models.create_model(config.model)
+  shapes = jax.eval_shape(
+      model.init, jax.random.key(0), jax.numpy.zeros((1, 32, 32, 3))
+  )
+  return summary.count_params(shapes)
+
+
+def report_row(
+    name: str, config: ml_collections.ConfigDict, history: list[dict]
+) -> dict:
+  """One rung's numbers for the report: ours against the seed's."""
+  seconds = [h['seconds'] for h in history]
+  return {
+      'rung': name,
+      'history': history,
+      'compare': seed_notebook.compare(name, history),
+      'params': _params(config),
+      'epochs': len(history),
+      'seed_epochs': seed_notebook.load(name).num_epochs,
+      'sec_per_epoch': float(np.median(seconds)),
+      'fastest_epoch': float(np.min(seconds)),
+      'total_sec': float(np.sum(seconds)),
+  }
+
+
+def _pct(value: float | None) -> str:
+  return '–' if value is None else f'{value:.2f}%'
+
+
+def _points(value: float | None, signed: bool = False) -> str:
+  if value is None:
+    return '–'
+  return f'{value:+.2f}' if signed else f'{value:.2f}'
+
+
+def _summary_line(r: dict) -> str:
+  c = r['compare']
+  diff = (
+      '–'
+      if c.mean_abs_diff is None
+      else f'{c.mean_abs_diff:.2f} ({c.common_epochs})'
+  )
+  within = {None: '–', True: 'yes', False: 'no'}[c.within]
+  return (
+      f'| {r["rung"]} | {seed_notebook.load(r["rung"]).final_text} | '
+      f'{_pct(c.final)} | {_pct(c.best)} (epoch {c.best_epoch}) | '
+      f'{_points(c.gap, signed=True)} | {diff} | {within} | '
+      f'{r["params"]:,} | {r["epochs"]}/{r["seed_epochs"]} | '
+      f'{r["sec_per_epoch"]:.1f} ({r["fastest_epoch"]:.1f}) | '
+      f'{r["total_sec"] / 60:.1f} min |'
+  )
+
+
+def _epoch_table(r: dict) -> list[str]:
+  """Ours beside the seed's, for every epoch both printed."""
+  label, rows = seed_notebook.reference(r['rung'], r['history'][-1]['epoch'])
+  seed = {
+      row['epoch']: row['val_accuracy']
+      for row in rows
+      if row['val_accuracy'] is not None
+  }
+  lines = [f'| epoch | ours | {label} | difference |', '|---|---|---|---|']
+  for h in r['history']:
+    if h['epoch'] in seed:
+      ours, theirs = 100 * h['val_accuracy'], 100 * seed[h['epoch']]
+      lines.append(
+          f'| {h["epoch"]} | {ours:.2f}% | {theirs:.2f}% | '
+          f'{ours - theirs:+.2f} |'
+      )
+  if len(lines) == 2:
+    return [f'No epoch of this run is among those the {label} printed.']
+  return lines
+
+
+def write_report(
+    rows: list[dict],
+    root: str,
+    data: str,
+    command: str,
+    wall_seconds: float | None = None,
+) -> str:
+  """Writes `<root>/REPORT.md` and each rung's curves beside the seed's.
+
+  Returns the report's text. The curves are redrawn here, so runs trained
+  before their config named its seed rung get the comparison too.
+  """
+  lines = _summary(rows, data, command, wall_seconds)
+  for r in rows:
+    name = r['rung']
+    plots.curves(
+        r['history'],
+        os.path.join(root, name, 'curves.png'),
+        name,
+        seed_notebook.reference(name, r['history'][-1]['epoch']),
+    )
+    lines += [
+        f'## {name}',
+        '',
+        f'![{name}]({name}/curves.png)',
+        '',
+        f'The notebook: {seed_notebook.load(name).note}',
+        '',
+        *_epoch_table(r),
+        '',
+    ]
+  text = '\n'.join(lines)
+  with open(os.path.join(root, 'REPORT.md'), 'w') as f:
+    f.write(text)
+  return text
+
+
+def _summary(
+    rows: list[dict], data: str, command: str, wall_seconds: float | None
+) -> list[str]:
+  """The report's header, its table of rungs, and how to read it."""
+  tolerance = seed_notebook.TOLERANCE_POINTS
+  lines = [
+      "# The seed's ladder, reproduced",
+      '',
+      f'- Machine: {reporting.machine_description()}; JAX {jax.__version__}',
+      f'- Data: {data}',
+      f'- Command: `{command}`',
+      f'- Written: {datetime.datetime.now().isoformat(timespec="seconds")}',
+      '',
+      '| rung | seed final | ours final | ours best | gap | mean \\|diff\\| '
+      f'(epochs) | within {tolerance} | params | epochs | s/epoch (fastest) '
+      '| total |',
+      '|---|---|---|---|---|---|---|---|---|---|---|',
+  ]
+  lines += [_summary_line(r) for r in rows]
+  total = sum(r['total_sec'] for r in rows)
+  lines += [
+      '',
+      f'Total training time: {total / 60:.1f} min (the sum of '
+      "the rungs' epochs).",
+  ]
+  if wall_seconds is not None:
+    lines += [
+        f'Wall-clock time of the command: {wall_seconds / 60:.1f} min '
+        '(with data loading, compilation and checkpoints).'
+    ]
+  lines += [
+      '',
+      "Accuracies are on the test split, as the seed's validation "
+      "data was. The seed's final is what the notebook printed after "
+      "all its epochs; the gap (ours - seed's, in points) and the "
+      f'within-{tolerance}-points verdict need all of them run. Mean '
+      '|diff| is the mean absolute difference of test accuracy, in '
+      'points, over the epochs both printed (the notebook printed '
+      'only some); a rung it printed no log for is compared with the '
+      'rung its record names. s/epoch is the median epoch, with the '
+      'fastest in brackets.',
+      '',
+  ]
+  return lines

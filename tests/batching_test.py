@@ -1,0 +1,43 @@
+"""Batches: each training pass covers every example once; eval sees all."""
+
+import jax
+import numpy as np
+
+from cifar_jax import batching
+
+
+def test_train_order_covers_each_pass_once_with_a_partial_last_batch():
+  order = batching.TrainOrder(
+      num_examples=50, batch_size=16, key=jax.random.key(3)
+  )
+  assert order.batches_per_pass == 4
+  for pass_index in range(2):
+    seen = []
+    for j in range(4):
+      assert order.locate(pass_index * 4 + j) == (pass_index, j)
+      idx, mask = order.batch(pass_index * 4 + j)
+      assert idx.shape == mask.shape == (16,)
+      seen.extend(idx[mask == 1])
+    assert mask.sum() == 2  # 50 = 3 * 16 + 2, as Keras' last batch.
+    assert sorted(seen) == list(range(50))
+  first = [order.batch(j)[0] for j in range(4)]
+  second = [order.batch(4 + j)[0] for j in range(4)]
+  assert not np.array_equal(first[0], second[0])  # Reshuffled every pass.
+
+
+def test_train_order_is_a_function_of_key_and_step_only():
+  a = batching.TrainOrder(100, 32, jax.random.key(7))
+  b = batching.TrainOrder(100, 32, jax.random.key(7))
+  for s in [9, 0, 5, 4, 9]:  # Any access order, e.g. after a resume.
+    np.testing.assert_array_equal(a.batch(s)[0], b.batch(s)[0])
+  c = batching.TrainOrder(100, 32, jax.random.key(8))
+  assert not np.array_equal(a.batch(0)[0], c.batch(0)[0])
+
+
+def test_eval_batches_count_every_example_exactly_once():
+  seen, real = [], 0
+  for idx, mask in batching.eval_batches(103, 25):
+    assert idx.shape == (25,)
+    seen.extend(idx[mask == 1])
+    real += mask.sum()
+  assert sorted(seen) == list(range(103)) and real == 103
