@@ -66,6 +66,16 @@ def get_config(name):
   return importlib.import_module(f'configs.{name}').get_config()
 
 
+def small_synthetic(config, train_size, eval_size, batch_size, eval_batch_size):
+  """`config` on the synthetic data set, at a size a test can afford."""
+  config.data.name = 'synthetic'
+  config.data.synthetic_train_size = train_size
+  config.data.synthetic_eval_size = eval_size
+  config.batch_size = batch_size
+  config.eval_batch_size = eval_batch_size
+  return config
+
+
 @pytest.fixture
 def shared_zip():
   if not SHARED_ZIP.exists():

@@ -16,6 +16,7 @@ from cifar_jax import models
 from cifar_jax import optimizers
 from cifar_jax import train
 from conftest import get_config
+from conftest import small_synthetic
 
 FAST = ('fast94', 'fast95', 'fast96')
 
@@ -232,12 +233,7 @@ def test_tta_levels_average_mirrors_and_translations():
 def test_fast_config_trains_on_synthetic_data_and_evaluates_with_tta(
     name, tmp_path
 ):
-  config = get_config(name)
-  config.data.name = 'synthetic'
-  config.data.synthetic_train_size = 256
-  config.data.synthetic_eval_size = 100
-  config.batch_size = 64
-  config.eval_batch_size = 50
+  config = small_synthetic(get_config(name), 256, 100, 64, 50)
   config.num_epochs = 2
   config.whitening.images = 128
   config.model.widths = tuple(w // 8 for w in config.model.widths)

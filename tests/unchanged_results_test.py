@@ -29,6 +29,7 @@ if __name__ == '__main__':  # Run as a script: import like pytest does.
 from cifar_jax import reporting
 from cifar_jax import train
 from conftest import get_config
+from conftest import small_synthetic
 
 RECORD = pathlib.Path(__file__).parent / 'data' / 'unchanged_results.json'
 
@@ -58,12 +59,8 @@ def _bn_aug(config):
 
 def _fast94(config):
   """configs/fast94.py for 8 steps: whitening, bf16, Lookahead, crops, TTA."""
-  fast = get_config('fast94')
-  fast.data.name = config.data.name
-  fast.data.synthetic_train_size = 256
-  fast.data.synthetic_eval_size = 100
-  fast.batch_size = 64
-  fast.eval_batch_size = 100
+  del config  # fast94 replaces the test config's model and optimizer.
+  fast = small_synthetic(get_config('fast94'), 256, 100, 64, 100)
   fast.num_epochs = 2
   fast.whitening.images = 256
   return fast
