@@ -15,7 +15,6 @@ rounding differences between device counts: how fast that grows is a
 property of training, not of sharding.
 """
 
-import argparse
 import io
 import os
 import platform
@@ -26,9 +25,12 @@ os.environ['XLA_FLAGS'] = (
 )
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags  # pylint: disable=g-import-not-at-top
 import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
+from cifar_jax import cli  # pylint: disable=g-import-not-at-top
 from cifar_jax import experiment  # pylint: disable=g-import-not-at-top
 from cifar_jax import mesh  # pylint: disable=g-import-not-at-top
 from cifar_jax import progress  # pylint: disable=g-import-not-at-top
@@ -106,13 +108,15 @@ def max_relative(a: np.ndarray, b: np.ndarray) -> float:
   return float(np.max(np.abs(a - b) / np.abs(b)))
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--epochs', type=int, default=20)
-  args = parser.parse_args()
+EPOCHS = flags.DEFINE_integer('epochs', 20, 'Epochs of 16 steps per run.')
+
+
+def main(argv):
+  del argv
+  epochs = EPOCHS.value
   print(
       f'Machine: {reporting.machine_description()}; JAX {jax.__version__}, '
-      f'{platform.python_version()}; {args.epochs} epochs x 16 steps'
+      f'{platform.python_version()}; {epochs} epochs x 16 steps'
   )
   print(
       'variant  | 2 devices | 4 devices | 8 devices | 1 device, params '
@@ -120,18 +124,15 @@ def main():
   )
   for variant in VARIANTS:
     config = make_config(variant)
-    reference = losses(config, 1, args.epochs)
+    reference = losses(config, 1, epochs)
     cells = [
-        max_relative(losses(config, n, args.epochs), reference)
-        for n in (2, 4, 8)
+        max_relative(losses(config, n, epochs), reference) for n in (2, 4, 8)
     ]
-    cells.append(
-        max_relative(losses(config, 1, args.epochs, nudge=1e-7), reference)
-    )
+    cells.append(max_relative(losses(config, 1, epochs, nudge=1e-7), reference))
     print(
         f'{variant:8} | ' + ' | '.join(f'{c:9.1e}' for c in cells), flush=True
     )
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main, flags_parser=cli.parse_flags)

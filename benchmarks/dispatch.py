@@ -1,6 +1,6 @@
 """Steps dispatched one by one vs scanned in one program, per backend.
 
-    python benchmarks/dispatch.py [--configs simple bn_aug_sgd] [--steps 32]
+    python benchmarks/dispatch.py [--configs simple,bn_aug_sgd] [--steps 32]
 
 For each config (synthetic data of the config's batch size), times `steps`
 train steps dispatched one at a time (`steps_per_dispatch=1`) and as one
@@ -10,13 +10,15 @@ default `steps_per_dispatch=0`: a whole epoch per dispatch on GPU/TPU, one
 step on CPU.
 """
 
-import argparse
 import io
 import time
 
+from absl import app
+from absl import flags
 import jax
 import jax.numpy as jnp
 
+from cifar_jax import cli
 from cifar_jax import experiment
 from cifar_jax import progress
 from cifar_jax import reporting
@@ -44,24 +46,26 @@ def _time(exp, num_steps: int) -> float:
   return (time.perf_counter() - start) / num_steps
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--configs', nargs='+', default=['simple', 'bn_aug_sgd'])
-  parser.add_argument('--steps', type=int, default=32)
-  args = parser.parse_args()
+CONFIGS = flags.DEFINE_list('configs', ['simple', 'bn_aug_sgd'], 'Rungs.')
+STEPS = flags.DEFINE_integer('steps', 32, 'Steps per timing.', lower_bound=1)
+
+
+def main(argv):
+  del argv
+  num_steps = STEPS.value
   print(
       f'{reporting.machine_description()}, {jax.devices()[0].platform}; '
-      f'JAX {jax.__version__}; {args.steps} steps'
+      f'JAX {jax.__version__}; {num_steps} steps'
   )
-  for name in args.configs:
-    single = _experiment(name, 1, args.steps)
-    scanned = _experiment(name, args.steps, args.steps)
-    _time(single, args.steps)  # Warm-up: compiles.
-    _time(scanned, args.steps)
+  for name in CONFIGS.value:
+    single = _experiment(name, 1, num_steps)
+    scanned = _experiment(name, num_steps, num_steps)
+    _time(single, num_steps)  # Warm-up: compiles.
+    _time(scanned, num_steps)
     times = {'single': [], 'scan': []}
     for _ in range(3):
-      times['single'].append(_time(single, args.steps))
-      times['scan'].append(_time(scanned, args.steps))
+      times['single'].append(_time(single, num_steps))
+      times['scan'].append(_time(scanned, num_steps))
     best = {k: min(v) for k, v in times.items()}
     print(
         f'{name}: one by one {1000 * best["single"]:.1f} ms/step, scanned '
@@ -72,4 +76,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main, flags_parser=cli.parse_flags)

@@ -15,7 +15,6 @@ The data is the shared JPEG copy, read straight from the zip unless
 --data_dir names a folder. Evaluation is not part of any timing.
 """
 
-import argparse
 import io
 import os
 import pathlib
@@ -23,19 +22,25 @@ import sys
 import tempfile
 import time
 
+from absl import app
+from absl import flags
 import jax
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cifar_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+# pylint: disable=g-import-not-at-top
+from cifar_jax import cli
 from cifar_jax import experiment
+from cifar_jax import input_pipeline
 from cifar_jax import progress
 from cifar_jax import reporting
 from cifar_jax import steps
 from cifar_jax import train
 from configs import bn_aug_sgd
 from configs import simple
+
+# pylint: enable=g-import-not-at-top
 
 
 def data_config(config, data_dir, cache_dir):
@@ -148,35 +153,32 @@ def report(
   )
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--data_dir', help='unzipped cifar10-jpeg root')
-  parser.add_argument(
-      '--zip', default=str(REPO.parent / 'shared' / 'data' / 'cifar10-jpeg.zip')
-  )
-  parser.add_argument(
-      '--steps',
-      type=int,
-      default=0,
-      help='steps per timing (0 = one full epoch)',
-  )
-  parser.add_argument(
-      '--chunks',
-      type=int,
-      default=8,
-      help='alternations between the timed variants',
-  )
-  args = parser.parse_args()
+DATA_DIR = flags.DEFINE_string('data_dir', None, 'Unzipped cifar10-jpeg root.')
+ZIP = flags.DEFINE_string(
+    'zip',
+    str(REPO.parent / 'shared' / 'data' / 'cifar10-jpeg.zip'),
+    'The cifar10-jpeg zip, read as it is (without --data_dir).',
+)
+STEPS = flags.DEFINE_integer(
+    'steps', 0, 'Steps per timing (0 = one full epoch).', lower_bound=0
+)
+CHUNKS = flags.DEFINE_integer(
+    'chunks', 8, 'Alternations between the timed variants.', lower_bound=1
+)
+
+
+def main(argv):
+  del argv
   print(f'Machine: {reporting.machine_description()}, jax {jax.__version__}')
   with tempfile.TemporaryDirectory() as tmp:
-    data_dir = args.data_dir or args.zip  # A zip is read as it is.
+    data_dir = DATA_DIR.value or ZIP.value  # A zip is read as it is.
     cache = os.path.join(tmp, 'cache')
     time_loads(data_dir, cache)
 
     config = data_config(simple.get_config(), data_dir, cache)
     epoch, loop, compiled = timers(config)
-    steps = args.steps or epoch
-    t = interleaved({'loop': loop, 'compiled': compiled}, steps, args.chunks)
+    steps = STEPS.value or epoch
+    t = interleaved({'loop': loop, 'compiled': compiled}, steps, CHUNKS.value)
     report('simple', steps, config.batch_size, t['loop'], t['compiled'])
 
     augmented = data_config(bn_aug_sgd.get_config(), data_dir, cache)
@@ -185,7 +187,7 @@ def main():
     plain.augment.horizontal_flip = False
     epoch, aug_loop, aug_compiled = timers(augmented)
     _, plain_loop, plain_compiled = timers(plain)
-    steps = args.steps or epoch
+    steps = STEPS.value or epoch
     t = interleaved(
         {
             'aug_loop': aug_loop,
@@ -194,7 +196,7 @@ def main():
             'plain_compiled': plain_compiled,
         },
         steps,
-        args.chunks,
+        CHUNKS.value,
     )
     report(
         'bn_aug_sgd (augmented)',
@@ -217,4 +219,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main, flags_parser=cli.parse_flags)

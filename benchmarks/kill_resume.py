@@ -11,7 +11,6 @@ time. Then checks that both runs end with identical history.json values
 and BatchNorm statistics. Exits non-zero on any difference.
 """
 
-import argparse
 import json
 import os
 import pathlib
@@ -22,6 +21,8 @@ import sys
 import tempfile
 import time
 
+from absl import app
+from absl import flags
 import jax
 import numpy as np
 
@@ -29,6 +30,13 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cifar_jax import checkpointing  # pylint: disable=g-import-not-at-top
+from cifar_jax import cli  # pylint: disable=g-import-not-at-top
+
+KILLS = flags.DEFINE_integer('kills', 20, 'SIGKILLs of the soaked run.')
+SEED = flags.DEFINE_integer(
+    'seed', None, 'Seeds the kill moments (default: the time).'
+)
+OVERRIDES = cli.define_config_overrides()
 
 # BatchNorm, dropout and augmentation all on: every random and stateful part.
 DEFAULT_RUN = [
@@ -73,12 +81,11 @@ def latest_step(workdir):
   return max(steps, default=-1)
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--kills', type=int, default=20)
-  parser.add_argument('--seed', type=int, default=int(time.time()))
-  args, overrides = parser.parse_known_args()
-  rng = random.Random(args.seed)
+def main(argv):
+  del argv
+  seed = int(time.time()) if SEED.value is None else SEED.value
+  overrides = [f'--config.{k}={v}' for k, v in cli.override_values().items()]
+  rng = random.Random(seed)
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   with tempfile.TemporaryDirectory() as tmp:
     reference, soaked = os.path.join(tmp, 'ref'), os.path.join(tmp, 'soak')
@@ -91,9 +98,9 @@ def main():
         capture_output=True,
     )
     run_seconds = time.monotonic() - start
-    print(f'uninterrupted run: {run_seconds:.1f} s (seed {args.seed})')
+    print(f'uninterrupted run: {run_seconds:.1f} s (seed {seed})')
     kills = 0
-    while kills < args.kills:
+    while kills < KILLS.value:
       before = latest_step(soaked)
       proc = subprocess.Popen(
           command(soaked, overrides),
@@ -136,4 +143,4 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  app.run(main, flags_parser=cli.parse_flags)

@@ -52,15 +52,25 @@ def define_config_overrides() -> flags.FlagHolder:
   and apply the same overrides to each (`apply_overrides`).
   """
   default = importlib.import_module('configs.default').get_config()
-  return _flag(
-      'config',
-      lambda: config_flags.DEFINE_config_dict(
-          'config',
-          default,
-          'Overrides for every config: --config.key=value.',
-          lock_config=True,
-      ),
-  )
+  # config_dict flags read their overrides from sys.argv here, at definition,
+  # so an unknown key fails now rather than in parse_flags.
+  problem = config_renames.renamed_flag(sys.argv[1:])
+  if problem:
+    print(f'error: {problem}', file=sys.stderr)
+    sys.exit(2)
+  try:
+    return _flag(
+        'config',
+        lambda: config_flags.DEFINE_config_dict(
+            'config',
+            default,
+            'Overrides for every config: --config.key=value.',
+            lock_config=True,
+        ),
+    )
+  except (AttributeError, KeyError, TypeError, ValueError) as e:
+    print(f'error: {_config_error_line(e, None)}', file=sys.stderr)
+    sys.exit(2)
 
 
 def override_values() -> dict[str, Any]:
@@ -146,6 +156,19 @@ def _check_config_file(path: str) -> str | None:
   return None
 
 
+def _config_error_line(e: Exception, path: str | None) -> str:
+  """One line for what ml_collections raised about a config or override."""
+  cause = e.args[0] if e.args else e
+  if isinstance(cause, KeyError) and cause.args:  # Wrapped by ConfigDict.
+    cause = cause.args[0]
+  message = str(cause).replace('\n', ' ')
+  if "has no attribute 'get_config'" in message:
+    return f'config file {path} defines no get_config().'
+  if 'get_config()' in message:
+    return f'{message}.'
+  return f'bad --config override: {message}'
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's parsing, with a bad config file or override as one clear line.
 
@@ -180,18 +203,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   except flags.Error as e:
     print(f'error: {e}\nPass --help for usage.', file=sys.stderr)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
-    cause = e.args[0] if e.args else e
-    if isinstance(cause, KeyError) and cause.args:  # Wrapped by ConfigDict.
-      cause = cause.args[0]
-    message = str(cause).replace('\n', ' ')
-    if "has no attribute 'get_config'" in message:
-      print(
-          f'error: config file {path} defines no get_config().', file=sys.stderr
-      )
-    elif 'get_config()' in message:
-      print(f'error: {message}.', file=sys.stderr)
-    else:
-      print(f'error: bad --config override: {message}', file=sys.stderr)
+    print(f'error: {_config_error_line(e, path)}', file=sys.stderr)
   except Exception as e:  # pylint: disable=broad-except
     # The config file itself failed (an import or an error in get_config).
     cause = e.__cause__ or e

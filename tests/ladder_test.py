@@ -125,7 +125,7 @@ def test_overrides_apply_to_every_rung_and_unknown_keys_are_refused():
     ladder.rung_config('simple', 1.0, {'model.nope.x': 3})
 
 
-def test_the_ladders_overrides_are_typed_by_the_flag_parser_and_bad_ones_refused():
+def test_the_ladders_overrides_are_typed_by_the_flag_parser_and_bad_ones_refused_in_one_line():
   base = [sys.executable, '-m', 'cifar_jax.ladder', '--configs', 'huge']
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   bad_type = subprocess.run(
@@ -140,6 +140,16 @@ def test_the_ladders_overrides_are_typed_by_the_flag_parser_and_bad_ones_refused
   )  # fmt: skip
   assert typed.returncode == 1 and 'Traceback' not in typed.stderr
   assert typed.stderr.strip().startswith("error: Unknown rungs ['huge']")
+  for override, line in [
+      ('--config.bogus=1', "error: bad --config override: 'bogus'"),
+      ('--config.dataset=x', 'error: --config.dataset is now --config.data'),
+  ]:
+    refused = subprocess.run(
+        base + [override], cwd=REPO, env=env,
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode == 2 and 'Traceback' not in refused.stderr
+    assert refused.stderr.startswith(line)
 
 
 def test_unknown_rungs_are_refused(tmp_path):
