@@ -205,6 +205,46 @@ def alternating_flips(
   return (bits.astype(jnp.int32) + pass_index) % 2 == 1
 
 
+def _then(first: jax.Array | None, second: jax.Array) -> jax.Array:
+  """The matrix applying `first` (if any), then `second`."""
+  if first is None:
+    return second
+  return jnp.matmul(second, first, precision=HIGHEST)
+
+
+def _resampling_matrices(
+    keys: tuple[jax.Array, jax.Array],
+    batch: int,
+    height: int,
+    width: int,
+    config: AugmentConfig,
+    flips: jax.Array | None,
+) -> tuple[jax.Array | None, jax.Array | None]:
+  """Row and column matrices of the warp, flip and crop (None: identity)."""
+  k_keras, k_crop = keys
+  p = sample_keras_params(k_keras, batch, height, width, config)
+  rows = cols = None
+  if config.width_shift_range or config.height_shift_range or config.zoom_range:
+    rows, cols = keras_affine_matrices(
+        p['tx'], p['ty'], p['zx'], p['zy'], height, width
+    )
+  if config.horizontal_flip:
+    cols = _then(
+        cols, flip_matrices(p['flip'] if flips is None else flips, width)
+    )
+  if config.crop_padding:
+    shifts = jax.random.randint(
+        k_crop, (2, batch), -config.crop_padding, config.crop_padding + 1
+    )
+    rows = _then(
+        rows, crop_matrices(shifts[0], height, config.crop_padding_mode)
+    )
+    cols = _then(
+        cols, crop_matrices(shifts[1], width, config.crop_padding_mode)
+    )
+  return rows, cols
+
+
 def augment_batch(
     key: jax.Array,
     images: jax.Array,
@@ -231,35 +271,9 @@ def augment_batch(
     return images
   batch, height, width, _ = images.shape
   k_keras, k_crop, k_cutout = jax.random.split(key, 3)
-  p = sample_keras_params(k_keras, batch, height, width, config)
-  rows = cols = None
-  if (
-      config.width_shift_range
-      or config.height_shift_range
-      or (config.zoom_range)
-  ):
-    rows, cols = keras_affine_matrices(
-        p['tx'], p['ty'], p['zx'], p['zy'], height, width
-    )
-  if config.horizontal_flip:
-    flip = flip_matrices(p['flip'] if flips is None else flips, width)
-    cols = flip if cols is None else jnp.matmul(flip, cols, precision=HIGHEST)
-  if config.crop_padding:
-    shifts = jax.random.randint(
-        k_crop, (2, batch), -config.crop_padding, config.crop_padding + 1
-    )
-    crop_rows = crop_matrices(shifts[0], height, config.crop_padding_mode)
-    crop_cols = crop_matrices(shifts[1], width, config.crop_padding_mode)
-    rows = (
-        crop_rows
-        if rows is None
-        else jnp.matmul(crop_rows, rows, precision=HIGHEST)
-    )
-    cols = (
-        crop_cols
-        if cols is None
-        else jnp.matmul(crop_cols, cols, precision=HIGHEST)
-    )
+  rows, cols = _resampling_matrices(
+      (k_keras, k_crop), batch, height, width, config, flips
+  )
   if rows is not None or cols is not None:
     eye = lambda n: jnp.broadcast_to(jnp.eye(n), (batch, n, n))
     images = resample(

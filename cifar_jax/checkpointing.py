@@ -184,41 +184,10 @@ class Checkpoints:
     """
     moved = []
     for step in sorted(self.steps(), reverse=True):
-      try:
-        meta = self.read_meta(step)
-      except Exception as e:  # pylint: disable=broad-except
-        moved.append(
-            self._quarantine(
-                step, f'its metadata is unreadable ' f'({_first_line(e)})'
-            )
-        )
-        continue
-      check_meta(meta)
-      try:
-        items = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target_state),
-                epoch_metrics=ocp.args.StandardRestore(target_metrics),
-            ),
-        )
-      except Exception as e:  # pylint: disable=broad-except
-        moved.append(
-            self._quarantine(step, f'it cannot be read ({_first_line(e)})')
-        )
-        continue
-      state = items['state']
-      found = fingerprint((state.params, state.batch_stats))
-      if not np.isclose(found, meta['fingerprint'], rtol=1e-5):
-        moved.append(
-            self._quarantine(
-                step,
-                f'its arrays do not match their fingerprint '
-                f'({found} != {meta["fingerprint"]})',
-            )
-        )
-        continue
-      return Restored(step, state, items['epoch_metrics'], meta)
+      restored = self._restore(step, target_state, target_metrics, check_meta)
+      if isinstance(restored, Restored):
+        return restored
+      moved.append(self._quarantine(step, restored))
     if moved:  # Starting again would overwrite the run's history.
       raise UserError(
           f'Every checkpoint in {self.directory} is damaged; they were moved '
@@ -227,6 +196,34 @@ class Checkpoints:
           f'{self.directory}, or use another --workdir.'
       )
     return None
+
+  def _restore(
+      self, step: int, target_state: Any, target_metrics: Any, check_meta
+  ) -> Restored | str:
+    """Checkpoint `step` restored, or why it is damaged."""
+    try:
+      meta = self.read_meta(step)
+    except Exception as e:  # pylint: disable=broad-except
+      return f'its metadata is unreadable ({_first_line(e)})'
+    check_meta(meta)
+    try:
+      items = self._manager.restore(
+          step,
+          args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(target_state),
+              epoch_metrics=ocp.args.StandardRestore(target_metrics),
+          ),
+      )
+    except Exception as e:  # pylint: disable=broad-except
+      return f'it cannot be read ({_first_line(e)})'
+    state = items['state']
+    found = fingerprint((state.params, state.batch_stats))
+    if not np.isclose(found, meta['fingerprint'], rtol=1e-5):
+      return (
+          'its arrays do not match their fingerprint '
+          f'({found} != {meta["fingerprint"]})'
+      )
+    return Restored(step, state, items['epoch_metrics'], meta)
 
   def _quarantine(self, step: int, why: str) -> str:
     """Moves checkpoint `step` aside (never deletes it); its new path."""

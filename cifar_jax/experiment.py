@@ -60,18 +60,11 @@ def create_experiment(
 ) -> Experiment:
   """Validates `config`, loads the data, compiles nothing yet (jit is lazy).
 
-  Args:
-    config: the run's config.
-    mesh: a 1-D mesh with axis 'data' (default: `mesh.create_mesh()`).
-
-  Raises:
-    UserError: for a config or data problem the user can fix.
+  `mesh` is a 1-D mesh with axis 'data' (default: `mesh.create_mesh()`).
+  Raises UserError for a config or data problem the user can fix.
   """
   config_checks.check(config)
-  mesh = mesh or mesh_lib.create_mesh()
-  mesh_lib.check_divisible('batch_size', config.batch_size, mesh)
-  mesh_lib.check_divisible('eval_batch_size', config.eval_batch_size, mesh)
-  shardings = mesh_lib.Shardings.of(mesh)
+  shardings = _shardings(config, mesh or mesh_lib.create_mesh())
   try:
     model = models.create_model(config.model, shardings.platform)
     augment_config = augment.AugmentConfig.from_config(config.augment)
@@ -88,15 +81,12 @@ def create_experiment(
       ((train_ds.images, train_ds.labels), (eval_ds.images, eval_ds.labels)),
       shardings.replicated,
   )
-  options = steps.StepOptions(
-      batch_size=config.batch_size,
-      batches_per_pass=-(-len(train_ds) // config.batch_size),
-      augmentation=augment_config,
-      label_smoothing=config.label_smoothing,
-      batch_sharding=shardings.batch,
-  )
   train_steps, eval_step = _programs(
-      config, shardings, options, len(train_ds.class_names)
+      config,
+      shardings,
+      augment_config,
+      len(train_ds),
+      len(train_ds.class_names),
   )
   return _seeded(
       config.seed,
@@ -124,6 +114,15 @@ def create_experiment(
   )
 
 
+def _shardings(
+    config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh
+) -> mesh_lib.Shardings:
+  """The mesh's shardings, once both batch sizes are known to divide."""
+  mesh_lib.check_divisible('batch_size', config.batch_size, mesh)
+  mesh_lib.check_divisible('eval_batch_size', config.eval_batch_size, mesh)
+  return mesh_lib.Shardings.of(mesh)
+
+
 def _load_data(
     config: ml_collections.ConfigDict,
 ) -> tuple[input_pipeline.Dataset, input_pipeline.Dataset]:
@@ -142,7 +141,8 @@ def _load_data(
 def _programs(
     config: ml_collections.ConfigDict,
     shardings: mesh_lib.Shardings,
-    options: steps.StepOptions,
+    augment_config: augment.AugmentConfig,
+    train_size: int,
     num_classes: int,
 ) -> tuple[Callable[[int], Any], Any]:
   """The jitted train steps (one program per scan length) and eval step.
@@ -150,6 +150,13 @@ def _programs(
   They hold the convolutions, so they are compiled with the CPU's options;
   the state and metrics they are handed are donated.
   """
+  options = steps.StepOptions(
+      batch_size=config.batch_size,
+      batches_per_pass=-(-train_size // config.batch_size),
+      augmentation=augment_config,
+      label_smoothing=config.label_smoothing,
+      batch_sharding=shardings.batch,
+  )
   jit = functools.partial(
       jax.jit, compiler_options=xla_cpu.compiler_options(shardings.platform)
   )

@@ -112,6 +112,37 @@ def _cached(
   )
   if not config.cache_dir:
     return load(split, data_dir)
+  path = _cache_path(config, split, data_dir)
+  if os.path.exists(path):
+    try:
+      with np.load(path) as f:
+        return Dataset(
+            f['images'], f['labels'], tuple(str(n) for n in f['class_names'])
+        )
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+      logging.warning('Ignoring unreadable cache %s: %s', path, e)
+  ds = load(split, data_dir)
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f'{path}.{os.getpid()}.tmp'
+    with open(tmp, 'wb') as f:
+      np.savez(
+          f,
+          images=ds.images,
+          labels=ds.labels,
+          class_names=np.array(ds.class_names),
+      )
+    os.replace(tmp, path)  # Atomic: a crash never leaves half a cache.
+    logging.info('Cached decoded %s %r in %s.', config.name, split, path)
+  except OSError as e:
+    logging.warning('Could not cache decoded data in %s: %s', path, e)
+  return ds
+
+
+def _cache_path(
+    config: ml_collections.ConfigDict, split: str, data_dir: str | None
+) -> str:
+  """The .npz file for `split`, named by a hash of everything it depends on."""
   if config.name == 'image_folder':
     image_folder.check_root(data_dir)
     train_split = config.train_split.split('[')[0]
@@ -138,31 +169,7 @@ def _cached(
   )
   digest = hashlib.sha256(key.encode()).hexdigest()[:16]
   name = f'{config.name}-{split}-{digest}.npz'
-  path = os.path.join(os.path.expanduser(config.cache_dir), name)
-  if os.path.exists(path):
-    try:
-      with np.load(path) as f:
-        return Dataset(
-            f['images'], f['labels'], tuple(str(n) for n in f['class_names'])
-        )
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-      logging.warning('Ignoring unreadable cache %s: %s', path, e)
-  ds = load(split, data_dir)
-  try:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f'{path}.{os.getpid()}.tmp'
-    with open(tmp, 'wb') as f:
-      np.savez(
-          f,
-          images=ds.images,
-          labels=ds.labels,
-          class_names=np.array(ds.class_names),
-      )
-    os.replace(tmp, path)  # Atomic: a crash never leaves half a cache.
-    logging.info('Cached decoded %s %r in %s.', config.name, split, path)
-  except OSError as e:
-    logging.warning('Could not cache decoded data in %s: %s', path, e)
-  return ds
+  return os.path.join(os.path.expanduser(config.cache_dir), name)
 
 
 def _load_image_folder(

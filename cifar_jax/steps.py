@@ -129,6 +129,28 @@ def _variables(state: TrainState, params: Any) -> dict[str, Any]:
   return {'params': params}
 
 
+def _augmented_images(
+    step: jax.Array,
+    images: jax.Array,
+    indices: jax.Array,
+    keys: Keys,
+    options: StepOptions,
+) -> jax.Array:
+  """The batch's images in [0, 1], augmented with keys folded from `step`."""
+  batch = images_lib.to_unit_range(images[indices])
+  flips = None
+  if options.augmentation.flip_mode == 'alternating':
+    flips = augment.alternating_flips(
+        keys.augment, indices, step // options.batches_per_pass
+    )
+  return augment.augment_batch(
+      jax.random.fold_in(keys.augment, step),
+      batch,
+      options.augmentation,
+      flips,
+  )
+
+
 def train_step(
     state: TrainState,
     epoch_metrics: Metrics,
@@ -152,18 +174,7 @@ def train_step(
     indices, mask = jax.lax.with_sharding_constraint(
         (indices, mask), options.batch_sharding
     )
-  images = images_lib.to_unit_range(data[0][indices])
-  flips = None
-  if options.augmentation.flip_mode == 'alternating':
-    flips = augment.alternating_flips(
-        keys.augment, indices, state.step // options.batches_per_pass
-    )
-  images = augment.augment_batch(
-      jax.random.fold_in(keys.augment, state.step),
-      images,
-      options.augmentation,
-      flips,
-  )
+  images = _augmented_images(state.step, data[0], indices, keys, options)
   labels = data[1][indices]
   rng = jax.random.fold_in(keys.dropout, state.step)
 

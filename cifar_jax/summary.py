@@ -84,7 +84,6 @@ def keras_summary(
   outputs = dict(_flatten_calls(jax.eval_shape(run, variables)))
   params = variables.get('params', {})
   stats = variables.get('batch_stats', {})
-  header = ('Layer (type)', 'Output Shape', 'Param #')
   rows = []
   for path, module_type in layer_types.items():
     out = outputs[path]
@@ -93,6 +92,14 @@ def keras_summary(
     )
     shape = '(None, ' + ', '.join(str(d) for d in out.shape[1:]) + ')'
     rows.append((f"{'/'.join(path)} ({module_type})", shape, f'{n:,}'))
+  return _table(type(model).__name__, rows, params, stats)
+
+
+def _table(
+    model_name: str, rows: list[tuple[str, str, str]], params: Any, stats: Any
+) -> str:
+  """Keras' summary layout: a header, one row per layer, the totals."""
+  header = ('Layer (type)', 'Output Shape', 'Param #')
   widths = [max(len(r[i]) for r in rows + [header]) + 2 for i in range(3)]
   rule = '=' * sum(widths)
 
@@ -100,12 +107,7 @@ def keras_summary(
     return ''.join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
 
   total = count_params(params) + count_params(stats)
-  lines = [
-      f'Model: "{type(model).__name__}"',
-      '_' * sum(widths),
-      fmt(header),
-      rule,
-  ]
+  lines = [f'Model: "{model_name}"', '_' * sum(widths), fmt(header), rule]
   lines += [fmt(r) for r in rows]
   lines += [
       rule,
