@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from cifar_jax import dropout
 from cifar_jax import pooling
 
 _glorot = nn.initializers.glorot_uniform()
@@ -87,13 +88,13 @@ class ConvStage(nn.Module):
 
     x = conv_bn(x, 'SAME', 1)
     if self.inner_dropout:
-      x = nn.Dropout(
+      x = dropout.Dropout(
           self.inner_dropout, deterministic=not train, name='dropout1'
       )(x)
     x = conv_bn(x, self.second_padding, 2)
     x = MaxPool(self.pooling, name='pool')(x)
     if self.outer_dropout:
-      x = nn.Dropout(
+      x = dropout.Dropout(
           self.outer_dropout, deterministic=not train, name='dropout2'
       )(x)
     return x
@@ -187,13 +188,13 @@ class ConvNet(nn.Module):
       )(x, train, mask)
     x = Flatten(name='flatten')(x)
     if self.flatten_dropout:
-      x = nn.Dropout(
+      x = dropout.Dropout(
           self.flatten_dropout, deterministic=not train, name='flatten_dropout'
       )(x)
     for i, features in enumerate(self.hidden_features):
       x = nn.relu(Dense(features, dtype=self.dtype, name=f'dense{i + 1}')(x))
       if self.hidden_dropout:
-        x = nn.Dropout(
+        x = dropout.Dropout(
             self.hidden_dropout,
             deterministic=not train,
             name=f'dense{i + 1}_dropout',

@@ -12,13 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cifar_jax import dropout
 from cifar_jax import models
 
 # Layers that get a row, as Keras would list them; containers do not.
 _LAYER_TYPES = (
     nn.Conv,
     nn.Dense,
-    nn.Dropout,
+    dropout.Dropout,
     nn.BatchNorm,
     models.MaxPool,
     models.Flatten,
