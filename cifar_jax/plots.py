@@ -16,18 +16,22 @@ matplotlib.use('Agg')
 from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
 
 CURVES_SIZE = (12, 4.5)  # Inches; at 100 dpi the PNG is 1200 x 450.
+_COMPARED_STYLES = ('s--', '^:', 'v-.')
 
 
 def curves_figure(
     history: Sequence[dict[str, float]],
     title: str = '',
     reference: tuple[str, Sequence[dict]] | None = None,
+    others: Sequence[tuple[str, Sequence[dict]]] = (),
 ) -> matplotlib.figure.Figure:
   """The seed's two panels, accuracy and loss per epoch, training and test.
 
   `reference` is (label, rows) of another run's curves (the seed notebook's)
-  drawn dashed in the same colours; its missing values leave gaps.
+  drawn dashed in the same colours; its missing values leave gaps. `others`
+  are more such runs (e.g. the same rung in Keras 3), dotted, then dash-dot.
   """
+  compared = ([reference] if reference else []) + list(others)
   epochs = [h['epoch'] for h in history]
   fig, (acc, loss) = plt.subplots(1, 2, figsize=CURVES_SIZE)
   for ax, key, name in ((acc, 'accuracy', 'Accuracy'), (loss, 'loss', 'Loss')):
@@ -42,15 +46,14 @@ def curves_figure(
           color=color,
           label=split,
       )
-      if reference:
-        label, rows = reference
+      for (label, rows), style in zip(compared, _COMPARED_STYLES):
         values = [
             np.nan if r[prefix + key] is None else r[prefix + key] for r in rows
         ]
         ax.plot(
             [r['epoch'] for r in rows],
             values,
-            's--',
+            style,
             color=color,
             alpha=0.7,
             markersize=3,
@@ -74,9 +77,10 @@ def curves(
     path: str,
     title: str = '',
     reference: tuple[str, Sequence[dict]] | None = None,
+    others: Sequence[tuple[str, Sequence[dict]]] = (),
 ) -> None:
   """Writes `curves_figure` as a PNG."""
-  fig = curves_figure(history, title, reference)
+  fig = curves_figure(history, title, reference, others)
   fig.savefig(path, dpi=100, format='png')
   plt.close(fig)
 

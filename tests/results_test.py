@@ -117,6 +117,21 @@ def test_curves_draw_the_seeds_dashed_beside_ours_with_its_gaps():
   plt.close(fig)
 
 
+def test_curves_draw_another_run_dotted_beside_the_seeds_dashed():
+  reference = seed_notebook.reference('deep_adam', up_to_epoch=3)
+  keras_rows = _history([0.3, 0.4, 0.45])
+  fig = plots.curves_figure(
+      _history([0.5] * 3), 'deep_adam', reference, [('Keras 3', keras_rows)]
+  )
+  lines = {l.get_label(): l for l in fig.axes[0].get_lines()}
+  assert lines['test, Keras 3'].get_linestyle() == ':'
+  assert lines['test, seed notebook (Keras 2.3)'].get_linestyle() == '--'
+  np.testing.assert_array_equal(
+      lines['test, Keras 3'].get_ydata(), [0.3, 0.4, 0.45]
+  )
+  plt.close(fig)
+
+
 def test_a_rung_run_passes_the_seeds_curve_for_the_epochs_it_ran(
     tmp_path, monkeypatch
 ):

@@ -1,0 +1,164 @@
+"""A rung trained in Keras 3 on the same data, beside ours and the seed's.
+
+    pip install -e '.[bench]'
+    JAX_PLATFORMS=cpu python benchmarks/keras_side_by_side.py \
+        --rung bn_aug_sgd --workdir /tmp/keras_bn_aug_sgd \
+        [--ours ckpt/bn_aug_sgd] [--epochs 20] \
+        --config.data.name=image_folder --config.data.dir=cifar10-jpeg.zip
+
+When one of our rungs ends more than a little below the seed notebook, this
+says whether the gap is ours or the data's: the same model and optimizer in
+Keras 3 on TensorFlow (`cpu_vs_keras.keras_model`: the same layers,
+initialisers, MaxNorm, SGD with inverse-time decay or Adam, the
+augmentation as RandomTranslation/RandomFlip layers), trained with
+`model.fit` on exactly the images and labels `main` reads for the config.
+After every epoch it writes `history.json` (our format) and `curves.png`:
+our run (--ours, solid), the seed notebook (dashed) and Keras 3 (dotted).
+The model is saved after every epoch, so the same command resumes an
+interrupted run from its last epoch (Keras does not save its shuffling
+state, so a resumed run differs from an uninterrupted one by its order).
+"""
+
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('KERAS_BACKEND', 'tensorflow')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import ml_collections
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+# pylint: disable=g-import-not-at-top
+import cpu_vs_keras
+from cifar_jax import cli
+from cifar_jax import images
+from cifar_jax import input_pipeline
+from cifar_jax import ladder
+from cifar_jax import plots
+from cifar_jax import reporting
+from cifar_jax import seed_notebook
+from cifar_jax.errors import UserError
+
+# pylint: enable=g-import-not-at-top
+
+RUNG = flags.DEFINE_string('rung', None, 'The config, e.g. bn_aug_sgd.')
+WORKDIR = cli.define_workdir('Where the Keras run lives.')
+OURS = flags.DEFINE_string(
+    'ours', None, 'A cifar_jax run directory of the rung (its history.json).'
+)
+EPOCHS = flags.DEFINE_integer(
+    'epochs', None, "Epochs in all (default: the rung's).", lower_bound=1
+)
+OVERRIDES = cli.define_config_overrides()
+
+MODEL_FILE = 'keras_model.keras'
+_KEYS = ('loss', 'accuracy', 'val_loss', 'val_accuracy')  # Of fit's history.
+KERAS_LABEL = 'Keras 3, same data'
+
+
+def _read_history(path: str) -> list[dict]:
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return []
+
+
+def _arrays(
+    data: ml_collections.ConfigDict, split: str
+) -> tuple[np.ndarray, np.ndarray]:
+  ds = input_pipeline.load_split(data, split)
+  return images.to_unit_range(ds.images, np.float32), ds.labels
+
+
+def _draw(workdir: str, config: ml_collections.ConfigDict, keras_rows: list):
+  """curves.png: ours (or Keras' alone) solid, the seed dashed, Keras dotted."""
+  ours = (
+      _read_history(os.path.join(OURS.value, 'history.json'))
+      if (OURS.value)
+      else []
+  )
+  last = max(r['epoch'] for r in ours + keras_rows)
+  reference = seed_notebook.reference(config.seed_rung, last)
+  main_rows, others = (
+      (ours, [(KERAS_LABEL, keras_rows)]) if ours else (keras_rows, [])
+  )
+  reporting.write_atomically(
+      os.path.join(workdir, 'curves.png'),
+      lambda tmp: plots.curves(
+          main_rows,
+          tmp,
+          f'{RUNG.value}: cifar_jax, the seed notebook and Keras 3',
+          reference,
+          others,
+      ),
+  )
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, epochs: int):
+  """Trains (or resumes) the Keras run up to `epochs`; its history rows."""
+  import keras  # pylint: disable=g-import-not-at-top
+
+  os.makedirs(workdir, exist_ok=True)
+  model_path = os.path.join(workdir, MODEL_FILE)
+  history_path = os.path.join(workdir, 'history.json')
+  history = _read_history(history_path)
+  if history and not os.path.exists(model_path):
+    raise UserError(f'{history_path} has epochs but {model_path} is missing.')
+  keras.utils.set_random_seed(config.seed + len(history))
+  if history:
+    model = keras.models.load_model(model_path)
+    print(f'Resuming the Keras run at epoch {len(history) + 1}.')
+  else:
+    model = cpu_vs_keras.keras_model(config)
+  x, y = _arrays(config.data, config.data.train_split)
+  eval_x, eval_y = _arrays(config.data, config.data.eval_split)
+  for epoch in range(len(history), epochs):
+    start = time.perf_counter()
+    logs = model.fit(
+        x,
+        y,
+        batch_size=config.batch_size,
+        epochs=epoch + 1,
+        initial_epoch=epoch,
+        validation_data=(eval_x, eval_y),
+        validation_batch_size=config.eval_batch_size,
+        shuffle=True,
+        verbose=2,
+    ).history
+    row = {k: float(v[-1]) for k, v in logs.items() if k in _KEYS}
+    history.append(
+        dict(epoch=epoch + 1, **row, seconds=time.perf_counter() - start)
+    )
+    tmp = os.path.join(workdir, f'tmp-{os.getpid()}.keras')
+    model.save(tmp)
+    os.replace(tmp, model_path)  # The model, then its history: a crash
+    reporting.write_json(history_path, history)  # re-runs an epoch at most.
+    _draw(workdir, config, history)
+  return history
+
+
+def main(argv: list[str]) -> None:
+  del argv
+  with cli.exit_on_errors():
+    if not RUNG.value or not WORKDIR.value:
+      raise UserError('--rung and --workdir are required.')
+    if RUNG.value not in ladder.RUNGS:
+      raise UserError(f'Unknown rung {RUNG.value!r}; one of {ladder.RUNGS}.')
+    config = ladder.rung_config(RUNG.value, 1.0, cli.override_values())
+    history = train(config, WORKDIR.value, EPOCHS.value or config.num_epochs)
+  last = history[-1]
+  print(
+      f'Keras 3, {RUNG.value}, epoch {last["epoch"]}: val_accuracy '
+      f'{100 * last["val_accuracy"]:.2f}%  ({WORKDIR.value}/curves.png)'
+  )
+
+
+if __name__ == '__main__':
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,76 @@
+"""benchmarks/keras_side_by_side.py: trains, records, resumes (Keras needed)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+keras = pytest.importorskip('keras')
+
+SYNTHETIC = [
+    '--config.data.name=synthetic',
+    '--config.data.synthetic_train_size=128',
+    '--config.data.synthetic_eval_size=64',
+]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run(
+      [sys.executable, 'benchmarks/keras_side_by_side.py', *args],
+      cwd=REPO,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'),
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
+
+
+def test_an_interrupted_keras_run_resumes_where_it_stopped(tmp_path):
+  workdir = tmp_path / 'keras'
+  ours = tmp_path / 'ours'
+  ours.mkdir()
+  (ours / 'history.json').write_text(
+      json.dumps(
+          [
+              dict(
+                  epoch=e,
+                  loss=2.0,
+                  accuracy=0.2,
+                  val_loss=2.1,
+                  val_accuracy=0.2,
+              )
+              for e in (1, 2, 3)
+          ]
+      )
+  )
+  common = ['--rung', 'bn_aug_sgd', '--workdir', str(workdir), *SYNTHETIC]
+  first = _run(*common, '--epochs', '2')
+  assert first.returncode == 0, first.stderr
+  second = _run(*common, '--epochs', '3', '--ours', str(ours))
+  assert second.returncode == 0, second.stderr
+  assert 'Resuming the Keras run at epoch 3.' in second.stdout
+  history = json.loads((workdir / 'history.json').read_text())
+  assert [r['epoch'] for r in history] == [1, 2, 3]
+  assert set(history[0]) == {
+      'epoch',
+      'loss',
+      'accuracy',
+      'val_loss',
+      'val_accuracy',
+      'seconds',
+  }
+  # The optimizer (and its learning-rate decay) continued: 2 batches of 64
+  # per epoch, 3 epochs.
+  model = keras.models.load_model(workdir / 'keras_model.keras')
+  assert int(model.optimizer.iterations) == 3 * 2
+  assert (workdir / 'curves.png').stat().st_size > 10_000
+
+
+def test_an_unknown_rung_is_one_line(tmp_path):
+  r = _run('--rung', 'huge', '--workdir', str(tmp_path), *SYNTHETIC)
+  assert r.returncode == 1 and 'Traceback' not in r.stderr
+  assert r.stderr.strip().startswith("error: Unknown rung 'huge'")
