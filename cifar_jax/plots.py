@@ -32,6 +32,8 @@ def curves_figure(
   are more such runs (e.g. the same rung in Keras 3), dotted, then dash-dot.
   """
   compared = ([reference] if reference else []) + list(others)
+  if len(compared) > len(_COMPARED_STYLES):
+    raise ValueError(f'At most {len(_COMPARED_STYLES)} runs beside ours.')
   epochs = [h['epoch'] for h in history]
   fig, (acc, loss) = plt.subplots(1, 2, figsize=CURVES_SIZE)
   for ax, key, name in ((acc, 'accuracy', 'Accuracy'), (loss, 'loss', 'Loss')):
