@@ -62,6 +62,12 @@ def write_image_folder(
         image.save(root / split / name / f'{i}.png')
 
 
+# The keys of every history.json row, ours and the Keras side-by-side's.
+HISTORY_KEYS = {
+    'epoch', 'loss', 'accuracy', 'val_loss', 'val_accuracy', 'seconds'
+}  # fmt: skip
+
+
 def get_config(name):
   return importlib.import_module(f'configs.{name}').get_config()
 

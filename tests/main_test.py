@@ -7,6 +7,7 @@ import re
 import pytest
 
 from cifar_jax import cli
+from conftest import HISTORY_KEYS
 from conftest import run_main as _run
 
 
@@ -23,14 +24,7 @@ def test_cli_trains_and_writes_history_config_and_keras_lines(tmp_path):
   history = json.loads((tmp_path / 'history.json').read_text())
   assert [h['epoch'] for h in history] == [1, 2]
   for h in history:
-    assert set(h) == {
-        'epoch',
-        'loss',
-        'accuracy',
-        'val_loss',
-        'val_accuracy',
-        'seconds',
-    }
+    assert set(h) == HISTORY_KEYS
   config = json.loads((tmp_path / 'config.json').read_text())
   assert config['num_epochs'] == 2 and config['seed'] == 3
   out = r.stdout
