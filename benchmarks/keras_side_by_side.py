@@ -119,28 +119,36 @@ def train(config: ml_collections.ConfigDict, workdir: str, epochs: int):
     model = cpu_vs_keras.keras_model(config)
   x, y = _arrays(config.data, config.data.train_split)
   eval_x, eval_y = _arrays(config.data, config.data.eval_split)
-  for epoch in range(len(history), epochs):
-    start = time.perf_counter()
-    logs = model.fit(
+
+  class SaveEachEpoch(keras.callbacks.Callback):
+    """Records the epoch, then saves the model and its history."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+      self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+      row = {k: float(v) for k, v in logs.items() if k in _KEYS}
+      seconds = time.perf_counter() - self.start
+      history.append(dict(epoch=epoch + 1, **row, seconds=seconds))
+      tmp = os.path.join(workdir, f'tmp-{os.getpid()}.keras')
+      self.model.save(tmp)
+      os.replace(tmp, model_path)  # The model, then its history: a crash
+      reporting.write_json(history_path, history)  # re-runs one epoch.
+      _draw(workdir, config, history)
+
+  if len(history) < epochs:
+    model.fit(
         x,
         y,
         batch_size=config.batch_size,
-        epochs=epoch + 1,
-        initial_epoch=epoch,
+        epochs=epochs,
+        initial_epoch=len(history),
         validation_data=(eval_x, eval_y),
         validation_batch_size=config.eval_batch_size,
         shuffle=True,
         verbose=2,
-    ).history
-    row = {k: float(v[-1]) for k, v in logs.items() if k in _KEYS}
-    history.append(
-        dict(epoch=epoch + 1, **row, seconds=time.perf_counter() - start)
+        callbacks=[SaveEachEpoch()],
     )
-    tmp = os.path.join(workdir, f'tmp-{os.getpid()}.keras')
-    model.save(tmp)
-    os.replace(tmp, model_path)  # The model, then its history: a crash
-    reporting.write_json(history_path, history)  # re-runs an epoch at most.
-    _draw(workdir, config, history)
   return history
 
 

@@ -54,6 +54,7 @@ def test_an_interrupted_keras_run_resumes_where_it_stopped(tmp_path):
   second = _run(*common, '--epochs', '3', '--ours', str(ours))
   assert second.returncode == 0, second.stderr
   assert 'Resuming the Keras run at epoch 3.' in second.stdout
+  assert 'Epoch 3/3' in second.stdout  # Progress counts the whole run.
   history = json.loads((workdir / 'history.json').read_text())
   assert [r['epoch'] for r in history] == [1, 2, 3]
   assert all(set(r) == HISTORY_KEYS for r in history)
