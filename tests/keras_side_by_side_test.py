@@ -14,8 +14,8 @@ keras = pytest.importorskip('keras')
 
 SYNTHETIC = [
     '--config.data.name=synthetic',
-    '--config.data.synthetic_train_size=128',
-    '--config.data.synthetic_eval_size=64',
+    '--config.data.synthetic_train_size=64',
+    '--config.data.synthetic_eval_size=32',
 ]
 
 
@@ -48,7 +48,7 @@ def test_an_interrupted_keras_run_resumes_where_it_stopped(tmp_path):
           ]
       )
   )
-  common = ['--rung', 'bn_aug_sgd', '--workdir', str(workdir), *SYNTHETIC]
+  common = ['--rung', 'simple', '--workdir', str(workdir), *SYNTHETIC]
   first = _run(*common, '--epochs', '2')
   assert first.returncode == 0, first.stderr
   second = _run(*common, '--epochs', '3', '--ours', str(ours))
@@ -58,7 +58,7 @@ def test_an_interrupted_keras_run_resumes_where_it_stopped(tmp_path):
   history = json.loads((workdir / 'history.json').read_text())
   assert [r['epoch'] for r in history] == [1, 2, 3]
   assert all(set(r) == HISTORY_KEYS for r in history)
-  # The optimizer (and its learning-rate decay) continued: 2 batches of 64
+  # The optimizer (and its learning-rate decay) continued: 2 batches of 32
   # per epoch, 3 epochs.
   model = keras.models.load_model(workdir / 'keras_model.keras')
   assert int(model.optimizer.iterations) == 3 * 2
