@@ -77,15 +77,12 @@ def _arrays(
   return images.to_unit_range(ds.images, np.float32), ds.labels
 
 
-def _draw(workdir: str, config: ml_collections.ConfigDict, keras_rows: list):
+def _draw(
+    workdir: str, rung: str, ours: list[dict], keras_rows: list[dict]
+) -> None:
   """curves.png: ours (or Keras' alone) solid, the seed dashed, Keras dotted."""
-  ours = (
-      _read_history(os.path.join(OURS.value, 'history.json'))
-      if (OURS.value)
-      else []
-  )
   last = max(r['epoch'] for r in ours + keras_rows)
-  reference = seed_notebook.reference(config.seed_rung, last)
+  reference = seed_notebook.reference(rung, last)
   main_rows, others = (
       (ours, [(KERAS_LABEL, keras_rows)]) if ours else (keras_rows, [])
   )
@@ -94,15 +91,23 @@ def _draw(workdir: str, config: ml_collections.ConfigDict, keras_rows: list):
       lambda tmp: plots.curves(
           main_rows,
           tmp,
-          f'{RUNG.value}: cifar_jax, the seed notebook and Keras 3',
+          f'{rung}: cifar_jax, the seed notebook and Keras 3',
           reference,
           others,
       ),
   )
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, epochs: int):
-  """Trains (or resumes) the Keras run up to `epochs`; its history rows."""
+def train(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    epochs: int,
+    ours: list[dict],
+) -> list[dict]:
+  """Trains (or resumes) the Keras run up to `epochs`; its history rows.
+
+  `ours` is our run's history, drawn beside it ([] for none).
+  """
   import keras  # pylint: disable=g-import-not-at-top
 
   os.makedirs(workdir, exist_ok=True)
@@ -134,7 +139,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, epochs: int):
       self.model.save(tmp)
       os.replace(tmp, model_path)  # The model, then its history: a crash
       reporting.write_json(history_path, history)  # re-runs one epoch.
-      _draw(workdir, config, history)
+      _draw(workdir, config.seed_rung, ours, history)
 
   if len(history) < epochs:
     model.fit(
@@ -160,7 +165,14 @@ def main(argv: list[str]) -> None:
     if RUNG.value not in ladder.RUNGS:
       raise UserError(f'Unknown rung {RUNG.value!r}; one of {ladder.RUNGS}.')
     config = ladder.rung_config(RUNG.value, 1.0, cli.override_values())
-    history = train(config, WORKDIR.value, EPOCHS.value or config.num_epochs)
+    ours = []
+    if OURS.value:
+      ours = _read_history(os.path.join(OURS.value, 'history.json'))
+      if not ours:
+        raise UserError(f'--ours {OURS.value} has no history.json.')
+    history = train(
+        config, WORKDIR.value, EPOCHS.value or config.num_epochs, ours
+    )
   last = history[-1]
   print(
       f'Keras 3, {RUNG.value}, epoch {last["epoch"]}: val_accuracy '

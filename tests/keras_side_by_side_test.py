@@ -65,7 +65,14 @@ def test_an_interrupted_keras_run_resumes_where_it_stopped(tmp_path):
   assert (workdir / 'curves.png').stat().st_size > 10_000
 
 
-def test_an_unknown_rung_is_one_line(tmp_path):
+def test_an_unknown_rung_or_a_missing_run_of_ours_is_one_line(tmp_path):
   r = _run('--rung', 'huge', '--workdir', str(tmp_path), *SYNTHETIC)
   assert r.returncode == 1 and 'Traceback' not in r.stderr
   assert r.stderr.strip().startswith("error: Unknown rung 'huge'")
+  missing = tmp_path / 'no_run'
+  r = _run(
+      '--rung', 'simple', '--workdir', str(tmp_path), '--ours', str(missing),
+      *SYNTHETIC,
+  )  # fmt: skip
+  assert r.returncode == 1 and 'Traceback' not in r.stderr
+  assert r.stderr.strip() == f'error: --ours {missing} has no history.json.'
