@@ -22,13 +22,16 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from cifar_jax import batch_norm
 from cifar_jax import dropout
 from cifar_jax import pooling
 
 _glorot = nn.initializers.glorot_uniform()
 Conv3x3 = functools.partial(nn.Conv, kernel_size=(3, 3), kernel_init=_glorot)
 Dense = functools.partial(nn.Dense, kernel_init=_glorot)
-KerasBatchNorm = functools.partial(nn.BatchNorm, momentum=0.99, epsilon=1e-3)
+KerasBatchNorm = functools.partial(
+    batch_norm.BatchNorm, momentum=0.99, epsilon=1e-3
+)
 
 
 class MaxPool(nn.Module):
@@ -252,7 +255,7 @@ class FastBlock(nn.Module):
       self, x: jax.Array, train: bool, mask: jax.Array | None = None
   ) -> jax.Array:
     norm = functools.partial(
-        nn.BatchNorm,
+        batch_norm.BatchNorm,
         use_running_average=not train,
         use_scale=False,
         momentum=self.bn_momentum,

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from cifar_jax import batch_norm
 from cifar_jax import dropout
 from cifar_jax import models
 
@@ -20,7 +21,7 @@ _LAYER_TYPES = (
     nn.Conv,
     nn.Dense,
     dropout.Dropout,
-    nn.BatchNorm,
+    batch_norm.BatchNorm,
     models.MaxPool,
     models.Flatten,
 )

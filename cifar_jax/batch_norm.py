@@ -1,0 +1,102 @@
+"""Flax's BatchNorm, with a masked batch's count taken from the mask itself.
+
+The train step always passes a mask (1 for real examples, 0 for the padding
+of an epoch's last, partial batch) so that the statistics match Keras' smaller
+last batch. `flax.linen.BatchNorm` then counts the unmasked positions by
+summing the mask broadcast to the activations' full shape, twice per layer
+(for the mean and the mean of squares): on XLA:CPU those reductions over a
+broadcast cost as much as the statistics themselves, about a tenth of the
+bn_aug_sgd rung's step (benchmarks/cpu_vs_keras.py). Here the count is the
+number of real examples times the positions per example: the same float,
+so the results are Flax's bit for bit (tests/batch_norm_test.py), and the
+variables have Flax's names, so checkpoints are interchangeable.
+"""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def masked_moments(
+    x: jax.Array, mask: jax.Array | None
+) -> tuple[jax.Array, jax.Array]:
+  """Per-feature mean and variance over all axes but the last, in float32.
+
+  `mask` has shape (batch, 1, ..., 1) (True = counted). The variance is
+  E[x^2] - E[x]^2, clipped at 0, as Flax's `use_fast_variance`.
+  """
+  x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  axes = tuple(range(x.ndim - 1))
+  if mask is None:
+    count = math.prod(x.shape[:-1])
+    where = None
+  else:
+    mask = jnp.asarray(mask, bool)
+    per_example = math.prod(x.shape[1:-1])
+    count = jnp.sum(mask, dtype=x.dtype) * per_example
+    where = jnp.broadcast_to(mask, x.shape)
+  # Squares first, as Flax, so the gradient's terms add up in its order.
+  squares = jax.lax.square(x)
+  mean = jnp.sum(x, axes, where=where) / count
+  mean_sq = jnp.sum(squares, axes, where=where) / count
+  return mean, jnp.maximum(0.0, mean_sq - jax.lax.square(mean))
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm over the last axis; Flax's running averages and parameters.
+
+  Attributes:
+    use_running_average: normalise with the running statistics (evaluation)
+      instead of the batch's (training, which also updates them).
+    momentum: running = momentum * running + (1 - momentum) * batch.
+    epsilon: added to the variance.
+    dtype: of the output; statistics are float32 at least.
+    use_scale, use_bias: learn a per-feature scale (init 1) / bias (init 0).
+  """
+
+  use_running_average: bool = False
+  momentum: float = 0.99
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+  use_scale: bool = True
+  use_bias: bool = True
+
+  @nn.compact
+  def __call__(
+      self, x: jax.Array, *, mask: jax.Array | None = None
+  ) -> jax.Array:
+    features = (x.shape[-1],)
+    running_mean = self.variable(
+        'batch_stats', 'mean', jnp.zeros, features, jnp.float32
+    )
+    running_var = self.variable(
+        'batch_stats', 'var', jnp.ones, features, jnp.float32
+    )
+    if self.use_running_average:
+      mean, var = running_mean.value, running_var.value
+    else:
+      mean, var = masked_moments(x, mask)
+      if not self.is_initializing():
+        running_mean.value = (
+            self.momentum * running_mean.value + (1 - self.momentum) * mean
+        )
+        running_var.value = (
+            self.momentum * running_var.value + (1 - self.momentum) * var
+        )
+    # Flax's `_normalize`, op for op (statistics and parameters shaped
+    # (1, ..., 1, features) first), so that values and gradients round alike.
+    axes = tuple(range(x.ndim - 1))
+    shape = (1,) * len(axes) + features
+    y = x - jnp.expand_dims(mean, axes)
+    mul = jax.lax.rsqrt(jnp.expand_dims(var, axes) + self.epsilon)
+    if self.use_scale:
+      scale = self.param('scale', nn.initializers.ones, features, jnp.float32)
+      mul *= scale.reshape(shape)
+    y *= mul
+    if self.use_bias:
+      bias = self.param('bias', nn.initializers.zeros, features, jnp.float32)
+      y += bias.reshape(shape)
+    return jnp.asarray(y, self.dtype)
