@@ -16,7 +16,8 @@ SETTINGS = {
 }
 
 
-def _inputs():
+def _inputs(setting='keras'):
+  """Inputs and variables (no scale where the setting learns none)."""
   rng = np.random.default_rng(0)
   x = rng.normal(2.0, 3.0, (6, 5, 4, 3)).astype(np.float32)
   variables = {
@@ -29,6 +30,8 @@ def _inputs():
           'var': rng.uniform(0.5, 2, 3).astype(np.float32),
       },
   }
+  if not SETTINGS[setting].get('use_scale', True):
+    del variables['params']['scale']
   return x, variables
 
 
@@ -52,9 +55,7 @@ def test_init_creates_flax_variables(setting):
 @pytest.mark.parametrize('masked', [None, 'all', 'partial'])
 def test_training_output_stats_and_gradient_equal_flax(setting, masked):
   ours, flax_bn = _pair(setting, train=True)
-  x, variables = _inputs()
-  if setting == 'no_scale_bf16':
-    del variables['params']['scale']
+  x, variables = _inputs(setting)
   mask = {
       None: None,
       'all': np.ones((6, 1, 1, 1), bool),
@@ -104,9 +105,7 @@ def test_masked_examples_do_not_move_the_statistics():
 @pytest.mark.parametrize('setting', sorted(SETTINGS))
 def test_evaluation_uses_running_statistics_as_flax(setting):
   ours, flax_bn = _pair(setting, train=False)
-  x, variables = _inputs()
-  if setting == 'no_scale_bf16':
-    del variables['params']['scale']
+  x, variables = _inputs(setting)
   a, b = ours.apply(variables, x), flax_bn.apply(variables, x)
   assert a.dtype == b.dtype
   np.testing.assert_array_equal(a, b)
