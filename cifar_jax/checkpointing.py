@@ -123,14 +123,20 @@ class Checkpoints:
     self._guard(self._manager.wait_until_finished)
 
   def close(self, quietly: bool = False) -> None:
-    """Finishes the last save. `quietly`: an error is already on its way
-    out, so a failure here is only logged (the first one is the cause)."""
+    """Finishes the last save.
+
+    `quietly`: an error is already on its way out, so any failure here is
+    only logged, never raised in its place (the first one is the cause).
+    A second Ctrl-C can land inside Orbax's save while it starts its
+    writer thread; closing then fails too ('cannot join thread before it
+    is started'), and the user must still see their Ctrl-C.
+    """
     try:
       self._guard(self._manager.close)
-    except UserError as e:
+    except Exception as e:  # pylint: disable=broad-exception-caught
       if not quietly:
         raise
-      logging.info('%s', e)
+      logging.info('Closing the checkpoints after an error: %s', e)
 
   def _guard(self, fn):
     """Runs a save, wait or close; a failed write becomes one clear error.

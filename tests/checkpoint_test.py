@@ -242,3 +242,39 @@ def test_a_failed_save_is_a_clear_error_and_keeps_earlier_checkpoints(
   )
   assert restored.step == 1
   again.close()
+
+
+def test_ctrl_c_inside_a_save_reaches_the_user_even_when_closing_fails(
+    tmp_path, monkeypatch
+):
+  # The race CI met: a second Ctrl-C lands while Orbax starts its writer
+  # thread, and closing the manager then raises RuntimeError ('cannot join
+  # thread before it is started'). The user must get their Ctrl-C back.
+  def interrupted_save(self, *args, **kwargs):
+    raise KeyboardInterrupt
+
+  def broken_close(self):
+    raise RuntimeError('cannot join thread before it is started')
+
+  monkeypatch.setattr(checkpointing.Checkpoints, 'save', interrupted_save)
+  monkeypatch.setattr(
+      checkpointing.ocp.CheckpointManager, 'close', broken_close
+  )
+  config = get_config('test')
+  config.num_epochs = 1
+  with pytest.raises(KeyboardInterrupt):
+    train.train_and_evaluate(config, str(tmp_path), out=io.StringIO())
+
+
+def test_a_failed_close_is_logged_after_an_error_and_raised_otherwise(
+    tmp_path, monkeypatch
+):
+  ckpt = checkpointing.Checkpoints(str(tmp_path), keep=2)
+
+  def broken_close():
+    raise RuntimeError('cannot join thread before it is started')
+
+  monkeypatch.setattr(ckpt._manager, 'close', broken_close)  # pylint: disable=protected-access
+  ckpt.close(quietly=True)  # An error is already on its way: only logged.
+  with pytest.raises(RuntimeError, match='cannot join'):
+    ckpt.close()
