@@ -247,9 +247,9 @@ def test_a_failed_save_is_a_clear_error_and_keeps_earlier_checkpoints(
 def test_ctrl_c_inside_a_save_reaches_the_user_even_when_closing_fails(
     tmp_path, monkeypatch
 ):
-  # The race CI met: a second Ctrl-C lands while Orbax starts its writer
-  # thread, and closing the manager then raises RuntimeError ('cannot join
-  # thread before it is started'). The user must get their Ctrl-C back.
+  # A second Ctrl-C can land while Orbax starts its writer thread; closing
+  # the manager then raises RuntimeError ('cannot join thread before it is
+  # started'). The user must get their Ctrl-C back.
   def interrupted_save(self, *args, **kwargs):
     raise KeyboardInterrupt
 
