@@ -23,9 +23,12 @@ RENAMED = {
     'model.hidden_max_norm': 'optimizer.hidden_max_norm',
 }
 # Keys an old config lacks, with the value that computes what it computed:
-# the pooling was chosen by the platform, and FastNet had no MaxNorm.
+# the pooling was chosen by the platform and FastNet had no MaxNorm. The
+# kernel gradient's method changes results only by float rounding, so an
+# old run resumes with today's default.
 ADDED = {
     'model.pooling': 'auto',
+    'model.conv_kernel_grad': 'auto',
     'optimizer.conv_max_norm': 0.0,
     'optimizer.hidden_max_norm': 0.0,
 }

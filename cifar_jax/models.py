@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from cifar_jax import batch_norm
+from cifar_jax import conv_kernel_grad
 from cifar_jax import dropout
 from cifar_jax import pooling
 
@@ -62,6 +63,7 @@ class ConvStage(nn.Module):
     outer_dropout: dropout rate after the pool (0 = no layer).
     batch_norm: BatchNorm after each conv's ReLU.
     pooling: a `pooling.METHODS` entry.
+    conv_kernel_grad: a `conv_kernel_grad.METHODS` entry.
   """
 
   features: int
@@ -71,6 +73,7 @@ class ConvStage(nn.Module):
   batch_norm: bool = False
   dtype: Any = jnp.float32
   pooling: str = 'reduce_window'
+  conv_kernel_grad: str = 'xla'
 
   @nn.compact
   def __call__(
@@ -78,7 +81,11 @@ class ConvStage(nn.Module):
   ) -> jax.Array:
     def conv_bn(x, padding, index):
       x = Conv3x3(
-          self.features, padding=padding, dtype=self.dtype, name=f'conv{index}'
+          self.features,
+          padding=padding,
+          dtype=self.dtype,
+          conv_general_dilated=conv_kernel_grad.conv_for(self.conv_kernel_grad),
+          name=f'conv{index}',
       )(x)
       x = nn.relu(x)
       if self.batch_norm:
@@ -120,6 +127,7 @@ class ConvNet(nn.Module):
     hidden_dropout: dropout after every dense ReLU layer (0 = no layer).
     num_classes: width of the output layer.
     pooling: a `pooling.METHODS` entry.
+    conv_kernel_grad: a `conv_kernel_grad.METHODS` entry.
 
   Keras' MaxNorm kernel constraints are the optimizer's
   (`optimizers.max_norm_bounds`): Optax sees only arrays, and they are
@@ -137,6 +145,7 @@ class ConvNet(nn.Module):
   num_classes: int = 10
   dtype: Any = jnp.float32
   pooling: str = 'reduce_window'
+  conv_kernel_grad: str = 'xla'
 
   def __post_init__(self):
     per_stage = (
@@ -187,6 +196,7 @@ class ConvNet(nn.Module):
           self.batch_norm,
           dtype=self.dtype,
           pooling=self.pooling,
+          conv_kernel_grad=self.conv_kernel_grad,
           name=f'stage{i + 1}',
       )(x, train, mask)
     x = Flatten(name='flatten')(x)
@@ -249,6 +259,7 @@ class FastBlock(nn.Module):
   dtype: Any = jnp.float32
   residual: bool = False
   pooling: str = 'reduce_window'
+  conv_kernel_grad: str = 'xla'
 
   @nn.compact
   def __call__(
@@ -270,6 +281,7 @@ class FastBlock(nn.Module):
         use_bias=False,
         kernel_init=dirac_init(),
         dtype=self.dtype,
+        conv_general_dilated=conv_kernel_grad.conv_for(self.conv_kernel_grad),
     )
     x = conv(name='conv1')(x)
     x = pooling.max_pool_2x2(x, self.pooling)
@@ -298,6 +310,7 @@ class FastNet(nn.Module):
     logit_scale: multiplies the logits (airbench: 1/9).
     num_classes: outputs.
     pooling: a `pooling.METHODS` entry.
+    conv_kernel_grad: a `conv_kernel_grad.METHODS` entry (the 3x3 convs).
   """
 
   widths: Sequence[int] = (64, 256, 256)
@@ -310,6 +323,7 @@ class FastNet(nn.Module):
   num_classes: int = 10
   dtype: Any = jnp.float32
   pooling: str = 'reduce_window'
+  conv_kernel_grad: str = 'xla'
 
   @property
   def whiten_features(self) -> int:
@@ -340,6 +354,7 @@ class FastNet(nn.Module):
           self.dtype,
           self.residual,
           self.pooling,
+          self.conv_kernel_grad,
           name=f'block{i + 1}',
       )(x, train, mask)
     x = jnp.max(x, axis=(1, 2))
@@ -365,8 +380,8 @@ def create_model(
 
   `compute_dtype` is the dtype of activations and of the convolutions and
   matmuls; parameters, BatchNorm statistics and logits stay float32.
-  `pooling` 'auto' is resolved for `platform` (default: JAX's default
-  backend), here, where the model is built.
+  `pooling` and `conv_kernel_grad` 'auto' are resolved for `platform`
+  (default: JAX's default backend), here, where the model is built.
   """
   kwargs = dict(model_config)
   name = kwargs.pop('name')
@@ -376,8 +391,12 @@ def create_model(
         f'model.compute_dtype must be one of {tuple(COMPUTE_DTYPES)}, '
         f'not {compute_dtype!r}'
     )
+  platform = platform or jax.default_backend()
   kwargs['pooling'] = pooling.method_for(
-      kwargs.pop('pooling', 'auto'), platform or jax.default_backend()
+      kwargs.pop('pooling', 'auto'), platform
+  )
+  kwargs['conv_kernel_grad'] = conv_kernel_grad.method_for(
+      kwargs.pop('conv_kernel_grad', 'auto'), platform
   )
   model_cls = {'ConvNet': ConvNet, 'FastNet': FastNet}.get(name)
   if model_cls is None:

@@ -1,0 +1,280 @@
+"""The kernel gradient of 3x3 convolutions on AVX-512 CPUs, as an FFI kernel.
+
+On CPUs with AVX-512, XLA:CPU's kernel gradient of a 3x3 convolution was
+2-3x slower than oneDNN's (TensorFlow's) and most of what kept a training
+step behind Keras': XLA transposes both operands into a layout with the
+batch innermost and then runs a contraction that leaves the second core
+idle (docs/cpu_performance.md). `conv_kernel_grad.cc` sums over the NHWC
+operands directly, with AVX-512 registers and XLA's intra-op thread pool.
+
+`conv_general_dilated` is `lax.conv_general_dilated` with that gradient
+(a custom VJP): the forward pass and the input gradient stay XLA's, and
+results differ from XLA's only by float rounding (tests/conv_kernel_grad_test.py).
+
+The C++ source is compiled on first use, with the machine's C++ compiler
+(`$CXX`, else `c++`) against the installed jaxlib's FFI headers, and cached
+under `$XDG_CACHE_HOME/cifar_jax` (default `~/.cache/cifar_jax`) by a hash
+of the source, the compiler and jaxlib. Where that fails, a warning says
+why and XLA's own gradient is used.
+"""
+
+from collections.abc import Mapping, Sequence
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import pathlib
+import platform as platform_lib
+import shutil
+import subprocess
+import tempfile
+
+import jax
+from jax import lax
+import jaxlib
+import numpy as np
+
+from cifar_jax import errors
+
+METHODS = ('xla', 'avx512')
+SOURCE = pathlib.Path(__file__).with_name('conv_kernel_grad.cc')
+TARGET = 'cifar_jax_conv_kernel_grad'
+_DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
+_FLAGS = ('-O3', '-std=c++17', '-shared', '-fPIC', '-w')
+
+
+class BuildError(Exception):
+  """The kernel could not be compiled or loaded here; the message says why."""
+
+
+def cpu_has_avx512f(cpuinfo: str | None = None) -> bool:
+  """Whether this machine's CPU has AVX-512F (x86-64 Linux only)."""
+  if cpuinfo is None:
+    if platform_lib.machine() not in ('x86_64', 'AMD64'):
+      return False
+    try:
+      cpuinfo = pathlib.Path('/proc/cpuinfo').read_text()
+    except OSError:
+      return False
+  return any(
+      line.startswith('flags') and 'avx512f' in line.split()
+      for line in cpuinfo.splitlines()
+  )
+
+
+def method_for(setting: str, platform: str) -> str:
+  """The kernel gradient of config `model.conv_kernel_grad` on `platform`.
+
+  'auto' is 'avx512' on a CPU with AVX-512 and 'xla' anywhere else (GPUs
+  and TPUs, and AVX2 CPUs, where XLA's was already as fast as Keras').
+  """
+  if setting not in ('auto', *METHODS):
+    raise ValueError(
+        "model.conv_kernel_grad must be 'auto' or one of "
+        f'{METHODS}, not {setting!r}'
+    )
+  has_avx512 = platform == 'cpu' and cpu_has_avx512f()
+  if setting == 'auto':
+    return 'avx512' if has_avx512 else 'xla'
+  if setting == 'avx512' and not has_avx512:
+    where = 'a CPU without AVX-512' if platform == 'cpu' else platform
+    raise errors.UserError(
+        "model.conv_kernel_grad='avx512' needs a CPU with AVX-512; this run "
+        f"is on {where} (use 'auto' or 'xla')."
+    )
+  return setting
+
+
+def conv_for(method: str):
+  """The `conv_general_dilated` for Flax's `nn.Conv` (None: Flax's default)."""
+  return conv_general_dilated if method == 'avx512' else None
+
+
+def conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision=None,
+    preferred_element_type=None,
+) -> jax.Array:
+  """`lax.conv_general_dilated`, with this module's kernel gradient.
+
+  Only where the kernel applies: float32 NHWC/HWIO, a 3x3 window, stride
+  1, no dilation or groups, output channels a multiple of 16. Any other
+  convolution is `lax.conv_general_dilated` as it is.
+  """
+  args = (lhs, rhs, window_strides, padding)
+  kwargs = dict(
+      lhs_dilation=lhs_dilation,
+      rhs_dilation=rhs_dilation,
+      dimension_numbers=dimension_numbers,
+      feature_group_count=feature_group_count,
+      batch_group_count=batch_group_count,
+      precision=precision,
+      preferred_element_type=preferred_element_type,
+  )
+  pads = _supported_padding(*args, **kwargs)
+  if pads is None:
+    return lax.conv_general_dilated(*args, **kwargs)
+  return _conv(lhs, rhs, pads)
+
+
+def _supported_padding(
+    lhs, rhs, window_strides, padding, **kwargs
+) -> tuple[tuple[int, int], ...] | None:
+  """The explicit padding where the kernel applies, else None."""
+  if lhs.ndim != 4 or rhs.ndim != 4 or tuple(rhs.shape[:2]) != (3, 3):
+    return None
+  if lhs.dtype != np.float32 or rhs.dtype != np.float32:
+    return None
+  if rhs.shape[3] % 16 or tuple(window_strides) != (1, 1):
+    return None
+  for name in ('lhs_dilation', 'rhs_dilation'):
+    if kwargs[name] is not None and tuple(kwargs[name]) != (1, 1):
+      return None
+  if kwargs['feature_group_count'] != 1 or kwargs['batch_group_count'] != 1:
+    return None
+  if kwargs['preferred_element_type'] is not None:
+    return None
+  nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _DIMENSIONS)
+  given = kwargs['dimension_numbers']
+  if (
+      given is not None
+      and lax.conv_dimension_numbers(lhs.shape, rhs.shape, given) != nhwc
+  ):
+    return None
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], (3, 3), (1, 1), padding)
+  pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+  return pads if min(min(p) for p in pads) >= 0 else None
+
+
+def _xla_conv(x: jax.Array, k: jax.Array, pads) -> jax.Array:
+  return lax.conv_general_dilated(
+      x, k, (1, 1), pads, dimension_numbers=_DIMENSIONS
+  )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv(x: jax.Array, k: jax.Array, pads) -> jax.Array:
+  return _xla_conv(x, k, pads)
+
+
+def _conv_fwd(x, k, pads):
+  return _xla_conv(x, k, pads), (x, k)
+
+
+def _conv_bwd(pads, residuals, g):
+  x, k = residuals
+  _, input_grad = jax.vjp(lambda x: _xla_conv(x, k, pads), x)
+  (dx,) = input_grad(g)
+  return dx, kernel_grad(x, g, pads)
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def kernel_grad(x: jax.Array, g: jax.Array, pads) -> jax.Array:
+  """d(conv(x, k)) / dk applied to the output gradient `g`: (3, 3, C, O).
+
+  The FFI kernel where it builds; XLA's own gradient otherwise.
+  """
+  shape = jax.ShapeDtypeStruct((3, 3, x.shape[3], g.shape[3]), x.dtype)
+  if registered_target() is None:
+    zeros = jax.numpy.zeros(shape.shape, shape.dtype)
+    _, grad = jax.vjp(lambda k: _xla_conv(x, k, pads), zeros)
+    return grad(g)[0]
+  call = jax.ffi.ffi_call(TARGET, shape, vmap_method='sequential')
+  return call(x, g, pad_top=np.int64(pads[0][0]), pad_left=np.int64(pads[1][0]))
+
+
+@functools.cache
+def registered_target() -> str | None:
+  """Builds, loads and registers the kernel once; None (and a warning) if not."""
+  try:
+    library = ctypes.CDLL(str(build(SOURCE, cache_dir(), compiler())))
+    if not library.CifarJaxCpuHasAvx512f():
+      raise BuildError('this CPU has no AVX-512')
+  except BuildError as e:
+    logging.warning(
+        'The AVX-512 kernel gradient is unavailable (%s); convolutions use '
+        "XLA's own, which is slower on this CPU.",
+        e,
+    )
+    return None
+  jax.ffi.register_ffi_target(
+      TARGET, jax.ffi.pycapsule(library.CifarJaxConvKernelGrad), platform='cpu'
+  )
+  return TARGET
+
+
+def compiler(environ: Mapping[str, str] = os.environ) -> str:
+  return environ.get('CXX') or 'c++'
+
+
+def cache_dir(environ: Mapping[str, str] = os.environ) -> pathlib.Path:
+  base = environ.get('XDG_CACHE_HOME') or pathlib.Path.home() / '.cache'
+  return pathlib.Path(base) / 'cifar_jax'
+
+
+def build(
+    source: pathlib.Path, directory: pathlib.Path, cxx: str
+) -> pathlib.Path:
+  """The shared library of `source`, compiled into `directory` if not there.
+
+  Named by a hash of the source, the compiler's version, the flags and
+  jaxlib's version, so a changed input never loads a stale library; written
+  under a temporary name and renamed, so concurrent runs never load half of
+  one.
+  """
+  if shutil.which(cxx) is None:
+    raise BuildError(f'no C++ compiler {cxx!r} (set $CXX)')
+  try:
+    version = subprocess.run(
+        [cxx, '--version'], capture_output=True, text=True, check=True
+    ).stdout
+  except (OSError, subprocess.CalledProcessError) as e:
+    raise BuildError(f'{cxx} --version failed: {e}') from e
+  key = hashlib.sha256()
+  for part in (source.read_bytes(), version, _FLAGS, jaxlib.__version__):
+    key.update(repr(part).encode())
+  target = directory / f'{source.stem}-{key.hexdigest()[:16]}.so'
+  if target.exists():
+    return target
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(dir=directory, suffix='.so.partial')
+    os.close(fd)
+  except OSError as e:
+    raise BuildError(f'cannot write to {directory}: {e}') from e
+  command = [
+      cxx,
+      *_FLAGS,
+      f'-I{jax.ffi.include_dir()}',
+      '-o',
+      partial,
+      str(source),
+  ]
+  logging.info('Compiling %s (once per machine and jaxlib).', source.name)
+  try:
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+      lines = (result.stderr or result.stdout).strip().splitlines()
+      messages = [line for line in lines if 'error' in line] or lines
+      raise BuildError(
+          f'{" ".join(command)} failed: '
+          f'{messages[0].strip() if messages else "no output"}'
+      )
+    os.replace(partial, target)
+  except OSError as e:
+    raise BuildError(f'{cxx} could not run: {e}') from e
+  finally:
+    pathlib.Path(partial).unlink(missing_ok=True)
+  return target

@@ -1,0 +1,261 @@
+"""The AVX-512 kernel gradient: where it is used, that it equals XLA's, builds."""
+
+import logging
+import pathlib
+import shutil
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cifar_jax import conv_kernel_grad
+from cifar_jax import errors
+from cifar_jax import models
+from conftest import get_config
+
+NHWC = ('NHWC', 'HWIO', 'NHWC')
+HAS_KERNEL = conv_kernel_grad.cpu_has_avx512f() and bool(
+    shutil.which(conv_kernel_grad.compiler())
+)
+needs_kernel = pytest.mark.skipif(
+    not HAS_KERNEL, reason='needs an AVX-512 CPU and a C++ compiler'
+)
+needs_compiler = pytest.mark.skipif(
+    not shutil.which(conv_kernel_grad.compiler()), reason='no C++ compiler'
+)
+
+
+def _grads(conv, x, k, padding, **kwargs):
+  """Gradients of a nonlinear function of the conv, w.r.t. input and kernel."""
+
+  def loss(x, k):
+    y = conv(x, k, (1, 1), padding, dimension_numbers=NHWC, **kwargs)
+    return jnp.sum(jnp.sin(y) * jnp.arange(y.size).reshape(y.shape) / y.size)
+
+  return jax.jit(jax.grad(loss, argnums=(0, 1)))(x, k)
+
+
+def _operands(seed, n, h, w, c, o, dtype=np.float32):
+  rng = np.random.default_rng(seed)
+  x = rng.standard_normal((n, h, w, c)).astype(dtype)
+  k = rng.standard_normal((3, 3, c, o)).astype(dtype)
+  return jnp.asarray(x), jnp.asarray(k)
+
+
+def test_avx512f_is_read_from_the_cpu_flags_not_a_prefix():
+  flags = 'flags\t\t: fpu sse2 avx avx2 fma'
+  assert not conv_kernel_grad.cpu_has_avx512f(flags)
+  assert not conv_kernel_grad.cpu_has_avx512f(flags + ' avx512fp16 avx512bw')
+  assert conv_kernel_grad.cpu_has_avx512f(flags + ' avx512f avx512bw')
+  assert not conv_kernel_grad.cpu_has_avx512f('model name: avx512f')
+
+
+@pytest.mark.parametrize('has_avx512', [True, False])
+def test_auto_takes_the_kernel_only_on_a_cpu_with_avx512(
+    monkeypatch, has_avx512
+):
+  monkeypatch.setattr(conv_kernel_grad, 'cpu_has_avx512f', lambda: has_avx512)
+  want = 'avx512' if has_avx512 else 'xla'
+  assert conv_kernel_grad.method_for('auto', 'cpu') == want
+  assert conv_kernel_grad.method_for('auto', 'gpu') == 'xla'
+  assert conv_kernel_grad.method_for('auto', 'tpu') == 'xla'
+  assert conv_kernel_grad.method_for('xla', 'cpu') == 'xla'
+
+
+def test_asking_for_the_kernel_where_it_cannot_run_is_one_clear_error(
+    monkeypatch,
+):
+  monkeypatch.setattr(conv_kernel_grad, 'cpu_has_avx512f', lambda: False)
+  with pytest.raises(errors.UserError, match='needs a CPU with AVX-512'):
+    conv_kernel_grad.method_for('avx512', 'cpu')
+  with pytest.raises(errors.UserError, match='this run is on gpu'):
+    conv_kernel_grad.method_for('avx512', 'gpu')
+  with pytest.raises(ValueError, match="'auto' or one of"):
+    conv_kernel_grad.method_for('onednn', 'cpu')
+
+
+def test_create_model_resolves_the_kernel_gradient_for_the_platform(
+    monkeypatch,
+):
+  monkeypatch.setattr(conv_kernel_grad, 'cpu_has_avx512f', lambda: True)
+  config = get_config('large').model
+  assert models.create_model(config, 'cpu').conv_kernel_grad == 'avx512'
+  assert models.create_model(config, 'gpu').conv_kernel_grad == 'xla'
+  config.conv_kernel_grad = 'xla'
+  assert models.create_model(config, 'cpu').conv_kernel_grad == 'xla'
+
+
+@needs_kernel
+@pytest.mark.parametrize(
+    'n, h, w, c, o, padding',
+    [
+        (4, 10, 11, 5, 16, 'SAME'),
+        (3, 7, 8, 3, 32, 'VALID'),  # The first layer's 3 channels.
+        (2, 8, 9, 40, 48, ((2, 0), (0, 1))),  # Uneven padding, 48 = 3 x 16.
+        (1, 5, 6, 17, 80, 'SAME'),  # 80 = 64 + 16: two column blocks.
+        (
+            37,
+            8,
+            8,
+            30,
+            128,
+            'SAME',
+        ),  # Several groups of images, the last short.
+        (2, 32, 32, 32, 32, 'SAME'),  # A full-size CIFAR layer.
+    ],
+)
+def test_gradients_equal_xlas_to_float_rounding(n, h, w, c, o, padding):
+  x, k = _operands(0, n, h, w, c, o)
+  dx, dk = _grads(conv_kernel_grad.conv_general_dilated, x, k, padding)
+  want_dx, want_dk = _grads(lax.conv_general_dilated, x, k, padding)
+  np.testing.assert_array_equal(dx, want_dx)  # XLA's, untouched.
+  scale = float(jnp.max(jnp.abs(want_dk)))
+  np.testing.assert_allclose(dk, want_dk, rtol=0, atol=2e-6 * scale)
+  assert scale > 0
+
+
+@needs_kernel
+def test_the_kernel_is_in_the_compiled_gradient_and_deterministic():
+  x, k = _operands(1, 40, 8, 8, 16, 32)
+  conv = conv_kernel_grad.conv_general_dilated
+  loss = lambda k: jnp.sum(conv(x, k, (1, 1), 'SAME', dimension_numbers=NHWC))
+  hlo = jax.jit(jax.grad(loss)).lower(k).as_text()
+  assert conv_kernel_grad.TARGET in hlo
+  first, second = (np.asarray(jax.jit(jax.grad(loss))(k)) for _ in range(2))
+  np.testing.assert_array_equal(first, second)
+
+
+@pytest.mark.parametrize(
+    'shape, dtype, kwargs',
+    [
+        ((2, 8, 8, 4, 10), np.float32, {}),  # 10 outputs: not a multiple of 16.
+        ((2, 8, 8, 4, 16), jnp.bfloat16, {}),
+        ((2, 8, 8, 4, 16), np.float32, {'rhs_dilation': (2, 2)}),
+        ((2, 8, 8, 4, 16), np.float32, {'feature_group_count': 2}),
+    ],
+)
+def test_other_convolutions_are_xlas_own(shape, dtype, kwargs):
+  x, k = _operands(2, *shape, dtype=dtype)
+  if 'feature_group_count' in kwargs:
+    k = k[:, :, : shape[3] // 2]
+  conv = conv_kernel_grad.conv_general_dilated
+  loss = lambda x, k: jnp.sum(
+      conv(x, k, (1, 1), 'SAME', dimension_numbers=NHWC, **kwargs)
+  )
+  jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1)))(x, k))
+  assert 'custom_vjp' not in jaxpr and 'ffi' not in jaxpr
+  got = _grads(conv, x, k, 'SAME', **kwargs)
+  want = _grads(lax.conv_general_dilated, x, k, 'SAME', **kwargs)
+  for a, b in zip(got, want):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_stride_or_another_window_is_xlas_own():
+  x, k = _operands(3, 2, 8, 8, 4, 16)
+  conv = conv_kernel_grad.conv_general_dilated
+  for kernel, strides in ((k, (2, 2)), (k[:2, :2], (1, 1))):
+    loss = lambda k, s=strides: jnp.sum(
+        conv(x, k, s, 'SAME', dimension_numbers=NHWC)
+    )
+    assert 'custom_vjp' not in str(jax.make_jaxpr(jax.grad(loss))(kernel))
+
+
+@pytest.fixture
+def fresh_registration():
+  conv_kernel_grad.registered_target.cache_clear()
+  yield
+  conv_kernel_grad.registered_target.cache_clear()
+
+
+def test_without_a_compiler_it_warns_and_uses_xlas_gradient(
+    monkeypatch, caplog, fresh_registration
+):
+  del fresh_registration
+  monkeypatch.setattr(conv_kernel_grad, 'compiler', lambda: 'no-such-c++')
+  x, k = _operands(4, 2, 6, 6, 4, 16)
+  with caplog.at_level(logging.WARNING):
+    got = _grads(conv_kernel_grad.conv_general_dilated, x, k, 'SAME')
+  assert "no C++ compiler 'no-such-c++'" in caplog.text
+  assert "use XLA's own" in caplog.text
+  want = _grads(lax.conv_general_dilated, x, k, 'SAME')
+  for a, b in zip(got, want):
+    np.testing.assert_array_equal(a, b)
+
+
+@needs_compiler
+def test_a_failed_compile_says_which_command_and_why(tmp_path):
+  source = tmp_path / 'broken.cc'
+  source.write_text('int f() { return }\n')
+  with pytest.raises(conv_kernel_grad.BuildError, match='failed: .*error'):
+    conv_kernel_grad.build(source, tmp_path / 'cache', 'c++')
+  assert not list((tmp_path / 'cache').glob('*.so*'))  # No half-written file.
+
+
+@needs_compiler
+def test_a_library_is_built_once_and_rebuilt_when_its_source_changes(
+    tmp_path,
+):
+  source = tmp_path / 'tiny.cc'
+  source.write_text('extern "C" int f() { return 1; }\n')
+  cache = tmp_path / 'cache'
+  first = conv_kernel_grad.build(source, cache, 'c++')
+  built_at = first.stat().st_mtime_ns
+  assert conv_kernel_grad.build(source, cache, 'c++') == first
+  assert first.stat().st_mtime_ns == built_at
+  source.write_text('extern "C" int f() { return 2; }\n')
+  second = conv_kernel_grad.build(source, cache, 'c++')
+  assert second != first and second.exists()
+
+
+@needs_compiler
+def test_an_unwritable_cache_is_a_build_error(tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('')
+  with pytest.raises(conv_kernel_grad.BuildError, match='cannot write'):
+    conv_kernel_grad.build(conv_kernel_grad.SOURCE, blocker / 'cache', 'c++')
+
+
+def test_the_cache_follows_xdg_cache_home():
+  env = {'XDG_CACHE_HOME': '/tmp/xdg'}
+  assert conv_kernel_grad.cache_dir(env) == pathlib.Path('/tmp/xdg/cifar_jax')
+  assert conv_kernel_grad.compiler({'CXX': 'clang++'}) == 'clang++'
+  assert conv_kernel_grad.compiler({}) == 'c++'
+
+
+@needs_kernel
+def test_a_convnet_trains_to_the_same_gradients_with_either_method():
+  config = get_config('bn_aug_sgd').model
+  config.stage_features = (16, 32)
+  config.second_conv_padding = ('SAME', 'VALID')
+  config.conv_dropout = config.stage_dropout = (0.0, 0.0)
+  config.hidden_features = (32,)
+  config.flatten_dropout = config.hidden_dropout = 0.0
+  x = jax.random.uniform(jax.random.key(0), (8, 32, 32, 3))
+  labels = jnp.arange(8) % 10
+  grads = {}
+  for method in ('xla', 'avx512'):
+    config.conv_kernel_grad = method
+    model = models.create_model(config, 'cpu')
+    variables = model.init(jax.random.key(1), x)
+
+    def loss(params, model=model, variables=variables):
+      logits, _ = model.apply(
+          {**variables, 'params': params},
+          x,
+          train=True,
+          mutable=['batch_stats'],
+      )
+      return jnp.mean(
+          -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1)
+      )
+
+    grads[method] = jax.jit(jax.grad(loss))(variables['params'])
+  flat_xla = jax.tree_util.tree_leaves_with_path(grads['xla'])
+  flat_kernel = jax.tree_util.tree_leaves(grads['avx512'])
+  for (path, want), got in zip(flat_xla, flat_kernel, strict=True):
+    scale = float(jnp.max(jnp.abs(want)))
+    np.testing.assert_allclose(
+        got, want, rtol=0, atol=1e-5 * scale, err_msg=jax.tree_util.keystr(path)
+    )
