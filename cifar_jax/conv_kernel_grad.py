@@ -202,7 +202,7 @@ def registered_target() -> str | None:
     library = ctypes.CDLL(str(build(SOURCE, cache_dir(), compiler())))
     if not library.CifarJaxCpuHasAvx512f():
       raise BuildError('this CPU has no AVX-512')
-  except BuildError as e:
+  except (BuildError, OSError) as e:  # OSError: a library that will not load.
     logging.warning(
         'The AVX-512 kernel gradient is unavailable (%s); convolutions use '
         "XLA's own, which is slower on this CPU.",

@@ -1,5 +1,6 @@
 """The AVX-512 kernel gradient: where it is used, that it equals XLA's, builds."""
 
+import json
 import logging
 import pathlib
 import shutil
@@ -14,6 +15,7 @@ from cifar_jax import conv_kernel_grad
 from cifar_jax import errors
 from cifar_jax import models
 from conftest import get_config
+from conftest import run_main
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 HAS_KERNEL = conv_kernel_grad.cpu_has_avx512f() and bool(
@@ -259,3 +261,30 @@ def test_a_convnet_trains_to_the_same_gradients_with_either_method():
     np.testing.assert_allclose(
         got, want, rtol=0, atol=1e-5 * scale, err_msg=jax.tree_util.keystr(path)
     )
+
+
+@needs_kernel
+def test_a_batch_split_over_two_devices_trains_as_on_one(tmp_path):
+  """The kernel sees a sharded batch: XLA gives it the whole of x and g."""
+  histories = []
+  for devices in (1, 2):
+    workdir = tmp_path / str(devices)
+    r = run_main(
+        '--config',
+        'configs/test.py',
+        '--config.model.stage_features=(16,)',
+        '--config.model.conv_dropout=(0.0,)',
+        '--config.model.hidden_dropout=0.0',
+        '--config.model.conv_kernel_grad=avx512',
+        '--config.data.synthetic_train_size=256',
+        '--config.num_epochs=2',
+        '--workdir',
+        str(workdir),
+        devices=devices,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f'({devices} device(s): cpu)' in r.stdout
+    histories.append(json.loads((workdir / 'history.json').read_text()))
+  for got, want in zip(*histories, strict=True):
+    for key in ('loss', 'accuracy', 'val_loss', 'val_accuracy'):
+      assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
