@@ -1,13 +1,16 @@
-"""Data-dependent initialisation: the whitening convolution of the fast recipes.
+"""Initialisation of the fast recipes: the whitening convolution, Dirac kernels.
 
 airbench (arXiv 2404.00498) starts its network with a 2x2 convolution that
 whitens the input patches: its filters are the eigenvectors of the patch
 covariance of some training images, divided by the square roots of their
 eigenvalues, followed by the same filters negated (so a ReLU-like activation
 after it loses nothing). Training then starts from decorrelated features
-instead of spending epochs learning them.
+instead of spending epochs learning them. The convolutions after it start
+as identity maps (`dirac_init`).
 """
 
+import flax.linen as nn
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -48,3 +51,28 @@ def whitening(
   c = images.shape[-1]
   kernel = w.reshape(size, size, c, -1)
   return kernel.astype(np.float32), (-(mean @ w)).astype(np.float32)
+
+
+def dirac_init(
+    base: nn.initializers.Initializer = nn.initializers.variance_scaling(
+        1 / 3, 'fan_in', 'uniform'
+    )
+) -> nn.initializers.Initializer:
+  """`base`, with the first min(in, out) filters made identity maps.
+
+  A deep stack of convolutions then starts close to passing its input
+  through, which lets the fast recipes use large learning rates at once.
+  """
+
+  def init(key, shape, dtype=jnp.float32):
+    kernel = base(key, shape, dtype)
+    kh, kw, cin, cout = shape
+    n = min(cin, cout)
+    identity = (
+        jnp.zeros((kh, kw, n, n), dtype)
+        .at[kh // 2, kw // 2]
+        .set(jnp.eye(n, dtype=dtype))
+    )
+    return kernel.at[:, :, :n, :n].set(identity)
+
+  return init

@@ -25,6 +25,7 @@ import ml_collections
 from cifar_jax import batch_norm
 from cifar_jax import conv_kernel_grad
 from cifar_jax import dropout
+from cifar_jax import initializers
 from cifar_jax import pooling
 
 _glorot = nn.initializers.glorot_uniform()
@@ -216,31 +217,6 @@ class ConvNet(nn.Module):
     return x.astype(jnp.float32)
 
 
-def dirac_init(
-    base: nn.initializers.Initializer = nn.initializers.variance_scaling(
-        1 / 3, 'fan_in', 'uniform'
-    )
-) -> nn.initializers.Initializer:
-  """`base`, with the first min(in, out) filters made identity maps.
-
-  A deep stack of convolutions then starts close to passing its input
-  through, which lets the fast recipes use large learning rates at once.
-  """
-
-  def init(key, shape, dtype=jnp.float32):
-    kernel = base(key, shape, dtype)
-    kh, kw, cin, cout = shape
-    n = min(cin, cout)
-    identity = (
-        jnp.zeros((kh, kw, n, n), dtype)
-        .at[kh // 2, kw // 2]
-        .set(jnp.eye(n, dtype=dtype))
-    )
-    return kernel.at[:, :, :n, :n].set(identity)
-
-  return init
-
-
 class FastBlock(nn.Module):
   """conv - max-pool - BN - GELU, then (conv - BN - GELU) x (depth - 1).
 
@@ -279,7 +255,7 @@ class FastBlock(nn.Module):
         (3, 3),
         padding='SAME',
         use_bias=False,
-        kernel_init=dirac_init(),
+        kernel_init=initializers.dirac_init(),
         dtype=self.dtype,
         conv_general_dilated=conv_kernel_grad.conv_for(self.conv_kernel_grad),
     )

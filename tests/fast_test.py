@@ -12,7 +12,6 @@ from cifar_jax import augment
 from cifar_jax import evaluate
 from cifar_jax import initializers
 from cifar_jax import input_pipeline
-from cifar_jax import models
 from cifar_jax import optimizers
 from cifar_jax import train
 from conftest import get_config
@@ -65,13 +64,13 @@ def test_patches_are_the_convolution_windows():
 
 
 def test_dirac_init_makes_convolutions_start_as_identity_maps():
-  kernel = models.dirac_init()(jax.random.key(0), (3, 3, 8, 8))
+  kernel = initializers.dirac_init()(jax.random.key(0), (3, 3, 8, 8))
   x = jax.random.normal(jax.random.key(1), (2, 6, 6, 8))
   y = jax.lax.conv_general_dilated(
       x, kernel, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')
   )
   np.testing.assert_allclose(y, x, atol=1e-6)
-  wider = models.dirac_init()(jax.random.key(0), (3, 3, 4, 8))
+  wider = initializers.dirac_init()(jax.random.key(0), (3, 3, 4, 8))
   assert float(jnp.abs(wider[:, :, :, 4:]).sum()) > 0  # The rest random.
 
 
