@@ -21,14 +21,15 @@ RENAMED = {
     'compute_dtype': 'model.compute_dtype',
     'model.conv_max_norm': 'optimizer.conv_max_norm',
     'model.hidden_max_norm': 'optimizer.hidden_max_norm',
+    'model.conv_kernel_grad': 'model.conv3x3',
 }
 # Keys an old config lacks, with the value that computes what it computed:
 # the pooling was chosen by the platform and FastNet had no MaxNorm. The
-# kernel gradient's method changes results only by float rounding, so an
+# 3x3 convolutions' method changes results only by float rounding, so an
 # old run resumes with today's default.
 ADDED = {
     'model.pooling': 'auto',
-    'model.conv_kernel_grad': 'auto',
+    'model.conv3x3': 'auto',
     'optimizer.conv_max_norm': 0.0,
     'optimizer.hidden_max_norm': 0.0,
 }

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from cifar_jax import batch_norm
-from cifar_jax import conv_kernel_grad
+from cifar_jax import conv3x3
 from cifar_jax import dropout
 from cifar_jax import initializers
 from cifar_jax import pooling
@@ -64,7 +64,7 @@ class ConvStage(nn.Module):
     outer_dropout: dropout rate after the pool (0 = no layer).
     batch_norm: BatchNorm after each conv's ReLU.
     pooling: a `pooling.METHODS` entry.
-    conv_kernel_grad: a `conv_kernel_grad.METHODS` entry.
+    conv3x3: a `conv3x3.METHODS` entry.
   """
 
   features: int
@@ -74,7 +74,7 @@ class ConvStage(nn.Module):
   batch_norm: bool = False
   dtype: Any = jnp.float32
   pooling: str = 'reduce_window'
-  conv_kernel_grad: str = 'xla'
+  conv3x3: str = 'xla'
 
   @nn.compact
   def __call__(
@@ -85,7 +85,7 @@ class ConvStage(nn.Module):
           self.features,
           padding=padding,
           dtype=self.dtype,
-          conv_general_dilated=conv_kernel_grad.conv_for(self.conv_kernel_grad),
+          conv_general_dilated=conv3x3.conv_for(self.conv3x3),
           name=f'conv{index}',
       )(x)
       x = nn.relu(x)
@@ -128,7 +128,7 @@ class ConvNet(nn.Module):
     hidden_dropout: dropout after every dense ReLU layer (0 = no layer).
     num_classes: width of the output layer.
     pooling: a `pooling.METHODS` entry.
-    conv_kernel_grad: a `conv_kernel_grad.METHODS` entry.
+    conv3x3: a `conv3x3.METHODS` entry.
 
   Keras' MaxNorm kernel constraints are the optimizer's
   (`optimizers.max_norm_bounds`): Optax sees only arrays, and they are
@@ -146,7 +146,7 @@ class ConvNet(nn.Module):
   num_classes: int = 10
   dtype: Any = jnp.float32
   pooling: str = 'reduce_window'
-  conv_kernel_grad: str = 'xla'
+  conv3x3: str = 'xla'
 
   def __post_init__(self):
     per_stage = (
@@ -197,7 +197,7 @@ class ConvNet(nn.Module):
           self.batch_norm,
           dtype=self.dtype,
           pooling=self.pooling,
-          conv_kernel_grad=self.conv_kernel_grad,
+          conv3x3=self.conv3x3,
           name=f'stage{i + 1}',
       )(x, train, mask)
     x = Flatten(name='flatten')(x)
@@ -235,7 +235,7 @@ class FastBlock(nn.Module):
   dtype: Any = jnp.float32
   residual: bool = False
   pooling: str = 'reduce_window'
-  conv_kernel_grad: str = 'xla'
+  conv3x3: str = 'xla'
 
   @nn.compact
   def __call__(
@@ -257,7 +257,7 @@ class FastBlock(nn.Module):
         use_bias=False,
         kernel_init=initializers.dirac_init(),
         dtype=self.dtype,
-        conv_general_dilated=conv_kernel_grad.conv_for(self.conv_kernel_grad),
+        conv_general_dilated=conv3x3.conv_for(self.conv3x3),
     )
     x = conv(name='conv1')(x)
     x = pooling.max_pool_2x2(x, self.pooling)
@@ -286,7 +286,7 @@ class FastNet(nn.Module):
     logit_scale: multiplies the logits (airbench: 1/9).
     num_classes: outputs.
     pooling: a `pooling.METHODS` entry.
-    conv_kernel_grad: a `conv_kernel_grad.METHODS` entry (the 3x3 convs).
+    conv3x3: a `conv3x3.METHODS` entry (the 3x3 convs).
   """
 
   widths: Sequence[int] = (64, 256, 256)
@@ -299,7 +299,7 @@ class FastNet(nn.Module):
   num_classes: int = 10
   dtype: Any = jnp.float32
   pooling: str = 'reduce_window'
-  conv_kernel_grad: str = 'xla'
+  conv3x3: str = 'xla'
 
   @property
   def whiten_features(self) -> int:
@@ -330,7 +330,7 @@ class FastNet(nn.Module):
           self.dtype,
           self.residual,
           self.pooling,
-          self.conv_kernel_grad,
+          self.conv3x3,
           name=f'block{i + 1}',
       )(x, train, mask)
     x = jnp.max(x, axis=(1, 2))
@@ -356,7 +356,7 @@ def create_model(
 
   `compute_dtype` is the dtype of activations and of the convolutions and
   matmuls; parameters, BatchNorm statistics and logits stay float32.
-  `pooling` and `conv_kernel_grad` 'auto' are resolved for `platform`
+  `pooling` and `conv3x3` 'auto' are resolved for `platform`
   (default: JAX's default backend), here, where the model is built.
   """
   kwargs = dict(model_config)
@@ -371,8 +371,8 @@ def create_model(
   kwargs['pooling'] = pooling.method_for(
       kwargs.pop('pooling', 'auto'), platform
   )
-  kwargs['conv_kernel_grad'] = conv_kernel_grad.method_for(
-      kwargs.pop('conv_kernel_grad', 'auto'), platform
+  kwargs['conv3x3'] = conv3x3.method_for(
+      kwargs.pop('conv3x3', 'auto'), platform
   )
   model_cls = {'ConvNet': ConvNet, 'FastNet': FastNet}.get(name)
   if model_cls is None:

@@ -83,10 +83,10 @@ def get_config() -> ml_collections.ConfigDict:
   # 2x2 max-pooling: 'auto' = 'window_max' on CPUs (a cheaper gradient
   # there), 'reduce_window' (XLA's own) on GPUs and TPUs.
   config.model.pooling = 'auto'
-  # Kernel gradient of the 3x3 convs: 'auto' = 'avx512' on CPUs with
-  # AVX-512 (cifar_jax/conv_kernel_grad.py, a compiled kernel, faster
-  # there), 'xla' (XLA's own) everywhere else.
-  config.model.conv_kernel_grad = 'auto'
+  # The 3x3 convs (forward and both gradients): 'auto' = 'avx512' on CPUs
+  # with AVX-512 (cifar_jax/conv3x3.py, compiled kernels, about twice as
+  # fast as XLA's there), 'xla' (XLA's own) everywhere else.
+  config.model.conv3x3 = 'auto'
   # Filters of each stage's two 3x3 convs.
   config.model.stage_features = (32,)
   # Padding of each stage's second conv ('SAME' or 'VALID').

@@ -42,3 +42,30 @@ def test_an_old_key_on_the_command_line_gets_one_line_naming_the_new(capsys):
   err = capsys.readouterr().err.strip()
   assert err.startswith('error: --config.dataset is now --config.data.name')
   assert len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize('value', ['xla', 'avx512'])
+def test_a_config_saved_with_conv_kernel_grad_keeps_its_value_as_conv3x3(
+    value,
+):
+  now = resume.config_json(get_config('large'))
+  now['model']['conv3x3'] = value
+  saved = json.loads(json.dumps(now))
+  saved['model']['conv_kernel_grad'] = saved['model'].pop('conv3x3')
+  assert config_renames.is_old(saved)
+  assert config_renames.upgrade(saved) == now
+
+
+def test_conv_kernel_grad_on_the_command_line_names_conv3x3(capsys):
+  with pytest.raises(SystemExit):
+    cli.parse_flags(
+        [
+            'main',
+            '--config=configs/test.py',
+            '--config.model.conv_kernel_grad=xla',
+        ]
+    )
+  err = capsys.readouterr().err.strip()
+  assert err.startswith(
+      'error: --config.model.conv_kernel_grad is now --config.model.conv3x3'
+  )

@@ -1,4 +1,4 @@
-"""The AVX-512 kernel gradient: where it is used, that it equals XLA's, builds."""
+"""The AVX-512 3x3 convolutions: where they are used, that they equal XLA's."""
 
 import json
 import logging
@@ -11,32 +11,43 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import conv_kernel_grad
+from cifar_jax import conv3x3
 from cifar_jax import errors
 from cifar_jax import models
 from conftest import get_config
 from conftest import run_main
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
-HAS_KERNEL = conv_kernel_grad.cpu_has_avx512f() and bool(
-    shutil.which(conv_kernel_grad.compiler())
+HAS_KERNEL = conv3x3.cpu_has_avx512f() and bool(
+    shutil.which(conv3x3.compiler())
 )
 needs_kernel = pytest.mark.skipif(
     not HAS_KERNEL, reason='needs an AVX-512 CPU and a C++ compiler'
 )
 needs_compiler = pytest.mark.skipif(
-    not shutil.which(conv_kernel_grad.compiler()), reason='no C++ compiler'
+    not shutil.which(conv3x3.compiler()), reason='no C++ compiler'
 )
 
 
 def _grads(conv, x, k, padding, **kwargs):
-  """Gradients of a nonlinear function of the conv, w.r.t. input and kernel."""
+  """The input and kernel gradients for a fixed output gradient.
 
-  def loss(x, k):
-    y = conv(x, k, (1, 1), padding, dimension_numbers=NHWC, **kwargs)
-    return jnp.sum(jnp.sin(y) * jnp.arange(y.size).reshape(y.shape) / y.size)
+  The loss is linear in the output, so both sides get the same output
+  gradient and differ only by how they sum.
+  """
 
+  def apply(x, k):
+    return conv(x, k, (1, 1), padding, dimension_numbers=NHWC, **kwargs)
+
+  shape = jax.eval_shape(apply, x, k).shape
+  g = jax.random.normal(jax.random.key(7), shape, x.dtype)
+  loss = lambda x, k: jnp.sum(apply(x, k) * g)
   return jax.jit(jax.grad(loss, argnums=(0, 1)))(x, k)
+
+
+def _called(target: str) -> str:
+  """How compiled HLO names a custom call to `target`."""
+  return f'custom_call_target="{target}"'
 
 
 def _operands(seed, n, h, w, c, o, dtype=np.float32):
@@ -48,45 +59,45 @@ def _operands(seed, n, h, w, c, o, dtype=np.float32):
 
 def test_avx512f_is_read_from_the_cpu_flags_not_a_prefix():
   flags = 'flags\t\t: fpu sse2 avx avx2 fma'
-  assert not conv_kernel_grad.cpu_has_avx512f(flags)
-  assert not conv_kernel_grad.cpu_has_avx512f(flags + ' avx512fp16 avx512bw')
-  assert conv_kernel_grad.cpu_has_avx512f(flags + ' avx512f avx512bw')
-  assert not conv_kernel_grad.cpu_has_avx512f('model name: avx512f')
+  assert not conv3x3.cpu_has_avx512f(flags)
+  assert not conv3x3.cpu_has_avx512f(flags + ' avx512fp16 avx512bw')
+  assert conv3x3.cpu_has_avx512f(flags + ' avx512f avx512bw')
+  assert not conv3x3.cpu_has_avx512f('model name: avx512f')
 
 
 @pytest.mark.parametrize('has_avx512', [True, False])
 def test_auto_takes_the_kernel_only_on_a_cpu_with_avx512(
     monkeypatch, has_avx512
 ):
-  monkeypatch.setattr(conv_kernel_grad, 'cpu_has_avx512f', lambda: has_avx512)
+  monkeypatch.setattr(conv3x3, 'cpu_has_avx512f', lambda: has_avx512)
   want = 'avx512' if has_avx512 else 'xla'
-  assert conv_kernel_grad.method_for('auto', 'cpu') == want
-  assert conv_kernel_grad.method_for('auto', 'gpu') == 'xla'
-  assert conv_kernel_grad.method_for('auto', 'tpu') == 'xla'
-  assert conv_kernel_grad.method_for('xla', 'cpu') == 'xla'
+  assert conv3x3.method_for('auto', 'cpu') == want
+  assert conv3x3.method_for('auto', 'gpu') == 'xla'
+  assert conv3x3.method_for('auto', 'tpu') == 'xla'
+  assert conv3x3.method_for('xla', 'cpu') == 'xla'
 
 
 def test_asking_for_the_kernel_where_it_cannot_run_is_one_clear_error(
     monkeypatch,
 ):
-  monkeypatch.setattr(conv_kernel_grad, 'cpu_has_avx512f', lambda: False)
+  monkeypatch.setattr(conv3x3, 'cpu_has_avx512f', lambda: False)
   with pytest.raises(errors.UserError, match='needs a CPU with AVX-512'):
-    conv_kernel_grad.method_for('avx512', 'cpu')
+    conv3x3.method_for('avx512', 'cpu')
   with pytest.raises(errors.UserError, match='this run is on gpu'):
-    conv_kernel_grad.method_for('avx512', 'gpu')
+    conv3x3.method_for('avx512', 'gpu')
   with pytest.raises(ValueError, match="'auto' or one of"):
-    conv_kernel_grad.method_for('onednn', 'cpu')
+    conv3x3.method_for('onednn', 'cpu')
 
 
-def test_create_model_resolves_the_kernel_gradient_for_the_platform(
+def test_create_model_resolves_the_convolutions_for_the_platform(
     monkeypatch,
 ):
-  monkeypatch.setattr(conv_kernel_grad, 'cpu_has_avx512f', lambda: True)
+  monkeypatch.setattr(conv3x3, 'cpu_has_avx512f', lambda: True)
   config = get_config('large').model
-  assert models.create_model(config, 'cpu').conv_kernel_grad == 'avx512'
-  assert models.create_model(config, 'gpu').conv_kernel_grad == 'xla'
-  config.conv_kernel_grad = 'xla'
-  assert models.create_model(config, 'cpu').conv_kernel_grad == 'xla'
+  assert models.create_model(config, 'cpu').conv3x3 == 'avx512'
+  assert models.create_model(config, 'gpu').conv3x3 == 'xla'
+  config.conv3x3 = 'xla'
+  assert models.create_model(config, 'cpu').conv3x3 == 'xla'
 
 
 @needs_kernel
@@ -106,27 +117,61 @@ def test_create_model_resolves_the_kernel_gradient_for_the_platform(
             'SAME',
         ),  # Several groups of images, the last short.
         (2, 32, 32, 32, 32, 'SAME'),  # A full-size CIFAR layer.
+        (3, 6, 7, 16, 16, ((3, 0), (0, 4))),  # Padding > 2: XLA's input grad.
+        (2, 9, 9, 32, 64, ((2, 2), (2, 2))),  # The input gradient's own pads.
     ],
 )
-def test_gradients_equal_xlas_to_float_rounding(n, h, w, c, o, padding):
+def test_values_and_gradients_equal_xlas_to_float_rounding(
+    n, h, w, c, o, padding
+):
   x, k = _operands(0, n, h, w, c, o)
-  dx, dk = _grads(conv_kernel_grad.conv_general_dilated, x, k, padding)
-  want_dx, want_dk = _grads(lax.conv_general_dilated, x, k, padding)
-  np.testing.assert_array_equal(dx, want_dx)  # XLA's, untouched.
-  scale = float(jnp.max(jnp.abs(want_dk)))
-  np.testing.assert_allclose(dk, want_dk, rtol=0, atol=2e-6 * scale)
-  assert scale > 0
+  y, want_y = (
+      jax.jit(
+          lambda x, k, conv=conv: conv(
+              x, k, (1, 1), padding, dimension_numbers=NHWC
+          )
+      )(x, k)
+      for conv in (conv3x3.conv_general_dilated, lax.conv_general_dilated)
+  )
+  got = (y, *_grads(conv3x3.conv_general_dilated, x, k, padding))
+  want = (want_y, *_grads(lax.conv_general_dilated, x, k, padding))
+  for name, a, b in zip(('y', 'dx', 'dk'), got, want, strict=True):
+    scale = float(jnp.max(jnp.abs(b)))
+    assert a.shape == b.shape and scale > 0, name
+    np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * scale, err_msg=name)
 
 
 @needs_kernel
-def test_the_kernel_is_in_the_compiled_gradient_and_deterministic():
+def test_the_kernels_are_in_the_compiled_step_and_deterministic():
   x, k = _operands(1, 40, 8, 8, 16, 32)
-  conv = conv_kernel_grad.conv_general_dilated
-  loss = lambda k: jnp.sum(conv(x, k, (1, 1), 'SAME', dimension_numbers=NHWC))
-  hlo = jax.jit(jax.grad(loss)).lower(k).as_text()
-  assert conv_kernel_grad.TARGET in hlo
-  first, second = (np.asarray(jax.jit(jax.grad(loss))(k)) for _ in range(2))
-  np.testing.assert_array_equal(first, second)
+  conv = conv3x3.conv_general_dilated
+
+  def loss(x, k):
+    y = conv(x, k, (1, 1), 'SAME', dimension_numbers=NHWC)
+    return jnp.sum(jnp.sin(y))
+
+  step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+  hlo = step.lower(x, k).compile().as_text()
+  # The forward pass and the input gradient (the same kernel) and dk.
+  assert hlo.count(_called(conv3x3.FORWARD_TARGET)) == 2
+  assert hlo.count(_called(conv3x3.KERNEL_GRAD_TARGET)) == 1
+  assert ' convolution(' not in hlo  # No XLA convolution left.
+  first, second = (jax.tree.map(np.asarray, step(x, k)) for _ in range(2))
+  for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second)):
+    np.testing.assert_array_equal(a, b)
+
+
+@needs_kernel
+def test_the_first_layers_input_gradient_is_xlas():
+  """3 input channels: not a multiple of 16, so XLA computes dx."""
+  x, k = _operands(5, 2, 8, 8, 3, 16)
+  conv = conv3x3.conv_general_dilated
+  loss = lambda x, k: jnp.sum(
+      conv(x, k, (1, 1), 'SAME', dimension_numbers=NHWC)
+  )
+  hlo = jax.jit(jax.grad(loss)).lower(x, k).compile().as_text()
+  assert _called(conv3x3.FORWARD_TARGET) not in hlo  # Only dx is needed.
+  assert ' convolution(' in hlo
 
 
 @pytest.mark.parametrize(
@@ -142,7 +187,7 @@ def test_other_convolutions_are_xlas_own(shape, dtype, kwargs):
   x, k = _operands(2, *shape, dtype=dtype)
   if 'feature_group_count' in kwargs:
     k = k[:, :, : shape[3] // 2]
-  conv = conv_kernel_grad.conv_general_dilated
+  conv = conv3x3.conv_general_dilated
   loss = lambda x, k: jnp.sum(
       conv(x, k, (1, 1), 'SAME', dimension_numbers=NHWC, **kwargs)
   )
@@ -156,7 +201,7 @@ def test_other_convolutions_are_xlas_own(shape, dtype, kwargs):
 
 def test_a_stride_or_another_window_is_xlas_own():
   x, k = _operands(3, 2, 8, 8, 4, 16)
-  conv = conv_kernel_grad.conv_general_dilated
+  conv = conv3x3.conv_general_dilated
   for kernel, strides in ((k, (2, 2)), (k[:2, :2], (1, 1))):
     loss = lambda k, s=strides: jnp.sum(
         conv(x, k, s, 'SAME', dimension_numbers=NHWC)
@@ -166,19 +211,19 @@ def test_a_stride_or_another_window_is_xlas_own():
 
 @pytest.fixture
 def fresh_registration():
-  conv_kernel_grad.registered_target.cache_clear()
+  conv3x3.kernels_registered.cache_clear()
   yield
-  conv_kernel_grad.registered_target.cache_clear()
+  conv3x3.kernels_registered.cache_clear()
 
 
-def test_without_a_compiler_it_warns_and_uses_xlas_gradient(
+def test_without_a_compiler_it_warns_and_uses_xlas_convolutions(
     monkeypatch, caplog, fresh_registration
 ):
   del fresh_registration
-  monkeypatch.setattr(conv_kernel_grad, 'compiler', lambda: 'no-such-c++')
+  monkeypatch.setattr(conv3x3, 'compiler', lambda: 'no-such-c++')
   x, k = _operands(4, 2, 6, 6, 4, 16)
   with caplog.at_level(logging.WARNING):
-    got = _grads(conv_kernel_grad.conv_general_dilated, x, k, 'SAME')
+    got = _grads(conv3x3.conv_general_dilated, x, k, 'SAME')
   assert "no C++ compiler 'no-such-c++'" in caplog.text
   assert "use XLA's own" in caplog.text
   want = _grads(lax.conv_general_dilated, x, k, 'SAME')
@@ -190,8 +235,8 @@ def test_without_a_compiler_it_warns_and_uses_xlas_gradient(
 def test_a_failed_compile_says_which_command_and_why(tmp_path):
   source = tmp_path / 'broken.cc'
   source.write_text('int f() { return }\n')
-  with pytest.raises(conv_kernel_grad.BuildError, match='failed: .*error'):
-    conv_kernel_grad.build(source, tmp_path / 'cache', 'c++')
+  with pytest.raises(conv3x3.BuildError, match='failed: .*error'):
+    conv3x3.build(source, tmp_path / 'cache', 'c++')
   assert not list((tmp_path / 'cache').glob('*.so*'))  # No half-written file.
 
 
@@ -202,12 +247,12 @@ def test_a_library_is_built_once_and_rebuilt_when_its_source_changes(
   source = tmp_path / 'tiny.cc'
   source.write_text('extern "C" int f() { return 1; }\n')
   cache = tmp_path / 'cache'
-  first = conv_kernel_grad.build(source, cache, 'c++')
+  first = conv3x3.build(source, cache, 'c++')
   built_at = first.stat().st_mtime_ns
-  assert conv_kernel_grad.build(source, cache, 'c++') == first
+  assert conv3x3.build(source, cache, 'c++') == first
   assert first.stat().st_mtime_ns == built_at
   source.write_text('extern "C" int f() { return 2; }\n')
-  second = conv_kernel_grad.build(source, cache, 'c++')
+  second = conv3x3.build(source, cache, 'c++')
   assert second != first and second.exists()
 
 
@@ -215,15 +260,15 @@ def test_a_library_is_built_once_and_rebuilt_when_its_source_changes(
 def test_an_unwritable_cache_is_a_build_error(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('')
-  with pytest.raises(conv_kernel_grad.BuildError, match='cannot write'):
-    conv_kernel_grad.build(conv_kernel_grad.SOURCE, blocker / 'cache', 'c++')
+  with pytest.raises(conv3x3.BuildError, match='cannot write'):
+    conv3x3.build(conv3x3.SOURCE, blocker / 'cache', 'c++')
 
 
 def test_the_cache_follows_xdg_cache_home():
   env = {'XDG_CACHE_HOME': '/tmp/xdg'}
-  assert conv_kernel_grad.cache_dir(env) == pathlib.Path('/tmp/xdg/cifar_jax')
-  assert conv_kernel_grad.compiler({'CXX': 'clang++'}) == 'clang++'
-  assert conv_kernel_grad.compiler({}) == 'c++'
+  assert conv3x3.cache_dir(env) == pathlib.Path('/tmp/xdg/cifar_jax')
+  assert conv3x3.compiler({'CXX': 'clang++'}) == 'clang++'
+  assert conv3x3.compiler({}) == 'c++'
 
 
 @needs_kernel
@@ -238,7 +283,7 @@ def test_a_convnet_trains_to_the_same_gradients_with_either_method():
   labels = jnp.arange(8) % 10
   grads = {}
   for method in ('xla', 'avx512'):
-    config.conv_kernel_grad = method
+    config.conv3x3 = method
     model = models.create_model(config, 'cpu')
     variables = model.init(jax.random.key(1), x)
 
@@ -275,7 +320,7 @@ def test_a_batch_split_over_two_devices_trains_as_on_one(tmp_path):
         '--config.model.stage_features=(16,)',
         '--config.model.conv_dropout=(0.0,)',
         '--config.model.hidden_dropout=0.0',
-        '--config.model.conv_kernel_grad=avx512',
+        '--config.model.conv3x3=avx512',
         '--config.data.synthetic_train_size=256',
         '--config.num_epochs=2',
         '--workdir',

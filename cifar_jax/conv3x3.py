@@ -1,21 +1,22 @@
-"""The kernel gradient of 3x3 convolutions on AVX-512 CPUs, as an FFI kernel.
+"""3x3 convolutions on AVX-512 CPUs, as FFI kernels: forward and gradients.
 
-On CPUs with AVX-512, XLA:CPU's kernel gradient of a 3x3 convolution was
-2-3x slower than oneDNN's (TensorFlow's) and most of what kept a training
-step behind Keras': XLA transposes both operands into a layout with the
-batch innermost and then runs a contraction that leaves the second core
-idle (docs/cpu_performance.md). `conv_kernel_grad.cc` sums over the NHWC
-operands directly, with AVX-512 registers and XLA's intra-op thread pool.
+On CPUs with AVX-512, XLA:CPU's 3x3 convolutions ran at about half the
+speed of oneDNN's (TensorFlow's), and were most of what kept a training step
+behind Keras' (docs/cpu_performance.md). `conv3x3.cc` computes a 3x3,
+stride-1 convolution straight from the NHWC operands with AVX-512 registers
+and XLA's intra-op thread pool, and the kernel gradient likewise; the input
+gradient is the same convolution of the output gradient with the flipped
+kernel.
 
-`conv_general_dilated` is `lax.conv_general_dilated` with that gradient
-(a custom VJP): the forward pass and the input gradient stay XLA's, and
-results differ from XLA's only by float rounding (tests/conv_kernel_grad_test.py).
+`conv_general_dilated` is `lax.conv_general_dilated` with these kernels (a
+custom VJP); results differ from XLA's only by float rounding
+(tests/conv3x3_test.py).
 
 The C++ source is compiled on first use, with the machine's C++ compiler
 (`$CXX`, else `c++`) against the installed jaxlib's FFI headers, and cached
 under `$XDG_CACHE_HOME/cifar_jax` (default `~/.cache/cifar_jax`) by a hash
 of the source, the compiler and jaxlib. Where that fails, a warning says
-why and XLA's own gradient is used.
+why and XLA's own convolutions are used.
 """
 
 from collections.abc import Mapping, Sequence
@@ -38,8 +39,9 @@ import numpy as np
 from cifar_jax import errors
 
 METHODS = ('xla', 'avx512')
-SOURCE = pathlib.Path(__file__).with_name('conv_kernel_grad.cc')
-TARGET = 'cifar_jax_conv_kernel_grad'
+SOURCE = pathlib.Path(__file__).with_name('conv3x3.cc')
+FORWARD_TARGET = 'cifar_jax_conv3x3'
+KERNEL_GRAD_TARGET = 'cifar_jax_conv3x3_kernel_grad'
 _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
 _FLAGS = ('-O3', '-std=c++17', '-shared', '-fPIC', '-w')
 
@@ -64,15 +66,14 @@ def cpu_has_avx512f(cpuinfo: str | None = None) -> bool:
 
 
 def method_for(setting: str, platform: str) -> str:
-  """The kernel gradient of config `model.conv_kernel_grad` on `platform`.
+  """The 3x3 convolutions of config `model.conv3x3` on `platform`.
 
   'auto' is 'avx512' on a CPU with AVX-512 and 'xla' anywhere else (GPUs
   and TPUs, and AVX2 CPUs, where XLA's was already as fast as Keras').
   """
   if setting not in ('auto', *METHODS):
     raise ValueError(
-        "model.conv_kernel_grad must be 'auto' or one of "
-        f'{METHODS}, not {setting!r}'
+        "model.conv3x3 must be 'auto' or one of " f'{METHODS}, not {setting!r}'
     )
   has_avx512 = platform == 'cpu' and cpu_has_avx512f()
   if setting == 'auto':
@@ -80,7 +81,7 @@ def method_for(setting: str, platform: str) -> str:
   if setting == 'avx512' and not has_avx512:
     where = 'a CPU without AVX-512' if platform == 'cpu' else platform
     raise errors.UserError(
-        "model.conv_kernel_grad='avx512' needs a CPU with AVX-512; this run "
+        "model.conv3x3='avx512' needs a CPU with AVX-512; this run "
         f"is on {where} (use 'auto' or 'xla')."
     )
   return setting
@@ -104,7 +105,7 @@ def conv_general_dilated(
     precision=None,
     preferred_element_type=None,
 ) -> jax.Array:
-  """`lax.conv_general_dilated`, with this module's kernel gradient.
+  """`lax.conv_general_dilated`, computed by this module's kernels.
 
   Only where the kernel applies: float32 NHWC/HWIO, a 3x3 window, stride
   1, no dilation or groups, output channels a multiple of 16. Any other
@@ -164,21 +165,52 @@ def _xla_conv(x: jax.Array, k: jax.Array, pads) -> jax.Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _conv(x: jax.Array, k: jax.Array, pads) -> jax.Array:
-  return _xla_conv(x, k, pads)
+  return forward(x, k, pads)
 
 
 def _conv_fwd(x, k, pads):
-  return _xla_conv(x, k, pads), (x, k)
+  return forward(x, k, pads), (x, k)
 
 
 def _conv_bwd(pads, residuals, g):
   x, k = residuals
-  _, input_grad = jax.vjp(lambda x: _xla_conv(x, k, pads), x)
-  (dx,) = input_grad(g)
-  return dx, kernel_grad(x, g, pads)
+  return input_grad(g, k, pads, x.shape), kernel_grad(x, g, pads)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def forward(x: jax.Array, k: jax.Array, pads) -> jax.Array:
+  """The convolution itself: the FFI kernel where it builds, else XLA's."""
+  if not kernels_registered():
+    return _xla_conv(x, k, pads)
+  (top, bottom), (left, right) = pads
+  shape = jax.ShapeDtypeStruct(
+      (
+          x.shape[0],
+          x.shape[1] + top + bottom - 2,
+          x.shape[2] + left + right - 2,
+          k.shape[3],
+      ),
+      x.dtype,
+  )
+  call = jax.ffi.ffi_call(FORWARD_TARGET, shape, vmap_method='sequential')
+  return call(x, k, pad_top=np.int64(top), pad_left=np.int64(left))
+
+
+def input_grad(g, k, pads, x_shape):
+  """d(conv(x, k)) / dx applied to `g`: a convolution of `g` too."""
+  flipped_pads = tuple((2 - lo, 2 - hi) for lo, hi in pads)
+  if (
+      kernels_registered()
+      and k.shape[2] % 16 == 0
+      and min(min(p) for p in flipped_pads) >= 0
+  ):
+    flipped = jax.numpy.flip(k, (0, 1)).transpose(0, 1, 3, 2)
+    return forward(g, flipped, flipped_pads)
+  zeros = jax.numpy.zeros(x_shape, k.dtype)
+  _, vjp = jax.vjp(lambda x: _xla_conv(x, k, pads), zeros)
+  return vjp(g)[0]
 
 
 def kernel_grad(x: jax.Array, g: jax.Array, pads) -> jax.Array:
@@ -187,32 +219,36 @@ def kernel_grad(x: jax.Array, g: jax.Array, pads) -> jax.Array:
   The FFI kernel where it builds; XLA's own gradient otherwise.
   """
   shape = jax.ShapeDtypeStruct((3, 3, x.shape[3], g.shape[3]), x.dtype)
-  if registered_target() is None:
+  if not kernels_registered():
     zeros = jax.numpy.zeros(shape.shape, shape.dtype)
     _, grad = jax.vjp(lambda k: _xla_conv(x, k, pads), zeros)
     return grad(g)[0]
-  call = jax.ffi.ffi_call(TARGET, shape, vmap_method='sequential')
+  call = jax.ffi.ffi_call(KERNEL_GRAD_TARGET, shape, vmap_method='sequential')
   return call(x, g, pad_top=np.int64(pads[0][0]), pad_left=np.int64(pads[1][0]))
 
 
 @functools.cache
-def registered_target() -> str | None:
-  """Builds, loads and registers the kernel once; None (and a warning) if not."""
+def kernels_registered() -> bool:
+  """Builds, loads and registers the kernels once; False (and a warning) if not."""
   try:
     library = ctypes.CDLL(str(build(SOURCE, cache_dir(), compiler())))
     if not library.CifarJaxCpuHasAvx512f():
       raise BuildError('this CPU has no AVX-512')
   except (BuildError, OSError) as e:  # OSError: a library that will not load.
     logging.warning(
-        'The AVX-512 kernel gradient is unavailable (%s); convolutions use '
-        "XLA's own, which is slower on this CPU.",
+        'The AVX-512 3x3 convolutions are unavailable (%s); convolutions use '
+        "XLA's own, which are slower on this CPU.",
         e,
     )
-    return None
-  jax.ffi.register_ffi_target(
-      TARGET, jax.ffi.pycapsule(library.CifarJaxConvKernelGrad), platform='cpu'
-  )
-  return TARGET
+    return False
+  for target, symbol in (
+      (FORWARD_TARGET, library.CifarJaxConv3x3),
+      (KERNEL_GRAD_TARGET, library.CifarJaxConv3x3KernelGrad),
+  ):
+    jax.ffi.register_ffi_target(
+        target, jax.ffi.pycapsule(symbol), platform='cpu'
+    )
+  return True
 
 
 def compiler(environ: Mapping[str, str] = os.environ) -> str:
