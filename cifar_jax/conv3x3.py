@@ -198,8 +198,14 @@ def forward(x: jax.Array, k: jax.Array, pads) -> jax.Array:
   return call(x, k, pad_top=np.int64(top), pad_left=np.int64(left))
 
 
-def input_grad(g, k, pads, x_shape):
-  """d(conv(x, k)) / dx applied to `g`: a convolution of `g` too."""
+def input_grad(
+    g: jax.Array, k: jax.Array, pads, x_shape: tuple[int, ...]
+) -> jax.Array:
+  """d(conv(x, k)) / dx applied to the output gradient `g`: (N, H, W, C).
+
+  A 3x3 convolution of `g` with the kernel flipped and its channel axes
+  swapped, so the forward kernel computes it where it applies.
+  """
   flipped_pads = tuple((2 - lo, 2 - hi) for lo, hi in pads)
   if (
       kernels_registered()
