@@ -18,6 +18,7 @@ the newest checkpoints (google/orbax#526).
 """
 
 import dataclasses
+import logging as std_logging
 import os
 import shutil
 import time
@@ -38,6 +39,30 @@ from cifar_jax.errors import write_failure
 _ITEMS = ('state', 'epoch_metrics', 'meta')  # Orbax reserves 'metrics'.
 # The suffix of a checkpoint Orbax has not finished writing.
 _UNFINISHED = '.orbax-checkpoint-tmp'
+
+
+class UnretrievedWriteFailures(std_logging.Filter):
+  """Drops asyncio's report of a failed write that no one awaited.
+
+  When a disk fills, every fragment Orbax is writing fails; Orbax raises
+  the first, and asyncio later logs each of the others, with its traceback,
+  as 'Task exception was never retrieved'. The first is already the run's
+  one error line (`CheckpointWriteFailure`), so the rest are dropped; any
+  other unretrieved exception is still logged.
+  """
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return not (
+        str(record.msg).startswith('Task exception was never retrieved')
+        and write_failure(exc) is not None
+    )
+
+
+def _drop_unretrieved_write_failures() -> None:
+  logger = std_logging.getLogger('asyncio')
+  if not any(isinstance(f, UnretrievedWriteFailures) for f in logger.filters):
+    logger.addFilter(UnretrievedWriteFailures())
 
 
 @dataclasses.dataclass
@@ -77,6 +102,7 @@ class Checkpoints:
         enable_async_checkpointing=asynchronous,
         create=True,
     )
+    _drop_unretrieved_write_failures()
     try:
       self._manager = ocp.CheckpointManager(
           self.directory, options=options, item_names=_ITEMS

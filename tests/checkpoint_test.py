@@ -1,7 +1,11 @@
 """Checkpoints: resume after SIGKILL bit for bit, SIGTERM, damage, mismatch."""
 
+import asyncio
+import errno
+import gc
 import io
 import json
+import logging
 import os
 import random
 import signal
@@ -278,3 +282,31 @@ def test_a_failed_close_is_logged_after_an_error_and_raised_otherwise(
   ckpt.close(quietly=True)  # An error is already on its way: only logged.
   with pytest.raises(RuntimeError, match='cannot join'):
     ckpt.close()
+
+
+def test_asyncios_reports_of_unawaited_write_failures_are_dropped(caplog):
+  """A full disk fails all of Orbax's writes; the first is the error line."""
+
+  async def fail(exc):
+    raise exc
+
+  logger = logging.getLogger('asyncio')
+  dropper = checkpointing.UnretrievedWriteFailures()
+  logger.addFilter(dropper)
+  try:
+    with caplog.at_level(logging.ERROR, logger='asyncio'):
+      for exc in (
+          OSError(errno.ENOSPC, 'No space left on device'),
+          ValueError('RESOURCE_EXHAUSTED: ... No space left on device'),
+          RuntimeError('a bug of our own'),
+      ):
+        loop = asyncio.new_event_loop()
+        task = loop.create_task(fail(exc))
+        loop.run_until_complete(asyncio.sleep(0.01))
+        del task  # Its exception was never retrieved: asyncio logs it.
+        gc.collect()
+        loop.close()
+  finally:
+    logger.removeFilter(dropper)
+  reports = [r for r in caplog.records if r.name == 'asyncio']
+  assert [str(r.exc_info[1]) for r in reports] == ['a bug of our own']
