@@ -195,6 +195,35 @@ void ForwardChannels(const Shape& s, const float* xpad, const float* k,
   }
 }
 
+// V, the width in 16-channel blocks of the output channels a tile covers,
+// for output rows of `ow` positions and `blocks` 16-channel blocks. Wide
+// tiles (large V) load fewer x values per multiply-add, long ones (many
+// positions) load each value of k for more of them: k is read from L2
+// once per tile, and that, not the multiply-adds, bounds the short tiles
+// of 8-wide rows. Among the widths that divide the blocks evenly (V = 1
+// only when nothing else does; it loads one x per multiply-add), the one
+// with the most accumulators per tile on average; of equals, the longer
+// tile.
+int ForwardBlockWidth(int64_t ow, int64_t blocks) {
+  int best = 0;
+  double best_accumulators = 0, best_positions = 0;
+  for (int v = 4; v >= 2; --v) {
+    if (blocks % v != 0) continue;
+    const int64_t cap = kAccumulators / v;
+    const int64_t tiles = (ow + cap - 1) / cap;
+    const double positions = static_cast<double>(ow) / tiles;
+    const double accumulators = positions * v;
+    if (accumulators > best_accumulators ||
+        (accumulators == best_accumulators && positions > best_positions)) {
+      best = v;
+      best_accumulators = accumulators;
+      best_positions = positions;
+    }
+  }
+  if (best == 0) return blocks == 1 ? 1 : 4;  // 4 then the remainder.
+  return best;
+}
+
 // One image: its padded copy into `xpad`, then every output channel.
 void ForwardImage(const Shape& s, const float* x, const float* k,
                   float* y, float* xpad) {
@@ -214,9 +243,17 @@ void ForwardImage(const Shape& s, const float* x, const float* k,
               x + (row * s.w + hi - s.pl) * s.c, dst + lo * s.c);
     std::fill(dst + hi * s.c, dst + cols * s.c, 0.f);
   }
+  const int v = ForwardBlockWidth(s.ow, s.o / 16);
   int64_t o0 = 0;
-  for (; o0 + 64 <= s.o; o0 += 64) ForwardChannels<4>(s, xpad, k, y, o0);
-  switch ((s.o - o0) / 16) {
+  for (; o0 + 16 * v <= s.o; o0 += 16 * v) {
+    switch (v) {
+      case 4: ForwardChannels<4>(s, xpad, k, y, o0); break;
+      case 3: ForwardChannels<3>(s, xpad, k, y, o0); break;
+      case 2: ForwardChannels<2>(s, xpad, k, y, o0); break;
+      default: ForwardChannels<1>(s, xpad, k, y, o0); break;
+    }
+  }
+  switch ((s.o - o0) / 16) {  // Only where v = 4 leaves a remainder.
     case 3: ForwardChannels<3>(s, xpad, k, y, o0); break;
     case 2: ForwardChannels<2>(s, xpad, k, y, o0); break;
     case 1: ForwardChannels<1>(s, xpad, k, y, o0); break;

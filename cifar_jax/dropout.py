@@ -80,13 +80,33 @@ def bernoulli(key: jax.Array, p: float, shape: Sequence[int]) -> jax.Array:
   return uniform < np.float32(p)
 
 
+def hashed_once(mask: jax.Array) -> jax.Array:
+  """`mask` (last axis a multiple of 8), computed once by XLA:CPU.
+
+  XLA:CPU fuses the hash into every kernel that reads the mask, the
+  forward pass's and the backward pass's, and so computes it twice. A
+  reduction is not fused into its readers: packed into bytes by one, the
+  mask is hashed once, and unpacked where it is read. The same bits.
+  """
+  *outer, last = mask.shape
+  weights = lax.shift_left(np.uint8(1), jnp.arange(8, dtype=np.uint8))
+  bits = mask.reshape(*outer, last // 8, 8).astype(np.uint8) * weights
+  packed = jnp.sum(bits, axis=-1, dtype=np.uint8)  # Distinct bits: an or.
+  return ((packed[..., None] & weights) != 0).reshape(mask.shape)
+
+
 class Dropout(nn.Module):
-  """`flax.linen.Dropout` (same attributes, same masks), with fused bits."""
+  """`flax.linen.Dropout` (same attributes, same masks), with fused bits.
+
+  `hash_once`: compute each mask once (`hashed_once`), for XLA:CPU; where
+  the mask's last axis is not a multiple of 8, it is computed as usual.
+  """
 
   rate: float
   broadcast_dims: Sequence[int] = ()
   deterministic: bool | None = None
   rng_collection: str = 'dropout'
+  hash_once: bool = False
 
   @nn.compact
   def __call__(
@@ -104,5 +124,7 @@ class Dropout(nn.Module):
     for dim in self.broadcast_dims:
       shape[dim] = 1
     mask = bernoulli(self.make_rng(self.rng_collection), keep, shape)
+    if self.hash_once and shape[-1] % 8 == 0:
+      mask = hashed_once(mask)
     mask = jnp.broadcast_to(mask, inputs.shape)
     return lax.select(mask, inputs / keep, jnp.zeros_like(inputs))

@@ -65,6 +65,7 @@ class ConvStage(nn.Module):
     batch_norm: BatchNorm after each conv's ReLU.
     pooling: a `pooling.METHODS` entry.
     conv3x3: a `conv3x3.METHODS` entry.
+    dropout_hash_once: `dropout.Dropout.hash_once` (CPUs).
   """
 
   features: int
@@ -75,6 +76,7 @@ class ConvStage(nn.Module):
   dtype: Any = jnp.float32
   pooling: str = 'reduce_window'
   conv3x3: str = 'xla'
+  dropout_hash_once: bool = False
 
   @nn.compact
   def __call__(
@@ -100,13 +102,19 @@ class ConvStage(nn.Module):
     x = conv_bn(x, 'SAME', 1)
     if self.inner_dropout:
       x = dropout.Dropout(
-          self.inner_dropout, deterministic=not train, name='dropout1'
+          self.inner_dropout,
+          deterministic=not train,
+          hash_once=self.dropout_hash_once,
+          name='dropout1',
       )(x)
     x = conv_bn(x, self.second_padding, 2)
     x = MaxPool(self.pooling, name='pool')(x)
     if self.outer_dropout:
       x = dropout.Dropout(
-          self.outer_dropout, deterministic=not train, name='dropout2'
+          self.outer_dropout,
+          deterministic=not train,
+          hash_once=self.dropout_hash_once,
+          name='dropout2',
       )(x)
     return x
 
@@ -129,6 +137,7 @@ class ConvNet(nn.Module):
     num_classes: width of the output layer.
     pooling: a `pooling.METHODS` entry.
     conv3x3: a `conv3x3.METHODS` entry.
+    dropout_hash_once: `dropout.Dropout.hash_once` (CPUs).
 
   Keras' MaxNorm kernel constraints are the optimizer's
   (`optimizers.max_norm_bounds`): Optax sees only arrays, and they are
@@ -147,6 +156,7 @@ class ConvNet(nn.Module):
   dtype: Any = jnp.float32
   pooling: str = 'reduce_window'
   conv3x3: str = 'xla'
+  dropout_hash_once: bool = False
 
   def __post_init__(self):
     per_stage = (
@@ -198,12 +208,16 @@ class ConvNet(nn.Module):
           dtype=self.dtype,
           pooling=self.pooling,
           conv3x3=self.conv3x3,
+          dropout_hash_once=self.dropout_hash_once,
           name=f'stage{i + 1}',
       )(x, train, mask)
     x = Flatten(name='flatten')(x)
     if self.flatten_dropout:
       x = dropout.Dropout(
-          self.flatten_dropout, deterministic=not train, name='flatten_dropout'
+          self.flatten_dropout,
+          deterministic=not train,
+          hash_once=self.dropout_hash_once,
+          name='flatten_dropout',
       )(x)
     for i, features in enumerate(self.hidden_features):
       x = nn.relu(Dense(features, dtype=self.dtype, name=f'dense{i + 1}')(x))
@@ -211,6 +225,7 @@ class ConvNet(nn.Module):
         x = dropout.Dropout(
             self.hidden_dropout,
             deterministic=not train,
+            hash_once=self.dropout_hash_once,
             name=f'dense{i + 1}_dropout',
         )(x)
     x = Dense(self.num_classes, dtype=self.dtype, name='logits')(x)
@@ -357,7 +372,9 @@ def create_model(
   `compute_dtype` is the dtype of activations and of the convolutions and
   matmuls; parameters, BatchNorm statistics and logits stay float32.
   `pooling` and `conv3x3` 'auto' are resolved for `platform`
-  (default: JAX's default backend), here, where the model is built.
+  (default: JAX's default backend), here, where the model is built, and
+  ConvNet's dropout masks are hashed once on CPUs (neither changes what
+  the model computes beyond float rounding).
   """
   kwargs = dict(model_config)
   name = kwargs.pop('name')
@@ -380,4 +397,7 @@ def create_model(
         f'Unknown model.name {name!r}; models.py defines '
         "'ConvNet' and 'FastNet'."
     )
+  if model_cls is ConvNet:  # FastNet has no dropout.
+    kwargs['dropout_hash_once'] = platform == 'cpu'
+
   return model_cls(dtype=COMPUTE_DTYPES[compute_dtype], **kwargs)

@@ -75,3 +75,44 @@ def test_deterministic_dropout_is_the_identity():
   np.testing.assert_array_equal(
       dropout.Dropout(0.5, deterministic=True).apply({}, x), x
   )
+
+
+@pytest.mark.parametrize('shape', [(8,), (3, 5, 16), (2, 4, 4, 32)])
+def test_a_mask_hashed_once_has_the_same_bits(shape):
+  mask = dropout.bernoulli(jax.random.key(3), 0.5, shape)
+  np.testing.assert_array_equal(dropout.hashed_once(mask), mask)
+
+
+def _xors_in_training_step(layer):
+  """Xor ops in the compiled forward and backward pass through `layer`."""
+
+  def loss(x):
+    y = layer.apply({}, x, deterministic=False, rngs={'dropout': key})
+    return jnp.sum(jnp.sin(y))
+
+  key = jax.random.key(5)
+  x = jax.random.normal(jax.random.key(6), (4, 8, 8, 16))
+  step = jax.jit(jax.value_and_grad(loss))
+  return step.lower(x).compile().as_text().count(' xor('), step(x)
+
+
+def test_hash_once_computes_the_hash_once_and_the_same_values():
+  plain_xors, plain = _xors_in_training_step(dropout.Dropout(0.25))
+  once_xors, once = _xors_in_training_step(
+      dropout.Dropout(0.25, hash_once=True)
+  )
+  # Threefry-2x32 is 20 rounds, each with a xor, plus its key's own.
+  assert plain_xors >= 2 * 20  # In the forward and the backward pass.
+  assert once_xors < plain_xors - 10
+  for a, b in zip(jax.tree.leaves(once), jax.tree.leaves(plain)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_hash_once_leaves_a_last_axis_not_a_multiple_of_8_as_it_was():
+  x = jax.random.normal(jax.random.key(0), (4, 6, 6, 3))
+  rngs = {'dropout': jax.random.key(11)}
+  once = dropout.Dropout(0.5, hash_once=True)
+  np.testing.assert_array_equal(
+      once.apply({}, x, deterministic=False, rngs=rngs),
+      nn.Dropout(0.5).apply({}, x, deterministic=False, rngs=rngs),
+  )

@@ -244,3 +244,10 @@ def test_jitted_gradient_of_a_batch_norm_model_equals_the_eager_one():
     eager, _ = grad(params, batch_stats, x, mask)
   for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(eager)):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * np.abs(b).max())
+
+
+def test_convnet_hashes_its_dropout_masks_once_only_on_cpus():
+  config = get_config('large').model
+  assert models.create_model(config, 'cpu').dropout_hash_once
+  assert not models.create_model(config, 'gpu').dropout_hash_once
+  assert not models.create_model(config, 'tpu').dropout_hash_once
