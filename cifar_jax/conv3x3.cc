@@ -224,8 +224,9 @@ int ForwardBlockWidth(int64_t ow, int64_t blocks) {
   return best;
 }
 
-// One image: its padded copy into `xpad`, then every output channel.
-void ForwardImage(const Shape& s, const float* x, const float* k,
+// One image: its padded copy into `xpad`, then every output channel, in
+// tiles V = `v` blocks wide (`ForwardBlockWidth`).
+void ForwardImage(const Shape& s, int v, const float* x, const float* k,
                   float* y, float* xpad) {
   const int64_t rows = s.oh + 2, cols = s.pw();
   for (int64_t r = 0; r < rows; ++r) {
@@ -243,7 +244,6 @@ void ForwardImage(const Shape& s, const float* x, const float* k,
               x + (row * s.w + hi - s.pl) * s.c, dst + lo * s.c);
     std::fill(dst + hi * s.c, dst + cols * s.c, 0.f);
   }
-  const int v = ForwardBlockWidth(s.ow, s.o / 16);
   int64_t o0 = 0;
   for (; o0 + 16 * v <= s.o; o0 += 16 * v) {
     switch (v) {
@@ -346,10 +346,11 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const float* kp = k.typed_data();
   float* yp = y->typed_data();
   const int64_t copy = (s.oh + 2) * s.pw() * s.c;
-  ParallelFor(pool, s.n, [s, xp, kp, yp, copy](int64_t n) {
+  const int v = ForwardBlockWidth(s.ow, s.o / 16);
+  ParallelFor(pool, s.n, [s, v, xp, kp, yp, copy](int64_t n) {
     std::unique_ptr<float[]> xpad(new float[copy]);
-    ForwardImage(s, xp + n * s.h * s.w * s.c, kp, yp + n * s.oh * s.ow * s.o,
-                 xpad.get());
+    ForwardImage(s, v, xp + n * s.h * s.w * s.c, kp,
+                 yp + n * s.oh * s.ow * s.o, xpad.get());
   });
   return ffi::Error::Success();
 }

@@ -99,23 +99,18 @@ class ConvStage(nn.Module):
         )(x, mask=mask)
       return x
 
+    drop = functools.partial(
+        dropout.Dropout,
+        deterministic=not train,
+        hash_once=self.dropout_hash_once,
+    )
     x = conv_bn(x, 'SAME', 1)
     if self.inner_dropout:
-      x = dropout.Dropout(
-          self.inner_dropout,
-          deterministic=not train,
-          hash_once=self.dropout_hash_once,
-          name='dropout1',
-      )(x)
+      x = drop(self.inner_dropout, name='dropout1')(x)
     x = conv_bn(x, self.second_padding, 2)
     x = MaxPool(self.pooling, name='pool')(x)
     if self.outer_dropout:
-      x = dropout.Dropout(
-          self.outer_dropout,
-          deterministic=not train,
-          hash_once=self.dropout_hash_once,
-          name='dropout2',
-      )(x)
+      x = drop(self.outer_dropout, name='dropout2')(x)
     return x
 
 
@@ -211,23 +206,18 @@ class ConvNet(nn.Module):
           dropout_hash_once=self.dropout_hash_once,
           name=f'stage{i + 1}',
       )(x, train, mask)
+    drop = functools.partial(
+        dropout.Dropout,
+        deterministic=not train,
+        hash_once=self.dropout_hash_once,
+    )
     x = Flatten(name='flatten')(x)
     if self.flatten_dropout:
-      x = dropout.Dropout(
-          self.flatten_dropout,
-          deterministic=not train,
-          hash_once=self.dropout_hash_once,
-          name='flatten_dropout',
-      )(x)
+      x = drop(self.flatten_dropout, name='flatten_dropout')(x)
     for i, features in enumerate(self.hidden_features):
       x = nn.relu(Dense(features, dtype=self.dtype, name=f'dense{i + 1}')(x))
       if self.hidden_dropout:
-        x = dropout.Dropout(
-            self.hidden_dropout,
-            deterministic=not train,
-            hash_once=self.dropout_hash_once,
-            name=f'dense{i + 1}_dropout',
-        )(x)
+        x = drop(self.hidden_dropout, name=f'dense{i + 1}_dropout')(x)
     x = Dense(self.num_classes, dtype=self.dtype, name='logits')(x)
     return x.astype(jnp.float32)
 
