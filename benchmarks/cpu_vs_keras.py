@@ -3,7 +3,8 @@
     pip install -e '.[bench]'
     JAX_PLATFORMS=cpu python benchmarks/cpu_vs_keras.py \
         [--rungs simple,large,bn_aug_sgd] [--steps 200] [--repeats 3] \
-        [--json out.json] [--config.model.compute_dtype=bfloat16 ...]
+        [--json out.json] [--isa_cap AVX2] \
+        [--config.model.compute_dtype=bfloat16 ...]
 
 For each rung, on synthetic data (`--steps` batches of the rung's batch size,
 uniform random pixels and labels), each side in a process of its own (so
@@ -19,6 +20,13 @@ Each side first runs one untimed pass (compilation, tracing), then
 see the same machine load; the median pass gives images per second. The ratio
 is cifar_jax / Keras, > 1 = cifar_jax is faster. `--config.*` overrides apply
 to every rung's cifar_jax config (e.g. to compare compute dtypes).
+
+`--isa_cap AVX2` measures an AVX2 CPU's case on an AVX-512 one: both sides
+are kept to AVX2 by their libraries' own switches, XLA's code generation
+(`--xla_cpu_max_isa`, which cifar_jax's kernels also obey) and oneDNN
+(`ONEDNN_MAX_CPU_ISA`: TensorFlow's kernels, and the matrix products behind
+XLA:CPU's convolutions). It stands in for an AVX2 machine; caches, clocks
+and any library without such a switch stay this machine's.
 """
 
 import importlib.util
@@ -42,6 +50,7 @@ import numpy as np
 
 from cifar_jax import cli
 from cifar_jax import compile_ahead
+from cifar_jax import conv3x3
 from cifar_jax import experiment
 from cifar_jax import progress
 from cifar_jax import reporting
@@ -62,6 +71,14 @@ SKIP_KERAS = flags.DEFINE_bool(
     'skip_keras', False, 'Only cifar_jax (no Keras needed).'
 )
 JSON = flags.DEFINE_string('json', None, 'Also write the results here.')
+# `--isa_cap` values, as XLA's --xla_cpu_max_isa names them: oneDNN's name.
+_ISA_CAPS = {'AVX2': 'AVX2'}
+ISA_CAP = flags.DEFINE_enum(
+    'isa_cap',
+    None,
+    list(_ISA_CAPS),
+    "Keep both sides to this instruction set (XLA's and oneDNN's switches).",
+)
 WORKER = flags.DEFINE_enum(
     'worker', None, ['cifar_jax', 'keras'], 'Internal: run one side.'
 )
@@ -229,7 +246,9 @@ def worker(
     about = f'Keras {keras.__version__} / TensorFlow {tf.__version__}'
     one_pass = keras_pass(config)
   else:
-    about = f'JAX {jax.__version__} on {jax.devices()[0].platform}'
+    platform = jax.devices()[0].platform
+    convs = conv3x3.method_for(config.model.conv3x3, platform)
+    about = f'JAX {jax.__version__} on {platform} (3x3 convs: {convs})'
     one_pass = cifar_jax_pass(config)
   one_pass()  # Compiles (JAX) or traces (Keras), and warms up.
   print(
@@ -246,7 +265,7 @@ def worker(
 class _Worker:
   """A `worker` subprocess and its pipes."""
 
-  def __init__(self, side, rung, num_steps, overrides):
+  def __init__(self, side, rung, num_steps, overrides, env):
     self.proc = subprocess.Popen(
         [
             sys.executable,
@@ -262,6 +281,7 @@ class _Worker:
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        env=env,
     )
     line = self._read()
     if not line.startswith('ready '):
@@ -309,7 +329,13 @@ def main(argv: list[str]) -> None:
           "'.[bench]' (or pass --skip_keras)."
       )
     sides.append('keras')
-  machine = reporting.machine_description()
+  machine, env = reporting.machine_description(), dict(os.environ)
+  if ISA_CAP.value:
+    env['XLA_FLAGS'] = (
+        f'{env.get("XLA_FLAGS", "")} --xla_cpu_max_isa={ISA_CAP.value}'
+    ).strip()
+    env['ONEDNN_MAX_CPU_ISA'] = _ISA_CAPS[ISA_CAP.value]
+    machine += f', both sides capped at {ISA_CAP.value}'
   print(
       f'{machine}; {STEPS.value} batches per pass, median of '
       f'{REPEATS.value} passes after one warm-up, each side in its own '
@@ -321,7 +347,7 @@ def main(argv: list[str]) -> None:
     workers = {}
     try:
       for side in sides:  # One at a time: warm-ups do not overlap.
-        workers[side] = _Worker(side, name, STEPS.value, overrides)
+        workers[side] = _Worker(side, name, STEPS.value, overrides, env)
         about[side] = workers[side].info['about']
       seconds = {side: [] for side in sides}
       for _ in range(REPEATS.value):  # Interleaved: both see the same load.
@@ -362,6 +388,7 @@ def main(argv: list[str]) -> None:
               versions=about,
               steps=STEPS.value,
               repeats=REPEATS.value,
+              isa_cap=ISA_CAP.value,
               overrides=overrides,
               results=results,
           ),

@@ -117,7 +117,7 @@ COMMON: dict[str, Rule] = {
     'model.num_classes': integer(2),
     'model.compute_dtype': one_of('float32', 'bfloat16'),
     'model.pooling': one_of('auto', 'reduce_window', 'window_max'),
-    'model.conv3x3': one_of('auto', 'xla', 'avx512'),
+    'model.conv3x3': one_of('auto', 'xla', 'avx512', 'avx2'),
     'optimizer.name': one_of('sgd', 'adam', 'fast_sgd'),
     'optimizer.learning_rate': POSITIVE,
     'optimizer.conv_max_norm': NON_NEGATIVE,

@@ -1,4 +1,4 @@
-// 3x3, stride-1 convolutions on x86 CPUs with AVX-512, as XLA FFI handlers
+// 3x3, stride-1 convolutions on x86 CPUs, as XLA FFI handlers
 // (cifar_jax/conv3x3.py builds and registers them):
 // - CifarJaxConv3x3: the convolution y = conv(x, k), NHWC and HWIO. With the
 //   kernel flipped and its channel axes swapped, it is the input gradient
@@ -10,13 +10,19 @@
 // core idle. Here every sum runs over the NHWC operands directly, in
 // register tiles of fused multiply-adds, on XLA's intra-op thread pool.
 //
+// The source is built once per instruction set: with -DCIFAR_JAX_AVX512
+// for AVX-512 (32 registers of 16 floats), and without it for AVX2 with FMA
+// (16 registers of 8 floats). Only the tiles' code uses those instructions;
+// the rest is plain x86-64, so loading a library on a CPU without them is
+// safe, and CifarJaxCpuSupported says whether its tiles may run.
+//
 // The kernel gradient, for padding pt (top) and pl (left):
 //
 //   dk[i, j, c, o] = sum over n, y, x of
 //                    x[n, y + i - pt, x + j - pl, c] * g[n, y, x, o]
 //
 // with x = 0 outside the image. For each tap (i, j), a tile of R input
-// channels by 16 V output channels stays in R * V AVX-512 registers while a
+// channels by V vectors of output channels stays in R * V registers while a
 // group of images streams past: per position, V loads of g, R broadcasts of
 // x and R * V fused multiply-adds.
 //
@@ -40,6 +46,39 @@ namespace ffi = xla::ffi;
 
 namespace {
 
+#ifdef CIFAR_JAX_AVX512
+#define CIFAR_JAX_TARGET "avx512f"
+using Vec = __m512;
+constexpr int kLanes = 16;
+// Registers for accumulators: 24 of the 32, the rest hold k (or g) and x.
+constexpr int kAccumulators = 24;
+// The most vectors of output channels a tile spans.
+constexpr int kMaxBlocks = 4;
+#define CIFAR_JAX_VEC(op) _mm512_##op
+#else
+#define CIFAR_JAX_TARGET "avx2,fma"
+using Vec = __m256;
+constexpr int kLanes = 8;
+// 12 of the 16 registers; two vectors wide, that leaves 2 for k (or g) and
+// 1 for x.
+constexpr int kAccumulators = 12;
+constexpr int kMaxBlocks = 2;
+#define CIFAR_JAX_VEC(op) _mm256_##op
+#endif
+
+// The code that uses the vector instructions: only ever called once
+// CifarJaxCpuSupported() has said the CPU has them.
+#define CIFAR_JAX_VECTOR_CODE __attribute__((target(CIFAR_JAX_TARGET)))
+#define CIFAR_JAX_INLINE CIFAR_JAX_VECTOR_CODE __attribute__((always_inline)) inline
+
+CIFAR_JAX_INLINE Vec Zero() { return CIFAR_JAX_VEC(setzero_ps)(); }
+CIFAR_JAX_INLINE Vec Load(const float* p) { return CIFAR_JAX_VEC(loadu_ps)(p); }
+CIFAR_JAX_INLINE Vec Broadcast(float v) { return CIFAR_JAX_VEC(set1_ps)(v); }
+CIFAR_JAX_INLINE Vec MultiplyAdd(Vec a, Vec b, Vec c) {
+  return CIFAR_JAX_VEC(fmadd_ps)(a, b, c);
+}
+CIFAR_JAX_INLINE void Store(float* p, Vec v) { CIFAR_JAX_VEC(storeu_ps)(p, v); }
+
 // x (n, h, w, c), the output (n, oh, ow, o), padding pt (top), pl (left).
 struct Shape {
   int64_t n, h, w, c, oh, ow, o, pt, pl;
@@ -48,19 +87,16 @@ struct Shape {
 
 // Positions per group of images: a group's slices of x and g stay in L2.
 constexpr int64_t kGroupPositions = 1024;
-// Registers for accumulators: 24 of the 32, the rest hold g and x.
-constexpr int kAccumulators = 24;
 
-// dk[i, j, c0:c0+R, o0:o0+16V] summed over images [n0, n1), stored to `part`
+// dk[i, j, c0:c0+R, o0:o0+kLanes*V] summed over images [n0, n1), stored to `part`
 // (9 * C * O floats laid out as dk).
 template <int R, int V>
-__attribute__((target("avx512f"))) void Tile(const Shape& s, const float* x,
-                                             const float* g, float* part,
-                                             int64_t n0, int64_t n1, int i,
-                                             int j, int64_t c0, int64_t o0) {
-  __m512 acc[R][V];
+CIFAR_JAX_VECTOR_CODE void Tile(const Shape& s, const float* x, const float* g,
+                               float* part, int64_t n0, int64_t n1, int i,
+                               int j, int64_t c0, int64_t o0) {
+  Vec acc[R][V];
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) acc[r][v] = _mm512_setzero_ps();
+    for (int v = 0; v < V; ++v) acc[r][v] = Zero();
   // Output columns whose input column x + j - pl lies inside the image.
   const int64_t lo = std::max<int64_t>(0, s.pl - j);
   const int64_t hi = std::min<int64_t>(s.ow, s.w + s.pl - j);
@@ -71,19 +107,18 @@ __attribute__((target("avx512f"))) void Tile(const Shape& s, const float* x,
       const float* xs = x + ((n * s.h + row) * s.w + lo + j - s.pl) * s.c + c0;
       const float* gs = g + ((n * s.oh + y) * s.ow + lo) * s.o + o0;
       for (int64_t t = 0; t < hi - lo; ++t) {
-        __m512 gv[V];
-        for (int v = 0; v < V; ++v) gv[v] = _mm512_loadu_ps(gs + t * s.o + 16 * v);
+        Vec gv[V];
+        for (int v = 0; v < V; ++v) gv[v] = Load(gs + t * s.o + kLanes * v);
         for (int r = 0; r < R; ++r) {
-          const __m512 xb = _mm512_set1_ps(xs[t * s.c + r]);
-          for (int v = 0; v < V; ++v)
-            acc[r][v] = _mm512_fmadd_ps(xb, gv[v], acc[r][v]);
+          const Vec xb = Broadcast(xs[t * s.c + r]);
+          for (int v = 0; v < V; ++v) acc[r][v] = MultiplyAdd(xb, gv[v], acc[r][v]);
         }
       }
     }
   }
   float* out = part + ((i * 3 + j) * s.c + c0) * s.o + o0;
   for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) _mm512_storeu_ps(out + r * s.o + 16 * v, acc[r][v]);
+    for (int v = 0; v < V; ++v) Store(out + r * s.o + kLanes * v, acc[r][v]);
 }
 
 // Tile<rows, V> for a run-time `rows` in 1..R.
@@ -97,7 +132,7 @@ void TileOf(int rows, const Shape& s, const float* x, const float* g,
   }
 }
 
-// All input channels for output channels [o0, o0 + 16V), in tiles of equal
+// All input channels for output channels [o0, o0 + kLanes V), in tiles of equal
 // height (at most kAccumulators / V rows each).
 template <int V>
 void Channels(const Shape& s, const float* x, const float* g, float* part,
@@ -118,8 +153,10 @@ void Group(const Shape& s, const float* x, const float* g, float* part,
   for (int i = 0; i < 3; ++i) {
     for (int j = 0; j < 3; ++j) {
       int64_t o0 = 0;
-      for (; o0 + 64 <= s.o; o0 += 64) Channels<4>(s, x, g, part, n0, n1, i, j, o0);
-      switch ((s.o - o0) / 16) {
+      constexpr int64_t kWidest = kLanes * kMaxBlocks;
+      for (; o0 + kWidest <= s.o; o0 += kWidest)
+        Channels<kMaxBlocks>(s, x, g, part, n0, n1, i, j, o0);
+      switch ((s.o - o0) / kLanes) {  // Only where kMaxBlocks leaves one.
         case 3: Channels<3>(s, x, g, part, n0, n1, i, j, o0); break;
         case 2: Channels<2>(s, x, g, part, n0, n1, i, j, o0); break;
         case 1: Channels<1>(s, x, g, part, n0, n1, i, j, o0); break;
@@ -133,38 +170,35 @@ void Group(const Shape& s, const float* x, const float* g, float* part,
 //                   x[n, oy + i - pt, ox + j - pl, c] * k[i, j, c, o]
 // Each image is first copied with its zero padding, so that every tap reads
 // inside the copy. A tile of P neighbouring positions of one output row by
-// 16 V output channels stays in P * V registers while the 9 C terms stream
+// V vectors of output channels stays in P * V registers while the 9 C terms stream
 // past: per term, V loads of k, P broadcasts of x and P * V fused
 // multiply-adds. Each output element is one thread's sum in a fixed order,
 // so the result does not depend on the thread count.
 
 template <int P, int V>
-__attribute__((target("avx512f"))) void ForwardTile(const Shape& s,
-                                                    const float* xpad,
-                                                    const float* k, float* y,
-                                                    int64_t oy, int64_t ox0,
-                                                    int64_t o0) {
-  __m512 acc[P][V];
+CIFAR_JAX_VECTOR_CODE void ForwardTile(const Shape& s, const float* xpad,
+                                      const float* k, float* y, int64_t oy,
+                                      int64_t ox0, int64_t o0) {
+  Vec acc[P][V];
   for (int p = 0; p < P; ++p)
-    for (int v = 0; v < V; ++v) acc[p][v] = _mm512_setzero_ps();
+    for (int v = 0; v < V; ++v) acc[p][v] = Zero();
   for (int i = 0; i < 3; ++i) {
     for (int j = 0; j < 3; ++j) {
       const float* xs = xpad + ((oy + i) * s.pw() + ox0 + j) * s.c;
       const float* ks = k + (i * 3 + j) * s.c * s.o + o0;
       for (int64_t c = 0; c < s.c; ++c) {
-        __m512 kv[V];
-        for (int v = 0; v < V; ++v) kv[v] = _mm512_loadu_ps(ks + c * s.o + 16 * v);
+        Vec kv[V];
+        for (int v = 0; v < V; ++v) kv[v] = Load(ks + c * s.o + kLanes * v);
         for (int p = 0; p < P; ++p) {
-          const __m512 xb = _mm512_set1_ps(xs[p * s.c + c]);
-          for (int v = 0; v < V; ++v)
-            acc[p][v] = _mm512_fmadd_ps(xb, kv[v], acc[p][v]);
+          const Vec xb = Broadcast(xs[p * s.c + c]);
+          for (int v = 0; v < V; ++v) acc[p][v] = MultiplyAdd(xb, kv[v], acc[p][v]);
         }
       }
     }
   }
   float* out = y + (oy * s.ow + ox0) * s.o + o0;
   for (int p = 0; p < P; ++p)
-    for (int v = 0; v < V; ++v) _mm512_storeu_ps(out + p * s.o + 16 * v, acc[p][v]);
+    for (int v = 0; v < V; ++v) Store(out + p * s.o + kLanes * v, acc[p][v]);
 }
 
 // ForwardTile<positions, V> for a run-time `positions` in 1..P.
@@ -178,7 +212,7 @@ void ForwardTileOf(int positions, const Shape& s, const float* xpad,
   }
 }
 
-// Output channels [o0, o0 + 16V) of one image, row by row, in tiles of
+// Output channels [o0, o0 + kLanes V) of one image, row by row, in tiles of
 // equal width (at most kAccumulators / V positions each).
 template <int V>
 void ForwardChannels(const Shape& s, const float* xpad, const float* k,
@@ -195,8 +229,8 @@ void ForwardChannels(const Shape& s, const float* xpad, const float* k,
   }
 }
 
-// V, the width in 16-channel blocks of the output channels a tile covers,
-// for output rows of `ow` positions and `blocks` 16-channel blocks. Wide
+// V, the width in vectors of the output channels a tile covers, for output
+// rows of `ow` positions and `blocks` vectors of output channels. Wide
 // tiles (large V) load fewer x values per multiply-add, long ones (many
 // positions) load each value of k for more of them: k is read from L2
 // once per tile, and that, not the multiply-adds, bounds the short tiles
@@ -207,7 +241,7 @@ void ForwardChannels(const Shape& s, const float* xpad, const float* k,
 int ForwardBlockWidth(int64_t ow, int64_t blocks) {
   int best = 0;
   double best_accumulators = 0, best_positions = 0;
-  for (int v = 4; v >= 2; --v) {
+  for (int v = kMaxBlocks; v >= 2; --v) {
     if (blocks % v != 0) continue;
     const int64_t cap = kAccumulators / v;
     const int64_t tiles = (ow + cap - 1) / cap;
@@ -220,7 +254,7 @@ int ForwardBlockWidth(int64_t ow, int64_t blocks) {
       best_positions = positions;
     }
   }
-  if (best == 0) return blocks == 1 ? 1 : 4;  // 4 then the remainder.
+  if (best == 0) return blocks == 1 ? 1 : kMaxBlocks;  // Then the remainder.
   return best;
 }
 
@@ -245,7 +279,7 @@ void ForwardImage(const Shape& s, int v, const float* x, const float* k,
     std::fill(dst + hi * s.c, dst + cols * s.c, 0.f);
   }
   int64_t o0 = 0;
-  for (; o0 + 16 * v <= s.o; o0 += 16 * v) {
+  for (; o0 + kLanes * v <= s.o; o0 += kLanes * v) {
     switch (v) {
       case 4: ForwardChannels<4>(s, xpad, k, y, o0); break;
       case 3: ForwardChannels<3>(s, xpad, k, y, o0); break;
@@ -253,7 +287,7 @@ void ForwardImage(const Shape& s, int v, const float* x, const float* k,
       default: ForwardChannels<1>(s, xpad, k, y, o0); break;
     }
   }
-  switch ((s.o - o0) / 16) {  // Only where v = 4 leaves a remainder.
+  switch ((s.o - o0) / kLanes) {  // Only where v = kMaxBlocks leaves one.
     case 3: ForwardChannels<3>(s, xpad, k, y, o0); break;
     case 2: ForwardChannels<2>(s, xpad, k, y, o0); break;
     case 1: ForwardChannels<1>(s, xpad, k, y, o0); break;
@@ -346,7 +380,7 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const float* kp = k.typed_data();
   float* yp = y->typed_data();
   const int64_t copy = (s.oh + 2) * s.pw() * s.c;
-  const int v = ForwardBlockWidth(s.ow, s.o / 16);
+  const int v = ForwardBlockWidth(s.ow, s.o / kLanes);
   ParallelFor(pool, s.n, [s, v, xp, kp, yp, copy](int64_t n) {
     std::unique_ptr<float[]> xpad(new float[copy]);
     ForwardImage(s, v, xp + n * s.h * s.w * s.c, kp,
@@ -373,7 +407,12 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(CifarJaxConv3x3KernelGrad, KernelGrad, Binding());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(CifarJaxConv3x3, Forward, Binding());
 
-// Whether this CPU runs the AVX-512 code above (checked before registering).
-extern "C" int CifarJaxCpuHasAvx512f() {
+// Whether this CPU has the instructions this build's tiles use (checked
+// before registering the handlers).
+extern "C" int CifarJaxCpuSupported() {
+#ifdef CIFAR_JAX_AVX512
   return __builtin_cpu_supports("avx512f") ? 1 : 0;
+#else
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
+#endif
 }

@@ -1,12 +1,16 @@
-"""3x3 convolutions on AVX-512 CPUs, as FFI kernels: forward and gradients.
+"""3x3 convolutions on x86 CPUs, as FFI kernels: forward and gradients.
 
-On CPUs with AVX-512, XLA:CPU's 3x3 convolutions ran at about half the
-speed of oneDNN's (TensorFlow's), and were most of what kept a training step
-behind Keras' (docs/cpu_performance.md). `conv3x3.cc` computes a 3x3,
-stride-1 convolution straight from the NHWC operands with AVX-512 registers
-and XLA's intra-op thread pool, and the kernel gradient likewise; the input
-gradient is the same convolution of the output gradient with the flipped
-kernel.
+XLA:CPU's 3x3 convolutions ran at about half the speed of oneDNN's
+(TensorFlow's), and were most of what kept a training step behind Keras'
+(docs/cpu_performance.md). `conv3x3.cc` computes a 3x3, stride-1
+convolution straight from the NHWC operands in vector registers on XLA's
+intra-op thread pool, and the kernel gradient likewise; the input gradient
+is the same convolution of the output gradient with the flipped kernel.
+
+The source is built once per instruction set, 'avx512' (AVX-512F) and
+'avx2' (AVX2 with FMA): `method_for` takes the best one the CPU has, and
+never one above a cap that `--xla_cpu_max_isa` in XLA_FLAGS sets for XLA's
+own code.
 
 `conv_general_dilated` is `lax.conv_general_dilated` with these kernels (a
 custom VJP); results differ from XLA's only by float rounding
@@ -15,8 +19,8 @@ custom VJP); results differ from XLA's only by float rounding
 The C++ source is compiled on first use, with the machine's C++ compiler
 (`$CXX`, else `c++`) against the installed jaxlib's FFI headers, and cached
 under `$XDG_CACHE_HOME/cifar_jax` (default `~/.cache/cifar_jax`) by a hash
-of the source, the compiler and jaxlib. Where that fails, a warning says
-why and XLA's own convolutions are used.
+of the source, the compiler, the flags and jaxlib. Where that fails, a
+warning says why and XLA's own convolutions are used.
 """
 
 from collections.abc import Mapping, Sequence
@@ -26,7 +30,6 @@ import hashlib
 import logging
 import os
 import pathlib
-import platform as platform_lib
 import shutil
 import subprocess
 import tempfile
@@ -36,12 +39,28 @@ from jax import lax
 import jaxlib
 import numpy as np
 
+from cifar_jax import cpu_info
 from cifar_jax import errors
 
-METHODS = ('xla', 'avx512')
+# The kernels' instruction sets, best first: the CPU flags each needs, its
+# build's extra compiler flags, and its rank in XLA's `--xla_cpu_max_isa`
+# values (SSE4_2, AVX, AVX2, AVX512, AVX512_VNNI, AVX512_BF16, AMX, AMX_FP16).
+KERNELS = {
+    'avx512': (('avx512f',), ('-DCIFAR_JAX_AVX512',), 'AVX512'),
+    'avx2': (('avx2', 'fma'), (), 'AVX2'),
+}
+METHODS = ('xla', *KERNELS)
+_XLA_ISAS = (
+    'SSE4_2',
+    'AVX',
+    'AVX2',
+    'AVX512',
+    'AVX512_VNNI',
+    'AVX512_BF16',
+    'AMX',
+    'AMX_FP16',
+)
 SOURCE = pathlib.Path(__file__).with_name('conv3x3.cc')
-FORWARD_TARGET = 'cifar_jax_conv3x3'
-KERNEL_GRAD_TARGET = 'cifar_jax_conv3x3_kernel_grad'
 _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
 _FLAGS = ('-O3', '-std=c++17', '-shared', '-fPIC', '-w')
 
@@ -50,38 +69,64 @@ class BuildError(Exception):
   """The kernel could not be compiled or loaded here; the message says why."""
 
 
-def cpu_has_avx512f(cpuinfo: str | None = None) -> bool:
-  """Whether this machine's CPU has AVX-512F (x86-64 Linux only)."""
-  if cpuinfo is None:
-    if platform_lib.machine() not in ('x86_64', 'AMD64'):
-      return False
-    try:
-      cpuinfo = pathlib.Path('/proc/cpuinfo').read_text()
-    except OSError:
-      return False
-  return any(
-      line.startswith('flags') and 'avx512f' in line.split()
-      for line in cpuinfo.splitlines()
+def forward_target(method: str) -> str:
+  """The FFI target name of `method`'s convolution (and input gradient)."""
+  return f'cifar_jax_conv3x3_{method}'
+
+
+def kernel_grad_target(method: str) -> str:
+  """The FFI target name of `method`'s kernel gradient."""
+  return f'cifar_jax_conv3x3_kernel_grad_{method}'
+
+
+def xla_max_isa(environ: Mapping[str, str] = os.environ) -> str | None:
+  """The `--xla_cpu_max_isa` that XLA_FLAGS sets, if a known one."""
+  value = None
+  for item in environ.get('XLA_FLAGS', '').split():
+    name, _, given = item.lstrip('-').partition('=')
+    if name == 'xla_cpu_max_isa':
+      value = given.upper()  # The last one wins, as in XLA.
+  return value if value in _XLA_ISAS else None
+
+
+def available_kernels(
+    flags: frozenset[str], max_isa: str | None = None
+) -> tuple[str, ...]:
+  """The kernels a CPU with `flags` runs under the cap `max_isa`, best first."""
+  cap = _XLA_ISAS.index(max_isa) if max_isa else len(_XLA_ISAS)
+  return tuple(
+      name
+      for name, (needs, _, isa) in KERNELS.items()
+      if flags.issuperset(needs) and _XLA_ISAS.index(isa) <= cap
   )
 
 
 def method_for(setting: str, platform: str) -> str:
   """The 3x3 convolutions of config `model.conv3x3` on `platform`.
 
-  'auto' is 'avx512' on a CPU with AVX-512 and 'xla' anywhere else (GPUs
-  and TPUs, and AVX2 CPUs, where XLA's was already as fast as Keras').
+  'auto' is the best kernel the CPU has ('avx512', else 'avx2'), and 'xla'
+  on GPUs and TPUs and CPUs with neither.
   """
   if setting not in ('auto', *METHODS):
     raise ValueError(
         "model.conv3x3 must be 'auto' or one of " f'{METHODS}, not {setting!r}'
     )
-  has_avx512 = platform == 'cpu' and cpu_has_avx512f()
+  max_isa = xla_max_isa()
+  available = (
+      available_kernels(cpu_info.flags(), max_isa) if platform == 'cpu' else ()
+  )
   if setting == 'auto':
-    return 'avx512' if has_avx512 else 'xla'
-  if setting == 'avx512' and not has_avx512:
-    where = 'a CPU without AVX-512' if platform == 'cpu' else platform
+    return available[0] if available else 'xla'
+  if setting != 'xla' and setting not in available:
+    needs = ' and '.join(f.upper() for f in KERNELS[setting][0])
+    if platform != 'cpu':
+      where = platform
+    elif max_isa and cpu_info.flags().issuperset(KERNELS[setting][0]):
+      where = f'a CPU capped at {max_isa} by XLA_FLAGS --xla_cpu_max_isa'
+    else:
+      where = f'a CPU without {needs}'
     raise errors.UserError(
-        "model.conv3x3='avx512' needs a CPU with AVX-512; this run "
+        f'model.conv3x3={setting!r} needs a CPU with {needs}; this run '
         f"is on {where} (use 'auto' or 'xla')."
     )
   return setting
@@ -89,7 +134,9 @@ def method_for(setting: str, platform: str) -> str:
 
 def conv_for(method: str):
   """The `conv_general_dilated` for Flax's `nn.Conv` (None: Flax's default)."""
-  return conv_general_dilated if method == 'avx512' else None
+  if method not in KERNELS:
+    return None
+  return functools.partial(conv_general_dilated, method=method)
 
 
 def conv_general_dilated(
@@ -104,8 +151,10 @@ def conv_general_dilated(
     batch_group_count: int = 1,
     precision=None,
     preferred_element_type=None,
+    *,
+    method: str,
 ) -> jax.Array:
-  """`lax.conv_general_dilated`, computed by this module's kernels.
+  """`lax.conv_general_dilated`, computed by the kernel `method` (a KERNELS key).
 
   Only where the kernel applies: float32 NHWC/HWIO, a 3x3 window, stride
   1, no dilation or groups, output channels a multiple of 16. Any other
@@ -124,7 +173,7 @@ def conv_general_dilated(
   pads = _supported_padding(*args, **kwargs)
   if pads is None:
     return lax.conv_general_dilated(*args, **kwargs)
-  return _conv(lhs, rhs, pads)
+  return _conv(lhs, rhs, pads, method)
 
 
 def _supported_padding(
@@ -163,26 +212,29 @@ def _xla_conv(x: jax.Array, k: jax.Array, pads) -> jax.Array:
   )
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv(x: jax.Array, k: jax.Array, pads) -> jax.Array:
-  return forward(x, k, pads)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv(x: jax.Array, k: jax.Array, pads, method: str) -> jax.Array:
+  return forward(x, k, pads, method)
 
 
-def _conv_fwd(x, k, pads):
-  return forward(x, k, pads), (x, k)
+def _conv_fwd(x, k, pads, method):
+  return forward(x, k, pads, method), (x, k)
 
 
-def _conv_bwd(pads, residuals, g):
+def _conv_bwd(pads, method, residuals, g):
   x, k = residuals
-  return input_grad(g, k, pads, x.shape), kernel_grad(x, g, pads)
+  return (
+      input_grad(g, k, pads, x.shape, method),
+      kernel_grad(x, g, pads, method),
+  )
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def forward(x: jax.Array, k: jax.Array, pads) -> jax.Array:
+def forward(x: jax.Array, k: jax.Array, pads, method: str) -> jax.Array:
   """The convolution itself: the FFI kernel where it builds, else XLA's."""
-  if not kernels_registered():
+  if not kernels_registered(method):
     return _xla_conv(x, k, pads)
   (top, bottom), (left, right) = pads
   shape = jax.ShapeDtypeStruct(
@@ -194,12 +246,14 @@ def forward(x: jax.Array, k: jax.Array, pads) -> jax.Array:
       ),
       x.dtype,
   )
-  call = jax.ffi.ffi_call(FORWARD_TARGET, shape, vmap_method='sequential')
+  call = jax.ffi.ffi_call(
+      forward_target(method), shape, vmap_method='sequential'
+  )
   return call(x, k, pad_top=np.int64(top), pad_left=np.int64(left))
 
 
 def input_grad(
-    g: jax.Array, k: jax.Array, pads, x_shape: tuple[int, ...]
+    g: jax.Array, k: jax.Array, pads, x_shape: tuple[int, ...], method: str
 ) -> jax.Array:
   """d(conv(x, k)) / dx applied to the output gradient `g`: (N, H, W, C).
 
@@ -208,48 +262,52 @@ def input_grad(
   """
   flipped_pads = tuple((2 - lo, 2 - hi) for lo, hi in pads)
   if (
-      kernels_registered()
+      kernels_registered(method)
       and k.shape[2] % 16 == 0
       and min(min(p) for p in flipped_pads) >= 0
   ):
     flipped = jax.numpy.flip(k, (0, 1)).transpose(0, 1, 3, 2)
-    return forward(g, flipped, flipped_pads)
+    return forward(g, flipped, flipped_pads, method)
   zeros = jax.numpy.zeros(x_shape, k.dtype)
   _, vjp = jax.vjp(lambda x: _xla_conv(x, k, pads), zeros)
   return vjp(g)[0]
 
 
-def kernel_grad(x: jax.Array, g: jax.Array, pads) -> jax.Array:
+def kernel_grad(x: jax.Array, g: jax.Array, pads, method: str) -> jax.Array:
   """d(conv(x, k)) / dk applied to the output gradient `g`: (3, 3, C, O).
 
   The FFI kernel where it builds; XLA's own gradient otherwise.
   """
   shape = jax.ShapeDtypeStruct((3, 3, x.shape[3], g.shape[3]), x.dtype)
-  if not kernels_registered():
+  if not kernels_registered(method):
     zeros = jax.numpy.zeros(shape.shape, shape.dtype)
     _, grad = jax.vjp(lambda k: _xla_conv(x, k, pads), zeros)
     return grad(g)[0]
-  call = jax.ffi.ffi_call(KERNEL_GRAD_TARGET, shape, vmap_method='sequential')
+  call = jax.ffi.ffi_call(
+      kernel_grad_target(method), shape, vmap_method='sequential'
+  )
   return call(x, g, pad_top=np.int64(pads[0][0]), pad_left=np.int64(pads[1][0]))
 
 
 @functools.cache
-def kernels_registered() -> bool:
-  """Builds, loads and registers the kernels once; False (and a warning) if not."""
+def kernels_registered(method: str) -> bool:
+  """Builds, loads and registers `method`'s kernels once; False (and a warning) if not."""
+  needs, flags, _ = KERNELS[method]
   try:
-    library = ctypes.CDLL(str(build(SOURCE, cache_dir(), compiler())))
-    if not library.CifarJaxCpuHasAvx512f():
-      raise BuildError('this CPU has no AVX-512')
+    library = ctypes.CDLL(str(build(SOURCE, cache_dir(), compiler(), flags)))
+    if not library.CifarJaxCpuSupported():
+      raise BuildError(f'this CPU has no {" and ".join(needs).upper()}')
   except (BuildError, OSError) as e:  # OSError: a library that will not load.
     logging.warning(
-        'The AVX-512 3x3 convolutions are unavailable (%s); convolutions use '
+        'The %s 3x3 convolutions are unavailable (%s); convolutions use '
         "XLA's own, which are slower on this CPU.",
+        method,
         e,
     )
     return False
   for target, symbol in (
-      (FORWARD_TARGET, library.CifarJaxConv3x3),
-      (KERNEL_GRAD_TARGET, library.CifarJaxConv3x3KernelGrad),
+      (forward_target(method), library.CifarJaxConv3x3),
+      (kernel_grad_target(method), library.CifarJaxConv3x3KernelGrad),
   ):
     jax.ffi.register_ffi_target(
         target, jax.ffi.pycapsule(symbol), platform='cpu'
@@ -267,7 +325,10 @@ def cache_dir(environ: Mapping[str, str] = os.environ) -> pathlib.Path:
 
 
 def build(
-    source: pathlib.Path, directory: pathlib.Path, cxx: str
+    source: pathlib.Path,
+    directory: pathlib.Path,
+    cxx: str,
+    extra_flags: Sequence[str] = (),
 ) -> pathlib.Path:
   """The shared library of `source`, compiled into `directory` if not there.
 
@@ -285,7 +346,8 @@ def build(
   except (OSError, subprocess.CalledProcessError) as e:
     raise BuildError(f'{cxx} --version failed: {e}') from e
   key = hashlib.sha256()
-  for part in (source.read_bytes(), version, _FLAGS, jaxlib.__version__):
+  flags = (*_FLAGS, *extra_flags)
+  for part in (source.read_bytes(), version, flags, jaxlib.__version__):
     key.update(repr(part).encode())
   target = directory / f'{source.stem}-{key.hexdigest()[:16]}.so'
   if target.exists():
@@ -298,7 +360,7 @@ def build(
     raise BuildError(f'cannot write to {directory}: {e}') from e
   command = [
       cxx,
-      *_FLAGS,
+      *flags,
       f'-I{jax.ffi.include_dir()}',
       '-o',
       partial,

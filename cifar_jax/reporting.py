@@ -8,7 +8,7 @@ epoch; a ladder rung's (`config.seed_rung`) draws the seed notebook's
 printed curves beside ours. Only process 0 writes; the others only log.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 import contextlib
 import json
 import os
@@ -19,6 +19,7 @@ from absl import logging
 import jax
 import ml_collections
 
+from cifar_jax import cpu_info
 from cifar_jax import plots
 from cifar_jax import seed_notebook
 from cifar_jax import tensorflow_cpu
@@ -47,7 +48,7 @@ _VECTOR_EXTENSIONS = (
 )
 
 
-def vector_extensions(cpu_flags: set[str]) -> list[str]:
+def vector_extensions(cpu_flags: Set[str]) -> list[str]:
   """The names of the vector extensions among a CPU's flags."""
   return [name for name, flag in _VECTOR_EXTENSIONS if flag in cpu_flags]
 
@@ -57,18 +58,8 @@ def machine_description() -> str:
   device = jax.devices()[0]
   if device.platform != 'cpu':
     return f'{jax.device_count()} x {device.device_kind}'
-  model, cpu_flags = platform.processor() or platform.machine(), set()
-  try:
-    with open('/proc/cpuinfo') as f:
-      for line in f:
-        key, _, value = line.partition(':')
-        if key.strip() == 'model name':
-          model = value.strip()
-        elif key.strip() == 'flags':
-          cpu_flags = set(value.split())
-          break
-  except OSError:
-    pass
+  model, cpu_flags = cpu_info.read()
+  model = model or platform.processor() or platform.machine()
   extensions = ' '.join(vector_extensions(cpu_flags)) or 'no AVX2'
   return f'{model}, {os.cpu_count()} CPU cores ({extensions})'
 

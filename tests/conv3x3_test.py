@@ -1,4 +1,4 @@
-"""The AVX-512 3x3 convolutions: where they are used, that they equal XLA's."""
+"""The 3x3 convolution kernels: where they are used, that they equal XLA's."""
 
 import json
 import logging
@@ -11,21 +11,31 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cifar_jax import config_checks
 from cifar_jax import conv3x3
+from cifar_jax import cpu_info
 from cifar_jax import errors
 from cifar_jax import models
 from conftest import get_config
 from conftest import run_main
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
-HAS_KERNEL = conv3x3.cpu_has_avx512f() and bool(
-    shutil.which(conv3x3.compiler())
-)
-needs_kernel = pytest.mark.skipif(
-    not HAS_KERNEL, reason='needs an AVX-512 CPU and a C++ compiler'
-)
-needs_compiler = pytest.mark.skipif(
-    not shutil.which(conv3x3.compiler()), reason='no C++ compiler'
+HAS_COMPILER = bool(shutil.which(conv3x3.compiler()))
+RUNNABLE = conv3x3.available_kernels(cpu_info.flags()) if HAS_COMPILER else ()
+needs_compiler = pytest.mark.skipif(not HAS_COMPILER, reason='no C++ compiler')
+# Each kernel, skipped where this CPU (or the lack of a compiler) rules it out.
+EACH_KERNEL = pytest.mark.parametrize(
+    'method',
+    [
+        pytest.param(
+            name,
+            marks=pytest.mark.skipif(
+                name not in RUNNABLE,
+                reason=f'needs a {name} CPU and a C++ compiler',
+            ),
+        )
+        for name in conv3x3.KERNELS
+    ],
 )
 
 
@@ -57,42 +67,90 @@ def _operands(seed, n, h, w, c, o, dtype=np.float32):
   return jnp.asarray(x), jnp.asarray(k)
 
 
-def test_avx512f_is_read_from_the_cpu_flags_not_a_prefix():
-  flags = 'flags\t\t: fpu sse2 avx avx2 fma'
-  assert not conv3x3.cpu_has_avx512f(flags)
-  assert not conv3x3.cpu_has_avx512f(flags + ' avx512fp16 avx512bw')
-  assert conv3x3.cpu_has_avx512f(flags + ' avx512f avx512bw')
-  assert not conv3x3.cpu_has_avx512f('model name: avx512f')
+AVX2 = frozenset('fpu sse2 avx avx2 fma'.split())
+AVX512 = AVX2 | {'avx512f', 'avx512bw'}
 
 
-@pytest.mark.parametrize('has_avx512', [True, False])
-def test_auto_takes_the_kernel_only_on_a_cpu_with_avx512(
-    monkeypatch, has_avx512
+@pytest.mark.parametrize(
+    'flags, max_isa, want',
+    [
+        (AVX512, None, ('avx512', 'avx2')),
+        (AVX2, None, ('avx2',)),
+        (AVX2 - {'fma'}, None, ()),  # AVX2 without FMA: no kernel.
+        (frozenset({'sse2', 'avx'}), None, ()),
+        (AVX512, 'AVX2', ('avx2',)),
+        (AVX512, 'AVX', ()),
+        (AVX512, 'AVX512_BF16', ('avx512', 'avx2')),
+    ],
+)
+def test_the_kernels_a_cpu_runs_best_first_under_xlas_cap(flags, max_isa, want):
+  assert conv3x3.available_kernels(flags, max_isa) == want
+
+
+def test_the_cap_is_read_from_xla_flags():
+  read = lambda flags: conv3x3.xla_max_isa({'XLA_FLAGS': flags})
+  assert read('--xla_cpu_max_isa=avx2') == 'AVX2'
+  assert read('--a=1 --xla_cpu_max_isa=AVX512 --xla_cpu_max_isa=AVX') == 'AVX'
+  assert read('--xla_cpu_max_isa_other=AVX') is None
+  assert read('--xla_cpu_max_isa=AVX3') is None  # Not XLA's: XLA refuses it.
+  assert conv3x3.xla_max_isa({}) is None
+
+
+@pytest.mark.parametrize(
+    'flags, max_isa, want',
+    [
+        (AVX512, None, 'avx512'),
+        (AVX2, None, 'avx2'),
+        (frozenset({'sse2', 'avx'}), None, 'xla'),
+        (AVX512, 'AVX2', 'avx2'),
+    ],
+)
+def test_auto_takes_the_best_kernel_on_a_cpu_and_xla_elsewhere(
+    monkeypatch, flags, max_isa, want
 ):
-  monkeypatch.setattr(conv3x3, 'cpu_has_avx512f', lambda: has_avx512)
-  want = 'avx512' if has_avx512 else 'xla'
+  monkeypatch.setattr(cpu_info, 'flags', lambda: flags)
+  if max_isa:
+    monkeypatch.setenv('XLA_FLAGS', f'--xla_cpu_max_isa={max_isa}')
+  else:
+    monkeypatch.delenv('XLA_FLAGS', raising=False)
   assert conv3x3.method_for('auto', 'cpu') == want
   assert conv3x3.method_for('auto', 'gpu') == 'xla'
   assert conv3x3.method_for('auto', 'tpu') == 'xla'
   assert conv3x3.method_for('xla', 'cpu') == 'xla'
 
 
-def test_asking_for_the_kernel_where_it_cannot_run_is_one_clear_error(
+def test_asking_for_a_kernel_where_it_cannot_run_is_one_clear_error(
     monkeypatch,
 ):
-  monkeypatch.setattr(conv3x3, 'cpu_has_avx512f', lambda: False)
-  with pytest.raises(errors.UserError, match='needs a CPU with AVX-512'):
+  monkeypatch.setattr(cpu_info, 'flags', lambda: AVX2)
+  monkeypatch.delenv('XLA_FLAGS', raising=False)
+  with pytest.raises(errors.UserError, match='needs a CPU with AVX512F; '):
     conv3x3.method_for('avx512', 'cpu')
   with pytest.raises(errors.UserError, match='this run is on gpu'):
-    conv3x3.method_for('avx512', 'gpu')
+    conv3x3.method_for('avx2', 'gpu')
   with pytest.raises(ValueError, match="'auto' or one of"):
     conv3x3.method_for('onednn', 'cpu')
+  monkeypatch.setattr(cpu_info, 'flags', lambda: AVX512)
+  monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_max_isa=AVX2')
+  with pytest.raises(errors.UserError, match='capped at AVX2 by XLA_FLAGS'):
+    conv3x3.method_for('avx512', 'cpu')
+  assert conv3x3.method_for('avx2', 'cpu') == 'avx2'
+
+
+def test_the_config_check_accepts_exactly_auto_and_the_methods():
+  config = get_config('large')
+  for value in ('auto', *conv3x3.METHODS):
+    config.model.conv3x3 = value
+    assert not config_checks.problems(config), value
+  config.model.conv3x3 = 'avx'
+  assert any('model.conv3x3' in p for p in config_checks.problems(config))
 
 
 def test_create_model_resolves_the_convolutions_for_the_platform(
     monkeypatch,
 ):
-  monkeypatch.setattr(conv3x3, 'cpu_has_avx512f', lambda: True)
+  monkeypatch.setattr(cpu_info, 'flags', lambda: AVX512)
+  monkeypatch.delenv('XLA_FLAGS', raising=False)
   config = get_config('large').model
   assert models.create_model(config, 'cpu').conv3x3 == 'avx512'
   assert models.create_model(config, 'gpu').conv3x3 == 'xla'
@@ -100,7 +158,7 @@ def test_create_model_resolves_the_convolutions_for_the_platform(
   assert models.create_model(config, 'cpu').conv3x3 == 'xla'
 
 
-@needs_kernel
+@EACH_KERNEL
 @pytest.mark.parametrize(
     'n, h, w, c, o, padding',
     [
@@ -122,18 +180,19 @@ def test_create_model_resolves_the_convolutions_for_the_platform(
     ],
 )
 def test_values_and_gradients_equal_xlas_to_float_rounding(
-    n, h, w, c, o, padding
+    n, h, w, c, o, padding, method
 ):
   x, k = _operands(0, n, h, w, c, o)
+  kernel = conv3x3.conv_for(method)
   y, want_y = (
       jax.jit(
           lambda x, k, conv=conv: conv(
               x, k, (1, 1), padding, dimension_numbers=NHWC
           )
       )(x, k)
-      for conv in (conv3x3.conv_general_dilated, lax.conv_general_dilated)
+      for conv in (kernel, lax.conv_general_dilated)
   )
-  got = (y, *_grads(conv3x3.conv_general_dilated, x, k, padding))
+  got = (y, *_grads(kernel, x, k, padding))
   want = (want_y, *_grads(lax.conv_general_dilated, x, k, padding))
   for name, a, b in zip(('y', 'dx', 'dk'), got, want, strict=True):
     scale = float(jnp.max(jnp.abs(b)))
@@ -141,10 +200,10 @@ def test_values_and_gradients_equal_xlas_to_float_rounding(
     np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * scale, err_msg=name)
 
 
-@needs_kernel
-def test_the_kernels_are_in_the_compiled_step_and_deterministic():
+@EACH_KERNEL
+def test_the_kernels_are_in_the_compiled_step_and_deterministic(method):
   x, k = _operands(1, 40, 8, 8, 16, 32)
-  conv = conv3x3.conv_general_dilated
+  conv = conv3x3.conv_for(method)
 
   def loss(x, k):
     y = conv(x, k, (1, 1), 'SAME', dimension_numbers=NHWC)
@@ -153,24 +212,24 @@ def test_the_kernels_are_in_the_compiled_step_and_deterministic():
   step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
   hlo = step.lower(x, k).compile().as_text()
   # The forward pass and the input gradient (the same kernel) and dk.
-  assert hlo.count(_called(conv3x3.FORWARD_TARGET)) == 2
-  assert hlo.count(_called(conv3x3.KERNEL_GRAD_TARGET)) == 1
+  assert hlo.count(_called(conv3x3.forward_target(method))) == 2
+  assert hlo.count(_called(conv3x3.kernel_grad_target(method))) == 1
   assert ' convolution(' not in hlo  # No XLA convolution left.
   first, second = (jax.tree.map(np.asarray, step(x, k)) for _ in range(2))
   for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(second)):
     np.testing.assert_array_equal(a, b)
 
 
-@needs_kernel
-def test_the_first_layers_input_gradient_is_xlas():
+@EACH_KERNEL
+def test_the_first_layers_input_gradient_is_xlas(method):
   """3 input channels: not a multiple of 16, so XLA computes dx."""
   x, k = _operands(5, 2, 8, 8, 3, 16)
-  conv = conv3x3.conv_general_dilated
+  conv = conv3x3.conv_for(method)
   loss = lambda x, k: jnp.sum(
       conv(x, k, (1, 1), 'SAME', dimension_numbers=NHWC)
   )
   hlo = jax.jit(jax.grad(loss)).lower(x, k).compile().as_text()
-  assert _called(conv3x3.FORWARD_TARGET) not in hlo  # Only dx is needed.
+  assert _called(conv3x3.forward_target(method)) not in hlo  # Only dx.
   assert ' convolution(' in hlo
 
 
@@ -187,7 +246,7 @@ def test_other_convolutions_are_xlas_own(shape, dtype, kwargs):
   x, k = _operands(2, *shape, dtype=dtype)
   if 'feature_group_count' in kwargs:
     k = k[:, :, : shape[3] // 2]
-  conv = conv3x3.conv_general_dilated
+  conv = conv3x3.conv_for('avx2')  # Either kernel: none is called.
   loss = lambda x, k: jnp.sum(
       conv(x, k, (1, 1), 'SAME', dimension_numbers=NHWC, **kwargs)
   )
@@ -201,7 +260,7 @@ def test_other_convolutions_are_xlas_own(shape, dtype, kwargs):
 
 def test_a_stride_or_another_window_is_xlas_own():
   x, k = _operands(3, 2, 8, 8, 4, 16)
-  conv = conv3x3.conv_general_dilated
+  conv = conv3x3.conv_for('avx512')  # Either kernel: none is called.
   for kernel, strides in ((k, (2, 2)), (k[:2, :2], (1, 1))):
     loss = lambda k, s=strides: jnp.sum(
         conv(x, k, s, 'SAME', dimension_numbers=NHWC)
@@ -223,7 +282,7 @@ def test_without_a_compiler_it_warns_and_uses_xlas_convolutions(
   monkeypatch.setattr(conv3x3, 'compiler', lambda: 'no-such-c++')
   x, k = _operands(4, 2, 6, 6, 4, 16)
   with caplog.at_level(logging.WARNING):
-    got = _grads(conv3x3.conv_general_dilated, x, k, 'SAME')
+    got = _grads(conv3x3.conv_for('avx2'), x, k, 'SAME')
   assert "no C++ compiler 'no-such-c++'" in caplog.text
   assert "use XLA's own" in caplog.text
   want = _grads(lax.conv_general_dilated, x, k, 'SAME')
@@ -271,8 +330,8 @@ def test_the_cache_follows_xdg_cache_home():
   assert conv3x3.compiler({}) == 'c++'
 
 
-@needs_kernel
-def test_a_convnet_trains_to_the_same_gradients_with_either_method():
+@EACH_KERNEL
+def test_a_convnet_trains_to_the_same_gradients_with_the_kernel_or_xla(method):
   config = get_config('bn_aug_sgd').model
   config.stage_features = (16, 32)
   config.second_conv_padding = ('SAME', 'VALID')
@@ -282,8 +341,8 @@ def test_a_convnet_trains_to_the_same_gradients_with_either_method():
   x = jax.random.uniform(jax.random.key(0), (8, 32, 32, 3))
   labels = jnp.arange(8) % 10
   grads = {}
-  for method in ('xla', 'avx512'):
-    config.conv3x3 = method
+  for name in ('xla', method):
+    config.conv3x3 = name
     model = models.create_model(config, 'cpu')
     variables = model.init(jax.random.key(1), x)
 
@@ -298,9 +357,9 @@ def test_a_convnet_trains_to_the_same_gradients_with_either_method():
           -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1)
       )
 
-    grads[method] = jax.jit(jax.grad(loss))(variables['params'])
+    grads[name] = jax.jit(jax.grad(loss))(variables['params'])
   flat_xla = jax.tree_util.tree_leaves_with_path(grads['xla'])
-  flat_kernel = jax.tree_util.tree_leaves(grads['avx512'])
+  flat_kernel = jax.tree_util.tree_leaves(grads[method])
   for (path, want), got in zip(flat_xla, flat_kernel, strict=True):
     scale = float(jnp.max(jnp.abs(want)))
     np.testing.assert_allclose(
@@ -308,8 +367,8 @@ def test_a_convnet_trains_to_the_same_gradients_with_either_method():
     )
 
 
-@needs_kernel
-def test_a_batch_split_over_two_devices_trains_as_on_one(tmp_path):
+@EACH_KERNEL
+def test_a_batch_split_over_two_devices_trains_as_on_one(tmp_path, method):
   """The kernel sees a sharded batch: XLA gives it the whole of x and g."""
   histories = []
   for devices in (1, 2):
@@ -320,7 +379,7 @@ def test_a_batch_split_over_two_devices_trains_as_on_one(tmp_path):
         '--config.model.stage_features=(16,)',
         '--config.model.conv_dropout=(0.0,)',
         '--config.model.hidden_dropout=0.0',
-        '--config.model.conv3x3=avx512',
+        f'--config.model.conv3x3={method}',
         '--config.data.synthetic_train_size=256',
         '--config.num_epochs=2',
         '--workdir',
