@@ -33,6 +33,7 @@ import pathlib
 import shutil
 import subprocess
 import tempfile
+from typing import NamedTuple
 
 import jax
 from jax import lax
@@ -42,14 +43,22 @@ import numpy as np
 from cifar_jax import cpu_info
 from cifar_jax import errors
 
-# The kernels' instruction sets, best first: the CPU flags each needs, its
-# build's extra compiler flags, and its rank in XLA's `--xla_cpu_max_isa`
-# values (SSE4_2, AVX, AVX2, AVX512, AVX512_VNNI, AVX512_BF16, AMX, AMX_FP16).
+
+class Kernel(NamedTuple):
+  """One build of conv3x3.cc, for one instruction set."""
+
+  cpu_flags: tuple[str, ...]  # /proc/cpuinfo flags its tiles need.
+  compile_flags: tuple[str, ...]  # Added to the compiler's command line.
+  xla_isa: str  # Its instruction set as `--xla_cpu_max_isa` names it.
+
+
+# Best first.
 KERNELS = {
-    'avx512': (('avx512f',), ('-DCIFAR_JAX_AVX512',), 'AVX512'),
-    'avx2': (('avx2', 'fma'), (), 'AVX2'),
+    'avx512': Kernel(('avx512f',), ('-DCIFAR_JAX_AVX512',), 'AVX512'),
+    'avx2': Kernel(('avx2', 'fma'), (), 'AVX2'),
 }
 METHODS = ('xla', *KERNELS)
+# The values of XLA's `--xla_cpu_max_isa`, oldest first.
 _XLA_ISAS = (
     'SSE4_2',
     'AVX',
@@ -96,8 +105,9 @@ def available_kernels(
   cap = _XLA_ISAS.index(max_isa) if max_isa else len(_XLA_ISAS)
   return tuple(
       name
-      for name, (needs, _, isa) in KERNELS.items()
-      if flags.issuperset(needs) and _XLA_ISAS.index(isa) <= cap
+      for name, kernel in KERNELS.items()
+      if flags.issuperset(kernel.cpu_flags)
+      and _XLA_ISAS.index(kernel.xla_isa) <= cap
   )
 
 
@@ -118,10 +128,10 @@ def method_for(setting: str, platform: str) -> str:
   if setting == 'auto':
     return available[0] if available else 'xla'
   if setting != 'xla' and setting not in available:
-    needs = ' and '.join(f.upper() for f in KERNELS[setting][0])
+    needs = ' and '.join(f.upper() for f in KERNELS[setting].cpu_flags)
     if platform != 'cpu':
       where = platform
-    elif max_isa and cpu_info.flags().issuperset(KERNELS[setting][0]):
+    elif max_isa and cpu_info.flags().issuperset(KERNELS[setting].cpu_flags):
       where = f'a CPU capped at {max_isa} by XLA_FLAGS --xla_cpu_max_isa'
     else:
       where = f'a CPU without {needs}'
@@ -292,11 +302,15 @@ def kernel_grad(x: jax.Array, g: jax.Array, pads, method: str) -> jax.Array:
 @functools.cache
 def kernels_registered(method: str) -> bool:
   """Builds, loads and registers `method`'s kernels once; False (and a warning) if not."""
-  needs, flags, _ = KERNELS[method]
+  kernel = KERNELS[method]
   try:
-    library = ctypes.CDLL(str(build(SOURCE, cache_dir(), compiler(), flags)))
+    library = ctypes.CDLL(
+        str(build(SOURCE, cache_dir(), compiler(), kernel.compile_flags))
+    )
     if not library.CifarJaxCpuSupported():
-      raise BuildError(f'this CPU has no {" and ".join(needs).upper()}')
+      raise BuildError(
+          f'this CPU has no {" and ".join(kernel.cpu_flags).upper()}'
+      )
   except (BuildError, OSError) as e:  # OSError: a library that will not load.
     logging.warning(
         'The %s 3x3 convolutions are unavailable (%s); convolutions use '
