@@ -51,6 +51,11 @@ class Kernel(NamedTuple):
   compile_flags: tuple[str, ...]  # Added to the compiler's command line.
   xla_isa: str  # Its instruction set as `--xla_cpu_max_isa` names it.
 
+  @property
+  def needs(self) -> str:
+    """What its tiles need, for messages: 'AVX2 and FMA'."""
+    return ' and '.join(self.cpu_flags).upper()
+
 
 # Best first.
 KERNELS = {
@@ -122,21 +127,20 @@ def method_for(setting: str, platform: str) -> str:
         "model.conv3x3 must be 'auto' or one of " f'{METHODS}, not {setting!r}'
     )
   max_isa = xla_max_isa()
-  available = (
-      available_kernels(cpu_info.flags(), max_isa) if platform == 'cpu' else ()
-  )
+  flags = cpu_info.flags() if platform == 'cpu' else frozenset()
+  available = available_kernels(flags, max_isa)
   if setting == 'auto':
     return available[0] if available else 'xla'
   if setting != 'xla' and setting not in available:
-    needs = ' and '.join(f.upper() for f in KERNELS[setting].cpu_flags)
+    kernel = KERNELS[setting]
     if platform != 'cpu':
       where = platform
-    elif max_isa and cpu_info.flags().issuperset(KERNELS[setting].cpu_flags):
+    elif max_isa and flags.issuperset(kernel.cpu_flags):
       where = f'a CPU capped at {max_isa} by XLA_FLAGS --xla_cpu_max_isa'
     else:
-      where = f'a CPU without {needs}'
+      where = f'a CPU without {kernel.needs}'
     raise errors.UserError(
-        f'model.conv3x3={setting!r} needs a CPU with {needs}; this run '
+        f'model.conv3x3={setting!r} needs a CPU with {kernel.needs}; this run '
         f"is on {where} (use 'auto' or 'xla')."
     )
   return setting
@@ -308,9 +312,7 @@ def kernels_registered(method: str) -> bool:
         str(build(SOURCE, cache_dir(), compiler(), kernel.compile_flags))
     )
     if not library.CifarJaxCpuSupported():
-      raise BuildError(
-          f'this CPU has no {" and ".join(kernel.cpu_flags).upper()}'
-      )
+      raise BuildError(f'this CPU has no {kernel.needs}')
   except (BuildError, OSError) as e:  # OSError: a library that will not load.
     logging.warning(
         'The %s 3x3 convolutions are unavailable (%s); convolutions use '
