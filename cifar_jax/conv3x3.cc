@@ -7,28 +7,33 @@
 //   gradient g.
 // XLA:CPU ran both at about half the speed (docs/cpu_performance.md): its
 // kernel gradient first transposes both operands and then leaves the second
-// core idle. Here every sum runs over the NHWC operands directly, in
-// register tiles of fused multiply-adds, on XLA's intra-op thread pool.
+// core idle. Here every sum runs over the NHWC operands, in register tiles
+// of fused multiply-adds, on XLA's intra-op thread pool. Each handler has
+// two ways to sum, chosen by its `winograd` attribute: the direct sums, and
+// Winograd's algorithm (2.25 times fewer multiply-adds; it needs the input
+// channels in whole vectors).
 //
 // The source is built once per instruction set: with -DCIFAR_JAX_AVX512
 // for AVX-512 (32 registers of 16 floats), and without it for AVX2 with FMA
-// (16 registers of 8 floats). Only the tiles' code uses those instructions;
-// the rest is plain x86-64, so loading a library on a CPU without them is
-// safe, and CifarJaxCpuSupported says whether its tiles may run.
+// (16 registers of 8 floats). Only the tiles' and transforms' code uses
+// those instructions; the rest is plain x86-64, so loading a library on a
+// CPU without them is safe, and CifarJaxCpuSupported says whether its
+// vector code may run.
 //
 // The kernel gradient, for padding pt (top) and pl (left):
 //
 //   dk[i, j, c, o] = sum over n, y, x of
 //                    x[n, y + i - pt, x + j - pl, c] * g[n, y, x, o]
 //
-// with x = 0 outside the image. For each tap (i, j), a tile of R input
-// channels by V vectors of output channels stays in R * V registers while a
-// group of images streams past: per position, V loads of g, R broadcasts of
-// x and R * V fused multiply-adds.
+// with x = 0 outside the image. Directly: for each tap (i, j), a tile of R
+// input channels by V vectors of output channels stays in R * V registers
+// while a group of images streams past: per position, V loads of g, R
+// broadcasts of x and R * V fused multiply-adds.
 //
-// Determinism: each group of images (about 1024 positions) writes its own
-// partial sum, and the partials are added in group order, so the result does
-// not depend on how many threads ran or in which order they finished.
+// Determinism: each group (of images, or of Winograd's blocks; about 1024
+// positions) writes its own partial sum, and the partials are added in
+// group order, so the result does not depend on how many threads ran or in
+// which order they finished.
 
 #include <immintrin.h>
 
@@ -78,6 +83,11 @@ CIFAR_JAX_INLINE Vec MultiplyAdd(Vec a, Vec b, Vec c) {
   return CIFAR_JAX_VEC(fmadd_ps)(a, b, c);
 }
 CIFAR_JAX_INLINE void Store(float* p, Vec v) { CIFAR_JAX_VEC(storeu_ps)(p, v); }
+CIFAR_JAX_INLINE Vec Add(Vec a, Vec b) { return CIFAR_JAX_VEC(add_ps)(a, b); }
+CIFAR_JAX_INLINE Vec Subtract(Vec a, Vec b) { return CIFAR_JAX_VEC(sub_ps)(a, b); }
+CIFAR_JAX_INLINE Vec Half(Vec a) {
+  return CIFAR_JAX_VEC(mul_ps)(a, CIFAR_JAX_VEC(set1_ps)(0.5f));
+}
 
 // x (n, h, w, c), the output (n, oh, ow, o), padding pt (top), pl (left).
 struct Shape {
@@ -258,11 +268,10 @@ int ForwardBlockWidth(int64_t ow, int64_t blocks) {
   return best;
 }
 
-// One image: its padded copy into `xpad`, then every output channel, in
-// tiles V = `v` blocks wide (`ForwardBlockWidth`).
-void ForwardImage(const Shape& s, int v, const float* x, const float* k,
-                  float* y, float* xpad) {
-  const int64_t rows = s.oh + 2, cols = s.pw();
+// Image x's copy with its zero padding: `rows` by `cols` positions, where
+// position (r, q) holds x[r - pt, q - pl], zero outside the image.
+void PadImage(const Shape& s, const float* x, int64_t rows, int64_t cols,
+              float* xpad) {
   for (int64_t r = 0; r < rows; ++r) {
     float* dst = xpad + r * cols * s.c;
     const int64_t row = r - s.pt;
@@ -278,6 +287,13 @@ void ForwardImage(const Shape& s, int v, const float* x, const float* k,
               x + (row * s.w + hi - s.pl) * s.c, dst + lo * s.c);
     std::fill(dst + hi * s.c, dst + cols * s.c, 0.f);
   }
+}
+
+// One image: its padded copy into `xpad`, then every output channel, in
+// tiles V = `v` blocks wide (`ForwardBlockWidth`).
+void ForwardImage(const Shape& s, int v, const float* x, const float* k,
+                  float* y, float* xpad) {
+  PadImage(s, x, s.oh + 2, s.pw(), xpad);
   int64_t o0 = 0;
   for (; o0 + kLanes * v <= s.o; o0 += kLanes * v) {
     switch (v) {
@@ -292,6 +308,367 @@ void ForwardImage(const Shape& s, int v, const float* x, const float* k,
     case 2: ForwardChannels<2>(s, xpad, k, y, o0); break;
     case 1: ForwardChannels<1>(s, xpad, k, y, o0); break;
     default: break;
+  }
+}
+
+// Winograd's F(2x2, 3x3): each 2x2 block of outputs from the 4x4 patch d of
+// the input around it, as
+//
+//   Y = A^T [ sum over c of (G k G^T)[c, o] * (B^T d B)[c] ] A
+//
+// (elementwise products of 4x4 matrices; A, B and G as in Lavin and Gray,
+// "Fast Algorithms for Convolutional Neural Networks", 2016). The sum over c
+// is 16 matrix products, one per element of the 4x4 transforms: 16
+// multiply-adds per 4 outputs and channel pair where the direct sum takes
+// 36. B and A only add and subtract and G halves, so results differ from the
+// direct sum by float rounding (tests/conv3x3_test.py). Each output block is
+// one thread's work in a fixed order, so results do not depend on the thread
+// count. Used where the input channels fill whole vectors (conv3x3.py); the
+// direct sum above stays for the rest (the first layer's 3 channels).
+//
+// The blocks are numbered over the whole batch, image by image and row by
+// row, and handled in chunks whose transforms stay in L2.
+
+// Blocks per group of the kernel gradient: as many positions as the direct
+// sum's groups.
+constexpr int64_t kGroupBlocks = kGroupPositions / 4;
+
+struct Blocks {
+  int64_t tiles_h, tiles_w;
+  explicit Blocks(const Shape& s)
+      : tiles_h((s.oh + 1) / 2), tiles_w((s.ow + 1) / 2) {}
+  int64_t per_image() const { return tiles_h * tiles_w; }
+};
+
+// Blocks per chunk: its two transforms, 16 (C + O) floats a block, take
+// about 512 KiB.
+int64_t ChunkBlocks(const Shape& s) {
+  return std::max<int64_t>(2 * kAccumulators, 8192 / (s.c + s.o));
+}
+
+// u[e, c, o] for e = 4a + b: (G k[:, :, c, o] G^T)[a, b], with
+//   G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]].
+CIFAR_JAX_VECTOR_CODE void TransformKernel(const Shape& s, const float* k,
+                                          float* u) {
+  for (int64_t c = 0; c < s.c; ++c) {
+    for (int64_t o0 = 0; o0 < s.o; o0 += kLanes) {
+      Vec g[3][3], t[4][3];
+      for (int i = 0; i < 3; ++i)
+        for (int j = 0; j < 3; ++j) g[i][j] = Load(k + ((i * 3 + j) * s.c + c) * s.o + o0);
+      for (int j = 0; j < 3; ++j) {  // t = G g
+        const Vec ends = Add(g[0][j], g[2][j]);
+        t[0][j] = g[0][j];
+        t[1][j] = Half(Add(ends, g[1][j]));
+        t[2][j] = Half(Subtract(ends, g[1][j]));
+        t[3][j] = g[2][j];
+      }
+      for (int a = 0; a < 4; ++a) {  // u = t G^T
+        const Vec ends = Add(t[a][0], t[a][2]);
+        const Vec row[4] = {t[a][0], Half(Add(ends, t[a][1])),
+                            Half(Subtract(ends, t[a][1])), t[a][2]};
+        for (int b = 0; b < 4; ++b) Store(u + ((a * 4 + b) * s.c + c) * s.o + o0, row[b]);
+      }
+    }
+  }
+}
+
+// v[e, t - t0, c] for the blocks t in [t0, t1): (B^T d B)[a, b] of the 4x4
+// patch d of x over block t, zero outside the image (`zeros`: C zeros), with
+//   B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]].
+CIFAR_JAX_VECTOR_CODE void TransformInput(const Shape& s, const Blocks& blocks,
+                                         const float* x, const float* zeros,
+                                         int64_t t0, int64_t t1, float* v) {
+  const int64_t rows = t1 - t0, step = rows * s.c;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t n = t / blocks.per_image(), rest = t % blocks.per_image();
+    const int64_t ty = rest / blocks.tiles_w, tx = rest % blocks.tiles_w;
+    const float* at[4][4];
+    for (int a = 0; a < 4; ++a) {
+      const int64_t row = 2 * ty + a - s.pt;
+      for (int b = 0; b < 4; ++b) {
+        const int64_t col = 2 * tx + b - s.pl;
+        const bool inside = row >= 0 && row < s.h && col >= 0 && col < s.w;
+        at[a][b] = inside ? x + ((n * s.h + row) * s.w + col) * s.c : zeros;
+      }
+    }
+    for (int64_t c0 = 0; c0 < s.c; c0 += kLanes) {
+      Vec d[4][4], r[4][4];
+      for (int a = 0; a < 4; ++a)
+        for (int b = 0; b < 4; ++b) d[a][b] = Load(at[a][b] + c0);
+      for (int b = 0; b < 4; ++b) {  // r = B^T d
+        r[0][b] = Subtract(d[0][b], d[2][b]);
+        r[1][b] = Add(d[1][b], d[2][b]);
+        r[2][b] = Subtract(d[2][b], d[1][b]);
+        r[3][b] = Subtract(d[1][b], d[3][b]);
+      }
+      for (int a = 0; a < 4; ++a) {  // r B
+        float* out = v + (a * 4 * rows + t - t0) * s.c + c0;
+        Store(out, Subtract(r[a][0], r[a][2]));
+        Store(out + step, Add(r[a][1], r[a][2]));
+        Store(out + 2 * step, Subtract(r[a][2], r[a][1]));
+        Store(out + 3 * step, Subtract(r[a][1], r[a][3]));
+      }
+    }
+  }
+}
+
+// y's blocks [t0, t1) from m[e, t - t0, o]: A^T m A, with
+//   A^T = [[1, 1, 1, 0], [0, 1, -1, -1]],
+// cut to the image where oh or ow is odd.
+CIFAR_JAX_VECTOR_CODE void TransformOutput(const Shape& s, const Blocks& blocks,
+                                          const float* m, int64_t t0,
+                                          int64_t t1, float* y) {
+  const int64_t rows = t1 - t0;
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t n = t / blocks.per_image(), rest = t % blocks.per_image();
+    const int64_t ty = rest / blocks.tiles_w, tx = rest % blocks.tiles_w;
+    const int height = static_cast<int>(std::min<int64_t>(2, s.oh - 2 * ty));
+    const bool two_wide = 2 * tx + 1 < s.ow;
+    for (int64_t o0 = 0; o0 < s.o; o0 += kLanes) {
+      Vec q[2][4];
+      for (int b = 0; b < 4; ++b) {  // q = A^T m
+        Vec e[4];
+        for (int a = 0; a < 4; ++a) e[a] = Load(m + ((a * 4 + b) * rows + t - t0) * s.o + o0);
+        q[0][b] = Add(Add(e[0], e[1]), e[2]);
+        q[1][b] = Subtract(Subtract(e[1], e[2]), e[3]);
+      }
+      for (int r = 0; r < height; ++r) {  // q A
+        float* out = y + ((n * s.oh + 2 * ty + r) * s.ow + 2 * tx) * s.o + o0;
+        Store(out, Add(Add(q[r][0], q[r][1]), q[r][2]));
+        if (two_wide) Store(out + s.o, Subtract(Subtract(q[r][1], q[r][2]), q[r][3]));
+      }
+    }
+  }
+}
+
+// out[p, :] = sum over d of a[p, d] * b[d, :] for P rows of `a` (row length
+// `depth`) and V vectors of columns of `b` and `out` (row length `width`):
+// the register tile of the forward's 16 products, as ForwardTile's.
+template <int P, int V>
+CIFAR_JAX_VECTOR_CODE void ProductTile(const float* a, const float* b, float* out,
+                                      int64_t depth, int64_t width) {
+  Vec acc[P][V];
+  for (int p = 0; p < P; ++p)
+    for (int v = 0; v < V; ++v) acc[p][v] = Zero();
+  for (int64_t d = 0; d < depth; ++d) {
+    Vec bv[V];
+    for (int v = 0; v < V; ++v) bv[v] = Load(b + d * width + kLanes * v);
+    for (int p = 0; p < P; ++p) {
+      const Vec ab = Broadcast(a[p * depth + d]);
+      for (int v = 0; v < V; ++v) acc[p][v] = MultiplyAdd(ab, bv[v], acc[p][v]);
+    }
+  }
+  for (int p = 0; p < P; ++p)
+    for (int v = 0; v < V; ++v) Store(out + p * width + kLanes * v, acc[p][v]);
+}
+
+// ProductTile<rows, V> for a run-time `rows` in 1..P.
+template <int V, int P>
+void ProductTileOf(int rows, const float* a, const float* b, float* out,
+                   int64_t depth, int64_t width) {
+  if constexpr (P > 0) {
+    if (rows == P) return ProductTile<P, V>(a, b, out, depth, width);
+    ProductTileOf<V, P - 1>(rows, a, b, out, depth, width);
+  }
+}
+
+// Columns [o0, o0 + kLanes V) of the product of a (rows by depth) and b
+// (depth by width), in tiles of equal height.
+template <int V>
+void ProductColumns(const float* a, const float* b, float* out, int64_t rows,
+                    int64_t depth, int64_t width, int64_t o0) {
+  constexpr int kRows = kAccumulators / V;
+  const int64_t tiles = (rows + kRows - 1) / kRows;
+  int64_t r0 = 0;
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int height = static_cast<int>((rows - r0) / (tiles - t));
+    ProductTileOf<V, kRows>(height, a + r0 * depth, b + o0, out + r0 * width + o0,
+                            depth, width);
+    r0 += height;
+  }
+}
+
+// Blocks [t0, t1) of y: their input transform into `v`, the 16 products
+// with the transformed kernel `u` into `m`, and m's transform into y. The
+// products' tiles are `width` vectors wide (ForwardBlockWidth).
+void WinogradChunk(const Shape& s, const Blocks& blocks, int width,
+                   const float* x, const float* u, const float* zeros,
+                   int64_t t0, int64_t t1, float* v, float* m, float* y) {
+  const int64_t rows = t1 - t0;
+  TransformInput(s, blocks, x, zeros, t0, t1, v);
+  for (int e = 0; e < 16; ++e) {
+    const float* a = v + e * rows * s.c;
+    const float* b = u + e * s.c * s.o;
+    float* out = m + e * rows * s.o;
+    int64_t o0 = 0;
+    for (; o0 + kLanes * width <= s.o; o0 += kLanes * width) {
+      switch (width) {
+        case 4: ProductColumns<4>(a, b, out, rows, s.c, s.o, o0); break;
+        case 3: ProductColumns<3>(a, b, out, rows, s.c, s.o, o0); break;
+        case 2: ProductColumns<2>(a, b, out, rows, s.c, s.o, o0); break;
+        default: ProductColumns<1>(a, b, out, rows, s.c, s.o, o0); break;
+      }
+    }
+    switch ((s.o - o0) / kLanes) {  // Only where width = kMaxBlocks leaves one.
+      case 3: ProductColumns<3>(a, b, out, rows, s.c, s.o, o0); break;
+      case 2: ProductColumns<2>(a, b, out, rows, s.c, s.o, o0); break;
+      case 1: ProductColumns<1>(a, b, out, rows, s.c, s.o, o0); break;
+      default: break;
+    }
+  }
+  TransformOutput(s, blocks, m, t0, t1, y);
+}
+
+// The kernel gradient by F(3x3, 2x2), Winograd's algorithm with the roles
+// turned: the output gradient g, cut into 2x2 blocks, is the filter, and
+// each block's 3x3 correlation with the 4x4 patch of the input under it is
+// that block's share of dk. Summed over blocks before the last transform:
+//
+//   dk[:, :, c, o] = A^T [ sum over blocks of (B^T d B)[c] * (H g H^T)[o] ] A
+//
+// with B^T as above, H = [[1, 0], [1, 1], [1, -1], [0, -1]] and
+// A^T = [[1, 1/2, 1/2, 0], [0, 1/2, -1/2, 0], [0, 1/2, 1/2, 1]]: 16 multiply-
+// adds per 4 positions and channel pair where the direct sum takes 36.
+
+// w[e, t - t0, o] for the blocks t in [t0, t1) of g: (H b H^T)[a, b] of its
+// 2x2 block b, zero past the image's edge (`zeros`: O zeros).
+CIFAR_JAX_VECTOR_CODE void TransformGrad(const Shape& s, const Blocks& blocks,
+                                        const float* g, const float* zeros,
+                                        int64_t t0, int64_t t1, float* w) {
+  const int64_t rows = t1 - t0, step = rows * s.o;
+  const Vec zero = Zero();
+  for (int64_t t = t0; t < t1; ++t) {
+    const int64_t n = t / blocks.per_image(), rest = t % blocks.per_image();
+    const int64_t ty = rest / blocks.tiles_w, tx = rest % blocks.tiles_w;
+    const float* at[2][2];
+    for (int a = 0; a < 2; ++a) {
+      for (int b = 0; b < 2; ++b) {
+        const int64_t row = 2 * ty + a, col = 2 * tx + b;
+        at[a][b] = row < s.oh && col < s.ow
+                       ? g + ((n * s.oh + row) * s.ow + col) * s.o
+                       : zeros;
+      }
+    }
+    for (int64_t o0 = 0; o0 < s.o; o0 += kLanes) {
+      Vec r[4][2];
+      for (int b = 0; b < 2; ++b) {  // r = H block
+        const Vec top = Load(at[0][b] + o0), bottom = Load(at[1][b] + o0);
+        r[0][b] = top;
+        r[1][b] = Add(top, bottom);
+        r[2][b] = Subtract(top, bottom);
+        r[3][b] = Subtract(zero, bottom);
+      }
+      for (int a = 0; a < 4; ++a) {  // r H^T
+        float* out = w + (a * 4 * rows + t - t0) * s.o + o0;
+        Store(out, r[a][0]);
+        Store(out + step, Add(r[a][0], r[a][1]));
+        Store(out + 2 * step, Subtract(r[a][0], r[a][1]));
+        Store(out + 3 * step, Subtract(zero, r[a][1]));
+      }
+    }
+  }
+}
+
+// out[r, :] (+)= sum over t of a[t, r] * b[t, :] for R columns of `a` (row
+// length `a_width`) and V vectors of columns of `b` and `out` (row length
+// `width`), adding to `out` unless `first`: the register tile of the
+// kernel gradient's 16 products, as Tile's.
+template <int R, int V>
+CIFAR_JAX_VECTOR_CODE void SumTile(const float* a, const float* b, float* out,
+                                  int64_t depth, int64_t a_width, int64_t width,
+                                  bool first) {
+  Vec acc[R][V];
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v)
+      acc[r][v] = first ? Zero() : Load(out + r * width + kLanes * v);
+  for (int64_t t = 0; t < depth; ++t) {
+    Vec bv[V];
+    for (int v = 0; v < V; ++v) bv[v] = Load(b + t * width + kLanes * v);
+    for (int r = 0; r < R; ++r) {
+      const Vec ab = Broadcast(a[t * a_width + r]);
+      for (int v = 0; v < V; ++v) acc[r][v] = MultiplyAdd(ab, bv[v], acc[r][v]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int v = 0; v < V; ++v) Store(out + r * width + kLanes * v, acc[r][v]);
+}
+
+// SumTile<rows, V> for a run-time `rows` in 1..R.
+template <int V, int R>
+void SumTileOf(int rows, const float* a, const float* b, float* out,
+               int64_t depth, int64_t a_width, int64_t width, bool first) {
+  if constexpr (R > 0) {
+    if (rows == R) return SumTile<R, V>(a, b, out, depth, a_width, width, first);
+    SumTileOf<V, R - 1>(rows, a, b, out, depth, a_width, width, first);
+  }
+}
+
+// Columns [o0, o0 + kLanes V) of a^T b for a (depth by a_width) and b
+// (depth by width), in tiles of equal height.
+template <int V>
+void SumColumns(const float* a, const float* b, float* out, int64_t depth,
+                int64_t a_width, int64_t width, int64_t o0, bool first) {
+  constexpr int kRows = kAccumulators / V;
+  const int64_t tiles = (a_width + kRows - 1) / kRows;
+  int64_t c0 = 0;
+  for (int64_t t = 0; t < tiles; ++t) {
+    const int rows = static_cast<int>((a_width - c0) / (tiles - t));
+    SumTileOf<V, kRows>(rows, a + c0, b + o0, out + c0 * width + o0, depth,
+                        a_width, width, first);
+    c0 += rows;
+  }
+}
+
+// part[e, c, o] = sum over blocks [t0, t1) of v[e, t, c] * w[e, t, o], a
+// chunk at a time; `v` and `w` hold one chunk's transforms.
+void WinogradGroup(const Shape& s, const Blocks& blocks, const float* x,
+                   const float* g, const float* zeros, int64_t t0, int64_t t1,
+                   float* v, float* w, float* part) {
+  const int64_t chunk = ChunkBlocks(s);
+  for (int64_t c0 = t0; c0 < t1; c0 += chunk) {
+    const int64_t c1 = std::min(t1, c0 + chunk), rows = c1 - c0;
+    const bool first = c0 == t0;
+    TransformInput(s, blocks, x, zeros, c0, c1, v);
+    TransformGrad(s, blocks, g, zeros, c0, c1, w);
+    for (int e = 0; e < 16; ++e) {
+      const float* a = v + e * rows * s.c;
+      const float* b = w + e * rows * s.o;
+      float* out = part + e * s.c * s.o;
+      int64_t o0 = 0;
+      constexpr int64_t kWidest = kLanes * kMaxBlocks;
+      for (; o0 + kWidest <= s.o; o0 += kWidest)
+        SumColumns<kMaxBlocks>(a, b, out, rows, s.c, s.o, o0, first);
+      switch ((s.o - o0) / kLanes) {  // Only where kMaxBlocks leaves one.
+        case 3: SumColumns<3>(a, b, out, rows, s.c, s.o, o0, first); break;
+        case 2: SumColumns<2>(a, b, out, rows, s.c, s.o, o0, first); break;
+        case 1: SumColumns<1>(a, b, out, rows, s.c, s.o, o0, first); break;
+        default: break;
+      }
+    }
+  }
+}
+
+// dk from the summed products m[e, c, o]: A^T m A.
+CIFAR_JAX_VECTOR_CODE void TransformKernelGrad(const Shape& s, const float* m,
+                                              float* dk) {
+  for (int64_t c = 0; c < s.c; ++c) {
+    for (int64_t o0 = 0; o0 < s.o; o0 += kLanes) {
+      Vec q[3][4];
+      for (int b = 0; b < 4; ++b) {  // q = A^T m
+        Vec e[4];
+        for (int a = 0; a < 4; ++a) e[a] = Load(m + ((a * 4 + b) * s.c + c) * s.o + o0);
+        const Vec middle = Half(Add(e[1], e[2]));
+        q[0][b] = Add(e[0], middle);
+        q[1][b] = Half(Subtract(e[1], e[2]));
+        q[2][b] = Add(middle, e[3]);
+      }
+      for (int i = 0; i < 3; ++i) {  // q A
+        const Vec middle = Half(Add(q[i][1], q[i][2]));
+        const Vec row[3] = {Add(q[i][0], middle), Half(Subtract(q[i][1], q[i][2])),
+                            Add(middle, q[i][3])};
+        for (int j = 0; j < 3; ++j) Store(dk + ((i * 3 + j) * s.c + c) * s.o + o0, row[j]);
+      }
+    }
   }
 }
 
@@ -329,23 +706,31 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t items, Body body) {
 ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                       ffi::Buffer<ffi::F32> g,
                       ffi::ResultBuffer<ffi::F32> dk, int64_t pad_top,
-                      int64_t pad_left) {
+                      int64_t pad_left, bool winograd) {
   const auto xd = x.dimensions(), gd = g.dimensions(), kd = dk->dimensions();
   if (xd.size() != 4 || gd.size() != 4 || kd.size() != 4 || xd[0] != gd[0] ||
       kd[0] != 3 || kd[1] != 3 || kd[2] != xd[3] || kd[3] != gd[3] ||
-      gd[3] % 16 != 0 || pad_top < 0 || pad_left < 0) {
+      gd[3] % 16 != 0 || pad_top < 0 || pad_left < 0 ||
+      (winograd && xd[3] % 16 != 0)) {
     return ffi::Error::InvalidArgument(
         "cifar_jax_conv3x3_kernel_grad: expects x (N, H, W, C), g (N, OH, OW, O) "
-        "with O a multiple of 16, dk (3, 3, C, O), padding >= 0");
+        "with O a multiple of 16 (and C too for winograd), dk (3, 3, C, O), "
+        "padding >= 0");
   }
   const Shape s{xd[0], xd[1], xd[2], xd[3], gd[1], gd[2], gd[3], pad_top, pad_left};
-  const size_t size = 9 * s.c * s.o;
+  // Each group's partial sum: dk itself, or its 16 transformed elements.
+  const size_t size = (winograd ? 16 : 9) * s.c * s.o;
   float* out = dk->typed_data();
+  // Groups of whole images for the direct sum, of kGroupBlocks blocks (over
+  // the whole batch) for Winograd's.
   const int64_t per_group =
       std::max<int64_t>(1, kGroupPositions / std::max<int64_t>(1, s.oh * s.ow));
-  const int64_t groups = (s.n + per_group - 1) / per_group;
+  const Blocks blocks(s);
+  const int64_t total = s.n * blocks.per_image();
+  const int64_t groups = winograd ? (total + kGroupBlocks - 1) / kGroupBlocks
+                                  : (s.n + per_group - 1) / per_group;
   if (groups == 0) {
-    std::fill(out, out + size, 0.f);
+    std::fill(out, out + 9 * s.c * s.o, 0.f);
     return ffi::Error::Success();
   }
   // Every element is written by its group before it is read.
@@ -353,32 +738,69 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const float* xp = x.typed_data();
   const float* gp = g.typed_data();
   float* pp = parts.get();
-  ParallelFor(pool, groups, [s, xp, gp, pp, per_group, size](int64_t k) {
-    Group(s, xp, gp, pp + k * size, k * per_group,
-          std::min(s.n, (k + 1) * per_group));
-  });
-  std::copy(pp, pp + size, out);
+  if (winograd) {
+    const int64_t chunk = ChunkBlocks(s);
+    std::unique_ptr<float[]> zeros(new float[std::max(s.c, s.o)]());
+    const float* zp = zeros.get();
+    ParallelFor(pool, groups, [s, blocks, total, chunk, xp, gp, zp, pp, size](int64_t k) {
+      const int64_t t0 = k * kGroupBlocks, t1 = std::min(total, t0 + kGroupBlocks);
+      std::unique_ptr<float[]> scratch(new float[16 * chunk * (s.c + s.o)]);
+      WinogradGroup(s, blocks, xp, gp, zp, t0, t1, scratch.get(),
+                    scratch.get() + 16 * chunk * s.c, pp + k * size);
+    });
+  } else {
+    ParallelFor(pool, groups, [s, xp, gp, pp, per_group, size](int64_t k) {
+      Group(s, xp, gp, pp + k * size, k * per_group,
+            std::min(s.n, (k + 1) * per_group));
+    });
+  }
+  // Partials added in group order: the same sum on any number of threads.
   for (int64_t k = 1; k < groups; ++k)
-    for (size_t e = 0; e < size; ++e) out[e] += pp[k * size + e];
+    for (size_t e = 0; e < size; ++e) pp[e] += pp[k * size + e];
+  if (winograd) {
+    TransformKernelGrad(s, pp, out);
+  } else {
+    std::copy(pp, pp + size, out);
+  }
   return ffi::Error::Success();
 }
 
 ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                    ffi::Buffer<ffi::F32> k, ffi::ResultBuffer<ffi::F32> y,
-                   int64_t pad_top, int64_t pad_left) {
+                   int64_t pad_top, int64_t pad_left, bool winograd) {
   const auto xd = x.dimensions(), kd = k.dimensions(), yd = y->dimensions();
   if (xd.size() != 4 || kd.size() != 4 || yd.size() != 4 || xd[0] != yd[0] ||
       kd[0] != 3 || kd[1] != 3 || kd[2] != xd[3] || kd[3] != yd[3] ||
       yd[3] % 16 != 0 || pad_top < 0 || pad_left < 0 ||
-      yd[1] + 2 < xd[1] + pad_top || yd[2] + 2 < xd[2] + pad_left) {
+      yd[1] + 2 < xd[1] + pad_top || yd[2] + 2 < xd[2] + pad_left ||
+      (winograd && xd[3] % 16 != 0)) {
     return ffi::Error::InvalidArgument(
         "cifar_jax_conv3x3: expects x (N, H, W, C), k (3, 3, C, O) with O a "
-        "multiple of 16, y (N, OH, OW, O), padding >= 0 that fits");
+        "multiple of 16 (and C too for winograd), y (N, OH, OW, O), padding "
+        ">= 0 that fits");
   }
   const Shape s{xd[0], xd[1], xd[2], xd[3], yd[1], yd[2], yd[3], pad_top, pad_left};
   const float* xp = x.typed_data();
   const float* kp = k.typed_data();
   float* yp = y->typed_data();
+  if (winograd) {
+    const Blocks blocks(s);
+    const int64_t total = s.n * blocks.per_image(), chunk = ChunkBlocks(s);
+    // The transformed kernel, then C zeros for the input outside the image.
+    std::unique_ptr<float[]> u(new float[16 * s.c * s.o + s.c]());
+    TransformKernel(s, kp, u.get());
+    const float* up = u.get();
+    const float* zeros = up + 16 * s.c * s.o;
+    const int width = ForwardBlockWidth(chunk, s.o / kLanes);
+    ParallelFor(pool, (total + chunk - 1) / chunk,
+                [s, blocks, width, total, chunk, xp, up, zeros, yp](int64_t i) {
+      const int64_t t0 = i * chunk, t1 = std::min(total, t0 + chunk);
+      std::unique_ptr<float[]> scratch(new float[16 * chunk * (s.c + s.o)]);
+      WinogradChunk(s, blocks, width, xp, up, zeros, t0, t1, scratch.get(),
+                    scratch.get() + 16 * chunk * s.c, yp);
+    });
+    return ffi::Error::Success();
+  }
   const int64_t copy = (s.oh + 2) * s.pw() * s.c;
   const int v = ForwardBlockWidth(s.ow, s.o / kLanes);
   ParallelFor(pool, s.n, [s, v, xp, kp, yp, copy](int64_t n) {
@@ -403,9 +825,11 @@ auto Binding() {
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CifarJaxConv3x3KernelGrad, KernelGrad, Binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CifarJaxConv3x3KernelGrad, KernelGrad,
+                              Binding().Attr<bool>("winograd"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(CifarJaxConv3x3, Forward, Binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(CifarJaxConv3x3, Forward,
+                              Binding().Attr<bool>("winograd"));
 
 // Whether this CPU has the instructions this build's tiles use (checked
 // before registering the handlers).

@@ -20,6 +20,7 @@ from conftest import get_config
 from conftest import run_main
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
+SAME = ((1, 1), (1, 1))  # A 3x3 window's 'SAME' padding.
 HAS_COMPILER = bool(shutil.which(conv3x3.compiler()))
 RUNNABLE = conv3x3.available_kernels(cpu_info.flags()) if HAS_COMPILER else ()
 needs_compiler = pytest.mark.skipif(not HAS_COMPILER, reason='no C++ compiler')
@@ -198,6 +199,45 @@ def test_values_and_gradients_equal_xlas_to_float_rounding(
     scale = float(jnp.max(jnp.abs(b)))
     assert a.shape == b.shape and scale > 0, name
     np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * scale, err_msg=name)
+
+
+@EACH_KERNEL
+@pytest.mark.parametrize(
+    'n, h, w, c, o, pads',
+    [
+        (3, 7, 9, 32, 48, ((2, 0), (0, 1))),  # Odd output sizes: cut blocks.
+        (2, 3, 3, 16, 16, SAME),  # Four blocks, three of them cut.
+        (5, 12, 12, 64, 64, SAME),  # Chunks of 64 blocks, the last short.
+        (9, 16, 16, 16, 32, SAME),  # Groups of 256 blocks across images.
+        (2, 9, 9, 32, 64, ((2, 2), (2, 2))),  # The input gradient's pads.
+    ],
+)
+def test_winograds_sums_equal_the_direct_ones_to_float_rounding(
+    n, h, w, c, o, pads, method
+):
+  x, k = _operands(3, n, h, w, c, o)
+  y = conv3x3.forward(x, k, pads, method, winograd=False)
+  g = jax.random.normal(jax.random.key(1), y.shape)
+  direct = (y, conv3x3.kernel_grad(x, g, pads, method, winograd=False))
+  winograd = (
+      conv3x3.forward(x, k, pads, method),
+      conv3x3.kernel_grad(x, g, pads, method),
+  )
+  for name, a, b in zip(('y', 'dk'), winograd, direct, strict=True):
+    scale = float(jnp.max(jnp.abs(b)))
+    assert scale > 0 and not np.array_equal(a, b), name  # Summed otherwise.
+    np.testing.assert_allclose(a, b, rtol=0, atol=2e-6 * scale, err_msg=name)
+
+
+@EACH_KERNEL
+def test_channels_that_do_not_fill_vectors_are_summed_directly(method):
+  """Winograd's transforms load whole vectors of input channels."""
+  x, k = _operands(4, 3, 8, 8, 24, 32)
+  pads = SAME
+  y = conv3x3.forward(x, k, pads, method, winograd=False)
+  np.testing.assert_array_equal(conv3x3.forward(x, k, pads, method), y)
+  dk = conv3x3.kernel_grad(x, y, pads, method, winograd=False)
+  np.testing.assert_array_equal(conv3x3.kernel_grad(x, y, pads, method), dk)
 
 
 @EACH_KERNEL
