@@ -44,6 +44,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <type_traits>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -98,6 +99,42 @@ struct Shape {
 // Positions per group of images: a group's slices of x and g stay in L2.
 constexpr int64_t kGroupPositions = 1024;
 
+// Calls body(std::integral_constant<int, n>()) for a run-time n in 1..N, so
+// that a count known only at run time can pick a tile's template.
+template <int N, typename Body>
+void WithConstant(int n, Body&& body) {
+  if constexpr (N > 0) {
+    if (n == N) return body(std::integral_constant<int, N>());
+    WithConstant<N - 1>(n, body);
+  }
+}
+
+// Calls body(start, count) for [0, n) cut in order into the fewest parts
+// of at most `most`, of equal size but for one at most (tiles of equal
+// height use the registers more evenly than full ones and a short last).
+template <typename Body>
+void EqualParts(int64_t n, int64_t most, Body&& body) {
+  const int64_t parts = (n + most - 1) / most;
+  int64_t start = 0;
+  for (int64_t part = 0; part < parts; ++part) {
+    const int64_t count = (n - start) / (parts - part);
+    body(start, static_cast<int>(count));
+    start += count;
+  }
+}
+
+// Calls body(o0, std::integral_constant<int, V>()) for the `o` output
+// channels in blocks of V = `width` vectors, and the rest (where `width`
+// does not divide them) as one narrower block.
+template <typename Body>
+void ChannelBlocks(int64_t o, int width, Body&& body) {
+  int64_t o0 = 0;
+  for (; o0 + kLanes * width <= o; o0 += kLanes * width)
+    WithConstant<kMaxBlocks>(width, [&](auto v) { body(o0, v); });
+  const int rest = static_cast<int>((o - o0) / kLanes);
+  if (rest > 0) WithConstant<kMaxBlocks>(rest, [&](auto v) { body(o0, v); });
+}
+
 // dk[i, j, c0:c0+R, o0:o0+kLanes*V] summed over images [n0, n1), stored to `part`
 // (9 * C * O floats laid out as dk).
 template <int R, int V>
@@ -131,47 +168,20 @@ CIFAR_JAX_VECTOR_CODE void Tile(const Shape& s, const float* x, const float* g,
     for (int v = 0; v < V; ++v) Store(out + r * s.o + kLanes * v, acc[r][v]);
 }
 
-// Tile<rows, V> for a run-time `rows` in 1..R.
-template <int V, int R>
-void TileOf(int rows, const Shape& s, const float* x, const float* g,
-            float* part, int64_t n0, int64_t n1, int i, int j, int64_t c0,
-            int64_t o0) {
-  if constexpr (R > 0) {
-    if (rows == R) return Tile<R, V>(s, x, g, part, n0, n1, i, j, c0, o0);
-    TileOf<V, R - 1>(rows, s, x, g, part, n0, n1, i, j, c0, o0);
-  }
-}
-
-// All input channels for output channels [o0, o0 + kLanes V), in tiles of equal
-// height (at most kAccumulators / V rows each).
-template <int V>
-void Channels(const Shape& s, const float* x, const float* g, float* part,
-              int64_t n0, int64_t n1, int i, int j, int64_t o0) {
-  constexpr int kRows = kAccumulators / V;
-  const int64_t tiles = (s.c + kRows - 1) / kRows;
-  int64_t c0 = 0;
-  for (int64_t t = 0; t < tiles; ++t) {
-    const int rows = static_cast<int>((s.c - c0) / (tiles - t));
-    TileOf<V, kRows>(rows, s, x, g, part, n0, n1, i, j, c0, o0);
-    c0 += rows;
-  }
-}
-
-// The whole dk of images [n0, n1) into `part`.
+// The whole dk of images [n0, n1) into `part`: per tap, tiles of at most
+// kAccumulators / V input channels by V vectors of output channels.
 void Group(const Shape& s, const float* x, const float* g, float* part,
            int64_t n0, int64_t n1) {
   for (int i = 0; i < 3; ++i) {
     for (int j = 0; j < 3; ++j) {
-      int64_t o0 = 0;
-      constexpr int64_t kWidest = kLanes * kMaxBlocks;
-      for (; o0 + kWidest <= s.o; o0 += kWidest)
-        Channels<kMaxBlocks>(s, x, g, part, n0, n1, i, j, o0);
-      switch ((s.o - o0) / kLanes) {  // Only where kMaxBlocks leaves one.
-        case 3: Channels<3>(s, x, g, part, n0, n1, i, j, o0); break;
-        case 2: Channels<2>(s, x, g, part, n0, n1, i, j, o0); break;
-        case 1: Channels<1>(s, x, g, part, n0, n1, i, j, o0); break;
-        default: break;
-      }
+      ChannelBlocks(s.o, kMaxBlocks, [&](int64_t o0, auto width) {
+        constexpr int V = decltype(width)::value, kRows = kAccumulators / V;
+        EqualParts(s.c, kRows, [&](int64_t c0, int rows) {
+          WithConstant<kRows>(rows, [&](auto r) {
+            Tile<decltype(r)::value, V>(s, x, g, part, n0, n1, i, j, c0, o0);
+          });
+        });
+      });
     }
   }
 }
@@ -209,34 +219,6 @@ CIFAR_JAX_VECTOR_CODE void ForwardTile(const Shape& s, const float* xpad,
   float* out = y + (oy * s.ow + ox0) * s.o + o0;
   for (int p = 0; p < P; ++p)
     for (int v = 0; v < V; ++v) Store(out + p * s.o + kLanes * v, acc[p][v]);
-}
-
-// ForwardTile<positions, V> for a run-time `positions` in 1..P.
-template <int V, int P>
-void ForwardTileOf(int positions, const Shape& s, const float* xpad,
-                   const float* k, float* y, int64_t oy, int64_t ox0,
-                   int64_t o0) {
-  if constexpr (P > 0) {
-    if (positions == P) return ForwardTile<P, V>(s, xpad, k, y, oy, ox0, o0);
-    ForwardTileOf<V, P - 1>(positions, s, xpad, k, y, oy, ox0, o0);
-  }
-}
-
-// Output channels [o0, o0 + kLanes V) of one image, row by row, in tiles of
-// equal width (at most kAccumulators / V positions each).
-template <int V>
-void ForwardChannels(const Shape& s, const float* xpad, const float* k,
-                     float* y, int64_t o0) {
-  constexpr int kPositions = kAccumulators / V;
-  const int64_t tiles = (s.ow + kPositions - 1) / kPositions;
-  for (int64_t oy = 0; oy < s.oh; ++oy) {
-    int64_t ox0 = 0;
-    for (int64_t t = 0; t < tiles; ++t) {
-      const int positions = static_cast<int>((s.ow - ox0) / (tiles - t));
-      ForwardTileOf<V, kPositions>(positions, s, xpad, k, y, oy, ox0, o0);
-      ox0 += positions;
-    }
-  }
 }
 
 // V, the width in vectors of the output channels a tile covers, for output
@@ -289,26 +271,22 @@ void PadImage(const Shape& s, const float* x, int64_t rows, int64_t cols,
   }
 }
 
-// One image: its padded copy into `xpad`, then every output channel, in
-// tiles V = `v` blocks wide (`ForwardBlockWidth`).
+// One image: its padded copy into `xpad`, then every output channel, row
+// by row, in tiles V = `v` blocks wide (`ForwardBlockWidth`) of at most
+// kAccumulators / V positions.
 void ForwardImage(const Shape& s, int v, const float* x, const float* k,
                   float* y, float* xpad) {
   PadImage(s, x, s.oh + 2, s.pw(), xpad);
-  int64_t o0 = 0;
-  for (; o0 + kLanes * v <= s.o; o0 += kLanes * v) {
-    switch (v) {
-      case 4: ForwardChannels<4>(s, xpad, k, y, o0); break;
-      case 3: ForwardChannels<3>(s, xpad, k, y, o0); break;
-      case 2: ForwardChannels<2>(s, xpad, k, y, o0); break;
-      default: ForwardChannels<1>(s, xpad, k, y, o0); break;
+  ChannelBlocks(s.o, v, [&](int64_t o0, auto width) {
+    constexpr int V = decltype(width)::value, kPositions = kAccumulators / V;
+    for (int64_t oy = 0; oy < s.oh; ++oy) {
+      EqualParts(s.ow, kPositions, [&](int64_t ox0, int positions) {
+        WithConstant<kPositions>(positions, [&](auto p) {
+          ForwardTile<decltype(p)::value, V>(s, xpad, k, y, oy, ox0, o0);
+        });
+      });
     }
-  }
-  switch ((s.o - o0) / kLanes) {  // Only where v = kMaxBlocks leaves one.
-    case 3: ForwardChannels<3>(s, xpad, k, y, o0); break;
-    case 2: ForwardChannels<2>(s, xpad, k, y, o0); break;
-    case 1: ForwardChannels<1>(s, xpad, k, y, o0); break;
-    default: break;
-  }
+  });
 }
 
 // Winograd's F(2x2, 3x3): each 2x2 block of outputs from the 4x4 patch d of
@@ -462,32 +440,6 @@ CIFAR_JAX_VECTOR_CODE void ProductTile(const float* a, const float* b, float* ou
     for (int v = 0; v < V; ++v) Store(out + p * width + kLanes * v, acc[p][v]);
 }
 
-// ProductTile<rows, V> for a run-time `rows` in 1..P.
-template <int V, int P>
-void ProductTileOf(int rows, const float* a, const float* b, float* out,
-                   int64_t depth, int64_t width) {
-  if constexpr (P > 0) {
-    if (rows == P) return ProductTile<P, V>(a, b, out, depth, width);
-    ProductTileOf<V, P - 1>(rows, a, b, out, depth, width);
-  }
-}
-
-// Columns [o0, o0 + kLanes V) of the product of a (rows by depth) and b
-// (depth by width), in tiles of equal height.
-template <int V>
-void ProductColumns(const float* a, const float* b, float* out, int64_t rows,
-                    int64_t depth, int64_t width, int64_t o0) {
-  constexpr int kRows = kAccumulators / V;
-  const int64_t tiles = (rows + kRows - 1) / kRows;
-  int64_t r0 = 0;
-  for (int64_t t = 0; t < tiles; ++t) {
-    const int height = static_cast<int>((rows - r0) / (tiles - t));
-    ProductTileOf<V, kRows>(height, a + r0 * depth, b + o0, out + r0 * width + o0,
-                            depth, width);
-    r0 += height;
-  }
-}
-
 // Blocks [t0, t1) of y: their input transform into `v`, the 16 products
 // with the transformed kernel `u` into `m`, and m's transform into y. The
 // products' tiles are `width` vectors wide (ForwardBlockWidth).
@@ -500,21 +452,15 @@ void WinogradChunk(const Shape& s, const Blocks& blocks, int width,
     const float* a = v + e * rows * s.c;
     const float* b = u + e * s.c * s.o;
     float* out = m + e * rows * s.o;
-    int64_t o0 = 0;
-    for (; o0 + kLanes * width <= s.o; o0 += kLanes * width) {
-      switch (width) {
-        case 4: ProductColumns<4>(a, b, out, rows, s.c, s.o, o0); break;
-        case 3: ProductColumns<3>(a, b, out, rows, s.c, s.o, o0); break;
-        case 2: ProductColumns<2>(a, b, out, rows, s.c, s.o, o0); break;
-        default: ProductColumns<1>(a, b, out, rows, s.c, s.o, o0); break;
-      }
-    }
-    switch ((s.o - o0) / kLanes) {  // Only where width = kMaxBlocks leaves one.
-      case 3: ProductColumns<3>(a, b, out, rows, s.c, s.o, o0); break;
-      case 2: ProductColumns<2>(a, b, out, rows, s.c, s.o, o0); break;
-      case 1: ProductColumns<1>(a, b, out, rows, s.c, s.o, o0); break;
-      default: break;
-    }
+    ChannelBlocks(s.o, width, [&](int64_t o0, auto w) {
+      constexpr int V = decltype(w)::value, kRows = kAccumulators / V;
+      EqualParts(rows, kRows, [&](int64_t r0, int height) {
+        WithConstant<kRows>(height, [&](auto p) {
+          ProductTile<decltype(p)::value, V>(a + r0 * s.c, b + o0,
+                                             out + r0 * s.o + o0, s.c, s.o);
+        });
+      });
+    });
   }
   TransformOutput(s, blocks, m, t0, t1, y);
 }
@@ -593,32 +539,6 @@ CIFAR_JAX_VECTOR_CODE void SumTile(const float* a, const float* b, float* out,
     for (int v = 0; v < V; ++v) Store(out + r * width + kLanes * v, acc[r][v]);
 }
 
-// SumTile<rows, V> for a run-time `rows` in 1..R.
-template <int V, int R>
-void SumTileOf(int rows, const float* a, const float* b, float* out,
-               int64_t depth, int64_t a_width, int64_t width, bool first) {
-  if constexpr (R > 0) {
-    if (rows == R) return SumTile<R, V>(a, b, out, depth, a_width, width, first);
-    SumTileOf<V, R - 1>(rows, a, b, out, depth, a_width, width, first);
-  }
-}
-
-// Columns [o0, o0 + kLanes V) of a^T b for a (depth by a_width) and b
-// (depth by width), in tiles of equal height.
-template <int V>
-void SumColumns(const float* a, const float* b, float* out, int64_t depth,
-                int64_t a_width, int64_t width, int64_t o0, bool first) {
-  constexpr int kRows = kAccumulators / V;
-  const int64_t tiles = (a_width + kRows - 1) / kRows;
-  int64_t c0 = 0;
-  for (int64_t t = 0; t < tiles; ++t) {
-    const int rows = static_cast<int>((a_width - c0) / (tiles - t));
-    SumTileOf<V, kRows>(rows, a + c0, b + o0, out + c0 * width + o0, depth,
-                        a_width, width, first);
-    c0 += rows;
-  }
-}
-
 // part[e, c, o] = sum over blocks [t0, t1) of v[e, t, c] * w[e, t, o], a
 // chunk at a time; `v` and `w` hold one chunk's transforms.
 void WinogradGroup(const Shape& s, const Blocks& blocks, const float* x,
@@ -634,16 +554,15 @@ void WinogradGroup(const Shape& s, const Blocks& blocks, const float* x,
       const float* a = v + e * rows * s.c;
       const float* b = w + e * rows * s.o;
       float* out = part + e * s.c * s.o;
-      int64_t o0 = 0;
-      constexpr int64_t kWidest = kLanes * kMaxBlocks;
-      for (; o0 + kWidest <= s.o; o0 += kWidest)
-        SumColumns<kMaxBlocks>(a, b, out, rows, s.c, s.o, o0, first);
-      switch ((s.o - o0) / kLanes) {  // Only where kMaxBlocks leaves one.
-        case 3: SumColumns<3>(a, b, out, rows, s.c, s.o, o0, first); break;
-        case 2: SumColumns<2>(a, b, out, rows, s.c, s.o, o0, first); break;
-        case 1: SumColumns<1>(a, b, out, rows, s.c, s.o, o0, first); break;
-        default: break;
-      }
+      ChannelBlocks(s.o, kMaxBlocks, [&](int64_t o0, auto width) {
+        constexpr int V = decltype(width)::value, kRows = kAccumulators / V;
+        EqualParts(s.c, kRows, [&](int64_t c0, int height) {
+          WithConstant<kRows>(height, [&](auto r) {
+            SumTile<decltype(r)::value, V>(a + c0, b + o0, out + c0 * s.o + o0,
+                                           rows, s.c, s.o, first);
+          });
+        });
+      });
     }
   }
 }
