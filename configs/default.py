@@ -85,7 +85,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.pooling = 'auto'
   # The 3x3 convs (forward and both gradients): 'auto' = the best compiled
   # kernel the CPU has, 'avx512' (AVX-512) or else 'avx2' (AVX2 with FMA)
-  # (cifar_jax/conv3x3.py; faster than XLA's on both), and 'xla' (XLA's own)
+  # (cifar_jax/conv3x3.py: Winograd's algorithm where the input channels
+  # are a multiple of 16; faster than XLA's on both), and 'xla' (XLA's own)
   # on GPUs, TPUs and other CPUs.
   config.model.conv3x3 = 'auto'
   # Filters of each stage's two 3x3 convs.
