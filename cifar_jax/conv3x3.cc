@@ -419,20 +419,25 @@ CIFAR_JAX_VECTOR_CODE void TransformOutput(const Shape& s, const Blocks& blocks,
   }
 }
 
-// out[p, :] = sum over d of a[p, d] * b[d, :] for P rows of `a` (row length
-// `depth`) and V vectors of columns of `b` and `out` (row length `width`):
-// the register tile of the forward's 16 products, as ForwardTile's.
-template <int P, int V>
-CIFAR_JAX_VECTOR_CODE void ProductTile(const float* a, const float* b, float* out,
-                                      int64_t depth, int64_t width) {
+// out[p, :] = sum over d of a(p, d) * b[d, :], plus out[p, :] unless
+// `first`, for P rows of a and V vectors of the columns of b and out (rows
+// of `width`): the register tile of Winograd's 16 products, as
+// ForwardTile's. a(p, d) is a[p * stride + d] for the forward pass's
+// products (over channels d), and a[d * stride + p] where kTransposed, for
+// the kernel gradient's (over blocks d).
+template <int P, int V, bool kTransposed>
+CIFAR_JAX_VECTOR_CODE void ProductTile(const float* a, int64_t stride,
+                                      const float* b, float* out, int64_t depth,
+                                      int64_t width, bool first) {
   Vec acc[P][V];
   for (int p = 0; p < P; ++p)
-    for (int v = 0; v < V; ++v) acc[p][v] = Zero();
+    for (int v = 0; v < V; ++v)
+      acc[p][v] = first ? Zero() : Load(out + p * width + kLanes * v);
   for (int64_t d = 0; d < depth; ++d) {
     Vec bv[V];
     for (int v = 0; v < V; ++v) bv[v] = Load(b + d * width + kLanes * v);
     for (int p = 0; p < P; ++p) {
-      const Vec ab = Broadcast(a[p * depth + d]);
+      const Vec ab = Broadcast(kTransposed ? a[d * stride + p] : a[p * stride + d]);
       for (int v = 0; v < V; ++v) acc[p][v] = MultiplyAdd(ab, bv[v], acc[p][v]);
     }
   }
@@ -456,8 +461,8 @@ void WinogradChunk(const Shape& s, const Blocks& blocks, int width,
       constexpr int V = decltype(w)::value, kRows = kAccumulators / V;
       EqualParts(rows, kRows, [&](int64_t r0, int height) {
         WithConstant<kRows>(height, [&](auto p) {
-          ProductTile<decltype(p)::value, V>(a + r0 * s.c, b + o0,
-                                             out + r0 * s.o + o0, s.c, s.o);
+          ProductTile<decltype(p)::value, V, false>(
+              a + r0 * s.c, s.c, b + o0, out + r0 * s.o + o0, s.c, s.o, true);
         });
       });
     });
@@ -515,41 +520,17 @@ CIFAR_JAX_VECTOR_CODE void TransformGrad(const Shape& s, const Blocks& blocks,
   }
 }
 
-// out[r, :] (+)= sum over t of a[t, r] * b[t, :] for R columns of `a` (row
-// length `a_width`) and V vectors of columns of `b` and `out` (row length
-// `width`), adding to `out` unless `first`: the register tile of the
-// kernel gradient's 16 products, as Tile's.
-template <int R, int V>
-CIFAR_JAX_VECTOR_CODE void SumTile(const float* a, const float* b, float* out,
-                                  int64_t depth, int64_t a_width, int64_t width,
-                                  bool first) {
-  Vec acc[R][V];
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v)
-      acc[r][v] = first ? Zero() : Load(out + r * width + kLanes * v);
-  for (int64_t t = 0; t < depth; ++t) {
-    Vec bv[V];
-    for (int v = 0; v < V; ++v) bv[v] = Load(b + t * width + kLanes * v);
-    for (int r = 0; r < R; ++r) {
-      const Vec ab = Broadcast(a[t * a_width + r]);
-      for (int v = 0; v < V; ++v) acc[r][v] = MultiplyAdd(ab, bv[v], acc[r][v]);
-    }
-  }
-  for (int r = 0; r < R; ++r)
-    for (int v = 0; v < V; ++v) Store(out + r * width + kLanes * v, acc[r][v]);
-}
-
 // part[e, c, o] = sum over blocks [t0, t1) of v[e, t, c] * w[e, t, o], a
 // chunk at a time; `v` and `w` hold one chunk's transforms.
 void WinogradGroup(const Shape& s, const Blocks& blocks, const float* x,
                    const float* g, const float* zeros, int64_t t0, int64_t t1,
                    float* v, float* w, float* part) {
   const int64_t chunk = ChunkBlocks(s);
-  for (int64_t c0 = t0; c0 < t1; c0 += chunk) {
-    const int64_t c1 = std::min(t1, c0 + chunk), rows = c1 - c0;
-    const bool first = c0 == t0;
-    TransformInput(s, blocks, x, zeros, c0, c1, v);
-    TransformGrad(s, blocks, g, zeros, c0, c1, w);
+  for (int64_t start = t0; start < t1; start += chunk) {
+    const int64_t end = std::min(t1, start + chunk), rows = end - start;
+    const bool first = start == t0;
+    TransformInput(s, blocks, x, zeros, start, end, v);
+    TransformGrad(s, blocks, g, zeros, start, end, w);
     for (int e = 0; e < 16; ++e) {
       const float* a = v + e * rows * s.c;
       const float* b = w + e * rows * s.o;
@@ -558,8 +539,8 @@ void WinogradGroup(const Shape& s, const Blocks& blocks, const float* x,
         constexpr int V = decltype(width)::value, kRows = kAccumulators / V;
         EqualParts(s.c, kRows, [&](int64_t c0, int height) {
           WithConstant<kRows>(height, [&](auto r) {
-            SumTile<decltype(r)::value, V>(a + c0, b + o0, out + c0 * s.o + o0,
-                                           rows, s.c, s.o, first);
+            ProductTile<decltype(r)::value, V, true>(
+                a + c0, s.c, b + o0, out + c0 * s.o + o0, rows, s.o, first);
           });
         });
       });
