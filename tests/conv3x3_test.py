@@ -15,13 +15,14 @@ from cifar_jax import config_checks
 from cifar_jax import conv3x3
 from cifar_jax import cpu_info
 from cifar_jax import errors
+from cifar_jax import ffi_build
 from cifar_jax import models
 from conftest import get_config
 from conftest import run_main
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 SAME = ((1, 1), (1, 1))  # A 3x3 window's 'SAME' padding.
-HAS_COMPILER = bool(shutil.which(conv3x3.compiler()))
+HAS_COMPILER = bool(shutil.which(ffi_build.compiler()))
 RUNNABLE = conv3x3.available_kernels(cpu_info.flags()) if HAS_COMPILER else ()
 needs_compiler = pytest.mark.skipif(not HAS_COMPILER, reason='no C++ compiler')
 # Each kernel, skipped where this CPU (or the lack of a compiler) rules it out.
@@ -319,7 +320,7 @@ def test_without_a_compiler_it_warns_and_uses_xlas_convolutions(
     monkeypatch, caplog, fresh_registration
 ):
   del fresh_registration
-  monkeypatch.setattr(conv3x3, 'compiler', lambda: 'no-such-c++')
+  monkeypatch.setattr(ffi_build, 'compiler', lambda: 'no-such-c++')
   x, k = _operands(4, 2, 6, 6, 4, 16)
   with caplog.at_level(logging.WARNING):
     got = _grads(conv3x3.conv_for('avx2'), x, k, 'SAME')
@@ -334,8 +335,8 @@ def test_without_a_compiler_it_warns_and_uses_xlas_convolutions(
 def test_a_failed_compile_says_which_command_and_why(tmp_path):
   source = tmp_path / 'broken.cc'
   source.write_text('int f() { return }\n')
-  with pytest.raises(conv3x3.BuildError, match='failed: .*error'):
-    conv3x3.build(source, tmp_path / 'cache', 'c++')
+  with pytest.raises(ffi_build.BuildError, match='failed: .*error'):
+    ffi_build.build(source, tmp_path / 'cache', 'c++')
   assert not list((tmp_path / 'cache').glob('*.so*'))  # No half-written file.
 
 
@@ -346,12 +347,12 @@ def test_a_library_is_built_once_and_rebuilt_when_its_source_changes(
   source = tmp_path / 'tiny.cc'
   source.write_text('extern "C" int f() { return 1; }\n')
   cache = tmp_path / 'cache'
-  first = conv3x3.build(source, cache, 'c++')
+  first = ffi_build.build(source, cache, 'c++')
   built_at = first.stat().st_mtime_ns
-  assert conv3x3.build(source, cache, 'c++') == first
+  assert ffi_build.build(source, cache, 'c++') == first
   assert first.stat().st_mtime_ns == built_at
   source.write_text('extern "C" int f() { return 2; }\n')
-  second = conv3x3.build(source, cache, 'c++')
+  second = ffi_build.build(source, cache, 'c++')
   assert second != first and second.exists()
 
 
@@ -359,15 +360,15 @@ def test_a_library_is_built_once_and_rebuilt_when_its_source_changes(
 def test_an_unwritable_cache_is_a_build_error(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('')
-  with pytest.raises(conv3x3.BuildError, match='cannot write'):
-    conv3x3.build(conv3x3.SOURCE, blocker / 'cache', 'c++')
+  with pytest.raises(ffi_build.BuildError, match='cannot write'):
+    ffi_build.build(conv3x3.SOURCE, blocker / 'cache', 'c++')
 
 
 def test_the_cache_follows_xdg_cache_home():
   env = {'XDG_CACHE_HOME': '/tmp/xdg'}
-  assert conv3x3.cache_dir(env) == pathlib.Path('/tmp/xdg/cifar_jax')
-  assert conv3x3.compiler({'CXX': 'clang++'}) == 'clang++'
-  assert conv3x3.compiler({}) == 'c++'
+  assert ffi_build.cache_dir(env) == pathlib.Path('/tmp/xdg/cifar_jax')
+  assert ffi_build.compiler({'CXX': 'clang++'}) == 'clang++'
+  assert ffi_build.compiler({}) == 'c++'
 
 
 @EACH_KERNEL

@@ -1,0 +1,94 @@
+"""A C++ source compiled, once per machine, into a cached shared library.
+
+For XLA FFI kernels (`conv3x3.cc`): built with the machine's C++ compiler
+against the installed jaxlib's FFI headers, and cached under
+`$XDG_CACHE_HOME/cifar_jax` (default `~/.cache/cifar_jax`) by a hash of the
+source, the compiler, the flags and jaxlib.
+"""
+
+from collections.abc import Mapping, Sequence
+import hashlib
+import logging
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+
+import jax
+import jaxlib
+
+_FLAGS = ('-O3', '-std=c++17', '-shared', '-fPIC', '-w')
+
+
+class BuildError(Exception):
+  """The library could not be compiled or loaded here; the message says why."""
+
+
+def compiler(environ: Mapping[str, str] = os.environ) -> str:
+  return environ.get('CXX') or 'c++'
+
+
+def cache_dir(environ: Mapping[str, str] = os.environ) -> pathlib.Path:
+  base = environ.get('XDG_CACHE_HOME') or pathlib.Path.home() / '.cache'
+  return pathlib.Path(base) / 'cifar_jax'
+
+
+def build(
+    source: pathlib.Path,
+    directory: pathlib.Path,
+    cxx: str,
+    extra_flags: Sequence[str] = (),
+) -> pathlib.Path:
+  """The shared library of `source`, compiled into `directory` if not there.
+
+  Named by a hash of the source, the compiler's version, the flags and
+  jaxlib's version, so a changed input never loads a stale library; written
+  under a temporary name and renamed, so concurrent runs never load half of
+  one.
+  """
+  if shutil.which(cxx) is None:
+    raise BuildError(f'no C++ compiler {cxx!r} (set $CXX)')
+  try:
+    version = subprocess.run(
+        [cxx, '--version'], capture_output=True, text=True, check=True
+    ).stdout
+  except (OSError, subprocess.CalledProcessError) as e:
+    raise BuildError(f'{cxx} --version failed: {e}') from e
+  key = hashlib.sha256()
+  flags = (*_FLAGS, *extra_flags)
+  for part in (source.read_bytes(), version, flags, jaxlib.__version__):
+    key.update(repr(part).encode())
+  target = directory / f'{source.stem}-{key.hexdigest()[:16]}.so'
+  if target.exists():
+    return target
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, partial = tempfile.mkstemp(dir=directory, suffix='.so.partial')
+    os.close(fd)
+  except OSError as e:
+    raise BuildError(f'cannot write to {directory}: {e}') from e
+  command = [
+      cxx,
+      *flags,
+      f'-I{jax.ffi.include_dir()}',
+      '-o',
+      partial,
+      str(source),
+  ]
+  logging.info('Compiling %s (once per machine and jaxlib).', source.name)
+  try:
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+      lines = (result.stderr or result.stdout).strip().splitlines()
+      messages = [line for line in lines if 'error' in line] or lines
+      raise BuildError(
+          f'{" ".join(command)} failed: '
+          f'{messages[0].strip() if messages else "no output"}'
+      )
+    os.replace(partial, target)
+  except OSError as e:
+    raise BuildError(f'{cxx} could not run: {e}') from e
+  finally:
+    pathlib.Path(partial).unlink(missing_ok=True)
+  return target
