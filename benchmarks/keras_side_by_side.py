@@ -171,7 +171,7 @@ def main(argv: list[str]) -> None:
       if not ours:
         raise UserError(f'--ours {OURS.value} has no history.json.')
     history = train(
-        config, WORKDIR.value, EPOCHS.value or config.num_epochs, ours
+        config, WORKDIR.value, EPOCHS.value or round(config.num_epochs), ours
     )
   last = history[-1]
   print(

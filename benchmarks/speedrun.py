@@ -19,7 +19,6 @@ mean and range of seconds, the compile time, and a one-sided t-test of
 "mean accuracy >= target".
 """
 
-import io
 import math
 import statistics
 import time
@@ -31,9 +30,7 @@ import jax
 from cifar_jax import cli
 from cifar_jax import compile_ahead
 from cifar_jax import experiment
-from cifar_jax import progress
 from cifar_jax import reporting
-from cifar_jax import steps
 from cifar_jax import train
 
 _CONFIG = cli.define_config()
@@ -50,31 +47,6 @@ _WARMUP = flags.DEFINE_integer(
     'warmup_runs', 1, 'Uncounted runs after the ' 'ahead-of-time compilation.'
 )
 _JSON = flags.DEFINE_string('json', '', 'Also write the results here.')
-
-
-def timed_run(exp: experiment.Experiment, seed: int) -> tuple[float, float]:
-  """(test accuracy, seconds) of one full run of `exp` with `seed`."""
-  run = experiment.with_seed(exp, seed)
-  metrics = steps.empty_metrics(run.replicated)
-  jax.block_until_ready((run.state, metrics))  # Initialisation: not timed.
-  total = run.config.num_epochs * run.steps_per_epoch
-  start = time.perf_counter()
-  state, _, _ = train.run_steps(
-      run,
-      run.state,
-      metrics,
-      0,
-      total,
-      progress.ProgressBar(total, out=io.StringIO()),
-  )
-  result = train.evaluate(
-      run.eval_step,
-      state,
-      run.eval,
-      run.config.eval_batch_size,
-      run.shardings.batch,
-  )
-  return result['accuracy'], time.perf_counter() - start
 
 
 def one_sided_p(values: list[float], target: float) -> float:
@@ -103,7 +75,7 @@ def main(argv):
     setup_s = time.perf_counter() - start
   print(
       f'{reporting.machine_description()}; JAX {jax.__version__}; '
-      f'{config.num_epochs} epochs x {exp.steps_per_epoch} steps of '
+      f'{config.num_epochs:g} epochs ({exp.total_steps} steps) of '
       f'{config.batch_size}, {exp.steps_per_dispatch} steps per dispatch; '
       f'TTA level {config.eval_tta}; data {config.data.name}',
       flush=True,
@@ -113,17 +85,15 @@ def main(argv):
       f'{setup_s:.2f} s, of which whitening {exp.init_seconds:.2f} s',
       flush=True,
   )
-  compile_s = compile_ahead.compile_ahead(
-      exp, [config.num_epochs * exp.steps_per_epoch]
-  )
+  compile_s = compile_ahead.compile_ahead(exp, [exp.total_steps])
   print(f'compilation (ahead of time): {compile_s:.2f} s', flush=True)
   warm_s = 0.0
   for i in range(_WARMUP.value):
-    warm_acc, warm_s = timed_run(exp, _FIRST_SEED.value - 1 - i)
+    warm_acc, warm_s = train.timed_run(exp, _FIRST_SEED.value - 1 - i)
     print(f'warm-up run: {100 * warm_acc:.2f}% in {warm_s:.2f} s', flush=True)
   accuracies, seconds = [], []
   for seed in range(_FIRST_SEED.value, _FIRST_SEED.value + _RUNS.value):
-    acc, sec = timed_run(exp, seed)
+    acc, sec = train.timed_run(exp, seed)
     accuracies.append(acc)
     seconds.append(sec)
     print(

@@ -151,15 +151,18 @@ def crop_matrices(shift: jax.Array, size: int, mode: str) -> jax.Array:
 def cutout_mask(
     key: jax.Array, batch: int, height: int, width: int, size: int
 ) -> jax.Array:
-  """(batch, h, w, 1): zero on a size x size square centred uniformly."""
+  """(batch, h, w, 1): zero on a size x size square inside the image.
+
+  The square's top-left corner is uniform over the positions that keep it
+  whole, as airbench's `make_random_square_masks`.
+  """
   k_y, k_x = jax.random.split(key)
-  cy = jax.random.randint(k_y, (batch, 1), 0, height)
-  cx = jax.random.randint(k_x, (batch, 1), 0, width)
-  rows = jnp.abs(jnp.arange(height)[None, :] - cy) <= (size - 1) // 2
-  cols = jnp.abs(jnp.arange(width)[None, :] - cx) <= (size - 1) // 2
-  if size % 2 == 0:  # Even sizes extend one pixel further down and right.
-    rows |= jnp.arange(height)[None, :] == cy + size // 2
-    cols |= jnp.arange(width)[None, :] == cx + size // 2
+  top = jax.random.randint(k_y, (batch, 1), 0, height - size + 1)
+  left = jax.random.randint(k_x, (batch, 1), 0, width - size + 1)
+  rows = jnp.arange(height)[None, :] - top
+  cols = jnp.arange(width)[None, :] - left
+  rows = (rows >= 0) & (rows < size)
+  cols = (cols >= 0) & (cols < size)
   hole = rows[:, :, None] & cols[:, None, :]
   return (~hole)[..., None].astype(jnp.float32)
 

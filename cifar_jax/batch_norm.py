@@ -20,6 +20,15 @@ import jax
 import jax.numpy as jnp
 
 
+def _count(x: jax.Array, mask: jax.Array | None) -> jax.Array | int:
+  """Values per feature: positions of the real (unmasked) examples."""
+  if mask is None:
+    return math.prod(x.shape[:-1])
+  per_example = math.prod(x.shape[1:-1])
+  dtype = jnp.promote_types(x.dtype, jnp.float32)
+  return jnp.sum(jnp.asarray(mask, bool), dtype=dtype) * per_example
+
+
 def masked_moments(
     x: jax.Array, mask: jax.Array | None
 ) -> tuple[jax.Array, jax.Array]:
@@ -30,14 +39,10 @@ def masked_moments(
   """
   x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
   axes = tuple(range(x.ndim - 1))
-  if mask is None:
-    count = math.prod(x.shape[:-1])
-    where = None
-  else:
-    mask = jnp.asarray(mask, bool)
-    per_example = math.prod(x.shape[1:-1])
-    count = jnp.sum(mask, dtype=x.dtype) * per_example
-    where = jnp.broadcast_to(mask, x.shape)
+  count = _count(x, mask)
+  where = None
+  if mask is not None:
+    where = jnp.broadcast_to(jnp.asarray(mask, bool), x.shape)
   # Squares first, as Flax, so the gradient's terms add up in its order.
   squares = jax.lax.square(x)
   mean = jnp.sum(x, axes, where=where) / count
@@ -55,6 +60,9 @@ class BatchNorm(nn.Module):
     epsilon: added to the variance.
     dtype: of the output; statistics are float32 at least.
     use_scale, use_bias: learn a per-feature scale (init 1) / bias (init 0).
+    unbiased_running_var: the running variance averages the batch variance
+      times n / (n - 1), n the values per feature (PyTorch's BatchNorm2d,
+      as airbench); normalising always uses the plain batch variance.
   """
 
   use_running_average: bool = False
@@ -63,6 +71,7 @@ class BatchNorm(nn.Module):
   dtype: Any = jnp.float32
   use_scale: bool = True
   use_bias: bool = True
+  unbiased_running_var: bool = False
 
   @nn.compact
   def __call__(
@@ -80,11 +89,15 @@ class BatchNorm(nn.Module):
     else:
       mean, var = masked_moments(x, mask)
       if not self.is_initializing():
+        sample_var = var
+        if self.unbiased_running_var:
+          n = _count(x, mask)
+          sample_var = var * (n / jnp.maximum(n - 1, 1))
         running_mean.value = (
             self.momentum * running_mean.value + (1 - self.momentum) * mean
         )
         running_var.value = (
-            self.momentum * running_var.value + (1 - self.momentum) * var
+            self.momentum * running_var.value + (1 - self.momentum) * sample_var
         )
     # Flax's `_normalize`, op for op (statistics and parameters shaped
     # (1, ..., 1, features) first), so that values and gradients round alike.

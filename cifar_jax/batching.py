@@ -18,7 +18,9 @@ class TrainOrder:
   The training stream is a sequence of passes over the data, each a fresh
   permutation drawn from fold_in(key, pass), cut into ceil(N / B) batches
   with the last one partial (padded, mask 0), as Keras' `fit` and
-  `fit_generator` drew them. Epochs are windows of `steps_per_epoch` batches
+  `fit_generator` drew them; or, with `drop_remainder`, into floor(N / B)
+  whole batches, the rest of the permutation unused (PyTorch's
+  `drop_last`, as airbench's loader). Epochs are windows of `steps_per_epoch` batches
   over that stream, so an epoch shorter than a pass continues where the
   previous one stopped (as the seed's generators did), and a resumed run
   sees exactly the batches it would have seen.
@@ -34,10 +36,13 @@ class TrainOrder:
       batch_size: int,
       key: jax.Array,
       sharding: jax.sharding.Sharding | None = None,
+      drop_remainder: bool = False,
   ):
     self.num_examples = num_examples
     self.batch_size = batch_size
-    self.batches_per_pass = -(-num_examples // batch_size)
+    self.batches_per_pass = batches_per_pass(
+        num_examples, batch_size, drop_remainder
+    )
     permute = _pass_order_fn(
         num_examples, self.batches_per_pass * batch_size, sharding
     )
@@ -63,6 +68,15 @@ class TrainOrder:
     )
 
 
+def batches_per_pass(
+    num_examples: int, batch_size: int, drop_remainder: bool
+) -> int:
+  """Batches in one pass over the data (see `TrainOrder`)."""
+  if drop_remainder:
+    return num_examples // batch_size
+  return -(-num_examples // batch_size)
+
+
 @functools.cache
 def _pass_order_fn(
     num_examples: int, length: int, sharding: jax.sharding.Sharding | None
@@ -80,6 +94,8 @@ def _pass_order(
   perm = jax.random.permutation(
       jax.random.fold_in(key, pass_index), num_examples
   )
+  if length <= num_examples:  # Whole batches only (drop_remainder).
+    return perm[:length].astype(jnp.int32), jnp.ones(length, jnp.float32)
   indices = jnp.zeros(length, jnp.int32).at[:num_examples].set(perm)
   mask = (jnp.arange(length) < num_examples).astype(jnp.float32)
   return indices, mask

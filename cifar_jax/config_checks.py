@@ -100,9 +100,22 @@ COMMON: dict[str, Rule] = {
     ),
     'data.synthetic_train_size': integer(1),
     'data.synthetic_eval_size': integer(1),
+    'data.mean': (
+        lambda v: isinstance(v, (tuple, list))
+        and len(v) in (0, 3)
+        and all(_is_real(x) for x in v),
+        'a tuple of 3 numbers (one per channel), or () for none',
+    ),
+    'data.std': (
+        lambda v: isinstance(v, (tuple, list))
+        and len(v) in (0, 3)
+        and all(_is_real(x) and x > 0 for x in v),
+        'a tuple of 3 positive numbers (one per channel), or () for none',
+    ),
     'batch_size': integer(1),
     'eval_batch_size': integer(1),
-    'num_epochs': integer(1),
+    'num_epochs': POSITIVE,
+    'drop_remainder': BOOL,
     'steps_per_epoch': integer(0),
     'steps_per_dispatch': integer(0),
     'seed': integer(0, 2**32 - 1),
@@ -167,6 +180,7 @@ MODEL: dict[str, dict[str, Rule]] = {
         'model.bn_momentum': FRACTION,
         'model.bn_epsilon': POSITIVE,
         'model.logit_scale': POSITIVE,
+        'model.gelu': one_of('exact', 'tanh'),
     },
 }
 # Paths and names checked where they are used (data, checkpoints).

@@ -1,9 +1,11 @@
-"""Config keys that moved into sections, and old run directories upgraded.
+"""Config keys that moved or were added, and old run directories upgraded.
 
-Runs saved before the move store their config (in checkpoints and
-config.json) under the old keys; `upgrade` maps such a config to today's
-keys, so those runs resume, evaluate and report as before. Old keys on
-the command line get one line naming the new key.
+Runs saved before a move store their config (in checkpoints and
+config.json) under the old keys, and runs saved before a key was added
+lack it; `upgrade` maps such a config to today's keys, with the value
+that computes what the run computed, so those runs resume, evaluate and
+report as before. Old keys on the command line get one line naming the
+new key.
 """
 
 import copy
@@ -26,13 +28,26 @@ RENAMED = {
 # Keys an old config lacks, with the value that computes what it computed:
 # the pooling was chosen by the platform and FastNet had no MaxNorm. The
 # 3x3 convolutions' method changes results only by float rounding, so an
-# old run resumes with today's default.
+# old run resumes with today's default. Every pass ended with a partial
+# batch, and inputs were pixels / 255.
 ADDED = {
     'model.pooling': 'auto',
     'model.conv3x3': 'auto',
     'optimizer.conv_max_norm': 0.0,
     'optimizer.hidden_max_norm': 0.0,
+    'drop_remainder': False,
+    'data.mean': [],
+    'data.std': [],
 }
+
+
+# The same for keys of one model only. FastNet computed Flax's tanh GELU.
+ADDED_FOR_MODEL = {'FastNet': {'model.gelu': 'tanh'}}
+
+
+def _added(config: dict) -> dict[str, Any]:
+  model = config.get('model', {}).get('name')
+  return {**ADDED, **ADDED_FOR_MODEL.get(model, {})}
 
 
 def _pop(tree: dict, path: str) -> tuple[bool, Any]:
@@ -55,8 +70,10 @@ def _set(tree: dict, path: str, value: Any, overwrite: bool = True) -> None:
 
 
 def is_old(config: dict) -> bool:
-  """Whether `config` (a nested dict) has any key from before the move."""
-  return any(_pop(copy.deepcopy(config), old)[0] for old in RENAMED)
+  """Whether `config` (a nested dict) has a moved key or lacks an added one."""
+  return any(_pop(copy.deepcopy(config), old)[0] for old in RENAMED) or any(
+      not _pop(copy.deepcopy(config), new)[0] for new in _added(config)
+  )
 
 
 def upgrade(config: dict) -> dict:
@@ -68,7 +85,7 @@ def upgrade(config: dict) -> dict:
     found, value = _pop(config, old)
     if found:
       _set(config, new, value)
-  for key, value in ADDED.items():
+  for key, value in _added(config).items():
     _set(config, key, value, overwrite=False)
   return config
 

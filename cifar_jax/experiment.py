@@ -8,6 +8,7 @@ them, sharing everything compiled, so benchmarks can repeat runs).
 
 import dataclasses
 import functools
+import math
 import time
 from typing import Any, Callable
 
@@ -23,6 +24,7 @@ from cifar_jax import initializers
 from cifar_jax import input_pipeline
 from cifar_jax import mesh as mesh_lib
 from cifar_jax import models
+from cifar_jax import optimizers
 from cifar_jax import steps
 from cifar_jax import xla_cpu
 from cifar_jax.errors import UserError
@@ -54,6 +56,16 @@ class Experiment:
   def replicated(self) -> jax.sharding.Sharding:
     return self.shardings.replicated
 
+  @property
+  def total_steps(self) -> int:
+    return total_steps(self.config.num_epochs, self.steps_per_epoch)
+
+  @property
+  def run_shape(self) -> optimizers.RunShape:
+    return optimizers.RunShape(
+        self.total_steps, self.steps_per_epoch, self.config.batch_size
+    )
+
 
 def create_experiment(
     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None
@@ -68,14 +80,24 @@ def create_experiment(
   try:
     model = models.create_model(config.model, shardings.platform)
     augment_config = augment.AugmentConfig.from_config(config.augment)
+    normalization = images_lib.Normalization.from_config(config.data)
   except (TypeError, ValueError) as e:
     raise UserError(f'Bad config: {e}') from e
 
   train_ds, eval_ds = _load_data(config)
-  steps_per_epoch = config.steps_per_epoch or -(
-      -len(train_ds) // config.batch_size
+  per_pass = batching.batches_per_pass(
+      len(train_ds), config.batch_size, config.drop_remainder
   )
-  init_params, init_seconds = _data_dependent_params(config, train_ds.images)
+  if not per_pass:
+    raise UserError(
+        f'drop_remainder with batch_size={config.batch_size} leaves no '
+        f'batch of the {len(train_ds)} training examples.'
+    )
+  steps_per_epoch = config.steps_per_epoch or per_pass
+  init_params, init_seconds = _data_dependent_params(
+      config,
+      normalization(train_ds.images[: config.whitening.images], np.float64),
+  )
   # Both splits live on the device(s) for the whole run, as uint8.
   train_arrays, eval_arrays = jax.device_put(
       ((train_ds.images, train_ds.labels), (eval_ds.images, eval_ds.labels)),
@@ -85,7 +107,8 @@ def create_experiment(
       config,
       shardings,
       augment_config,
-      len(train_ds),
+      normalization,
+      per_pass,
       len(train_ds.class_names),
   )
   return _seeded(
@@ -106,12 +129,21 @@ def create_experiment(
           model,
           config.optimizer,
           shardings.replicated,
-          config.num_epochs * steps_per_epoch,
-          steps_per_epoch,
+          optimizers.RunShape(
+              total_steps(config.num_epochs, steps_per_epoch),
+              steps_per_epoch,
+              config.batch_size,
+          ),
       ),
       train_steps=train_steps,
       eval_step=eval_step,
   )
+
+
+def total_steps(num_epochs: float, steps_per_epoch: int) -> int:
+  """Train steps of a run: ceil(epochs x steps per epoch), as airbench counts
+  its 9.9 epochs (a fractional last epoch is cut short)."""
+  return math.ceil(round(num_epochs * steps_per_epoch, 6))
 
 
 def _shardings(
@@ -142,7 +174,8 @@ def _programs(
     config: ml_collections.ConfigDict,
     shardings: mesh_lib.Shardings,
     augment_config: augment.AugmentConfig,
-    train_size: int,
+    normalization: images_lib.Normalization,
+    batches_per_pass: int,
     num_classes: int,
 ) -> tuple[Callable[[int], Any], Any]:
   """The jitted train steps (one program per scan length) and eval step.
@@ -152,8 +185,9 @@ def _programs(
   """
   options = steps.StepOptions(
       batch_size=config.batch_size,
-      batches_per_pass=-(-train_size // config.batch_size),
+      batches_per_pass=batches_per_pass,
       augmentation=augment_config,
+      normalization=normalization,
       label_smoothing=config.label_smoothing,
       batch_sharding=shardings.batch,
   )
@@ -170,7 +204,10 @@ def _programs(
   )
   eval_step = jit(
       functools.partial(
-          steps.eval_step, tta=config.eval_tta, num_classes=num_classes
+          steps.eval_step,
+          tta=config.eval_tta,
+          num_classes=num_classes,
+          normalization=normalization,
       ),
       donate_argnums=(1,),
       out_shardings=replicated,
@@ -204,6 +241,7 @@ def _seeded(seed: int, **fixed: Any) -> Experiment:
           fixed['config'].batch_size,
           order_key,
           fixed['shardings'].replicated,
+          fixed['config'].drop_remainder,
       ),
       keys=steps.Keys(dropout_key, augment_key),
   )
@@ -221,14 +259,13 @@ def _split_seed_fn(sharding: jax.sharding.Sharding):
 def _data_dependent_params(
     config: ml_collections.ConfigDict, images: np.ndarray
 ) -> tuple[dict[str, Any], float]:
-  """The whitening layer's params from the training images, and the time."""
+  """The whitening layer's params from the first training images (as the
+  model sees them: normalised), and the time it took."""
   start = time.perf_counter()
   if not config.whitening.images:
     return {}, 0.0
   kernel, bias = initializers.whitening(
-      images_lib.to_unit_range(images[: config.whitening.images], np.float64),
-      config.model.whiten_patch,
-      config.whitening.epsilon,
+      images, config.model.whiten_patch, config.whitening.epsilon
   )
   return {'whiten': {'kernel': kernel, 'bias': bias}}, (
       time.perf_counter() - start

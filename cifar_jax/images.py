@@ -1,13 +1,16 @@
 """Image files and pixels, for training data and for `predict` alike.
 
 One reader, so a file classified by `predict` becomes the same pixels it
-would have become as training data, and one scaling of uint8 pixels to the
-models' [0, 1] inputs (the seed's `x / 255.0`).
+would have become as training data, and one mapping of uint8 pixels to the
+models' inputs (`Normalization`: the seed's `x / 255.0`, then the fast
+recipes' per-channel standardisation).
 """
 
+import dataclasses
 import io
 
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 SHAPE = (32, 32, 3)
@@ -40,3 +43,39 @@ def decode(data: bytes) -> np.ndarray:
 def to_unit_range(pixels, dtype=jnp.float32):
   """uint8 pixels -> `dtype` in [0, 1]; NumPy in, NumPy out (jax likewise)."""
   return pixels.astype(dtype) / 255.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalization:
+  """uint8 pixels -> model inputs: x / 255, then (x - mean) / std per channel.
+
+  Empty `mean` and `std` leave the [0, 1] scale (the seed's Keras models);
+  the fast recipes standardise with CIFAR-10's channel statistics, as
+  airbench does before anything else (augmentation included, so cutout's
+  zeros are the mean colour). NumPy in, NumPy out (jax likewise).
+  """
+
+  mean: tuple[float, ...] = ()
+  std: tuple[float, ...] = ()
+
+  def __post_init__(self):
+    if len(self.mean) != len(self.std) or len(self.mean) not in (0, SHAPE[-1]):
+      raise ValueError(
+          f'data.mean and data.std need {SHAPE[-1]} values each (one per '
+          f'channel) or none, got {self.mean} and {self.std}'
+      )
+    if any(s <= 0 for s in self.std):
+      raise ValueError(f'data.std must be positive, got {self.std}')
+
+  @classmethod
+  def from_config(cls, data: ml_collections.ConfigDict) -> 'Normalization':
+    """From a config's `data` section (runs saved before it had the keys
+    read as no standardisation)."""
+    as_tuple = lambda v: tuple(float(x) for x in (v or ()))
+    return cls(as_tuple(data.get('mean')), as_tuple(data.get('std')))
+
+  def __call__(self, pixels, dtype=jnp.float32):
+    x = to_unit_range(pixels, dtype)
+    if not self.mean:
+      return x
+    return (x - np.asarray(self.mean, dtype)) / np.asarray(self.std, dtype)

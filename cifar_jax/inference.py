@@ -43,10 +43,11 @@ class TrainedRun:
         if self.tta_level is None
         else self.tta_level
     )
+    normalize = images_lib.Normalization.from_config(self.config.data)
     self.apply = jax.jit(
         lambda v, x: augment.tta_logits(
             lambda y: self.model.apply(v, y, train=False),
-            images_lib.to_unit_range(x),
+            normalize(x),
             level,
         ),
         compiler_options=xla_cpu.compiler_options(jax.default_backend()),
@@ -74,12 +75,15 @@ def select_step(workdir: str, which: str) -> int:
   if which == 'latest':
     return steps[-1]
   if which == 'best':
-    per_epoch = _read_json(workdir, DATASET_INFO)['steps_per_epoch']
+    info = _read_json(workdir, DATASET_INFO)
+    per_epoch, last = info['steps_per_epoch'], info.get('total_steps')
     history = _read_json(workdir, 'history.json')
+    # Epoch ends only (a cut-short last epoch ends at the run's last step).
+    ends = [s for s in steps if s % per_epoch == 0 or s == last]
     scored = [
-        (history[s // per_epoch - 1]['val_accuracy'], s)
-        for s in steps
-        if s % per_epoch == 0 and 0 < s // per_epoch <= len(history)
+        (history[-(-s // per_epoch) - 1]['val_accuracy'], s)
+        for s in ends
+        if 0 < -(-s // per_epoch) <= len(history)
     ]
     if not scored:
       raise UserError(f'No end-of-epoch checkpoint in {ckpt_dir} to rank.')

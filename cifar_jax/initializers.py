@@ -30,27 +30,29 @@ def whitening(
 ) -> tuple[np.ndarray, np.ndarray]:
   """(kernel, bias) of a conv that whitens `images`' size x size patches.
 
+  As airbench's `init_whitening_conv`: the eigenvectors of the patches'
+  second moment X^T X / n (not centred: the images are already
+  standardised per channel, so the patches are nearly so), each divided
+  by sqrt(eigenvalue + epsilon), largest eigenvalue first, then the same
+  filters negated; the bias starts at zero.
+
   Args:
     images: float images (n, h, w, c), as the model sees them.
     size: patch side.
     epsilon: added to the eigenvalues, so near-constant directions are not
-      blown up.
+      blown up (on the scale of the model's inputs).
 
   Returns:
-    kernel (size, size, c, 2 * size * size * c) = [W, -W] with W the scaled
-    eigenvectors (largest eigenvalue first), and the bias that centres the
-    patches (-kernel applied to the mean patch).
+    kernel (size, size, c, 2 * size * size * c) = [W, -W], and a zero bias.
   """
   x = patches(np.asarray(images, np.float64), size)
-  mean = x.mean(axis=0)
-  covariance = np.cov(x, rowvar=False)
-  eigenvalues, eigenvectors = np.linalg.eigh(covariance)
+  eigenvalues, eigenvectors = np.linalg.eigh(x.T @ x / len(x))
   order = np.argsort(eigenvalues)[::-1]
   w = eigenvectors[:, order] / np.sqrt(eigenvalues[order] + epsilon)
   w = np.concatenate([w, -w], axis=1)
   c = images.shape[-1]
   kernel = w.reshape(size, size, c, -1)
-  return kernel.astype(np.float32), (-(mean @ w)).astype(np.float32)
+  return kernel.astype(np.float32), np.zeros(w.shape[1], np.float32)
 
 
 def dirac_init(

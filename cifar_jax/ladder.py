@@ -96,7 +96,9 @@ def run_ladder(
   else:
     histories = {}
     for name, config in configs.items():
-      print(f'=== {name}: {config.num_epochs} epochs ===', file=out, flush=True)
+      print(
+          f'=== {name}: {config.num_epochs:g} epochs ===', file=out, flush=True
+      )
       _, histories[name] = train.train_and_evaluate(
           config, os.path.join(root, name), out=out
       )
@@ -231,7 +233,7 @@ class _RungProcesses:
         importlib.import_module(f'configs.{name}').__file__,
         '--workdir',
         workdir,
-        f'--config.num_epochs={config.num_epochs}',
+        f'--config.num_epochs={config.num_epochs:g}',
         *[f'--config.{k}={v}' for k, v in self.overrides.items()],
     ]
     if name in self.waits_for and config.init_from:
@@ -244,7 +246,7 @@ class _RungProcesses:
         log,
         time.monotonic(),
     )
-    self._print(f'{name}: {config.num_epochs} epochs, started')
+    self._print(f'{name}: {config.num_epochs:g} epochs, started')
 
 
 CONFIGS = flags.DEFINE_list('configs', list(RUNGS), 'Rungs to train, in order.')

@@ -222,6 +222,14 @@ class ConvNet(nn.Module):
     return x.astype(jnp.float32)
 
 
+# GELU by name: the exact x * Phi(x) (PyTorch's default) or the tanh
+# approximation (Flax's default).
+GELUS = {
+    'exact': functools.partial(nn.gelu, approximate=False),
+    'tanh': functools.partial(nn.gelu, approximate=True),
+}
+
+
 class FastBlock(nn.Module):
   """conv - max-pool - BN - GELU, then (conv - BN - GELU) x (depth - 1).
 
@@ -230,7 +238,8 @@ class FastBlock(nn.Module):
   deeper block train as fast as the shallow one).
 
   BatchNorm has no learned scale (BN follows a conv, so a scale would only
-  duplicate the kernel's norm) and a fast momentum, as the recipe describes.
+  duplicate the kernel's norm), a fast momentum, and PyTorch's running
+  variance (unbiased), as airbench's.
   """
 
   features: int
@@ -239,6 +248,7 @@ class FastBlock(nn.Module):
   depth: int = 2
   dtype: Any = jnp.float32
   residual: bool = False
+  gelu: str = 'exact'
   pooling: str = 'reduce_window'
   conv3x3: str = 'xla'
 
@@ -246,6 +256,7 @@ class FastBlock(nn.Module):
   def __call__(
       self, x: jax.Array, train: bool, mask: jax.Array | None = None
   ) -> jax.Array:
+    gelu = GELUS[self.gelu]
     norm = functools.partial(
         batch_norm.BatchNorm,
         use_running_average=not train,
@@ -253,6 +264,7 @@ class FastBlock(nn.Module):
         momentum=self.bn_momentum,
         epsilon=self.bn_epsilon,
         dtype=self.dtype,
+        unbiased_running_var=True,
     )
     conv = functools.partial(
         nn.Conv,
@@ -266,9 +278,9 @@ class FastBlock(nn.Module):
     )
     x = conv(name='conv1')(x)
     x = pooling.max_pool_2x2(x, self.pooling)
-    x = shortcut = nn.gelu(norm(name='bn1')(x, mask=mask))
+    x = shortcut = gelu(norm(name='bn1')(x, mask=mask))
     for i in range(2, self.depth + 1):
-      x = nn.gelu(norm(name=f'bn{i}')(conv(name=f'conv{i}')(x), mask=mask))
+      x = gelu(norm(name=f'bn{i}')(conv(name=f'conv{i}')(x), mask=mask))
     return x + shortcut if self.residual and self.depth > 1 else x
 
 
@@ -287,8 +299,10 @@ class FastNet(nn.Module):
     residual: add each block's first activation to its output.
     whiten_patch: side of the whitening convolution's patches.
     bn_momentum, bn_epsilon: BatchNorm (Flax's convention: running = m *
-      running + (1 - m) * batch).
+      running + (1 - m) * batch; PyTorch's momentum is 1 - m).
     logit_scale: multiplies the logits (airbench: 1/9).
+    gelu: a `GELUS` entry: 'exact' (PyTorch's `nn.GELU()`, airbench's) or
+      'tanh' (Flax's default approximation).
     num_classes: outputs.
     pooling: a `pooling.METHODS` entry.
     conv3x3: a `conv3x3.METHODS` entry (the 3x3 convs).
@@ -298,13 +312,21 @@ class FastNet(nn.Module):
   block_depth: int = 2
   residual: bool = False
   whiten_patch: int = 2
-  bn_momentum: float = 0.4
+  bn_momentum: float = 0.6
   bn_epsilon: float = 1e-12
   logit_scale: float = 1 / 9
+  gelu: str = 'exact'
   num_classes: int = 10
   dtype: Any = jnp.float32
   pooling: str = 'reduce_window'
   conv3x3: str = 'xla'
+
+  def __post_init__(self):
+    if self.gelu not in GELUS:
+      raise ValueError(
+          f'model.gelu must be one of {tuple(GELUS)}, not {self.gelu!r}'
+      )
+    super().__post_init__()
 
   @property
   def whiten_features(self) -> int:
@@ -314,7 +336,7 @@ class FastNet(nn.Module):
   def __call__(
       self, x: jax.Array, train: bool = False, mask: jax.Array | None = None
   ) -> jax.Array:
-    """(batch, 32, 32, 3) images in [0, 1] -> (batch, classes) logits."""
+    """(batch, 32, 32, 3) normalised images -> (batch, classes) logits."""
     x = x.astype(self.dtype)
     if mask is not None:
       mask = mask.reshape((-1, 1, 1, 1)).astype(bool)
@@ -325,7 +347,7 @@ class FastNet(nn.Module):
         dtype=self.dtype,
         name='whiten',
     )(x)
-    x = nn.gelu(x)
+    x = GELUS[self.gelu](x)
     for i, width in enumerate(self.widths):
       x = FastBlock(
           width,
@@ -334,6 +356,7 @@ class FastNet(nn.Module):
           self.block_depth,
           self.dtype,
           self.residual,
+          self.gelu,
           self.pooling,
           self.conv3x3,
           name=f'block{i + 1}',

@@ -13,6 +13,8 @@ Keras and Optax disagree on three details that change results:
   transformation that returns the update which lands on the projected kernel.
 """
 
+import dataclasses
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -147,9 +149,10 @@ def triangle(
   """A learning-rate multiplier: start -> 1 at `peak` (fraction) -> end.
 
   The fast recipes' schedule: a short linear warm-up, then a linear decay
-  to near zero by the last step.
+  to near zero by the last step. The peak is at step floor(peak * total),
+  as airbench's `int(peak * steps)`.
   """
-  peak_step = peak * total_steps
+  peak_step = math.floor(peak * total_steps)
 
   def schedule(count):
     count = jnp.asarray(count, jnp.float32)
@@ -177,51 +180,78 @@ def param_groups(params: Any) -> Any:
   return jax.tree_util.tree_map_with_path(label, params)
 
 
-class LookaheadState(NamedTuple):
-  count: jax.Array
-  slow: Any
-
-
-def ema_lookahead(
-    every: int, max_decay: float, total_steps: int
-) -> optax.GradientTransformation:
-  """Every `every` steps: slow = d * slow + (1 - d) * fast, fast = slow.
+@dataclasses.dataclass(frozen=True)
+class Lookahead:
+  """airbench's Lookahead: an EMA of the model's variables, synced into it.
 
   Lookahead (Zhang et al., 2019) with an exponential moving average as the
-  slow weights, as airbench uses it: d grows as max_decay * (t / T)^3, so
-  early training is left alone, and the last step syncs too, so the run
-  ends on the slow weights. Must come last in a chain: it sees the update
-  the rest proposes and returns the one that lands on the synced weights.
+  slow weights. Every `every` steps: slow = d * slow + (1 - d) * fast, then
+  fast = slow, with d = max_decay * (t / T)^3, so early training is left
+  alone. At the last step (T) the model becomes the slow weights (after a
+  regular sync if T is a multiple of `every`), so the run ends on them.
+
+  The variables are the parameters *and* the BatchNorm running statistics:
+  airbench averages its whole `state_dict`. So this acts on the train
+  state, after the optimizer's update (`steps.TrainState.after_update`),
+  not inside the Optax chain, which sees only parameters.
   """
 
-  def init_fn(params):
-    return LookaheadState(
-        jnp.zeros([], jnp.int32), jax.tree.map(jnp.array, params)
-    )
+  every: int
+  max_decay: float
+  total_steps: int
 
-  def update_fn(updates, state, params):
-    count = state.count + 1
-    fast = optax.apply_updates(params, updates)
-    last = count >= total_steps
-    sync = jnp.logical_or(count % every == 0, last)
-    decay = max_decay * (jnp.minimum(count, total_steps) / total_steps) ** 3
+  def sync(self, step: jax.Array, slow: Any, fast: Any) -> tuple[Any, Any]:
+    """(new slow, new fast) after update number `step` (1-based)."""
+    regular = step % self.every == 0
+    decay = self.max_decay * (step / self.total_steps) ** 3
     slow = jax.tree.map(
-        lambda s, f: jnp.where(sync, decay * s + (1 - decay) * f, s),
-        state.slow,
+        lambda s, f: jnp.where(regular, decay * s + (1 - decay) * f, s),
+        slow,
         fast,
     )
-    new = jax.tree.map(lambda s, f: jnp.where(sync, s, f), slow, fast)
-    updates = jax.tree.map(lambda n, p: n - p, new, params)
-    return updates, LookaheadState(count, slow)
+    synced = jnp.logical_or(regular, step >= self.total_steps)
+    fast = jax.tree.map(lambda s, f: jnp.where(synced, s, f), slow, fast)
+    return slow, fast
 
-  return optax.GradientTransformation(init_fn, update_fn)
+
+def lookahead(
+    config: ml_collections.ConfigDict, total_steps: int
+) -> Lookahead | None:
+  """The `optimizer` section's Lookahead, or None where it is off."""
+  if config.get('name') != 'fast_sgd' or not config.lookahead_every:
+    return None
+  return Lookahead(config.lookahead_every, config.lookahead_decay, total_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunShape:
+  """What an optimizer needs of the run beyond its own config section."""
+
+  total_steps: int = 0  # For the fast recipes' schedules.
+  steps_per_epoch: int = 0  # For the whitening bias's epochs.
+  batch_size: int = 0  # For the fast recipes' per-1024-example rates.
+
+
+def fast_sgd_rates(
+    config: ml_collections.ConfigDict, batch_size: int
+) -> tuple[float, float]:
+  """'fast_sgd's (learning rate, weight decay) for our mean loss.
+
+  airbench gives them per 1024 examples of a summed loss, for PyTorch's
+  SGD: lr_torch = lr / K and weight_decay_torch = (wd * B / K) / lr_torch,
+  with K = 1024 * (1 + 1 / (1 - momentum)) and B the batch size. A summed
+  loss has B times the mean loss's gradient, so the same updates come from
+  a mean loss with learning rate lr * B / K and weight decay wd / lr.
+  """
+  kilostep = 1024 * (1 + 1 / (1 - config.momentum))
+  return (
+      config.learning_rate * batch_size / kilostep,
+      config.weight_decay / config.learning_rate,
+  )
 
 
 def fast_sgd(
-    config: ml_collections.ConfigDict,
-    groups: Any,
-    total_steps: int,
-    steps_per_epoch: int,
+    config: ml_collections.ConfigDict, groups: Any, run: RunShape
 ) -> optax.GradientTransformation:
   """The fast recipes' SGD: Nesterov, weight decay, grouped learning rates.
 
@@ -229,23 +259,26 @@ def fast_sgd(
   SGD, as airbench). BatchNorm biases get `bias_lr_scale` times the
   learning rate and 1/`bias_lr_scale` times the decay. The whitening
   layer's kernel (set from the data) is never trained; its bias learns for
-  `whiten_bias_epochs` epochs, then is frozen.
+  `whiten_bias_epochs` epochs, then is frozen. The rates are per 1024
+  examples (`fast_sgd_rates`). The recipes' Lookahead acts on the train
+  state, outside this chain (`Lookahead`).
   """
   schedule = triangle(
-      total_steps,
+      run.total_steps,
       config.schedule_start,
       config.schedule_peak,
       config.schedule_end,
   )
-  freeze_at = config.whiten_bias_epochs * steps_per_epoch
+  freeze_at = config.whiten_bias_epochs * run.steps_per_epoch
+  learning_rate, weight_decay = fast_sgd_rates(config, run.batch_size)
 
   def group(lr_scale, decay_scale, until=None):
     def lr(count):
-      value = -config.learning_rate * lr_scale * schedule(count)
+      value = -learning_rate * lr_scale * schedule(count)
       return value if until is None else jnp.where(count < until, value, 0.0)
 
     return optax.chain(
-        optax.add_decayed_weights(config.weight_decay * decay_scale),
+        optax.add_decayed_weights(weight_decay * decay_scale),
         optax.trace(decay=config.momentum, nesterov=True),
         optax.scale_by_schedule(lr),
     )
@@ -259,27 +292,20 @@ def fast_sgd(
       },
       groups,
   )
-  if config.lookahead_every:
-    tx = optax.chain(
-        tx,
-        ema_lookahead(
-            config.lookahead_every, config.lookahead_decay, total_steps
-        ),
-    )
   return tx
 
 
 def learning_rate(
-    config: ml_collections.ConfigDict, step: int, total_steps: int = 0
+    config: ml_collections.ConfigDict, step: int, run: RunShape = RunShape()
 ) -> float:
   """The learning rate the optimizer applies at update `step` (for logs)."""
   if config.name == 'sgd':
     return float(inverse_time_decay(config.learning_rate, config.decay)(step))
   if config.name == 'fast_sgd':
     return float(
-        config.learning_rate
+        fast_sgd_rates(config, run.batch_size)[0]
         * triangle(
-            total_steps,
+            run.total_steps,
             config.schedule_start,
             config.schedule_peak,
             config.schedule_end,
@@ -291,8 +317,7 @@ def learning_rate(
 def create_optimizer(
     config: ml_collections.ConfigDict,
     params: Any,
-    total_steps: int = 0,
-    steps_per_epoch: int = 0,
+    run: RunShape = RunShape(),
 ) -> optax.GradientTransformation:
   """The optimizer named by `config.name`, followed by the MaxNorm projection.
 
@@ -300,8 +325,7 @@ def create_optimizer(
     config: the `optimizer` section of a config.
     params: the model's parameters (or their shapes): the MaxNorm bounds
       and the fast recipes' parameter groups follow their names.
-    total_steps, steps_per_epoch: the run's length, for 'fast_sgd's
-      schedule.
+    run: the run's length and batch size, for 'fast_sgd'.
   """
   if config.name == 'sgd':
     tx = keras_sgd(config.learning_rate, config.momentum, config.decay)
@@ -310,7 +334,7 @@ def create_optimizer(
         config.learning_rate, config.beta1, config.beta2, config.epsilon
     )
   elif config.name == 'fast_sgd':
-    tx = fast_sgd(config, param_groups(params), total_steps, steps_per_epoch)
+    tx = fast_sgd(config, param_groups(params), run)
   else:
     raise ValueError(
         f'Unknown optimizer.name {config.name!r}; '

@@ -17,12 +17,17 @@ def format_metrics(metrics: dict[str, float]) -> str:
   return ' - '.join(f'{k}: {v:.4f}' for k, v in metrics.items())
 
 
+def epochs_text(num_epochs: float) -> str:
+  """'25' for 25.0, '9.9' for 9.9: a config's epochs as people write them."""
+  return f'{num_epochs:g}'
+
+
 def epoch_line(
-    epoch: int, num_epochs: int, seconds: float, metrics: dict[str, float]
+    epoch: int, num_epochs: float, seconds: float, metrics: dict[str, float]
 ) -> str:
   """'Epoch 3/25 - 12s - loss: 1.1908 - ...' (epoch counted from 1)."""
   return (
-      f'Epoch {epoch}/{num_epochs} - {seconds:.0f}s - '
+      f'Epoch {epoch}/{epochs_text(num_epochs)} - {seconds:.0f}s - '
       f'{format_metrics(metrics)}'
   )
 

@@ -129,6 +129,7 @@ class Reporter:
       self, workdir: str, config: ml_collections.ConfigDict, total_steps: int
   ):
     self.workdir = workdir
+    self.total_steps = total_steps
     self.is_writer = jax.process_index() == 0
     self.title = os.path.basename(os.path.normpath(workdir))
     self.seed_rung = config.seed_rung
@@ -183,6 +184,7 @@ class Reporter:
             'train_examples': train_examples,
             'eval_examples': eval_examples,
             'steps_per_epoch': steps_per_epoch,
+            'total_steps': self.total_steps,
         },
     )
 

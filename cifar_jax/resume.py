@@ -132,6 +132,4 @@ def state_from_run(exp: Experiment, path: str) -> steps.TrainState:
         f'{ours_shapes}'
     )
   loaded = jax.tree.map(lambda new, old: new.astype(old.dtype), loaded, ours)
-  return exp.state.replace(
-      params=loaded['params'], batch_stats=loaded['batch_stats']
-  )
+  return exp.state.with_variables(loaded['params'], loaded['batch_stats'])

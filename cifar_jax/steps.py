@@ -29,6 +29,60 @@ class TrainState(train_state.TrainState):
 
   batch_stats: Any
 
+  def with_variables(self, params: Any, batch_stats: Any) -> 'TrainState':
+    """This state with other params and statistics."""
+    return self.replace(params=params, batch_stats=batch_stats)
+
+  def after_update(self, grads: Any, batch_stats: Any) -> 'TrainState':
+    """The optimizer's update and the batch's new statistics."""
+    return self.apply_gradients(grads=grads).replace(batch_stats=batch_stats)
+
+
+class LookaheadTrainState(TrainState):
+  """A TrainState with Lookahead (the fast recipes): its slow copy of the
+  variables, {'params': ..., 'batch_stats': ...}, synced after updates.
+
+  A subclass, so the states (and checkpoints) of runs without Lookahead
+  keep their structure.
+  """
+
+  slow: Any
+  lookahead: optimizers.Lookahead = flax.struct.field(pytree_node=False)
+
+  @classmethod
+  def create(cls, *, params, batch_stats, lookahead, **kwargs):
+    return super().create(
+        params=params,
+        batch_stats=batch_stats,
+        lookahead=lookahead,
+        slow=_copy(params, batch_stats),
+        **kwargs,
+    )
+
+  def with_variables(self, params: Any, batch_stats: Any) -> TrainState:
+    """This state with other params and statistics (Lookahead restarts)."""
+    return self.replace(
+        params=params,
+        batch_stats=batch_stats,
+        slow=_copy(params, batch_stats),
+    )
+
+  def after_update(self, grads: Any, batch_stats: Any) -> TrainState:
+    """The optimizer's update, the new statistics, then Lookahead's sync."""
+    state = self.apply_gradients(grads=grads)
+    slow, fast = self.lookahead.sync(
+        state.step,
+        self.slow,
+        {'params': state.params, 'batch_stats': batch_stats},
+    )
+    return state.replace(
+        params=fast['params'], batch_stats=fast['batch_stats'], slow=slow
+    )
+
+
+def _copy(params: Any, batch_stats: Any) -> dict[str, Any]:
+  return jax.tree.map(jnp.array, {'params': params, 'batch_stats': batch_stats})
+
 
 @flax.struct.dataclass
 class Metrics(metrics.Collection):
@@ -52,6 +106,7 @@ class StepOptions:
   batch_size: int
   batches_per_pass: int  # Of the train order: alternating flips count passes.
   augmentation: augment.AugmentConfig = augment.AugmentConfig()
+  normalization: images_lib.Normalization = images_lib.Normalization()
   label_smoothing: float = 0.0
   # Where each batch's indices go: each device gathers only its share.
   batch_sharding: jax.sharding.Sharding | None = None
@@ -61,8 +116,7 @@ def state_initializer(
     model: Any,
     optimizer_config: ml_collections.ConfigDict,
     sharding: jax.sharding.Sharding | None = None,
-    total_steps: int = 0,
-    steps_per_epoch: int = 0,
+    run: optimizers.RunShape = optimizers.RunShape(),
 ):
   """A jitted `(rng, replace) -> TrainState` that inits params and optimizer.
 
@@ -74,26 +128,28 @@ def state_initializer(
   device to a global sharding is not supported.
 
   `replace` holds top-level parameter subtrees to use instead of the random
-  ones (the data-dependent whitening layer); `total_steps` and
-  `steps_per_epoch` are the run's length, for the schedules.
+  ones (the data-dependent whitening layer); `run` is what the optimizer
+  needs of the run (its length and batch size).
   """
 
   def init_variables(rng):
     return model.init(rng, jnp.zeros((1,) + images_lib.SHAPE), train=False)
 
   abstract = jax.eval_shape(init_variables, jax.random.key(0))
-  tx = optimizers.create_optimizer(
-      optimizer_config, abstract['params'], total_steps, steps_per_epoch
-  )
+  tx = optimizers.create_optimizer(optimizer_config, abstract['params'], run)
+  lookahead = optimizers.lookahead(optimizer_config, run.total_steps)
 
   def init(rng, replace):
     variables = init_variables(rng)
-    return TrainState.create(
+    kwargs = dict(
         apply_fn=model.apply,
         params={**variables['params'], **replace},
         tx=tx,
         batch_stats=variables.get('batch_stats', {}),
     )
+    if lookahead is None:
+      return TrainState.create(**kwargs)
+    return LookaheadTrainState.create(lookahead=lookahead, **kwargs)
 
   return jax.jit(init, out_shardings=sharding)
 
@@ -136,8 +192,8 @@ def _augmented_images(
     keys: Keys,
     options: StepOptions,
 ) -> jax.Array:
-  """The batch's images in [0, 1], augmented with keys folded from `step`."""
-  batch = images_lib.to_unit_range(images[indices])
+  """The batch's model inputs, augmented with keys folded from `step`."""
+  batch = options.normalization(images[indices])
   flips = None
   if options.augmentation.flip_mode == 'alternating':
     flips = augment.alternating_flips(
@@ -200,9 +256,7 @@ def train_step(
   grads, (logits, per_example, updates) = jax.grad(loss_fn, has_aux=True)(
       state.params
   )
-  state = state.apply_gradients(grads=grads)
-  if state.batch_stats:
-    state = state.replace(batch_stats=updates['batch_stats'])
+  state = state.after_update(grads, updates.get('batch_stats', {}))
   batch_metrics = Metrics.single_from_model_output(
       loss=per_example, logits=logits, labels=labels, mask=mask
   )
@@ -251,6 +305,7 @@ def eval_step(
     *,
     tta: int = 0,
     num_classes: int | None = None,
+    normalization: images_lib.Normalization = images_lib.Normalization(),
 ) -> Metrics:
   """Adds the metrics of `batch` (inference mode) to `epoch_metrics`.
 
@@ -263,7 +318,7 @@ def eval_step(
   variables = _variables(state, state.params)
   logits = augment.tta_logits(
       lambda x: state.apply_fn(variables, x, train=False),
-      images_lib.to_unit_range(data[0][indices]),
+      normalization(data[0][indices]),
       tta,
   )[:, :num_classes]
   per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)

@@ -30,6 +30,7 @@ from cifar_jax import steps
 from cifar_jax import summary
 from cifar_jax.errors import NonFiniteLossError
 from cifar_jax.errors import Preempted
+from cifar_jax import experiment as experiment_lib
 from cifar_jax.experiment import create_experiment
 from cifar_jax.experiment import Experiment
 
@@ -81,24 +82,25 @@ def _resume_and_train(
   """Nothing is written to `workdir` (summaries, config.json) before the
   checkpoints there are known to belong to this config."""
   config, spe = exp.config, exp.steps_per_epoch
+  epochs = progress.epochs_text(config.num_epochs)
   run = resume.start(exp, ckpt, resume.config_json(config))
-  if run.step >= config.num_epochs * spe:
+  if run.step >= exp.total_steps:
     print(
         f'Run in {workdir} already finished: {len(run.history)}/'
-        f'{config.num_epochs} epochs; nothing to do.',
+        f'{epochs} epochs; nothing to do.',
         file=out,
     )
     return run.state, run.history
   if run.resumed:
     print(
         f'Resuming from step {run.step} (epoch {run.step // spe + 1}/'
-        f'{config.num_epochs}, batch {run.step % spe}/{spe}) of checkpoint '
+        f'{epochs}, batch {run.step % spe}/{spe}) of checkpoint '
         f'{ckpt.directory}/{run.step}.',
         file=out,
         flush=True,
     )
     logging.info('Resuming from step %d.', run.step)
-  reporter = reporting.Reporter(workdir, config, config.num_epochs * spe)
+  reporter = reporting.Reporter(workdir, config, exp.total_steps)
   try:
     _loop(exp, ckpt, reporter, run, out)
   finally:
@@ -114,8 +116,7 @@ def _loop(
     out,
 ) -> None:
   """Trains `run` from its step to the end, checkpointing and reporting."""
-  config, spe = exp.config, exp.steps_per_epoch
-  total_steps = config.num_epochs * spe
+  config, spe, total_steps = exp.config, exp.steps_per_epoch, exp.total_steps
   _print_start(exp, run.state, reporter, out)
   stops = _stops(spe, total_steps, config.checkpoint_every_steps)
   seconds = compile_ahead.compile_ahead(exp, stops, run.step)
@@ -124,9 +125,12 @@ def _loop(
   with preemption.PreemptionWatch() as watch:
     while run.step < total_steps:
       epoch = run.step // spe
-      bar = progress.ProgressBar(spe, out=out, initial=run.step - epoch * spe)
+      epoch_end = min((epoch + 1) * spe, total_steps)
+      bar = progress.ProgressBar(
+          epoch_end - epoch * spe, out=out, initial=run.step - epoch * spe
+      )
       started = time.monotonic() - run.epoch_seconds
-      for stop in [s for s in stops if epoch * spe < s <= (epoch + 1) * spe]:
+      for stop in [s for s in stops if epoch * spe < s <= epoch_end]:
         if stop <= run.step:
           continue
         run.state, run.epoch_metrics, run.step = run_steps(
@@ -140,14 +144,15 @@ def _loop(
           ckpt.wait()
           raise Preempted(
               f'Stopped by {watch.name} at step {run.step} (epoch '
-              f'{epoch + 1}/{config.num_epochs}); saved checkpoint '
+              f'{epoch + 1}/{progress.epochs_text(config.num_epochs)}); '
+              f'saved checkpoint '
               f'{ckpt.directory}/{run.step}. Run the same command to resume.',
               128 + (watch.signum or 15),
           )
-        if stop % spe:
+        if stop < epoch_end:
           save()
       bar.close()
-      _end_epoch(exp, run, reporter, started)
+      _end_epoch(exp, run, reporter, started, epoch_end - epoch * spe)
       save(run.history[-1]['val_accuracy'])
       print(
           _epoch_line(run.history[-1], config.num_epochs), file=out, flush=True
@@ -162,8 +167,12 @@ def _end_epoch(
     run: resume.Start,
     reporter: reporting.Reporter,
     started: float,
+    epoch_steps: int,
 ) -> None:
-  """Evaluates, appends the epoch's history row, reports, resets metrics."""
+  """Evaluates, appends the epoch's history row, reports, resets metrics.
+
+  `epoch_steps` is the epoch's length (the last one may be cut short).
+  """
   config, spe = exp.config, exp.steps_per_epoch
   train_seconds = time.monotonic() - started
   evaluation = evaluate(
@@ -175,7 +184,7 @@ def _end_epoch(
   )
   run.history.append(
       {
-          'epoch': run.step // spe,
+          'epoch': -(-run.step // spe),  # A cut-short last epoch counts.
           **steps.computed(run.epoch_metrics),
           **{f'val_{k}': v for k, v in evaluation.items()},
           'seconds': time.monotonic() - started,
@@ -183,20 +192,19 @@ def _end_epoch(
   )
   run.epoch_metrics = steps.empty_metrics(exp.replicated)
   run.epoch_seconds = 0.0
-  total_steps = config.num_epochs * spe
   reporter.epoch(
       run.step,
       run.history,
-      optimizers.learning_rate(config.optimizer, run.step, total_steps),
+      optimizers.learning_rate(config.optimizer, run.step, exp.run_shape),
       train_seconds,
-      spe,
-      spe * config.batch_size,
+      epoch_steps,
+      epoch_steps * config.batch_size,
   )
 
 
 def _stops(spe: int, total_steps: int, every: int) -> list[int]:
-  """Where the loop stops dispatching: epoch ends and checkpoint steps."""
-  stops = set(range(spe, total_steps + 1, spe))
+  """Where the loop stops dispatching: epoch ends, checkpoint steps, the end."""
+  stops = set(range(spe, total_steps + 1, spe)) | {total_steps}
   if every:
     stops |= set(range(every, total_steps + 1, every))
   return sorted(stops)
@@ -242,7 +250,7 @@ def _print_start(
   )
 
 
-def _epoch_line(row: dict[str, float], num_epochs: int) -> str:
+def _epoch_line(row: dict[str, float], num_epochs: float) -> str:
   keys = ('loss', 'accuracy', 'val_loss', 'val_accuracy')
   return progress.epoch_line(
       row['epoch'], num_epochs, row['seconds'], {k: row[k] for k in keys}
@@ -317,3 +325,36 @@ def _check_finite(values: dict[str, float], step: int) -> None:
         f'The training loss became {values["loss"]} by step {step}; the run '
         'stops here. Try a lower optimizer.learning_rate.'
     )
+
+
+def timed_run(exp: Experiment, seed: int, out=None) -> tuple[float, float]:
+  """(test accuracy, seconds) of one full run of `exp` with `seed`.
+
+  The speed-record protocol's run (benchmarks/speedrun.py): the clock
+  covers the training steps and the final evaluation, not the
+  initialisation or compilation (compile ahead first); nothing is saved.
+
+  `out` gets a progress bar over the run's steps (default: none; drawing
+  it reads the loss, a device sync, at most every half second).
+  """
+  run = experiment_lib.with_seed(exp, seed)
+  metrics = steps.empty_metrics(run.replicated)
+  jax.block_until_ready((run.state, metrics))  # Initialisation: not timed.
+  total = run.total_steps
+  start = time.perf_counter()
+  state, _, _ = run_steps(
+      run,
+      run.state,
+      metrics,
+      0,
+      total,
+      progress.ProgressBar(total, out=out or io.StringIO()),
+  )
+  result = evaluate(
+      run.eval_step,
+      state,
+      run.eval,
+      run.config.eval_batch_size,
+      run.shardings.batch,
+  )
+  return result['accuracy'], time.perf_counter() - start

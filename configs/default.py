@@ -30,16 +30,26 @@ def get_config() -> ml_collections.ConfigDict:
   # Sizes of the synthetic data set's train and eval splits.
   config.data.synthetic_train_size = 2048
   config.data.synthetic_eval_size = 512
+  # Model inputs are pixels / 255, then (x - mean) / std per channel when
+  # these hold 3 values each (images.Normalization; () = the [0, 1] scale).
+  config.data.mean = ()
+  config.data.std = ()
 
   # Loop. Global batch size (split over all devices).
   config.batch_size = 32
   # Batch size of evaluation; it changes nothing but speed and memory.
   config.eval_batch_size = 500
-  config.num_epochs = 25
+  # Epochs to train; a fraction cuts the last epoch short (the run trains
+  # ceil(num_epochs x steps_per_epoch) steps, as airbench's 9.9 epochs).
+  config.num_epochs = 25.0
   # Batches per epoch; 0 = ceil(examples / batch_size), one full pass with
   # the last partial batch, as Keras `fit`. k > 0 = exactly k batches, going
   # on through the shuffled passes as Keras' `fit_generator` did.
   config.steps_per_epoch = 0
+  # Whole batches only: each pass over the shuffled data is cut into
+  # floor(examples / batch_size) batches and the rest left out (PyTorch's
+  # drop_last, as airbench); False = a last, partial batch, as Keras.
+  config.drop_remainder = False
   # Train steps per dispatch from the host, run as one compiled lax.scan;
   # 0 = a whole epoch on GPU/TPU and 1 on CPU (where a scan is slower).
   config.steps_per_dispatch = 0
@@ -124,10 +134,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.beta2 = 0.999
   config.optimizer.epsilon = 1e-7
   # 'fast_sgd' only (optimizers.fast_sgd): Nesterov SGD with `momentum` and
-  # weight decay added to the gradient; BatchNorm biases at bias_lr_scale x
-  # the learning rate; the whitening bias trained for whiten_bias_epochs;
-  # a triangle schedule (x start -> x1 at fraction peak -> x end); and
-  # Lookahead every lookahead_every steps (0 = off) with its EMA decay
+  # weight decay added to the gradient, both rates per 1024 examples as
+  # airbench gives them (learning_rate too: optimizers.fast_sgd_rates);
+  # BatchNorm biases at bias_lr_scale x the learning rate; the whitening
+  # bias trained for whiten_bias_epochs; a triangle schedule (x start -> x1
+  # at fraction peak -> x end); and Lookahead of the params and BatchNorm
+  # statistics every lookahead_every steps (0 = off) with its EMA decay
   # rising to lookahead_decay.
   config.optimizer.weight_decay = 0.0
   config.optimizer.bias_lr_scale = 1.0

@@ -14,5 +14,5 @@ def get_config():
   config = fast94.get_config()
   config.num_epochs = 15
   config.model.widths = (128, 384, 384)
-  fast94.set_rates(config, lr_per_1024=10.0, decay_per_1024=0.0153)
+  config.optimizer.learning_rate = 10.0  # Per 1024 examples.
   return config

@@ -20,5 +20,5 @@ def get_config():
   config.model.residual = True
   config.augment.crop_padding = 4
   config.augment.cutout_size = 12
-  fast94.set_rates(config, lr_per_1024=9.0, decay_per_1024=0.0153)
+  config.optimizer.learning_rate = 9.0  # Per 1024 examples.
   return config

@@ -25,6 +25,19 @@ def test_train_order_covers_each_pass_once_with_a_partial_last_batch():
   assert not np.array_equal(first[0], second[0])  # Reshuffled every pass.
 
 
+def test_drop_remainder_cuts_each_pass_into_whole_batches_only():
+  order = batching.TrainOrder(50, 16, jax.random.key(3), drop_remainder=True)
+  assert order.batches_per_pass == 3  # airbench's drop_last: 50 // 16.
+  for pass_index in range(2):
+    batches = [order.batch(pass_index * 3 + j) for j in range(3)]
+    assert all(mask.sum() == 16 for _, mask in batches)
+    seen = np.concatenate([idx for idx, _ in batches])
+    assert len(set(seen)) == 48 and seen.max() < 50  # 2 left out.
+  # Each pass leaves out others: over passes, every example is seen.
+  seen = {i for s in range(30) for i in order.batch(s)[0]}
+  assert seen == set(range(50))
+
+
 def test_train_order_is_a_function_of_key_and_step_only():
   a = batching.TrainOrder(100, 32, jax.random.key(7))
   b = batching.TrainOrder(100, 32, jax.random.key(7))

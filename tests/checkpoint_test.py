@@ -1,6 +1,7 @@
 """Checkpoints: resume after SIGKILL bit for bit, SIGTERM, damage, mismatch."""
 
 import asyncio
+import dataclasses
 import errno
 import gc
 import io
@@ -310,3 +311,27 @@ def test_asyncios_reports_of_unawaited_write_failures_are_dropped(caplog):
     logger.removeFilter(dropper)
   reports = [r for r in caplog.records if r.name == 'asyncio']
   assert [str(r.exc_info[1]) for r in reports] == ['a bug of our own']
+
+
+def test_the_state_keeps_the_layout_earlier_checkpoints_were_written_in():
+  # Orbax restores only into the tree a checkpoint was written from: a new
+  # field in the state of every run would leave every saved run unreadable.
+  # Runs without Lookahead keep exactly this layout; Lookahead's slow copy
+  # lives in a subclass (steps.LookaheadTrainState).
+  assert [f.name for f in dataclasses.fields(steps.TrainState)] == [
+      'step', 'apply_fn', 'params', 'tx', 'opt_state', 'batch_stats'
+  ]  # fmt: skip
+  config = get_config('test')
+  config.model.batch_norm = True
+  exp = experiment.create_experiment(config)
+  assert type(exp.state) is steps.TrainState
+  assert {
+      jax.tree_util.keystr(p).split('[')[0]
+      for p, _ in jax.tree_util.tree_leaves_with_path(exp.state)
+  } == {'.step', '.params', '.opt_state', '.batch_stats'}
+  fast = get_config('fast94')
+  fast.data.name = 'synthetic'
+  fast.batch_size, fast.whitening.images = 64, 64
+  assert isinstance(
+      experiment.create_experiment(fast).state, steps.LookaheadTrainState
+  )

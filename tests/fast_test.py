@@ -10,6 +10,7 @@ import pytest
 
 from cifar_jax import augment
 from cifar_jax import evaluate
+from cifar_jax import images
 from cifar_jax import initializers
 from cifar_jax import input_pipeline
 from cifar_jax import optimizers
@@ -32,17 +33,21 @@ def _correlated_images(n=300, seed=0):
   )
 
 
-def test_whitening_conv_decorrelates_patches_and_centres_them():
+def test_whitening_conv_whitens_the_patches_second_moment():
   images = _correlated_images()
   kernel, bias = initializers.whitening(images, 2, epsilon=1e-8)
   x = initializers.patches(images, 2)
   assert np.abs(np.corrcoef(x, rowvar=False)).max() > 0.5  # Correlated in.
-  out = x @ kernel.reshape(12, 24) + bias
-  np.testing.assert_allclose(out.mean(0), 0, atol=1e-3)
+  np.testing.assert_array_equal(bias, 0)  # airbench's bias starts at zero.
+  out = x @ kernel.reshape(12, 24)
+  # X^T X / n, not the covariance: airbench's inputs are standardised.
   np.testing.assert_allclose(
-      np.cov(out[:, :12], rowvar=False), np.eye(12), atol=1e-3
+      out[:, :12].T @ out[:, :12] / len(out), np.eye(12), atol=1e-3
   )
   np.testing.assert_allclose(out[:, 12:], -out[:, :12], atol=1e-5)
+  # Largest eigenvalue first: the first filter has the smallest gain.
+  gains = np.linalg.norm(kernel.reshape(12, 24)[:, :12], axis=0)
+  assert np.all(np.diff(gains) >= 0)
 
 
 def test_patches_are_the_convolution_windows():
@@ -84,24 +89,34 @@ def test_triangle_schedule_warms_up_then_decays_linearly():
   )
 
 
-def test_ema_lookahead_matches_its_definition():
-  total, every, max_decay = 12, 5, 0.7
-  tx = optax.chain(
-      optax.sgd(0.1), optimizers.ema_lookahead(every, max_decay, total)
-  )
-  params = jnp.array([1.0, -2.0])
-  state = tx.init(params)
-  fast, slow = np.array([1.0, -2.0]), np.array([1.0, -2.0])
+def test_triangle_schedule_peaks_at_the_floor_of_its_fraction():
+  # airbench94: 476 steps, peak 0.23 -> int(109.48) = step 109.
+  schedule = optimizers.triangle(476, start=0.2, peak=0.23, end=0.07)
+  assert float(schedule(109)) == pytest.approx(1.0, abs=1e-6)
+  assert float(schedule(110)) < 1.0
+  assert float(schedule(54.5)) == pytest.approx(0.6, abs=1e-6)
+
+
+@pytest.mark.parametrize('total', [12, 10])
+def test_lookahead_syncs_every_few_steps_and_ends_on_the_slow_weights(total):
+  every, max_decay = 5, 0.7
+  lookahead = optimizers.Lookahead(every, max_decay, total)
+  slow = fast = {'w': jnp.array([1.0, -2.0])}
+  expected_fast = expected_slow = np.array([1.0, -2.0])
   for t in range(1, total + 1):
-    grad = jnp.array([np.sin(t), np.cos(t)])
-    updates, state = tx.update(grad, state, params)
-    params = optax.apply_updates(params, updates)
-    fast = fast - 0.1 * np.asarray(grad)
-    if t % every == 0 or t == total:
+    step = np.array([np.sin(t), np.cos(t)], np.float32)
+    fast = {'w': fast['w'] - step}
+    expected_fast = expected_fast - step
+    slow, fast = lookahead.sync(jnp.asarray(t), slow, fast)
+    if t % every == 0:
       d = max_decay * (t / total) ** 3
-      slow = d * slow + (1 - d) * fast
-      fast = slow.copy()
-    np.testing.assert_allclose(params, fast, rtol=1e-6)
+      expected_slow = d * expected_slow + (1 - d) * expected_fast
+    if t % every == 0 or t == total:
+      # The last step ends on the slow weights, updated only if it is a
+      # regular sync step (airbench's final `update(decay=1.0)`).
+      expected_fast = expected_slow.copy()
+    np.testing.assert_allclose(slow['w'], expected_slow, atol=1e-6)
+    np.testing.assert_allclose(fast['w'], expected_fast, atol=1e-6)
 
 
 def test_fast_sgd_trains_groups_at_their_rates_and_freezes_whitening():
@@ -120,7 +135,7 @@ def test_fast_sgd_trains_groups_at_their_rates_and_freezes_whitening():
   }
   config.lookahead_every = 0
   tx = optimizers.create_optimizer(
-      config, params, total_steps=10, steps_per_epoch=2
+      config, params, optimizers.RunShape(10, 2, 1024)
   )
   state = tx.init(params)
   grads = jax.tree.map(jnp.ones_like, params)
@@ -172,7 +187,7 @@ def test_fast94_mean_loss_rates_equal_the_papers_summed_loss_sgd(group):
   mean_grads = [rng.normal(size=(5, 3)) for _ in range(steps)]
   total = 4 * steps  # Inside the warm-up: the schedule changes every step.
   tx = optimizers.create_optimizer(
-      opt, params, total_steps=total, steps_per_epoch=10
+      opt, params, optimizers.RunShape(total, 10, batch)
   )
   leaf = lambda tree: jax.tree.leaves(tree)[0]
   tree = lambda x: jax.tree.map(lambda _: jnp.asarray(x, jnp.float32), params)
@@ -232,20 +247,23 @@ def test_tta_levels_average_mirrors_and_translations():
 def test_fast_config_trains_on_synthetic_data_and_evaluates_with_tta(
     name, tmp_path
 ):
-  config = small_synthetic(get_config(name), 256, 100, 64, 50)
-  config.num_epochs = 2
+  config = small_synthetic(get_config(name), 256, 100, 32, 50)
+  config.num_epochs = 2.5  # 8 steps per epoch: 20 steps.
   config.whitening.images = 128
   config.model.widths = tuple(w // 8 for w in config.model.widths)
   state, history = train.train_and_evaluate(
       config, str(tmp_path), out=io.StringIO()
   )
-  assert [h['epoch'] for h in history] == [1, 2]
+  assert int(state.step) == 20
+  assert [h['epoch'] for h in history] == [1, 2, 3]
   assert all(np.isfinite(h['loss']) for h in history)
-  assert history[1]['loss'] < history[0]['loss']
-  assert history[1]['val_accuracy'] > 0.2  # Chance is 0.1.
+  assert history[-1]['loss'] < history[0]['loss']
+  assert history[-1]['val_accuracy'] > 0.2  # Chance is 0.1.
   exp_kernel, _ = initializers.whitening(
-      np.asarray(input_pipeline.load_split(config.data, 'train').images[:128])
-      / 255.0,
+      images.Normalization.from_config(config.data)(
+          input_pipeline.load_split(config.data, 'train').images[:128],
+          np.float64,
+      ),
       2,
       config.whitening.epsilon,
   )

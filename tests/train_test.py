@@ -192,6 +192,36 @@ def test_steps_per_epoch_runs_exactly_that_many_batches(tmp_path):
   assert int(state.step) == 10 and len(history) == 2
 
 
+def test_a_fractional_last_epoch_is_cut_short_evaluated_and_ranked(tmp_path):
+  config = get_config('test')  # 512 examples of batch 32: 16 steps/epoch.
+  config.num_epochs = 1.5
+  out = io.StringIO()
+  state, history = train.train_and_evaluate(config, str(tmp_path), out=out)
+  assert int(state.step) == 24  # ceil(1.5 x 16), as airbench counts.
+  assert [h['epoch'] for h in history] == [1, 2]
+  assert 'Epoch 2/1.5' in out.getvalue()
+  # The cut-short epoch's end is an epoch end for --checkpoint best.
+  best = max(range(2), key=lambda i: history[i]['val_accuracy'])
+  assert evaluate.evaluate(str(tmp_path), 'best')['accuracy'] == (
+      pytest.approx(history[best]['val_accuracy'], abs=1e-6)
+  )
+  # And the run counts as finished.
+  again = io.StringIO()
+  train.train_and_evaluate(config, str(tmp_path), out=again)
+  assert 'already finished: 2/1.5 epochs' in again.getvalue()
+
+
+def test_drop_remainder_trains_whole_batches_only(tmp_path):
+  config = get_config('test')
+  config.data.synthetic_train_size = 500  # 15 whole batches of 32.
+  config.num_epochs = 2
+  config.drop_remainder = True
+  state, history = train.train_and_evaluate(
+      config, str(tmp_path), out=io.StringIO()
+  )
+  assert int(state.step) == 30 and len(history) == 2
+
+
 def test_augmentation_runs_inside_the_step_reproducibly():
   config = get_config('test')
   rng = np.random.default_rng(1)
