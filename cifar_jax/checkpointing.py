@@ -14,9 +14,13 @@ Orbax writes each checkpoint to a temporary directory and renames it when it
 is complete, so a kill mid-save never leaves a checkpoint that looks whole.
 Retention keeps the newest `keep` checkpoints plus the best by validation
 accuracy, through preservation policies rather than `best_fn`, which deletes
-the newest checkpoints (google/orbax#526).
+the newest checkpoints (google/orbax#526). Orbax writes a checkpoint's
+metrics to disk only with `best_fn`, so a policy ranking by them forgets
+every score after a restart; the scores here come from each checkpoint's
+own `meta`, read again whenever the directory is opened (`_KeepBest`).
 """
 
+import collections
 import dataclasses
 import logging as std_logging
 import os
@@ -81,21 +85,35 @@ def fingerprint(tree: Any) -> float:
   return float(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
 
 
+@dataclasses.dataclass
+class _KeepBest:
+  """An Orbax preservation policy: keep the step with the best score.
+
+  `scores` (step -> val_accuracy of the epoch it ends) is the caller's and
+  is kept up to date by it. Ties go to the later step, as `max` over
+  (score, step) in `inference.select_step`.
+  """
+
+  scores: dict[int, float]
+
+  def should_preserve(self, checkpoints, *, context) -> list[bool]:
+    del context
+    scored = [(self.scores[c.step], c.step) for c in checkpoints]
+    scored = [(v, s) for (v, s) in scored if v is not None]
+    best = max(scored)[1] if scored else None
+    return [c.step == best for c in checkpoints]
+
+
 class Checkpoints:
   """The checkpoints of one run directory."""
 
   def __init__(self, directory: str, keep: int, asynchronous: bool = True):
     self.directory = os.path.abspath(directory)
+    self._scores: collections.defaultdict[int, float | None] = (
+        collections.defaultdict(lambda: None)
+    )
     policy = checkpoint_managers.AnyPreservationPolicy(
-        [
-            checkpoint_managers.LatestN(n=keep),
-            checkpoint_managers.BestN(
-                get_metric_fn=lambda m: m['val_accuracy'],
-                reverse=False,
-                n=1,
-                keep_checkpoints_without_metrics=False,
-            ),
-        ]
+        [checkpoint_managers.LatestN(n=keep), _KeepBest(self._scores)]
     )
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy,
@@ -111,6 +129,16 @@ class Checkpoints:
       raise UserError(
           f'Cannot use checkpoint directory {self.directory}: ' f'{e}'
       ) from e
+    self._read_scores()
+
+  def _read_scores(self) -> None:
+    """Each saved step's val_accuracy, from its meta (None mid-epoch)."""
+    self._scores.clear()
+    for step in self.steps():
+      try:
+        self._scores[step] = _score(self.read_meta(step))
+      except Exception:  # pylint: disable=broad-except
+        pass  # Unreadable: restore_latest moves it aside if it is tried.
 
   def steps(self) -> list[int]:
     return list(self._manager.all_steps())
@@ -134,7 +162,9 @@ class Checkpoints:
         meta,
         step=step,
         fingerprint=fingerprint((state.params, state.batch_stats)),
+        val_accuracy=val_accuracy,
     )
+    self._scores[step] = val_accuracy  # Before Orbax applies the policy.
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         epoch_metrics=ocp.args.StandardSave(metrics),
@@ -280,7 +310,21 @@ class Checkpoints:
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f'quarantine {step}')
     self._manager.reload()
+    self._scores.pop(step, None)
     return aside
+
+
+def _score(meta: dict[str, Any]) -> float | None:
+  """The val_accuracy a checkpoint is ranked by, None if it ends no epoch.
+
+  Checkpoints saved before meta held it: an epoch's end is saved right
+  after its history row, with no time yet spent on the next epoch.
+  """
+  if 'val_accuracy' in meta:
+    return meta['val_accuracy']
+  if meta.get('history') and meta.get('epoch_seconds') == 0.0:
+    return meta['history'][-1]['val_accuracy']
+  return None
 
 
 def checkpoint_dir(workdir: str) -> str:

@@ -20,6 +20,7 @@ import pytest
 
 from cifar_jax import checkpointing
 from cifar_jax import experiment
+from cifar_jax import inference
 from cifar_jax import resume
 from cifar_jax import steps
 from cifar_jax import train
@@ -203,6 +204,27 @@ def test_retention_keeps_the_newest_and_the_best(uninterrupted):
   best_epoch = 1 + int(np.argmax([h['val_accuracy'] for h in history]))
   assert steps[-1] == 256 and len(steps) <= 3  # keep_checkpoints = 2 ...
   assert best_epoch * 32 in steps  # ... plus the best epoch's.
+
+
+def test_the_best_checkpoint_survives_resumes_as_in_an_uninterrupted_run(
+    tmp_path,
+):
+  def run(workdir, epochs):
+    config = get_config('test')
+    config.batch_size, config.steps_per_epoch = 8, 2
+    config.num_epochs = epochs
+    return train.train_and_evaluate(config, str(workdir), out=io.StringIO())
+
+  _, history = run(tmp_path / 'whole', 5)
+  for epochs in (2, 3, 5):  # The same run, resumed twice.
+    _, pieces = run(tmp_path / 'pieces', epochs)
+  without_time = lambda h: [{**r, 'seconds': 0} for r in h]
+  assert without_time(pieces) == without_time(history)
+  kept = checkpointing.saved_steps(str(tmp_path / 'whole'))
+  best = inference.select_step(str(tmp_path / 'whole'), 'best')
+  assert best not in kept[-2:]  # The case where the best must be kept aside.
+  assert checkpointing.saved_steps(str(tmp_path / 'pieces')) == kept
+  assert inference.select_step(str(tmp_path / 'pieces'), 'best') == best
 
 
 def test_init_from_loads_params_of_another_run(tmp_path, uninterrupted):
