@@ -33,47 +33,90 @@ def check_root(root: str | None) -> None:
     raise UserError(f'data.dir {root!r} is not a directory.')
 
 
+def files_under(root: str, folders: bool = False) -> list[str]:
+  """Every file under the folder `root`: relative, '/'-separated, sorted;
+  with `folders`, every folder too, as 'a/b/' (as a zip lists them).
+
+  Symlinked folders are followed (a class folder may be a link). A link
+  that leads back into its own ancestors, a file link that leads nowhere,
+  a folder that cannot be listed and a file that is not a regular file (a
+  FIFO would block the reader forever) are refused in one line naming
+  them, never skipped.
+  """
+
+  def unlistable(e: OSError):
+    raise UserError(f'Cannot list the folder {e.filename}: {e.strerror}.')
+
+  found = []
+  ancestors = {root: frozenset()}
+  for dirpath, dirs, files in os.walk(
+      root, onerror=unlistable, followlinks=True
+  ):
+    real = os.path.realpath(dirpath)
+    if real in ancestors[dirpath]:
+      raise UserError(
+          f'{dirpath} is a symlink back into its own parent folders '
+          f'({real}); remove the link.'
+      )
+    dirs.sort()
+    if folders and dirpath != root:
+      found.append(os.path.relpath(dirpath, root).replace(os.sep, '/') + '/')
+    for d in dirs:
+      ancestors[os.path.join(dirpath, d)] = ancestors[dirpath] | {real}
+    for name in sorted(files):
+      path = os.path.join(dirpath, name)
+      if not os.path.exists(path):  # A dangling link, or a loop of links.
+        raise UserError(
+            f'{path} is a symlink to nothing that can be read '
+            f'({os.path.realpath(path)}); remove or fix the link.'
+        )
+      if not os.path.isfile(path):
+        raise UserError(
+            f'{path} is not a regular file (a FIFO, socket or device); '
+            'remove it.'
+        )
+      found.append(os.path.relpath(path, root).replace(os.sep, '/'))
+  return found
+
+
 def _image_files(
     root: str,
-) -> tuple[dict[str, list[str]], Callable[[str], bytes]]:
-  """{split: [member paths of its images]} and a reader of one member.
+) -> tuple[dict[str, list[str]], dict[str, set[str]], Callable[[str], bytes]]:
+  """{split: [member paths of its images]}, {split: {its class folders}}
+  and a reader of one member.
 
   `root` is a folder or a zip; in a zip, one top-level folder around the
   splits (`cifar10-jpeg/train/...`, as the shared copy has) is looked
-  through.
+  through. The class folders include those without images.
   """
   if root.lower().endswith('.zip'):
     try:
       archive = zipfile.ZipFile(root)
     except (OSError, zipfile.BadZipFile) as e:
       raise UserError(f'Cannot read the zip {root}: {e}') from e
-    names = [n for n in archive.namelist() if not n.endswith('/')]
+    names = archive.namelist()
     read = archive.read
   else:
-    names = [
-        os.path.relpath(os.path.join(d, f), root)
-        for d, _, files in os.walk(root)
-        for f in files
-    ]
-    names = [n.replace(os.sep, '/') for n in names]
+    names = files_under(root, folders=True)
 
     def read(name):
       with open(os.path.join(root, name), 'rb') as f:
         return f.read()
 
+  parts = {n: n.rstrip('/').split('/') for n in names}
   images = [n for n in names if images_lib.is_image(n)]
-  parts = [n.split('/') for n in images]
+  tops = {parts[n][0] for n in images}
   if (
-      parts
-      and all(len(p) == 4 for p in parts)
-      and len({p[0] for p in parts}) == 1
-  ):
-    parts = [p[1:] for p in parts]  # <top>/<split>/<class>/<file>.
-  splits = {}
-  for name, p in zip(images, parts):
-    if len(p) == 3:
+      images and all(len(parts[n]) == 4 for n in images) and len(tops) == 1
+  ):  # <top>/<split>/<class>/<file>.
+    parts = {n: p[1:] for n, p in parts.items() if p[0] in tops}
+  splits, folders = {}, {}
+  for name, p in parts.items():
+    if len(p) == 3 and images_lib.is_image(name):
       splits.setdefault(p[0], []).append(name)
-  return splits, read
+    if len(p) >= 2 and (len(p) > 2 or name.endswith('/')):
+      folders.setdefault(p[0], set()).add(p[1])
+  return splits, folders, read
 
 
 def load(
@@ -95,7 +138,7 @@ def load(
   (FOLDER_ORDER_SEED), so slices are stable and not grouped by class.
   """
   check_root(root)
-  splits, read = _image_files(root)
+  splits, folders, read = _image_files(root)
   for name in {split, train_split}:
     if name not in splits:
       raise UserError(
@@ -103,6 +146,13 @@ def load(
           f'{sorted(splits) or "no <split>/<class>/ folders"}.'
       )
   names = tuple(sorted({f.split('/')[-2] for f in splits[train_split]}))
+  empty = sorted(folders[train_split] - set(names))
+  if empty:
+    raise UserError(
+        f'Class folders {empty} of split {train_split!r} in {root} hold no '
+        f'images ({", ".join(images_lib.SUFFIXES)}); add images or remove '
+        'the folders.'
+    )
   if sorted(names) == sorted(known_order):
     names = tuple(known_order)
   files = sorted(splits[split])

@@ -25,13 +25,25 @@ def is_image(name: str) -> bool:
 def decode(data: bytes) -> np.ndarray:
   """Any image file Pillow reads -> (32, 32, 3) uint8.
 
-  Converted to RGB (alpha dropped, grayscale and palette expanded); other
-  sizes are resized with Pillow's bilinear filter (antialiased when
-  shrinking; the aspect ratio is not kept, as CIFAR's images are square).
+  Converted to RGB (alpha dropped, grayscale and palette expanded); 16-bit
+  grayscale is scaled to 8 bits (Pillow's own conversion clips it, which
+  turns most images white); 32-bit integer and float pixels, whose range
+  the file does not say, are refused (ValueError). Other sizes are resized
+  with Pillow's bilinear filter (antialiased when shrinking; the aspect
+  ratio is not kept, as CIFAR's images are square).
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
 
   with Image.open(io.BytesIO(data)) as image:
+    if image.mode.startswith('I;16'):
+      wide = np.asarray(image).astype(np.uint32)
+      image = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8))
+    elif image.mode in ('I', 'F'):
+      raise ValueError(
+          f'{"32-bit integer" if image.mode == "I" else "floating-point"} '
+          f'pixels (Pillow mode {image.mode!r}) have no known range; save the '
+          'image with 8 or 16 bits per channel'
+      )
     image = image.convert('RGB')
     if image.size != SHAPE[:2][::-1]:
       image = image.resize(

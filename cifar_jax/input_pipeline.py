@@ -188,15 +188,9 @@ def _fingerprint(root: str) -> str:
     return digest.hexdigest()
   if not os.path.isdir(root):
     return ''
-  for dirpath, dirs, files in os.walk(root):
-    dirs.sort()
-    for name in sorted(files):
-      path = os.path.join(dirpath, name)
-      st = os.stat(path)
-      digest.update(
-          f'{os.path.relpath(path, root)}\0{st.st_size} '
-          f'{st.st_mtime_ns}\n'.encode()
-      )
+  for name in image_folder.files_under(root):
+    st = os.stat(os.path.join(root, name))
+    digest.update(f'{name}\0{st.st_size} {st.st_mtime_ns}\n'.encode())
   return digest.hexdigest()
 
 

@@ -7,8 +7,8 @@ Any image Pillow reads works: it is converted to RGB (alpha dropped,
 grayscale and palette images expanded) and resized to 32x32 with Pillow's
 bilinear filter (antialiased when shrinking; the aspect ratio is not kept,
 as the training images were square). Folders are searched for images. A file
-that cannot be read gets a one-line error and the others are still
-classified; the exit code is then 1.
+that cannot be read, or a folder without images, gets a one-line error and
+the others are still classified; the exit code is then 1.
 """
 
 import os
@@ -20,6 +20,7 @@ import numpy as np
 from PIL import UnidentifiedImageError
 
 from cifar_jax import cli
+from cifar_jax import image_folder
 from cifar_jax import images
 from cifar_jax import inference
 
@@ -33,18 +34,28 @@ def to_input(path: str) -> np.ndarray:
     return images.decode(f.read())
 
 
-def expand(paths: list[str]) -> list[str]:
-  """Files as given; folders replaced by the images in them (recursively)."""
-  files = []
+def expand(paths: list[str], err=sys.stderr) -> tuple[list[str], int]:
+  """Files as given; folders replaced by the images in them (recursively,
+  as image folders are read: `image_folder.files_under`). Also the number
+  of folders without images, each reported on `err`."""
+  files, empty = [], 0
   for path in paths:
     if os.path.isdir(path):
-      for root, _, names in sorted(os.walk(path)):
-        files += [
-            os.path.join(root, n) for n in sorted(names) if images.is_image(n)
-        ]
+      found = [
+          os.path.join(path, n)
+          for n in image_folder.files_under(path)
+          if images.is_image(n)
+      ]
+      if not found:
+        print(
+            f'error: {path}: no images in it ({", ".join(images.SUFFIXES)})',
+            file=err,
+        )
+        empty += 1
+      files += found
     else:
       files.append(path)
-  return files
+  return files, empty
 
 
 def predict(
@@ -57,8 +68,9 @@ def predict(
 ) -> int:
   """Prints the top classes of each image; returns the number of failures."""
   run = inference.load_run(workdir, checkpoint)
-  files, pixels, failures = [], [], 0
-  for path in expand(paths):
+  files, pixels = [], []
+  found, failures = expand(paths, err)
+  for path in found:
     try:
       pixels.append(to_input(path))
       files.append(path)
