@@ -3,7 +3,11 @@
 For XLA FFI kernels (`conv3x3.cc`): built with the machine's C++ compiler
 against the installed jaxlib's FFI headers, and cached under
 `$XDG_CACHE_HOME/cifar_jax` (default `~/.cache/cifar_jax`) by a hash of the
-source, the compiler, the flags and jaxlib.
+source, the compiler, the flags and jaxlib. Each library has its SHA-256
+beside it (`<name>.so.sha256`, written after the library is complete): a
+cached library is loaded only if it matches, and compiled again if not,
+since loading a damaged one can crash the process (a truncated library
+maps past its end: SIGBUS).
 """
 
 from collections.abc import Mapping, Sequence
@@ -45,14 +49,13 @@ def build(
   Named by a hash of the source, the compiler's version, the flags and
   jaxlib's version, so a changed input never loads a stale library; written
   under a temporary name and renamed, so concurrent runs never load half of
-  one.
+  one; returned from the cache only when it matches its checksum (a damaged
+  one is compiled again, with a warning).
   """
   if shutil.which(cxx) is None:
     raise BuildError(f'no C++ compiler {cxx!r} (set $CXX)')
   try:
-    version = subprocess.run(
-        [cxx, '--version'], capture_output=True, text=True, check=True
-    ).stdout
+    version = _run([cxx, '--version'], check=True).stdout
   except (OSError, subprocess.CalledProcessError) as e:
     raise BuildError(f'{cxx} --version failed: {e}') from e
   key = hashlib.sha256()
@@ -60,8 +63,15 @@ def build(
   for part in (source.read_bytes(), version, flags, jaxlib.__version__):
     key.update(repr(part).encode())
   target = directory / f'{source.stem}-{key.hexdigest()[:16]}.so'
-  if target.exists():
+  checksum = target.with_name(target.name + '.sha256')
+  if _intact(target, checksum):
     return target
+  if target.exists():
+    logging.warning(
+        'The cached %s does not match its checksum (damaged, or written '
+        'by an older version); compiling it again.',
+        target,
+    )
   try:
     directory.mkdir(parents=True, exist_ok=True)
     fd, partial = tempfile.mkstemp(dir=directory, suffix='.so.partial')
@@ -78,7 +88,7 @@ def build(
   ]
   logging.info('Compiling %s (once per machine and jaxlib).', source.name)
   try:
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = _run(command)
     if result.returncode != 0:
       lines = (result.stderr or result.stdout).strip().splitlines()
       messages = [line for line in lines if 'error' in line] or lines
@@ -86,9 +96,33 @@ def build(
           f'{" ".join(command)} failed: '
           f'{messages[0].strip() if messages else "no output"}'
       )
+    digest = _sha256(pathlib.Path(partial))
     os.replace(partial, target)
+    # The checksum last: a library without one is never trusted.
+    checksum_partial = checksum.with_name(f'{checksum.name}.{os.getpid()}')
+    checksum_partial.write_text(digest)
+    os.replace(checksum_partial, checksum)
   except OSError as e:
     raise BuildError(f'{cxx} could not run: {e}') from e
   finally:
     pathlib.Path(partial).unlink(missing_ok=True)
   return target
+
+
+def _run(command: Sequence[str], check: bool = False):
+  """A command's output as text; bytes that are not UTF-8 are replaced."""
+  return subprocess.run(
+      command, capture_output=True, text=True, errors='replace', check=check
+  )
+
+
+def _sha256(path: pathlib.Path) -> str:
+  return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _intact(library: pathlib.Path, checksum: pathlib.Path) -> bool:
+  """Whether `library` exists and matches the checksum written beside it."""
+  try:
+    return _sha256(library) == checksum.read_text().strip()
+  except OSError:
+    return False
