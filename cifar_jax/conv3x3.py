@@ -39,7 +39,6 @@ from jax import lax
 import numpy as np
 
 from cifar_jax import cpu_info
-from cifar_jax import errors
 from cifar_jax import ffi_build
 
 
@@ -114,7 +113,10 @@ def method_for(setting: str, platform: str) -> str:
   """The 3x3 convolutions of config `model.conv3x3` on `platform`.
 
   'auto' is the best kernel the CPU has ('avx512', else 'avx2'), and 'xla'
-  on GPUs and TPUs and CPUs with neither.
+  on GPUs and TPUs and CPUs with neither. A kernel this machine cannot run
+  is replaced by 'auto's choice, with a warning: the choice changes speed
+  and float rounding, not the model, so a run that moves to another
+  machine (a preempted job restarted elsewhere) goes on there.
   """
   if setting not in ('auto', *METHODS):
     raise ValueError(
@@ -133,10 +135,16 @@ def method_for(setting: str, platform: str) -> str:
       where = f'a CPU capped at {max_isa} by XLA_FLAGS --xla_cpu_max_isa'
     else:
       where = f'a CPU without {kernel.needs}'
-    raise errors.UserError(
-        f'model.conv3x3={setting!r} needs a CPU with {kernel.needs}; this run '
-        f"is on {where} (use 'auto' or 'xla')."
+    instead = available[0] if available else 'xla'
+    logging.warning(
+        'model.conv3x3=%r needs a CPU with %s; this run is on %s, so it '
+        'uses %r (the same model; float rounding differs).',
+        setting,
+        kernel.needs,
+        where,
+        instead,
     )
+    return instead
   return setting
 
 

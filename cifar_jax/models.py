@@ -414,3 +414,8 @@ def create_model(
     kwargs['dropout_hash_once'] = platform == 'cpu'
 
   return model_cls(dtype=COMPUTE_DTYPES[compute_dtype], **kwargs)
+
+
+def implementation(model: nn.Module) -> str:
+  """How this machine computes `model`: '3x3 convs: avx512, pooling: ...'."""
+  return f'3x3 convs: {model.conv3x3}, pooling: {model.pooling}'

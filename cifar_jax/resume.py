@@ -35,6 +35,10 @@ RESUMABLE_CHANGES = (
     'init_from',
     'steps_per_dispatch',
     'seed_rung',
+    # How the machine computes the model, not which model: a run moves
+    # between machines (models.create_model resolves them for each).
+    'model.conv3x3',
+    'model.pooling',
 )
 
 
