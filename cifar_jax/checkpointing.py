@@ -43,6 +43,9 @@ from cifar_jax.errors import write_failure
 _ITEMS = ('state', 'epoch_metrics', 'meta')  # Orbax reserves 'metrics'.
 # The suffix of a checkpoint Orbax has not finished writing.
 _UNFINISHED = '.orbax-checkpoint-tmp'
+# Orbax's words for a checkpoint whose tree differs from the one asked for:
+# not damage (every checkpoint of the run would have it), another layout.
+_STRUCTURE_MISMATCH = 'tree structures do not match'
 
 
 class UnretrievedWriteFailures(std_logging.Filter):
@@ -158,6 +161,7 @@ class Checkpoints:
     """
     if step in self.steps():
       return
+    self._check_space(state, metrics)
     meta = dict(
         meta,
         step=step,
@@ -174,6 +178,29 @@ class Checkpoints:
     self._guard(
         lambda: self._manager.save(step, args=args, metrics=scores, force=True)
     )
+
+  def _check_space(self, state: Any, metrics: Any) -> None:
+    """Refuses a save that cannot fit before Orbax starts writing it.
+
+    A save that runs out of space fails in TensorStore's writer threads,
+    and those still in flight when the process exits print tracebacks for
+    the event loop Orbax has closed; a save never started leaves none.
+    """
+    need = sum(x.nbytes for x in jax.tree.leaves((state, metrics)))
+    need = int(need * 1.1) + 2**20  # Orbax's metadata and file overheads.
+    try:
+      free = shutil.disk_usage(self.directory).free
+    except OSError:
+      return  # Unknown: the write itself will tell.
+    if need > free:
+      self._remove_unfinished()
+      raise CheckpointWriteFailure(
+          f'Writing a checkpoint to {self.directory} failed (no space left '
+          f'on the device: it needs about {need / 2**20:.1f} MiB, '
+          f'{free / 2**20:.1f} MiB are free); the earlier checkpoints are '
+          'intact. Free space or fix the directory, then run the same '
+          'command to resume.'
+      )
 
   def wait(self) -> None:
     self._guard(self._manager.wait_until_finished)
@@ -277,6 +304,13 @@ class Checkpoints:
           ),
       )
     except Exception as e:  # pylint: disable=broad-except
+      if _STRUCTURE_MISMATCH in str(e):  # Whole, but of another layout.
+        raise UserError(
+            f'The checkpoints in {self.directory} hold a training state laid '
+            "out differently from this version of cifar_jax's "
+            f'({_first_line(e)}); they were left as they are. Use the '
+            'version that wrote them, or another --workdir.'
+        ) from e
       return f'it cannot be read ({_first_line(e)})'
     state = items['state']
     found = fingerprint((state.params, state.batch_stats))

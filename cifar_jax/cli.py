@@ -220,8 +220,9 @@ def exit_on_errors():
   """Turns the errors a user should read into a message and an exit code.
 
   UserError (bad input) and NonFiniteLossError (divergence) exit with 1,
-  Preempted with 128 + the signal, a second Ctrl-C with 130; no traceback
-  for any of them.
+  Preempted with 128 + the signal, a Ctrl-C that stops at once (a second
+  one in training, any in the other commands) with 130; no traceback for
+  any of them.
   """
   try:
     yield
@@ -234,10 +235,10 @@ def exit_on_errors():
     _ignore_more_interrupts()
     print(str(e), file=sys.stderr)
     sys.exit(e.exit_code)
-  except KeyboardInterrupt:  # Ctrl-C twice: no checkpoint of this moment.
+  except KeyboardInterrupt:  # No checkpoint of this moment.
     _ignore_more_interrupts()
     print(
-        'Interrupted (Ctrl-C twice): stopped without saving; the '
+        'Interrupted by Ctrl-C: stopped at once, without saving; the '
         'checkpoints saved before are intact. Run the same command to '
         'resume from the newest.',
         file=sys.stderr,

@@ -112,8 +112,8 @@ COMMON: dict[str, Rule] = {
         and all(_is_real(x) and x > 0 for x in v),
         'a tuple of 3 positive numbers (one per channel), or () for none',
     ),
-    'batch_size': integer(1),
-    'eval_batch_size': integer(1),
+    'batch_size': integer(1, 2**31 - 1),  # Batch indices are int32.
+    'eval_batch_size': integer(1, 2**31 - 1),
     'num_epochs': POSITIVE,
     'drop_remainder': BOOL,
     'steps_per_epoch': integer(0),

@@ -18,6 +18,7 @@ import numpy as np
 from cifar_jax import batching
 from cifar_jax import checkpointing
 from cifar_jax import compile_ahead
+from cifar_jax import models
 from cifar_jax import config_checks
 from cifar_jax import images as images_lib
 from cifar_jax import optimizers
@@ -62,13 +63,17 @@ def train_and_evaluate(
   workdir = rundir.prepare(workdir)
   if jax.process_index() > 0:  # One progress report per run, not per host.
     out = io.StringIO()
-  with rundir.hold(workdir, take=jax.process_index() == 0):
+  with (
+      preemption.PreemptionWatch() as watch,
+      rundir.hold(workdir, take=jax.process_index() == 0),
+  ):
     exp = create_experiment(config)
+    watch.stop_if_requested()
     ckpt = checkpointing.Checkpoints(
         checkpointing.checkpoint_dir(workdir), config.keep_checkpoints
     )
     try:
-      result = _resume_and_train(exp, ckpt, workdir, out)
+      result = _resume_and_train(exp, ckpt, workdir, out, watch)
     except BaseException:
       ckpt.close(quietly=True)
       raise
@@ -77,7 +82,11 @@ def train_and_evaluate(
 
 
 def _resume_and_train(
-    exp: Experiment, ckpt: checkpointing.Checkpoints, workdir: str, out
+    exp: Experiment,
+    ckpt: checkpointing.Checkpoints,
+    workdir: str,
+    out,
+    watch: preemption.PreemptionWatch,
 ) -> tuple[steps.TrainState, list[dict[str, float]]]:
   """Nothing is written to `workdir` (summaries, config.json) before the
   checkpoints there are known to belong to this config."""
@@ -102,7 +111,7 @@ def _resume_and_train(
     logging.info('Resuming from step %d.', run.step)
   reporter = reporting.Reporter(workdir, config, exp.total_steps)
   try:
-    _loop(exp, ckpt, reporter, run, out)
+    _loop(exp, ckpt, reporter, run, out, watch)
   finally:
     reporter.close()
   return run.state, run.history
@@ -114,49 +123,48 @@ def _loop(
     reporter: reporting.Reporter,
     run: resume.Start,
     out,
+    watch: preemption.PreemptionWatch,
 ) -> None:
   """Trains `run` from its step to the end, checkpointing and reporting."""
   config, spe, total_steps = exp.config, exp.steps_per_epoch, exp.total_steps
   _print_start(exp, run.state, reporter, out)
   stops = _stops(spe, total_steps, config.checkpoint_every_steps)
   seconds = compile_ahead.compile_ahead(exp, stops, run.step)
+  watch.started()  # Stops here if a signal came while compiling.
   print(f'Compiled ahead of time in {seconds:.1f}s.', file=out, flush=True)
   save = lambda val_accuracy=None: _save(ckpt, config, run, val_accuracy)
-  with preemption.PreemptionWatch() as watch:
-    while run.step < total_steps:
-      epoch = run.step // spe
-      epoch_end = min((epoch + 1) * spe, total_steps)
-      bar = progress.ProgressBar(
-          epoch_end - epoch * spe, out=out, initial=run.step - epoch * spe
-      )
-      started = time.monotonic() - run.epoch_seconds
-      for stop in [s for s in stops if epoch * spe < s <= epoch_end]:
-        if stop <= run.step:
-          continue
-        run.state, run.epoch_metrics, run.step = run_steps(
-            exp, run.state, run.epoch_metrics, run.step, stop, bar,
-            watch.requested, reporter.progress,
-        )  # fmt: skip
-        run.epoch_seconds = time.monotonic() - started
-        if run.step < stop:  # Asked to stop: save where we are, then exit.
-          bar.close()
-          save()
-          ckpt.wait()
-          raise Preempted(
-              f'Stopped by {watch.name} at step {run.step} (epoch '
-              f'{epoch + 1}/{progress.epochs_text(config.num_epochs)}); '
-              f'saved checkpoint '
-              f'{ckpt.directory}/{run.step}. Run the same command to resume.',
-              128 + (watch.signum or 15),
-          )
-        if stop < epoch_end:
-          save()
-      bar.close()
-      _end_epoch(exp, run, reporter, started, epoch_end - epoch * spe)
-      save(run.history[-1]['val_accuracy'])
-      print(
-          _epoch_line(run.history[-1], config.num_epochs), file=out, flush=True
-      )
+  while run.step < total_steps:
+    epoch = run.step // spe
+    epoch_end = min((epoch + 1) * spe, total_steps)
+    bar = progress.ProgressBar(
+        epoch_end - epoch * spe, out=out, initial=run.step - epoch * spe
+    )
+    started = time.monotonic() - run.epoch_seconds
+    for stop in [s for s in stops if epoch * spe < s <= epoch_end]:
+      if stop <= run.step:
+        continue
+      run.state, run.epoch_metrics, run.step = run_steps(
+          exp, run.state, run.epoch_metrics, run.step, stop, bar,
+          watch.requested, reporter.progress,
+      )  # fmt: skip
+      run.epoch_seconds = time.monotonic() - started
+      if run.step < stop:  # Asked to stop: save where we are, then exit.
+        bar.close()
+        save()
+        ckpt.wait()
+        raise Preempted(
+            f'Stopped by {watch.name} at step {run.step} (epoch '
+            f'{epoch + 1}/{progress.epochs_text(config.num_epochs)}); '
+            f'saved checkpoint '
+            f'{ckpt.directory}/{run.step}. Run the same command to resume.',
+            128 + (watch.signum or 15),
+        )
+      if stop < epoch_end:
+        save()
+    bar.close()
+    _end_epoch(exp, run, reporter, started, epoch_end - epoch * spe)
+    save(run.history[-1]['val_accuracy'])
+    print(_epoch_line(run.history[-1], config.num_epochs), file=out, flush=True)
   if run.history:
     accuracy = run.history[-1]['val_accuracy']
     print(f'Accuracy: {accuracy * 100:.2f}%', file=out, flush=True)
@@ -245,7 +253,8 @@ def _print_start(
   print(summary.keras_summary(exp.model, variables, images_lib.SHAPE), file=out)
   print(
       f'Train on {num_train} samples, validate on {num_eval} samples '
-      f'({jax.device_count()} device(s): {jax.devices()[0].platform})',
+      f'({jax.device_count()} device(s): {jax.devices()[0].platform}; '
+      f'{models.implementation(exp.model)})',
       file=out,
   )
 
