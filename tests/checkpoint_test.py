@@ -21,6 +21,7 @@ import pytest
 from cifar_jax import checkpointing
 from cifar_jax import experiment
 from cifar_jax import inference
+from cifar_jax import optimizers
 from cifar_jax import resume
 from cifar_jax import steps
 from cifar_jax import train
@@ -357,3 +358,38 @@ def test_the_state_keeps_the_layout_earlier_checkpoints_were_written_in():
   assert isinstance(
       experiment.create_experiment(fast).state, steps.LookaheadTrainState
   )
+
+
+def test_checkpoints_of_another_state_layout_are_refused_not_moved_aside(
+    tmp_path,
+):
+  config = get_config('test')
+  config.num_epochs = 1
+  train.train_and_evaluate(config, str(tmp_path), out=io.StringIO())
+  saved = checkpointing.saved_steps(str(tmp_path))
+  exp = experiment.create_experiment(config)
+  # The same model's state with one more field (what another version of
+  # the code would ask for): whole checkpoints, of another layout.
+  other = jax.jit(
+      lambda: steps.LookaheadTrainState.create(
+          apply_fn=exp.state.apply_fn,
+          params=exp.state.params,
+          tx=exp.state.tx,
+          batch_stats=exp.state.batch_stats,
+          lookahead=optimizers.Lookahead(5, 0.5, 10),
+      )
+  )()
+  ckpt = checkpointing.Checkpoints(
+      checkpointing.checkpoint_dir(str(tmp_path)), 2
+  )
+  try:
+    with pytest.raises(UserError, match='laid out differently'):
+      ckpt.restore_latest(
+          resume._abstract(other),  # pylint: disable=protected-access
+          resume._abstract(steps.empty_metrics()),  # pylint: disable=protected-access
+          lambda meta: None,
+      )
+  finally:
+    ckpt.close()
+  assert checkpointing.saved_steps(str(tmp_path)) == saved
+  assert not list((tmp_path / 'checkpoints').glob('corrupt-*'))

@@ -1,5 +1,7 @@
 """The 3x3 convolution kernels: where they are used, that they equal XLA's."""
 
+import ctypes
+import io
 import json
 import logging
 import pathlib
@@ -14,9 +16,10 @@ import pytest
 from cifar_jax import config_checks
 from cifar_jax import conv3x3
 from cifar_jax import cpu_info
-from cifar_jax import errors
+from cifar_jax import evaluate
 from cifar_jax import ffi_build
 from cifar_jax import models
+from cifar_jax import train
 from conftest import get_config
 from conftest import run_main
 
@@ -121,21 +124,29 @@ def test_auto_takes_the_best_kernel_on_a_cpu_and_xla_elsewhere(
   assert conv3x3.method_for('xla', 'cpu') == 'xla'
 
 
-def test_asking_for_a_kernel_where_it_cannot_run_is_one_clear_error(
-    monkeypatch,
+def test_a_kernel_this_machine_cannot_run_is_replaced_with_a_warning(
+    monkeypatch, caplog
 ):
+  # A run trained with 'avx512' goes on (resumes, evaluates, predicts) on a
+  # machine without it, saying what it uses instead.
   monkeypatch.setattr(cpu_info, 'flags', lambda: AVX2)
   monkeypatch.delenv('XLA_FLAGS', raising=False)
-  with pytest.raises(errors.UserError, match='needs a CPU with AVX512F; '):
-    conv3x3.method_for('avx512', 'cpu')
-  with pytest.raises(errors.UserError, match='this run is on gpu'):
-    conv3x3.method_for('avx2', 'gpu')
+  with caplog.at_level(logging.WARNING):
+    assert conv3x3.method_for('avx512', 'cpu') == 'avx2'
+  assert 'needs a CPU with AVX512F; this run is on a CPU without' in caplog.text
+  assert "uses 'avx2'" in caplog.text
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    assert conv3x3.method_for('avx2', 'gpu') == 'xla'
+  assert "this run is on gpu, so it uses 'xla'" in caplog.text
   with pytest.raises(ValueError, match="'auto' or one of"):
     conv3x3.method_for('onednn', 'cpu')
   monkeypatch.setattr(cpu_info, 'flags', lambda: AVX512)
   monkeypatch.setenv('XLA_FLAGS', '--xla_cpu_max_isa=AVX2')
-  with pytest.raises(errors.UserError, match='capped at AVX2 by XLA_FLAGS'):
-    conv3x3.method_for('avx512', 'cpu')
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    assert conv3x3.method_for('avx512', 'cpu') == 'avx2'
+  assert 'capped at AVX2 by XLA_FLAGS' in caplog.text
   assert conv3x3.method_for('avx2', 'cpu') == 'avx2'
 
 
@@ -357,6 +368,43 @@ def test_a_library_is_built_once_and_rebuilt_when_its_source_changes(
 
 
 @needs_compiler
+@pytest.mark.parametrize('damage', ['truncated', 'garbage', 'no checksum'])
+def test_a_damaged_cached_library_is_compiled_again_not_loaded(
+    tmp_path, caplog, damage
+):
+  source = tmp_path / 'tiny.cc'
+  source.write_text('extern "C" int f() { return 7; }\n')
+  cache = tmp_path / 'cache'
+  library = ffi_build.build(source, cache, 'c++')
+  whole = library.read_bytes()
+  if damage == 'truncated':  # Still an ELF header: loading it would SIGBUS.
+    library.write_bytes(whole[: len(whole) // 2])
+  elif damage == 'garbage':
+    library.write_bytes(b'not a library' * 100)
+  else:
+    library.with_name(library.name + '.sha256').unlink()
+  with caplog.at_level(logging.WARNING):
+    again = ffi_build.build(source, cache, 'c++')
+  assert again == library and 'compiling it again' in caplog.text
+  assert library.read_bytes() == whole
+  assert ctypes.CDLL(str(again)).f() == 7
+
+
+def test_a_compiler_that_writes_no_utf8_fails_in_one_line(tmp_path):
+  cxx = tmp_path / 'fake-c++'
+  cxx.write_text(
+      '#!/bin/sh\n'
+      'if [ "$1" = "--version" ]; then printf "fake \\377\\n"; exit 0; fi\n'
+      'printf "x.cc:1: error: \\377\\376 bad\\n" >&2; exit 1\n'
+  )
+  cxx.chmod(0o755)
+  source = tmp_path / 'tiny.cc'
+  source.write_text('int f();\n')
+  with pytest.raises(ffi_build.BuildError, match='failed: x.cc:1: error'):
+    ffi_build.build(source, tmp_path / 'cache', str(cxx))
+
+
+@needs_compiler
 def test_an_unwritable_cache_is_a_build_error(tmp_path):
   blocker = tmp_path / 'file'
   blocker.write_text('')
@@ -428,8 +476,37 @@ def test_a_batch_split_over_two_devices_trains_as_on_one(tmp_path, method):
         devices=devices,
     )
     assert r.returncode == 0, r.stderr[-3000:]
-    assert f'({devices} device(s): cpu)' in r.stdout
+    assert f'({devices} device(s): cpu; ' in r.stdout
     histories.append(json.loads((workdir / 'history.json').read_text()))
   for got, want in zip(*histories, strict=True):
     for key in ('loss', 'accuracy', 'val_loss', 'val_accuracy'):
       assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
+
+
+@pytest.mark.skipif('avx2' not in RUNNABLE, reason='needs an AVX2 CPU')
+def test_a_run_moves_to_a_machine_without_its_kernels(
+    tmp_path, monkeypatch, capsys
+):
+  config = get_config('test')
+  config.num_epochs = 1
+  config.model.conv3x3 = 'avx2'
+  _, first = train.train_and_evaluate(config, str(tmp_path), out=io.StringIO())
+  # Resumed where the kernels are XLA's (another CPU, a GPU): it goes on.
+  config.model.conv3x3 = 'xla'
+  config.num_epochs = 2
+  out = io.StringIO()
+  _, history = train.train_and_evaluate(config, str(tmp_path), out=out)
+  assert history[0] == first[0] and len(history) == 2
+  assert '3x3 convs: xla' in out.getvalue()
+  # A run saved as 'avx512', evaluated on a CPU with AVX2 only: it says
+  # what it uses and gives the accuracy the run logged.
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  saved['model']['conv3x3'] = 'avx512'
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  monkeypatch.setattr(cpu_info, 'flags', lambda: AVX2)
+  monkeypatch.delenv('XLA_FLAGS', raising=False)
+  result = evaluate.evaluate(str(tmp_path), 'latest')
+  assert '3x3 convs: avx2' in capsys.readouterr().out
+  assert result['accuracy'] == pytest.approx(
+      history[-1]['val_accuracy'], abs=0.011
+  )

@@ -191,10 +191,12 @@ def test_sigterm_to_a_parallel_ladder_checkpoints_its_rungs_and_resumes(
   _, err = proc.communicate(timeout=120)
   assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
   assert 'Run the same command to resume' in err and 'Traceback' not in err
+  # A rung mid-run saved a checkpoint; one still starting (loading data,
+  # compiling) stopped before its first step, with nothing to save.
   stopped = [
       name
       for name in ('simple', 'bn_aug_sgd')
-      if 'Stopped by SIGTERM' in (root / name / 'log.txt').read_text()
+      if 'Stopped by SIGTERM at step' in (root / name / 'log.txt').read_text()
   ]
   assert stopped  # At least one rung was mid-run and saved a checkpoint.
   again = subprocess.run(

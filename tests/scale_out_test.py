@@ -109,25 +109,25 @@ def _train_two_processes(workdir, epochs, devices_per_process):
 def one_device(tmp_path_factory):
   workdir = tmp_path_factory.mktemp('one_device')
   out = _train(workdir, devices=1)
-  assert '(1 device(s): cpu)' in out
+  assert '(1 device(s): cpu; ' in out
   return _history(workdir)
 
 
 def test_two_devices_match_one_device_over_128_steps(tmp_path, one_device):
   out = _train(tmp_path, devices=2)
-  assert '(2 device(s): cpu)' in out
+  assert '(2 device(s): cpu; ' in out
   _assert_same_metrics(_history(tmp_path), one_device)
   assert len(_history(tmp_path)) == EPOCHS
 
 
 def test_checkpoint_from_eight_devices_resumes_on_two(tmp_path, one_device):
   out = _train(tmp_path, devices=8, epochs=EPOCHS // 2)
-  assert '(8 device(s): cpu)' in out
+  assert '(8 device(s): cpu; ' in out
   _assert_same_metrics(_history(tmp_path), one_device)  # 8 devices vs 1.
   out = _train(tmp_path, devices=2)
   steps = EPOCHS // 2 * 16
   assert f'Resuming from step {steps}' in out
-  assert '(2 device(s): cpu)' in out
+  assert '(2 device(s): cpu; ' in out
   history = _history(tmp_path)
   assert len(history) == EPOCHS
   _assert_same_metrics(history, one_device)
@@ -138,7 +138,7 @@ def test_two_processes_match_one_process_and_resume_together(
 ):
   """2 processes x 2 devices, stopped halfway and resumed by both."""
   first = _train_two_processes(tmp_path, EPOCHS // 2, devices_per_process=2)
-  assert '(4 device(s): cpu)' in first[0]
+  assert '(4 device(s): cpu; ' in first[0]
   assert 'Epoch' not in first[1]  # Only process 0 reports.
   second = _train_two_processes(tmp_path, EPOCHS, devices_per_process=2)
   assert f'Resuming from step {EPOCHS // 2 * 16}' in second[0]
