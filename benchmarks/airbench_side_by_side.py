@@ -26,7 +26,6 @@ difference of the mean accuracies with its standard error, and the ratio
 of mean seconds (ours / airbench's).
 """
 
-import importlib
 import json
 import math
 import os
@@ -44,11 +43,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # pylint: disable=g-import-not-at-top
 import airbench_cpu
 from cifar_jax import cli
-from cifar_jax import compile_ahead
-from cifar_jax import experiment
-from cifar_jax import reporting
-from cifar_jax import train
+from cifar_jax.config import checks
 from cifar_jax.errors import UserError
+from cifar_jax.reporting import records
+from cifar_jax import train
+from cifar_jax.training import experiment
+from cifar_jax.training import plan
 
 # pylint: enable=g-import-not-at-top
 
@@ -123,6 +123,7 @@ def main(argv):
     if os.path.exists(path):
       with open(path) as f:
         results = json.load(f)
+    checks.check(config)
     exp = experiment.create_experiment(config)
     airbench_cpu.write_data(
         WORKDIR.value,
@@ -132,7 +133,7 @@ def main(argv):
     )
     results.update(
         recipe=RECIPE.value,
-        machine=reporting.machine_description(),
+        machine=records.machine_description(),
         versions=f'jax {jax.__version__}, {airbench_cpu.versions()}',
         data=f'{config.data.name} {config.data.dir or ""}'.strip(),
     )
@@ -143,7 +144,7 @@ def main(argv):
         flush=True,
     )
     if 'ours' in SIDES.value:
-      seconds = compile_ahead.compile_ahead(exp, [exp.total_steps])
+      seconds = plan.compile_ahead(exp, [exp.total_steps])
       print(f'ours: compiled ahead of time in {seconds:.1f} s', flush=True)
     for seed in SEEDS.value:
       for side in SIDES.value:
@@ -158,7 +159,7 @@ def main(argv):
             'accuracy': accuracy,
             'seconds': seconds,
         }
-        reporting.write_json(path, results)
+        records.write_json(path, results)
         print(
             f'{side}, seed {seed}: {100 * accuracy:.2f}% in {seconds:.0f} s',
             flush=True,
@@ -168,7 +169,7 @@ def main(argv):
 
 def experiment_config():
   """Our recipe's config with the overrides (float32 on a CPU)."""
-  config = importlib.import_module(f'configs.{RECIPE.value}').get_config()
+  config = cli.config_module(RECIPE.value).get_config()
   if jax.default_backend() == 'cpu':
     # airbench's float16 is a GPU's; on a CPU both sides run in float32.
     config.model.compute_dtype = 'float32'

@@ -49,14 +49,14 @@ import ml_collections
 import numpy as np
 
 from cifar_jax import cli
-from cifar_jax import compile_ahead
-from cifar_jax import conv3x3
-from cifar_jax import experiment
-from cifar_jax import progress
-from cifar_jax import reporting
-from cifar_jax import steps
-from cifar_jax import train
+from cifar_jax.cpu import conv3x3
 from cifar_jax.errors import UserError
+from cifar_jax.reporting import progress
+from cifar_jax.reporting import records
+from cifar_jax import train
+from cifar_jax.training import experiment
+from cifar_jax.training import plan
+from cifar_jax.training import steps
 
 RUNGS = flags.DEFINE_list(
     'rungs', ['simple', 'large', 'bn_aug_sgd'], 'Rungs to compare.'
@@ -89,7 +89,7 @@ def rung_config(
     name: str, num_steps: int, overrides: dict[str, object]
 ) -> ml_collections.ConfigDict:
   """The rung's config on `num_steps` batches of synthetic data."""
-  config = __import__(f'configs.{name}', fromlist=['get_config']).get_config()
+  config = cli.config_module(name).get_config()
   config.data.name = 'synthetic'
   config.data.synthetic_train_size = num_steps * config.batch_size
   config.data.synthetic_eval_size = config.eval_batch_size
@@ -102,7 +102,7 @@ def cifar_jax_pass(config: ml_collections.ConfigDict) -> Callable[[], float]:
   """A function that trains one pass over the data, as `main`; its seconds."""
   exp = experiment.create_experiment(config)
   per_pass = exp.steps_per_epoch
-  compile_ahead.compile_ahead(exp, [per_pass])
+  plan.compile_ahead(exp, [per_pass])
   state, passes = exp.state, 0
 
   def one_pass():
@@ -329,7 +329,7 @@ def main(argv: list[str]) -> None:
           "'.[bench]' (or pass --skip_keras)."
       )
     sides.append('keras')
-  machine, env = reporting.machine_description(), dict(os.environ)
+  machine, env = records.machine_description(), dict(os.environ)
   if ISA_CAP.value:
     env['XLA_FLAGS'] = (
         f'{env.get("XLA_FLAGS", "")} --xla_cpu_max_isa={ISA_CAP.value}'

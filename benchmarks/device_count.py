@@ -31,13 +31,12 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from cifar_jax import cli  # pylint: disable=g-import-not-at-top
-from cifar_jax import experiment  # pylint: disable=g-import-not-at-top
-from cifar_jax import mesh  # pylint: disable=g-import-not-at-top
-from cifar_jax import progress  # pylint: disable=g-import-not-at-top
-from cifar_jax import reporting  # pylint: disable=g-import-not-at-top
-from cifar_jax import steps  # pylint: disable=g-import-not-at-top
+from cifar_jax.reporting import progress  # pylint: disable=g-import-not-at-top
+from cifar_jax.reporting import records  # pylint: disable=g-import-not-at-top
 from cifar_jax import train  # pylint: disable=g-import-not-at-top
-from configs import test  # pylint: disable=g-import-not-at-top
+from cifar_jax.training import experiment  # pylint: disable=g-import-not-at-top
+from cifar_jax.training import mesh  # pylint: disable=g-import-not-at-top
+from cifar_jax.training import steps  # pylint: disable=g-import-not-at-top
 
 VARIANTS = {
     'calm': {'model.conv_dropout': (0.0,), 'model.hidden_dropout': 0.0},
@@ -52,7 +51,7 @@ VARIANTS = {
 
 
 def make_config(variant: str):
-  config = test.get_config()
+  config = cli.config_module('test').get_config()
   config.data.synthetic_train_size = 500
   config.model.batch_norm = True
   config.optimizer.learning_rate = 0.002
@@ -115,7 +114,7 @@ def main(argv):
   del argv
   epochs = EPOCHS.value
   print(
-      f'Machine: {reporting.machine_description()}; JAX {jax.__version__}, '
+      f'Machine: {records.machine_description()}; JAX {jax.__version__}, '
       f'{platform.python_version()}; {epochs} epochs x 16 steps'
   )
   print(

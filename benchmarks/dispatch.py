@@ -19,15 +19,15 @@ import jax
 import jax.numpy as jnp
 
 from cifar_jax import cli
-from cifar_jax import experiment
-from cifar_jax import progress
-from cifar_jax import reporting
-from cifar_jax import steps
+from cifar_jax.reporting import progress
+from cifar_jax.reporting import records
 from cifar_jax import train
+from cifar_jax.training import experiment
+from cifar_jax.training import steps
 
 
 def _experiment(name: str, steps_per_dispatch: int, num_steps: int):
-  config = __import__(f'configs.{name}', fromlist=['get_config']).get_config()
+  config = cli.config_module(name).get_config()
   config.data.name = 'synthetic'
   config.data.synthetic_train_size = num_steps * config.batch_size
   config.data.synthetic_eval_size = config.eval_batch_size
@@ -54,7 +54,7 @@ def main(argv):
   del argv
   num_steps = STEPS.value
   print(
-      f'{reporting.machine_description()}, {jax.devices()[0].platform}; '
+      f'{records.machine_description()}, {jax.devices()[0].platform}; '
       f'JAX {jax.__version__}; {num_steps} steps'
   )
   for name in CONFIGS.value:

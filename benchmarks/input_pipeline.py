@@ -31,12 +31,12 @@ sys.path.insert(0, str(REPO))
 
 # pylint: disable=g-import-not-at-top
 from cifar_jax import cli
-from cifar_jax import experiment
-from cifar_jax import input_pipeline
-from cifar_jax import progress
-from cifar_jax import reporting
-from cifar_jax import steps
+from cifar_jax.data import input_pipeline
+from cifar_jax.reporting import progress
+from cifar_jax.reporting import records
 from cifar_jax import train
+from cifar_jax.training import experiment
+from cifar_jax.training import steps
 from configs import bn_aug_sgd
 from configs import simple
 
@@ -169,7 +169,7 @@ CHUNKS = flags.DEFINE_integer(
 
 def main(argv):
   del argv
-  print(f'Machine: {reporting.machine_description()}, jax {jax.__version__}')
+  print(f'Machine: {records.machine_description()}, jax {jax.__version__}')
   with tempfile.TemporaryDirectory() as tmp:
     data_dir = DATA_DIR.value or ZIP.value  # A zip is read as it is.
     cache = os.path.join(tmp, 'cache')

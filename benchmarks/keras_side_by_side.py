@@ -37,13 +37,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # pylint: disable=g-import-not-at-top
 import cpu_vs_keras
 from cifar_jax import cli
-from cifar_jax import images
-from cifar_jax import input_pipeline
-from cifar_jax import ladder
-from cifar_jax import plots
-from cifar_jax import reporting
-from cifar_jax import seed_notebook
+from cifar_jax.data import images
+from cifar_jax.data import input_pipeline
 from cifar_jax.errors import UserError
+from cifar_jax import ladder
+from cifar_jax.reporting import plots
+from cifar_jax.reporting import records
+from cifar_jax.reporting import seed_notebook
 
 # pylint: enable=g-import-not-at-top
 
@@ -86,7 +86,7 @@ def _draw(
   main_rows, others = (
       (ours, [(KERAS_LABEL, keras_rows)]) if ours else (keras_rows, [])
   )
-  reporting.write_atomically(
+  records.write_atomically(
       os.path.join(workdir, 'curves.png'),
       lambda tmp: plots.curves(
           main_rows,
@@ -138,7 +138,7 @@ def train(
       tmp = os.path.join(workdir, f'tmp-{os.getpid()}.keras')
       self.model.save(tmp)
       os.replace(tmp, model_path)  # The model, then its history: a crash
-      reporting.write_json(history_path, history)  # re-runs one epoch.
+      records.write_json(history_path, history)  # re-runs one epoch.
       _draw(workdir, config.seed_rung, ours, history)
 
   if len(history) < epochs:

@@ -29,8 +29,8 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cifar_jax import checkpointing  # pylint: disable=g-import-not-at-top
 from cifar_jax import cli  # pylint: disable=g-import-not-at-top
+from cifar_jax.runs import checkpointing  # pylint: disable=g-import-not-at-top
 
 KILLS = flags.DEFINE_integer('kills', 20, 'SIGKILLs of the soaked run.')
 SEED = flags.DEFINE_integer(

@@ -28,10 +28,11 @@ from absl import flags
 import jax
 
 from cifar_jax import cli
-from cifar_jax import compile_ahead
-from cifar_jax import experiment
-from cifar_jax import reporting
+from cifar_jax.config import checks
+from cifar_jax.reporting import records
 from cifar_jax import train
+from cifar_jax.training import experiment
+from cifar_jax.training import plan
 
 _CONFIG = cli.define_config()
 _RUNS = flags.DEFINE_integer('runs', 5, 'Counted runs (seeds).')
@@ -71,10 +72,11 @@ def main(argv):
   config = _CONFIG.value
   with cli.exit_on_errors():
     start = time.perf_counter()
+    checks.check(config)
     exp = experiment.create_experiment(config)
     setup_s = time.perf_counter() - start
   print(
-      f'{reporting.machine_description()}; JAX {jax.__version__}; '
+      f'{records.machine_description()}; JAX {jax.__version__}; '
       f'{config.num_epochs:g} epochs ({exp.total_steps} steps) of '
       f'{config.batch_size}, {exp.steps_per_dispatch} steps per dispatch; '
       f'TTA level {config.eval_tta}; data {config.data.name}',
@@ -85,7 +87,7 @@ def main(argv):
       f'{setup_s:.2f} s, of which whitening {exp.init_seconds:.2f} s',
       flush=True,
   )
-  compile_s = compile_ahead.compile_ahead(exp, [exp.total_steps])
+  compile_s = plan.compile_ahead(exp, [exp.total_steps])
   print(f'compilation (ahead of time): {compile_s:.2f} s', flush=True)
   warm_s = 0.0
   for i in range(_WARMUP.value):
@@ -119,7 +121,7 @@ def main(argv):
       'p_value': p,
       'accuracies': accuracies,
       'seconds': seconds,
-      'machine': reporting.machine_description(),
+      'machine': records.machine_description(),
   }
   print(
       f'accuracy: {100 * summary["accuracy_mean"]:.2f}% +- {100 * sd:.2f} '
@@ -129,7 +131,7 @@ def main(argv):
       f'mean >= {100 * _TARGET.value:.2f}%: one-sided t-test p = {p:.3g}'
   )
   if _JSON.value:
-    reporting.write_json(_JSON.value, summary)
+    records.write_json(_JSON.value, summary)
 
 
 if __name__ == '__main__':

@@ -1,1 +1,19 @@
-"""cifar_jax: the seed's CIFAR-10 ladder and modern recipes in JAX/Flax."""
+"""cifar_jax: the seed's CIFAR-10 ladder and modern recipes in JAX/Flax.
+
+The folders, from the bottom layer up; a module imports only from layers
+below its own (tests/layers_test.py checks it):
+
+1. `errors`: the exceptions users see as one line; `rules`: the vocabulary
+   of config rules, which each module defines beside its code.
+2. `data/` (files to augmented batches) and `cpu/` (the CPU speed-ups,
+   behind the one seam `cpu.kernels`).
+3. `models/`: the networks, plain Flax.
+4. `reporting/`: console, run records, plots, the seed's record.
+5. `training/`: train state, steps, optimizers, compiled programs.
+6. `config/`: rules of every config key, old configs upgraded.
+7. `runs/`: checkpoints, resuming, preemption, locks, trained runs.
+8. `train`: the epoch loop, `train.train_and_evaluate(config, workdir)`;
+   `cli`: the commands' flags and their one-line errors.
+9. The commands: `main`, `evaluate`, `predict`, `ladder`, `show_augment`
+   (`python -m cifar_jax.<command>`).
+"""

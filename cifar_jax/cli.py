@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import types
 from typing import Any
 
 from absl import flags
@@ -15,7 +16,7 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
-from cifar_jax import config_renames
+from cifar_jax.config import renames
 from cifar_jax.errors import CheckpointWriteFailure
 from cifar_jax.errors import NonFiniteLossError
 from cifar_jax.errors import Preempted
@@ -45,16 +46,50 @@ def define_config() -> flags.FlagHolder:
   )
 
 
+def config_module(name: str) -> types.ModuleType:
+  """`configs/<name>.py` of the repository, imported as `configs.<name>`.
+
+  The configs are files in the repository, not part of the installed
+  package: the commands find them from the repository's root.
+  """
+  if os.path.isdir('configs') and os.getcwd() not in sys.path:
+    sys.path.insert(0, os.getcwd())  # `python benchmarks/x.py` from the root.
+  try:
+    return importlib.import_module(f'configs.{name}')
+  except ModuleNotFoundError as e:
+    if e.name not in ('configs', f'configs.{name}'):
+      raise
+    where = 'no configs/ folder here' if e.name == 'configs' else 'no such file'
+    raise UserError(
+        f'configs/{name}.py: {where}; the configs are files in the '
+        "repository: run from the repository's root."
+    ) from e
+
+
+def _add_repository_of(path: str) -> None:
+  """Lets a config file at `<repo>/configs/x.py` import `configs.default`
+  from whatever directory the command runs in."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if os.path.basename(folder) == 'configs':
+    root = os.path.dirname(folder)
+    if root not in sys.path:
+      sys.path.insert(0, root)
+
+
 def define_config_overrides() -> flags.FlagHolder:
   """--config.key=value overrides of configs/default.py's keys, no file.
 
   For tools that build several configs (the ladder's rungs, a benchmark's)
   and apply the same overrides to each (`apply_overrides`).
   """
-  default = importlib.import_module('configs.default').get_config()
+  try:
+    default = config_module('default').get_config()
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
   # config_dict flags read their overrides from sys.argv here, at definition,
   # so an unknown key fails now rather than in parse_flags.
-  problem = config_renames.renamed_flag(sys.argv[1:])
+  problem = renames.renamed_flag(sys.argv[1:])
   if problem:
     print(f'error: {problem}', file=sys.stderr)
     sys.exit(2)
@@ -177,9 +212,11 @@ def parse_flags(argv: list[str]) -> list[str]:
   for a config file that does not load; absl would show them as tracebacks.
   """
   path = _config_path(argv[1:])
-  problem = config_renames.renamed_flag(argv[1:]) or (
+  problem = renames.renamed_flag(argv[1:]) or (
       path and _check_config_file(path)
   )
+  if path and not problem:
+    _add_repository_of(path)
   if problem:
     print(f'error: {problem}', file=sys.stderr)
     sys.exit(2)

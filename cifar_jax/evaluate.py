@@ -18,12 +18,11 @@ from absl import flags
 import numpy as np
 
 from cifar_jax import cli
-from cifar_jax import inference
-from cifar_jax import input_pipeline
-from cifar_jax import models
-from cifar_jax import plots
+from cifar_jax.data import input_pipeline
 from cifar_jax.errors import UserError
 from cifar_jax.errors import write_failure
+from cifar_jax.reporting import plots
+from cifar_jax.runs import inference
 
 _WORKDIR = cli.define_workdir('The run directory to evaluate.')
 _CHECKPOINT = cli.define_checkpoint()
@@ -87,7 +86,7 @@ def evaluate(
   print(
       f'{workdir}, checkpoint step {run.step}, {config.data.name} {split!r} '
       f'({len(data)} images), test-time augmentation level {level} '
-      f'({models.implementation(run.model)}):'
+      f'({run.model.kernels}):'
   )
   print(
       f'Accuracy: {100 * result["accuracy"]:.2f}% - loss: '

@@ -25,7 +25,6 @@ On a CPU, keep the default of 1.
 """
 
 from collections.abc import Mapping
-import importlib
 import json
 import os
 import signal
@@ -40,11 +39,11 @@ from absl import flags
 import ml_collections
 
 from cifar_jax import cli
-from cifar_jax import ladder_report
-from cifar_jax import seed_notebook
-from cifar_jax import train
 from cifar_jax.errors import Preempted
 from cifar_jax.errors import UserError
+from cifar_jax.reporting import ladder_report
+from cifar_jax.reporting import seed_notebook
+from cifar_jax import train
 
 RUNGS = seed_notebook.rungs()
 
@@ -53,7 +52,7 @@ def rung_config(
     name: str, epochs_scale: float, overrides: Mapping[str, Any]
 ) -> ml_collections.ConfigDict:
   """The rung's config, its epochs scaled, with the ladder's overrides."""
-  config = importlib.import_module(f'configs.{name}').get_config()
+  config = cli.config_module(name).get_config()
   config.num_epochs = max(1, round(config.num_epochs * epochs_scale))
   cli.apply_overrides(config, overrides)
   return config
@@ -230,7 +229,7 @@ class _RungProcesses:
         '-m',
         'cifar_jax.main',
         '--config',
-        importlib.import_module(f'configs.{name}').__file__,
+        cli.config_module(name).__file__,
         '--workdir',
         workdir,
         f'--config.num_epochs={config.num_epochs:g}',

@@ -14,7 +14,7 @@ import jax
 from ml_collections import config_flags
 
 from cifar_jax import cli
-from cifar_jax import distributed
+from cifar_jax.runs import distributed
 from cifar_jax import train
 
 CONFIG = cli.define_config()

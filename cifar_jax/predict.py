@@ -20,9 +20,9 @@ import numpy as np
 from PIL import UnidentifiedImageError
 
 from cifar_jax import cli
-from cifar_jax import image_folder
-from cifar_jax import images
-from cifar_jax import inference
+from cifar_jax.data import image_folder
+from cifar_jax.data import images
+from cifar_jax.runs import inference
 
 _WORKDIR = cli.define_workdir('The run directory whose model classifies.')
 _CHECKPOINT = cli.define_checkpoint()

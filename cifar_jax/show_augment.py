@@ -16,10 +16,10 @@ import matplotlib
 import ml_collections
 import numpy as np
 
-from cifar_jax import augment
 from cifar_jax import cli
-from cifar_jax import images as images_lib
-from cifar_jax import input_pipeline
+from cifar_jax.data import augment
+from cifar_jax.data import images as images_lib
+from cifar_jax.data import input_pipeline
 from cifar_jax.errors import UserError
 
 matplotlib.use('Agg')  # Headless: no display needed.
@@ -36,11 +36,18 @@ def augmented_views(
     aug: augment.AugmentConfig,
     key: jax.Array,
     num_views: int,
+    normalization: images_lib.Normalization = images_lib.Normalization(),
 ) -> np.ndarray:
-  """(views, n, h, w, c) float images in [0, 1], one key per view."""
-  x = images_lib.to_unit_range(jnp.asarray(images))
+  """(views, n, h, w, c) float images in [0, 1], one key per view.
+
+  Augments the normalised inputs as training does (so cutout's zeros are the
+  mean colour under the fast recipes), then maps them back for display.
+  """
+  x = normalization(jnp.asarray(images))
   views = [
-      augment.augment_batch(jax.random.fold_in(key, v), x, aug)
+      normalization.invert(
+          augment.augment_batch(jax.random.fold_in(key, v), x, aug)
+      )
       for v in range(num_views)
   ]
   return np.clip(np.stack(views), 0, 1)
@@ -56,7 +63,13 @@ def render(
       len(data), num_images, replace=False
   )
   images = data.images[pick]
-  views = augmented_views(images, aug, jax.random.key(config.seed), num_views)
+  views = augmented_views(
+      images,
+      aug,
+      jax.random.key(config.seed),
+      num_views,
+      images_lib.Normalization.from_config(config.data),
+  )
   fig, axes = plt.subplots(
       num_images,
       num_views + 1,

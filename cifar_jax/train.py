@@ -6,6 +6,7 @@ epoch's end, a checkpoint, or a preemption), then at epoch ends an
 evaluation, a history row, a checkpoint and a Keras-style epoch line.
 """
 
+import dataclasses
 import io
 import sys
 import time
@@ -15,25 +16,23 @@ import jax
 import ml_collections
 import numpy as np
 
-from cifar_jax import batching
-from cifar_jax import checkpointing
-from cifar_jax import compile_ahead
-from cifar_jax import models
-from cifar_jax import config_checks
-from cifar_jax import images as images_lib
-from cifar_jax import optimizers
-from cifar_jax import preemption
-from cifar_jax import progress
-from cifar_jax import reporting
-from cifar_jax import resume
-from cifar_jax import rundir
-from cifar_jax import steps
-from cifar_jax import summary
+from cifar_jax.config import checks
+from cifar_jax.data import batching
+from cifar_jax.data import images as images_lib
 from cifar_jax.errors import NonFiniteLossError
 from cifar_jax.errors import Preempted
-from cifar_jax import experiment as experiment_lib
-from cifar_jax.experiment import create_experiment
-from cifar_jax.experiment import Experiment
+from cifar_jax.reporting import progress
+from cifar_jax.reporting import records
+from cifar_jax.reporting import summary
+from cifar_jax.runs import checkpointing
+from cifar_jax.runs import preemption
+from cifar_jax.runs import resume
+from cifar_jax.runs import rundir
+from cifar_jax.training import experiment as experiment_lib
+from cifar_jax.training.experiment import create_experiment
+from cifar_jax.training.experiment import Experiment
+from cifar_jax.training import plan
+from cifar_jax.training import steps
 
 
 def train_and_evaluate(
@@ -59,7 +58,7 @@ def train_and_evaluate(
     NonFiniteLossError: training diverged.
     Preempted: SIGTERM/SIGINT arrived; a checkpoint was saved first.
   """
-  config_checks.check(config)
+  checks.check(config)
   workdir = rundir.prepare(workdir)
   if jax.process_index() > 0:  # One progress report per run, not per host.
     out = io.StringIO()
@@ -81,6 +80,17 @@ def train_and_evaluate(
     return result
 
 
+@dataclasses.dataclass
+class LoopState:
+  """The loop's running state: where training is, what it has recorded."""
+
+  state: steps.TrainState
+  epoch_metrics: steps.Metrics  # Of the epoch in progress.
+  step: int
+  history: list[dict[str, float]]  # One row per finished epoch.
+  epoch_seconds: float  # Already spent on the epoch in progress.
+
+
 def _resume_and_train(
     exp: Experiment,
     ckpt: checkpointing.Checkpoints,
@@ -92,7 +102,14 @@ def _resume_and_train(
   checkpoints there are known to belong to this config."""
   config, spe = exp.config, exp.steps_per_epoch
   epochs = progress.epochs_text(config.num_epochs)
-  run = resume.start(exp, ckpt, resume.config_json(config))
+  start = resume.start(exp, ckpt, resume.config_json(config))
+  run = LoopState(
+      start.state,
+      start.epoch_metrics,
+      start.step,
+      list(start.history),
+      start.epoch_seconds,
+  )
   if run.step >= exp.total_steps:
     print(
         f'Run in {workdir} already finished: {len(run.history)}/'
@@ -100,7 +117,7 @@ def _resume_and_train(
         file=out,
     )
     return run.state, run.history
-  if run.resumed:
+  if start.resumed:
     print(
         f'Resuming from step {run.step} (epoch {run.step // spe + 1}/'
         f'{epochs}, batch {run.step % spe}/{spe}) of checkpoint '
@@ -109,7 +126,7 @@ def _resume_and_train(
         flush=True,
     )
     logging.info('Resuming from step %d.', run.step)
-  reporter = reporting.Reporter(workdir, config, exp.total_steps)
+  reporter = records.Reporter(workdir, config, exp.total_steps)
   try:
     _loop(exp, ckpt, reporter, run, out, watch)
   finally:
@@ -120,16 +137,16 @@ def _resume_and_train(
 def _loop(
     exp: Experiment,
     ckpt: checkpointing.Checkpoints,
-    reporter: reporting.Reporter,
-    run: resume.Start,
+    reporter: records.Reporter,
+    run: LoopState,
     out,
     watch: preemption.PreemptionWatch,
 ) -> None:
-  """Trains `run` from its step to the end, checkpointing and reporting."""
+  """Trains `run` from its step to the end, checkpointing and records."""
   config, spe, total_steps = exp.config, exp.steps_per_epoch, exp.total_steps
   _print_start(exp, run.state, reporter, out)
-  stops = _stops(spe, total_steps, config.checkpoint_every_steps)
-  seconds = compile_ahead.compile_ahead(exp, stops, run.step)
+  stops = plan.stop_steps(spe, total_steps, config.checkpoint_every_steps)
+  seconds = plan.compile_ahead(exp, stops, run.step)
   watch.started()  # Stops here if a signal came while compiling.
   print(f'Compiled ahead of time in {seconds:.1f}s.', file=out, flush=True)
   save = lambda val_accuracy=None: _save(ckpt, config, run, val_accuracy)
@@ -172,8 +189,8 @@ def _loop(
 
 def _end_epoch(
     exp: Experiment,
-    run: resume.Start,
-    reporter: reporting.Reporter,
+    run: LoopState,
+    reporter: records.Reporter,
     started: float,
     epoch_steps: int,
 ) -> None:
@@ -203,25 +220,17 @@ def _end_epoch(
   reporter.epoch(
       run.step,
       run.history,
-      optimizers.learning_rate(config.optimizer, run.step, exp.run_shape),
+      float(exp.learning_rate(run.step)),
       train_seconds,
       epoch_steps,
       epoch_steps * config.batch_size,
   )
 
 
-def _stops(spe: int, total_steps: int, every: int) -> list[int]:
-  """Where the loop stops dispatching: epoch ends, checkpoint steps, the end."""
-  stops = set(range(spe, total_steps + 1, spe)) | {total_steps}
-  if every:
-    stops |= set(range(every, total_steps + 1, every))
-  return sorted(stops)
-
-
 def _save(
     ckpt: checkpointing.Checkpoints,
     config: ml_collections.ConfigDict,
-    run: resume.Start,
+    run: LoopState,
     val_accuracy: float | None = None,
 ) -> None:
   """Checkpoints `run`; history is copied (the JSON is written later)."""
@@ -241,7 +250,7 @@ def _save(
 def _print_start(
     exp: Experiment,
     state: steps.TrainState,
-    reporter: reporting.Reporter,
+    reporter: records.Reporter,
     out,
 ) -> None:
   """Starts the reports; prints the model summary and the data sizes."""
@@ -254,7 +263,7 @@ def _print_start(
   print(
       f'Train on {num_train} samples, validate on {num_eval} samples '
       f'({jax.device_count()} device(s): {jax.devices()[0].platform}; '
-      f'{models.implementation(exp.model)})',
+      f'{exp.model.kernels})',
       file=out,
   )
 
@@ -287,10 +296,10 @@ def run_steps(
     The state, the epoch's metrics so far, and the step reached.
   """
   epoch_start = step - bar.initial
-  while step < stop and not should_stop(step):
-    pass_index, position = exp.order.locate(step)
-    # A scan never crosses the end of a pass (a new order) or `stop`.
-    n = compile_ahead.dispatch_size(exp, step, stop)
+  for first, n in plan.dispatches(exp, step, stop):
+    if should_stop(first):
+      break
+    pass_index, position = exp.order.locate(first)
     state, epoch_metrics = exp.train_steps(n)(
         state,
         epoch_metrics,
@@ -299,7 +308,7 @@ def run_steps(
         position,
         exp.keys,
     )
-    step += n
+    step = first + n
     after_step(step)
     if bar.due() or step == stop:
       values = steps.computed(epoch_metrics)

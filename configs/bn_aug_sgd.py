@@ -7,7 +7,7 @@ height shift 0.1, horizontal flip. 685,354 parameters (896 non-trainable).
 Run: python -m cifar_jax.main --config configs/bn_aug_sgd.py
 """
 
-from cifar_jax import seed_notebook
+from cifar_jax.reporting import seed_notebook
 from configs import default
 
 __doc__ += seed_notebook.summary('bn_aug_sgd') + '\n'

@@ -5,7 +5,7 @@ Out; Adam (Keras defaults), batch 128, 100 epochs. 1,172,410 parameters.
 Run: python -m cifar_jax.main --config configs/deep_adam.py
 """
 
-from cifar_jax import seed_notebook
+from cifar_jax.reporting import seed_notebook
 from configs import default
 
 __doc__ += seed_notebook.summary('deep_adam') + '\n'

@@ -7,7 +7,7 @@ Run: python -m cifar_jax.main --config configs/deep_adam_aug.py \
        --config.init_from=ckpt/deep_adam
 """
 
-from cifar_jax import seed_notebook
+from cifar_jax.reporting import seed_notebook
 from configs import deep_adam
 
 __doc__ += seed_notebook.summary('deep_adam_aug') + '\n'

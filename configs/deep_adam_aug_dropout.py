@@ -5,7 +5,7 @@ F FC(512) D(.5) FC(256) D(.5) Out; Adam, batch 128, 100 epochs of 390 steps.
 Run: python -m cifar_jax.main --config configs/deep_adam_aug_dropout.py
 """
 
-from cifar_jax import seed_notebook
+from cifar_jax.reporting import seed_notebook
 from configs import deep_adam_aug
 
 __doc__ += seed_notebook.summary('deep_adam_aug_dropout') + '\n'

@@ -1,6 +1,6 @@
 """Every key of a cifar_jax config, with the seed's baseline (simple) values.
 
-The rungs of the ladder (../shared/LADDER.md) import this and override only
+The rungs of the seed notebook's ladder import this and override only
 what differs, so each key is documented once, here. Any key can be overridden
 on the command line: `--config.num_epochs=3`,
 `--config.optimizer.learning_rate=0.02`. Each part of the code gets its own
@@ -115,6 +115,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.flatten_dropout = 0.0
   config.model.hidden_dropout = 0.5
   config.model.num_classes = 10
+  # model.name='FastNet' (models/fastnet.py; configs/fast94.py) takes these
+  # keys in place of ConvNet's: widths (features of each block), block_depth
+  # (convs per block), residual (a shortcut around a block's later convs),
+  # whiten_patch (side of the whitening conv), bn_momentum and bn_epsilon
+  # (BatchNorm, Flax's convention: running = m * running + (1 - m) * batch),
+  # logit_scale (multiplies the logits) and gelu ('exact' or 'tanh').
 
   # Optimizer (optimizers.create_optimizer): 'sgd' (Keras SGD: momentum,
   # lr / (1 + decay * updates)) or 'adam' (Keras Adam; epsilon added to

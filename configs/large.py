@@ -6,7 +6,7 @@ F D(.2) FC(1024)+mn D(.2) FC(512)+mn D(.2) Out; batch 64, 25 epochs.
 Run: python -m cifar_jax.main --config configs/large.py
 """
 
-from cifar_jax import seed_notebook
+from cifar_jax.reporting import seed_notebook
 from configs import default
 
 __doc__ += seed_notebook.summary('large') + '\n'

@@ -3,7 +3,7 @@
 Run: python -m cifar_jax.main --config configs/simple.py
 """
 
-from cifar_jax import seed_notebook
+from cifar_jax.reporting import seed_notebook
 from configs import default
 
 __doc__ += seed_notebook.summary('simple') + '\n'

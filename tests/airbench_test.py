@@ -25,14 +25,14 @@ pytest.importorskip('airbench')
 # pylint: disable=g-import-not-at-top,g-bad-import-order
 from airbench import utils as airbench_utils
 from benchmarks import airbench_cpu
-from cifar_jax import augment
-from cifar_jax import experiment
-from cifar_jax import images as images_lib
-from cifar_jax import initializers
-from cifar_jax import input_pipeline
+from cifar_jax.data import augment
+from cifar_jax.data import images as images_lib
+from cifar_jax.data import input_pipeline
 from cifar_jax import models
-from cifar_jax import optimizers
-from cifar_jax import steps
+from cifar_jax.models import initializers
+from cifar_jax.training import experiment
+from cifar_jax.training import optimizers
+from cifar_jax.training import steps
 from conftest import get_config
 from conftest import small_synthetic
 
@@ -223,6 +223,7 @@ def _step_by_step(name: str, epochs: float, tmp_path, monkeypatch):
   return record
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['fast94', 'fast95', 'fast96'])
 def test_fast_recipe_trains_step_for_step_as_airbench(
     name, tmp_path, monkeypatch
@@ -239,6 +240,7 @@ def test_fast_recipe_trains_step_for_step_as_airbench(
   assert all(np.array_equal(b, whiten_bias[-1]) for b in whiten_bias[settled:])
 
 
+@pytest.mark.slow
 def test_a_run_cut_between_lookahead_syncs_ends_on_the_slow_weights(
     tmp_path, monkeypatch
 ):

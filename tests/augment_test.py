@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cifar_jax import augment
+from cifar_jax.data import augment
 
 
 def keras_apply_affine_reference(x, tx, ty, zx, zy):
@@ -196,6 +196,7 @@ def test_cutout_zeroes_one_whole_square_anywhere_inside_each_image():
   np.testing.assert_array_equal(out[~zeros], x[~zeros])
 
 
+@pytest.mark.slow
 def test_same_key_same_batch_and_jit_equals_eager():
   config = augment.AugmentConfig(
       horizontal_flip=True,

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import batch_norm
+from cifar_jax.models import batch_norm
 
 SETTINGS = {
     'keras': dict(momentum=0.99, epsilon=1e-3),

@@ -3,7 +3,7 @@
 import jax
 import numpy as np
 
-from cifar_jax import batching
+from cifar_jax.data import batching
 
 
 def test_train_order_covers_each_pass_once_with_a_partial_last_batch():

@@ -18,14 +18,14 @@ import jax
 import numpy as np
 import pytest
 
-from cifar_jax import checkpointing
-from cifar_jax import experiment
-from cifar_jax import inference
-from cifar_jax import optimizers
-from cifar_jax import resume
-from cifar_jax import steps
-from cifar_jax import train
 from cifar_jax.errors import UserError
+from cifar_jax.runs import checkpointing
+from cifar_jax.runs import inference
+from cifar_jax.runs import resume
+from cifar_jax import train
+from cifar_jax.training import experiment
+from cifar_jax.training import optimizers
+from cifar_jax.training import steps
 from conftest import get_config
 from conftest import REPO
 
@@ -106,6 +106,7 @@ def uninterrupted(tmp_path_factory):
   return workdir, _result(workdir)
 
 
+@pytest.mark.slow
 def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(
     tmp_path, uninterrupted
 ):
@@ -126,6 +127,7 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(
   _assert_same(_result(tmp_path), uninterrupted[1])
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, uninterrupted):
   proc = _start(tmp_path)
   _wait_for_checkpoint(tmp_path, proc)
@@ -141,6 +143,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, uninterrupted):
   _assert_same(_result(tmp_path), uninterrupted[1])
 
 
+@pytest.mark.slow
 def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
     tmp_path, uninterrupted
 ):
@@ -172,6 +175,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
   _assert_same(_result(tmp_path), uninterrupted[1])
 
 
+@pytest.mark.slow
 def test_checkpoints_from_another_config_are_refused_by_name(tmp_path):
   code, _, err = _run(tmp_path, '--config.num_epochs=1')
   assert code == 0, err[-3000:]
@@ -187,6 +191,7 @@ def test_checkpoints_from_another_config_are_refused_by_name(tmp_path):
   assert 'Traceback' not in err
 
 
+@pytest.mark.slow
 def test_finished_run_rerun_only_says_so(uninterrupted):
   workdir, _ = uninterrupted
   code, out, err = _run(workdir)
@@ -207,6 +212,7 @@ def test_retention_keeps_the_newest_and_the_best(uninterrupted):
   assert best_epoch * 32 in steps  # ... plus the best epoch's.
 
 
+@pytest.mark.slow
 def test_the_best_checkpoint_survives_resumes_as_in_an_uninterrupted_run(
     tmp_path,
 ):
@@ -228,6 +234,7 @@ def test_the_best_checkpoint_survives_resumes_as_in_an_uninterrupted_run(
   assert inference.select_step(str(tmp_path / 'pieces'), 'best') == best
 
 
+@pytest.mark.slow
 def test_init_from_loads_params_of_another_run(tmp_path, uninterrupted):
   workdir, (_, params) = uninterrupted
   config = get_config('test')

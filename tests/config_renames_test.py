@@ -6,8 +6,8 @@ import pathlib
 import pytest
 
 from cifar_jax import cli
-from cifar_jax import config_renames
-from cifar_jax import resume
+from cifar_jax.config import renames
+from cifar_jax.runs import resume
 from conftest import get_config
 
 # Every shipped config as the code before the move saved it (config.json).
@@ -29,15 +29,15 @@ RECIPES_SINCE_CHANGED = ('fast94', 'fast95', 'fast96')
 )
 def test_an_old_saved_config_upgrades_to_exactly_todays(name):
   old = BEFORE[name]
-  assert config_renames.is_old(old)
+  assert renames.is_old(old)
   now = resume.config_json(get_config(name))
-  assert config_renames.upgrade(old) == now
-  assert resume.config_differences(config_renames.upgrade(old), now) == []
+  assert renames.upgrade(old) == now
+  assert resume.config_differences(renames.upgrade(old), now) == []
 
 
 @pytest.mark.parametrize('name', RECIPES_SINCE_CHANGED)
 def test_an_old_fast_run_upgrades_to_what_it_computed_and_cannot_resume(name):
-  upgraded = config_renames.upgrade(BEFORE[name])
+  upgraded = renames.upgrade(BEFORE[name])
   assert upgraded['model']['gelu'] == 'tanh'  # Flax's default then.
   assert upgraded['data']['mean'] == [] and not upgraded['drop_remainder']
   diffs = resume.config_differences(
@@ -60,15 +60,15 @@ def test_a_config_saved_before_a_key_was_added_gets_its_old_value():
   now = resume.config_json(get_config('large_100'))
   saved = json.loads(json.dumps(now))
   del saved['drop_remainder'], saved['data']['mean'], saved['data']['std']
-  assert config_renames.is_old(saved)
-  assert config_renames.upgrade(saved) == now
-  assert resume.config_differences(config_renames.upgrade(saved), now) == []
+  assert renames.is_old(saved)
+  assert renames.upgrade(saved) == now
+  assert resume.config_differences(renames.upgrade(saved), now) == []
 
 
 def test_todays_config_is_left_as_it_is():
   now = resume.config_json(get_config('simple'))
-  assert not config_renames.is_old(now)
-  assert config_renames.upgrade(now) is now
+  assert not renames.is_old(now)
+  assert renames.upgrade(now) is now
 
 
 def test_an_old_key_on_the_command_line_gets_one_line_naming_the_new(capsys):
@@ -90,8 +90,8 @@ def test_a_config_saved_with_conv_kernel_grad_keeps_its_value_as_conv3x3(
   now['model']['conv3x3'] = value
   saved = json.loads(json.dumps(now))
   saved['model']['conv_kernel_grad'] = saved['model'].pop('conv3x3')
-  assert config_renames.is_old(saved)
-  assert config_renames.upgrade(saved) == now
+  assert renames.is_old(saved)
+  assert renames.upgrade(saved) == now
 
 
 def test_conv_kernel_grad_on_the_command_line_names_conv3x3(capsys):

@@ -9,12 +9,19 @@ import sys
 import jax
 import pytest
 
-from cifar_jax import seed_notebook
+from cifar_jax.reporting import seed_notebook
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_ZIP = REPO.parent / 'shared' / 'data' / 'cifar10-jpeg.zip'
+# A JPEG copy of CIFAR-10 as an image-folder zip, for the tests that need
+# real images (skipped without one).
+SHARED_ZIP = pathlib.Path(
+    os.environ.get(
+        'CIFAR10_JPEG_ZIP',
+        REPO.parent / 'shared' / 'data' / 'cifar10-jpeg.zip',
+    )
+)
 RUNGS = seed_notebook.rungs()
 
 

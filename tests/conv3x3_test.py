@@ -13,11 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import config_checks
-from cifar_jax import conv3x3
-from cifar_jax import cpu_info
+from cifar_jax.config import checks
+from cifar_jax.cpu import conv3x3
+from cifar_jax.cpu import cpu_info
+from cifar_jax.cpu import ffi_build
 from cifar_jax import evaluate
-from cifar_jax import ffi_build
 from cifar_jax import models
 from cifar_jax import train
 from conftest import get_config
@@ -154,9 +154,9 @@ def test_the_config_check_accepts_exactly_auto_and_the_methods():
   config = get_config('large')
   for value in ('auto', *conv3x3.METHODS):
     config.model.conv3x3 = value
-    assert not config_checks.problems(config), value
+    assert not checks.problems(config), value
   config.model.conv3x3 = 'avx'
-  assert any('model.conv3x3' in p for p in config_checks.problems(config))
+  assert any('model.conv3x3' in p for p in checks.problems(config))
 
 
 def test_create_model_resolves_the_convolutions_for_the_platform(
@@ -165,10 +165,10 @@ def test_create_model_resolves_the_convolutions_for_the_platform(
   monkeypatch.setattr(cpu_info, 'flags', lambda: AVX512)
   monkeypatch.delenv('XLA_FLAGS', raising=False)
   config = get_config('large').model
-  assert models.create_model(config, 'cpu').conv3x3 == 'avx512'
-  assert models.create_model(config, 'gpu').conv3x3 == 'xla'
+  assert models.create_model(config, 'cpu').kernels.conv3x3 == 'avx512'
+  assert models.create_model(config, 'gpu').kernels.conv3x3 == 'xla'
   config.conv3x3 = 'xla'
-  assert models.create_model(config, 'cpu').conv3x3 == 'xla'
+  assert models.create_model(config, 'cpu').kernels.conv3x3 == 'xla'
 
 
 @EACH_KERNEL
@@ -419,6 +419,7 @@ def test_the_cache_follows_xdg_cache_home():
   assert ffi_build.compiler({}) == 'c++'
 
 
+@pytest.mark.slow
 @EACH_KERNEL
 def test_a_convnet_trains_to_the_same_gradients_with_the_kernel_or_xla(method):
   config = get_config('bn_aug_sgd').model
@@ -456,6 +457,7 @@ def test_a_convnet_trains_to_the_same_gradients_with_the_kernel_or_xla(method):
     )
 
 
+@pytest.mark.slow
 @EACH_KERNEL
 def test_a_batch_split_over_two_devices_trains_as_on_one(tmp_path, method):
   """The kernel sees a sharded batch: XLA gives it the whole of x and g."""

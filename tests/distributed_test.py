@@ -2,8 +2,8 @@
 
 import pytest
 
-from cifar_jax import distributed
 from cifar_jax.errors import UserError
+from cifar_jax.runs import distributed
 from conftest import run_main
 
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import dropout
+from cifar_jax.cpu import dropout
 
 KEYS = {
     'typed': jax.random.key(3),

@@ -24,12 +24,12 @@ import numpy as np
 import pytest
 
 from cifar_jax import cli
-from cifar_jax import config_checks
+from cifar_jax.config import checks
+from cifar_jax.data import input_pipeline
 from cifar_jax import evaluate
-from cifar_jax import input_pipeline
 from cifar_jax import predict
-from cifar_jax import reporting
-from cifar_jax import rundir
+from cifar_jax.reporting import records
+from cifar_jax.runs import rundir
 from cifar_jax import train
 from conftest import get_config
 from conftest import REPO
@@ -122,7 +122,7 @@ def test_a_killed_runs_lock_never_blocks_the_next_run(tmp_path):
       [
           sys.executable,
           '-c',
-          'import sys, time; from cifar_jax import rundir\n'
+          'import sys, time; from cifar_jax.runs import rundir\n'
           f'with rundir.hold({str(tmp_path)!r}):\n'
           '  print("held", flush=True); time.sleep(120)',
       ],
@@ -268,16 +268,16 @@ SHIPPED_CONFIGS = sorted(
 
 
 def test_every_key_of_every_config_has_a_rule():
-  keys = set(config_checks.ruled_keys())
+  keys = set(checks.ruled_keys())
   assert len(SHIPPED_CONFIGS) > 10
   for name in SHIPPED_CONFIGS:
-    flat = reporting.flatten(get_config(name).to_dict())
+    flat = records.flatten(get_config(name).to_dict())
     assert set(flat) <= keys, (name, set(flat) - keys)
 
 
 def test_the_shipped_configs_pass_the_checks():
   for name in SHIPPED_CONFIGS:
-    assert config_checks.problems(get_config(name)) == [], name
+    assert checks.problems(get_config(name)) == [], name
 
 
 def test_negative_batch_size_on_the_command_line_is_one_line(tmp_path):
@@ -311,6 +311,7 @@ def test_an_unreadable_config_file_is_one_line(tmp_path, source, expected):
   )
 
 
+@pytest.mark.slow
 def test_a_config_file_that_fails_to_load_is_one_line(tmp_path):
   path = tmp_path / 'config.py'
   path.write_text('import no_such_module\n')
@@ -414,6 +415,7 @@ def _mount(*args) -> None:
     pytest.skip(f'cannot mount here: {r.stderr.decode().strip()}')
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_line_leaves_no_partial_checkpoint_and_resumes(
     tmp_path,
 ):
@@ -458,6 +460,7 @@ def test_a_read_only_workdir_is_one_line(tmp_path):
     subprocess.run(['umount', str(target)], check=False)
 
 
+@pytest.mark.slow
 def test_ctrl_c_twice_exits_130_in_one_line(tmp_path):
   proc = start_main(
       '--config',
@@ -490,14 +493,14 @@ def test_ctrl_c_twice_exits_130_in_one_line(tmp_path):
 
 def test_a_failed_write_keeps_the_previous_file_and_no_tmp(tmp_path):
   path = tmp_path / 'history.json'
-  reporting.write_json(str(path), {'epoch': [1]})
+  records.write_json(str(path), {'epoch': [1]})
 
   def full_disk(tmp):
     with open(tmp, 'w') as f:
       f.write('{"epo')  # half written, then the disk fills up
     raise OSError(errno.ENOSPC, 'No space left on device')
 
-  code, line = _cli(reporting.write_atomically, str(path), full_disk)
+  code, line = _cli(records.write_atomically, str(path), full_disk)
   assert code == 1 and 'no space left on the device' in line, line
   assert json.loads(path.read_text()) == {'epoch': [1]}
   assert os.listdir(tmp_path) == ['history.json']
@@ -638,6 +641,7 @@ def test_predict_on_a_folder_without_images_says_so_and_fails(
   assert f'error: {empty}: no images in it' in err.getvalue()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_before_the_first_step_says_nothing_was_saved(
     tmp_path, signum

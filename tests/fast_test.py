@@ -8,13 +8,13 @@ import numpy as np
 import optax
 import pytest
 
-from cifar_jax import augment
+from cifar_jax.data import augment
+from cifar_jax.data import images
+from cifar_jax.data import input_pipeline
 from cifar_jax import evaluate
-from cifar_jax import images
-from cifar_jax import initializers
-from cifar_jax import input_pipeline
-from cifar_jax import optimizers
+from cifar_jax.models import initializers
 from cifar_jax import train
+from cifar_jax.training import optimizers
 from conftest import get_config
 from conftest import small_synthetic
 
@@ -68,6 +68,7 @@ def test_patches_are_the_convolution_windows():
   )
 
 
+@pytest.mark.slow
 def test_dirac_init_makes_convolutions_start_as_identity_maps():
   kernel = initializers.dirac_init()(jax.random.key(0), (3, 3, 8, 8))
   x = jax.random.normal(jax.random.key(1), (2, 6, 6, 8))
@@ -243,6 +244,7 @@ def test_tta_levels_average_mirrors_and_translations():
   )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', FAST)
 def test_fast_config_trains_on_synthetic_data_and_evaluates_with_tta(
     name, tmp_path

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from cifar_jax import input_pipeline
+from cifar_jax.data import input_pipeline
 from cifar_jax.errors import UserError
 from conftest import get_config
 from conftest import write_image_folder

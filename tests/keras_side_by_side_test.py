@@ -30,6 +30,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
   )
 
 
+@pytest.mark.slow
 def test_an_interrupted_keras_run_resumes_where_it_stopped(tmp_path):
   workdir = tmp_path / 'keras'
   ours = tmp_path / 'ours'

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from cifar_jax import ladder
 from cifar_jax.errors import UserError
+from cifar_jax import ladder
 from conftest import REPO
 
 SMALL = {
@@ -22,6 +22,7 @@ SMALL = {
 }
 
 
+@pytest.mark.slow
 def test_two_rungs_run_and_the_report_holds_both(tmp_path):
   root = tmp_path / 'ladder'
   out = io.StringIO()
@@ -62,6 +63,7 @@ def test_two_rungs_run_and_the_report_holds_both(tmp_path):
   assert again.getvalue().count('already finished') == 2
 
 
+@pytest.mark.slow
 def test_parallel_rungs_run_in_processes_and_deep_adam_aug_waits(tmp_path):
   root = tmp_path / 'ladder'
   out = io.StringIO()
@@ -93,6 +95,7 @@ def test_parallel_rungs_run_in_processes_and_deep_adam_aug_waits(tmp_path):
   assert all(f'| {name} ' in report for name in ('deep_adam', 'simple'))
 
 
+@pytest.mark.slow
 def test_a_failing_rung_fails_the_ladder_and_skips_its_dependent(tmp_path):
   out = io.StringIO()
   with pytest.raises(UserError, match='Rungs failed'):
@@ -125,6 +128,7 @@ def test_overrides_apply_to_every_rung_and_unknown_keys_are_refused():
     ladder.rung_config('simple', 1.0, {'model.nope.x': 3})
 
 
+@pytest.mark.slow
 def test_the_ladders_overrides_are_typed_by_the_flag_parser_and_bad_ones_refused_in_one_line():
   base = [sys.executable, '-m', 'cifar_jax.ladder', '--configs', 'huge']
   env = dict(os.environ, JAX_PLATFORMS='cpu')
@@ -157,6 +161,7 @@ def test_unknown_rungs_are_refused(tmp_path):
     ladder.run_ladder(['simple', 'huge'], 1.0, {}, str(tmp_path), 'test')
 
 
+@pytest.mark.slow
 def test_sigterm_to_a_parallel_ladder_checkpoints_its_rungs_and_resumes(
     tmp_path,
 ):

@@ -11,6 +11,7 @@ from conftest import HISTORY_KEYS
 from conftest import run_main as _run
 
 
+@pytest.mark.slow
 def test_cli_trains_and_writes_history_config_and_keras_lines(tmp_path):
   r = _run(
       '--config',

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 from cifar_jax import models
-from cifar_jax import optimizers
-from cifar_jax import summary
+from cifar_jax.models import fastnet
+from cifar_jax.reporting import summary
+from cifar_jax.training import optimizers
 from conftest import get_config
 from conftest import RUNGS
 
-# (total, non-trainable) from ../shared/LADDER.md (the seed's model.summary()).
+# (total, non-trainable): the seed notebook's model.summary() of each rung.
 PARAMS = {
     'simple': (4_210_090, 0),
     'large': (2_915_114, 0),
@@ -79,6 +80,7 @@ def test_simple_summary_rows_match_the_seed():
     'name,stochastic',
     [('simple', True), ('deep_adam', False), ('bn_aug_sgd', True)],
 )
+@pytest.mark.slow
 def test_logits_shape_and_dropout_only_in_training(name, stochastic):
   model = models.create_model(get_config(name).model)
   x = jax.random.uniform(jax.random.key(1), (4, 32, 32, 3))
@@ -115,6 +117,7 @@ def test_kernels_are_glorot_uniform_and_biases_zero():
   assert not any(np.any(b) for b in biases)
 
 
+@pytest.mark.slow
 def test_batch_norm_uses_keras_momentum_and_epsilon():
   model = models.create_model(get_config('bn_aug_sgd').model)
   x = jax.random.uniform(jax.random.key(1), (8, 32, 32, 3))
@@ -162,15 +165,18 @@ def test_max_norm_marks_exactly_the_seeds_constrained_kernels():
 def test_mismatched_stage_lists_are_refused_with_a_clear_message():
   config = get_config('large').model
   config.conv_dropout = (0.2,)
-  with pytest.raises(ValueError, match='one entry per stage'):
+  with pytest.raises(
+      ValueError, match=r'conv_dropout has 1 entries for 3 stages'
+  ):
     models.create_model(config)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('residual', [False, True])
 def test_residual_fast_block_adds_its_first_activation_to_its_output(residual):
   """With the later convolutions zeroed, their BN-GELU path outputs 0, so a
   residual block returns its first activation and a plain one returns 0."""
-  block = models.FastBlock(
+  block = fastnet.FastBlock(
       8, bn_momentum=0.4, bn_epsilon=1e-12, depth=3, residual=residual
   )
   x = jax.random.normal(jax.random.key(0), (4, 8, 8, 3))
@@ -180,7 +186,7 @@ def test_residual_fast_block_adds_its_first_activation_to_its_output(residual):
     params[name] = {'kernel': jnp.zeros_like(params[name]['kernel'])}
   variables = {**variables, 'params': params}
   out, _ = block.apply(variables, x, train=True, mutable=['batch_stats'])
-  first = models.FastBlock(8, bn_momentum=0.4, bn_epsilon=1e-12, depth=1)
+  first = fastnet.FastBlock(8, bn_momentum=0.4, bn_epsilon=1e-12, depth=1)
   first_vars = {
       'params': {k: params[k] for k in ('conv1', 'bn1')},
       'batch_stats': {'bn1': variables['batch_stats']['bn1']},
@@ -205,6 +211,7 @@ def test_fast96_has_ten_convolutions_and_residual_blocks():
   assert len(convs) == 10 and model.residual
 
 
+@pytest.mark.slow
 def test_jitted_gradient_of_a_batch_norm_model_equals_the_eager_one():
   """The gradient through the CPU pool does not depend on XLA's fusion.
 
@@ -248,6 +255,6 @@ def test_jitted_gradient_of_a_batch_norm_model_equals_the_eager_one():
 
 def test_convnet_hashes_its_dropout_masks_once_only_on_cpus():
   config = get_config('large').model
-  assert models.create_model(config, 'cpu').dropout_hash_once
-  assert not models.create_model(config, 'gpu').dropout_hash_once
-  assert not models.create_model(config, 'tpu').dropout_hash_once
+  assert models.create_model(config, 'cpu').kernels.dropout_hash_once
+  assert not models.create_model(config, 'gpu').kernels.dropout_hash_once
+  assert not models.create_model(config, 'tpu').kernels.dropout_hash_once

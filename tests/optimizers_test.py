@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from cifar_jax import optimizers
+from cifar_jax.training import optimizers
 
 STEPS = 6
 
@@ -68,7 +68,11 @@ def test_sgd_matches_keras_momentum_and_per_update_decay():
   w0 = np.random.default_rng(1).normal(size=(4, 3)).astype(np.float32)
   grads = _grads((4, 3))
   # A large decay makes a per-epoch or off-by-one schedule visibly wrong.
-  ours = _run(optimizers.keras_sgd(0.1, 0.9, decay=0.5), w0, grads)
+  ours = _run(
+      optimizers.keras_sgd(optimizers.inverse_time_decay(0.1, 0.5), 0.9),
+      w0,
+      grads,
+  )
   ref = keras_sgd_reference(w0, grads, 0.1, 0.9, 0.5)
   for a, b in zip(ours, ref):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -114,7 +118,7 @@ def test_max_norm_runs_after_every_update_only_on_constrained_leaves():
   }
   max_values = {'k': 3.0, 'free': 0.0}
   tx = optax.chain(
-      optimizers.keras_sgd(0.5, 0.9, 0.01),
+      optimizers.keras_sgd(optimizers.inverse_time_decay(0.5, 0.01), 0.9),
       optimizers.keras_max_norm(max_values),
   )
   params = jax.tree.map(jnp.asarray, w0)
@@ -141,7 +145,10 @@ def test_max_norm_runs_after_every_update_only_on_constrained_leaves():
 
 def test_create_optimizer_refuses_unknown_names():
   config = ml_collections.ConfigDict({'name': 'rmsprop'})
-  with pytest.raises(ValueError, match="'sgd', 'adam' or 'fast_sgd'"):
+  with pytest.raises(
+      ValueError,
+      match="optimizer.name='rmsprop' must be one of 'sgd', 'adam', 'fast_sgd'",
+  ):
     optimizers.create_optimizer(config, {})
 
 

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cifar_jax.cpu import pooling
 from cifar_jax import models
-from cifar_jax import pooling
 from conftest import get_config
 
 window_max = functools.partial(pooling.max_pool_2x2, method='window_max')
@@ -26,10 +26,10 @@ def test_auto_pooling_is_window_max_on_cpu_and_xlas_own_elsewhere():
 
 def test_create_model_resolves_the_pooling_for_the_platform():
   config = get_config('simple').model
-  assert models.create_model(config, 'cpu').pooling == 'window_max'
-  assert models.create_model(config, 'gpu').pooling == 'reduce_window'
+  assert models.create_model(config, 'cpu').kernels.pooling == 'window_max'
+  assert models.create_model(config, 'gpu').kernels.pooling == 'reduce_window'
   config.pooling = 'reduce_window'
-  assert models.create_model(config, 'cpu').pooling == 'reduce_window'
+  assert models.create_model(config, 'cpu').kernels.pooling == 'reduce_window'
 
 
 @pytest.mark.parametrize('size', [32, 31, 7])

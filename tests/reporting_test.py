@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from cifar_jax import reporting
+from cifar_jax.reporting import records
 
 
 def test_vector_extensions_name_each_extension_the_cpu_flags_have():
@@ -18,26 +18,26 @@ def test_vector_extensions_name_each_extension_the_cpu_flags_have():
       'amx_tile',
       'amx_int8',
   }
-  assert reporting.vector_extensions(avx2_only) == ['AVX2']
-  assert reporting.vector_extensions(sapphire_rapids) == [
+  assert records.vector_extensions(avx2_only) == ['AVX2']
+  assert records.vector_extensions(sapphire_rapids) == [
       'AVX2',
       'AVX-512',
       'AVX512_BF16',
       'AMX',
   ]
-  assert reporting.vector_extensions({'avx2', 'avx512f'}) == ['AVX2', 'AVX-512']
-  assert reporting.vector_extensions({'sse2'}) == []
+  assert records.vector_extensions({'avx2', 'avx512f'}) == ['AVX2', 'AVX-512']
+  assert records.vector_extensions({'sse2'}) == []
 
 
 @pytest.mark.skipif(
     not os.path.exists('/proc/cpuinfo'), reason='no /proc/cpuinfo (not Linux)'
 )
 def test_the_machine_line_names_this_cpus_extensions():
-  line = reporting.machine_description()
+  line = records.machine_description()
   assert 'CPU cores (' in line  # The tests run on the CPU.
   with open('/proc/cpuinfo') as f:
     flags = next(
         set(l.split(':', 1)[1].split()) for l in f if l.startswith('flags')
     )
-  for name in reporting.vector_extensions(flags):
+  for name in records.vector_extensions(flags):
     assert name in line

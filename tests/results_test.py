@@ -12,12 +12,12 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
+from cifar_jax.data import input_pipeline
 from cifar_jax import evaluate
-from cifar_jax import inference
-from cifar_jax import input_pipeline
-from cifar_jax import plots
 from cifar_jax import predict
-from cifar_jax import seed_notebook
+from cifar_jax.reporting import plots
+from cifar_jax.reporting import seed_notebook
+from cifar_jax.runs import inference
 from cifar_jax import train
 from conftest import get_config
 
@@ -237,6 +237,7 @@ def _colour_folder(root, per_class=40):
   return colours
 
 
+@pytest.mark.slow
 def test_predict_gives_the_trained_class_for_any_image_and_skips_bad_files(
     tmp_path,
 ):

@@ -113,6 +113,7 @@ def one_device(tmp_path_factory):
   return _history(workdir)
 
 
+@pytest.mark.slow
 def test_two_devices_match_one_device_over_128_steps(tmp_path, one_device):
   out = _train(tmp_path, devices=2)
   assert '(2 device(s): cpu; ' in out
@@ -120,6 +121,7 @@ def test_two_devices_match_one_device_over_128_steps(tmp_path, one_device):
   assert len(_history(tmp_path)) == EPOCHS
 
 
+@pytest.mark.slow
 def test_checkpoint_from_eight_devices_resumes_on_two(tmp_path, one_device):
   out = _train(tmp_path, devices=8, epochs=EPOCHS // 2)
   assert '(8 device(s): cpu; ' in out
@@ -133,6 +135,7 @@ def test_checkpoint_from_eight_devices_resumes_on_two(tmp_path, one_device):
   _assert_same_metrics(history, one_device)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_and_resume_together(
     tmp_path, one_device
 ):
@@ -152,6 +155,7 @@ def test_two_processes_match_one_process_and_resume_together(
   )
 
 
+@pytest.mark.slow
 def test_dropout_and_augmentation_do_not_depend_on_the_device_count(tmp_path):
   """One step with every random part on: same loss on 1 and 8 devices.
 

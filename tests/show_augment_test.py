@@ -8,7 +8,8 @@ import jax
 import numpy as np
 from PIL import Image
 
-from cifar_jax import augment
+from cifar_jax.data import augment
+from cifar_jax.data import images as images_lib
 from cifar_jax import show_augment
 from conftest import get_config
 from conftest import REPO
@@ -23,6 +24,29 @@ def test_views_are_augmented_copies_in_unit_range():
   assert views.shape == (4, 3, 32, 32, 3)
   assert views.min() >= 0 and views.max() <= 1
   assert not np.allclose(views[0], views[1])  # Each view its own draw.
+
+
+def test_normalization_inverts_to_the_unit_range_pixels():
+  pixels = np.random.default_rng(1).integers(0, 256, (2, 4, 4, 3), np.uint8)
+  norm = images_lib.Normalization((0.5, 0.4, 0.3), (0.25, 0.2, 0.1))
+  np.testing.assert_allclose(
+      norm.invert(norm(pixels, np.float64)),
+      images_lib.to_unit_range(pixels, np.float64),
+      atol=1e-12,
+  )
+
+
+def test_views_show_cutout_as_the_mean_colour_of_normalised_inputs():
+  # Training cuts out normalised inputs, so the hole is the mean colour, not
+  # black; the picture must show what the model sees.
+  images = np.full((1, 32, 32, 3), 200, np.uint8)
+  mean = (0.5, 0.25, 0.75)
+  norm = images_lib.Normalization(mean, (0.2, 0.2, 0.2))
+  aug = augment.AugmentConfig(cutout_size=8)
+  views = show_augment.augmented_views(images, aug, jax.random.key(0), 2, norm)
+  hole = np.all(np.abs(views - 200 / 255) > 1e-4, axis=-1)
+  assert hole.sum(axis=(2, 3)).tolist() == [[64], [64]]
+  np.testing.assert_allclose(views[hole], np.tile(mean, (128, 1)), atol=1e-5)
 
 
 def test_render_writes_a_grid_png_of_the_requested_size(tmp_path):

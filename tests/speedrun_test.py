@@ -18,6 +18,7 @@ def test_one_sided_p_value_is_small_only_when_the_mean_clears_the_target():
   assert speedrun.one_sided_p([0.95, 0.95], 0.94) == 0.0
 
 
+@pytest.mark.slow
 def test_speedrun_reports_every_seed_and_their_statistics(tmp_path):
   out = tmp_path / 'result.json'
   r = subprocess.run(

@@ -12,16 +12,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax import augment
-from cifar_jax import compile_ahead
-from cifar_jax import evaluate
-from cifar_jax import experiment
-from cifar_jax import input_pipeline
-from cifar_jax import models
-from cifar_jax import progress
-from cifar_jax import steps
-from cifar_jax import train
+from cifar_jax.data import augment
+from cifar_jax.data import input_pipeline
 from cifar_jax.errors import NonFiniteLossError
+from cifar_jax import evaluate
+from cifar_jax import models
+from cifar_jax.reporting import progress
+from cifar_jax import train
+from cifar_jax.training import experiment
+from cifar_jax.training import plan
+from cifar_jax.training import steps
 from conftest import get_config
 from conftest import REPO
 
@@ -78,6 +78,7 @@ def _float_dtypes(tree):
   }
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_params_optimizer_and_statistics_float32():
   """Mixed precision: bf16 convolutions and matmuls, float32 everything kept.
 
@@ -125,6 +126,7 @@ def test_unknown_compute_dtype_is_refused_by_name():
     models.create_model(config)
 
 
+@pytest.mark.slow
 def test_padded_partial_batch_equals_keras_smaller_last_batch():
   """Padding + mask gives the update Keras makes on its last, smaller batch.
 
@@ -153,6 +155,7 @@ def test_padded_partial_batch_equals_keras_smaller_last_batch():
   assert int(m_padded.accuracy.count) == 5
 
 
+@pytest.mark.slow
 def test_evaluation_is_exact_whatever_the_batch_size():
   config = get_config('test')
   model = models.create_model(config.model)
@@ -222,6 +225,7 @@ def test_drop_remainder_trains_whole_batches_only(tmp_path):
   assert int(state.step) == 30 and len(history) == 2
 
 
+@pytest.mark.slow
 def test_augmentation_runs_inside_the_step_reproducibly():
   config = get_config('test')
   rng = np.random.default_rng(1)
@@ -267,7 +271,9 @@ def test_tensorflow_stays_off_the_training_path():
   code = (
       'import io, sys\n'
       'from configs import test\n'
-      'from cifar_jax import experiment, progress, steps, train\n'
+      'from cifar_jax import train\n'
+      'from cifar_jax.reporting import progress\n'
+      'from cifar_jax.training import experiment, steps\n'
       'c = test.get_config(); c.augment.horizontal_flip = True\n'
       'exp = experiment.create_experiment(c)\n'
       'bar = progress.ProgressBar(20, out=io.StringIO())\n'
@@ -314,6 +320,7 @@ def test_validation_split_carved_from_train(tmp_path):
   )
 
 
+@pytest.mark.slow
 def test_steps_scanned_in_one_dispatch_equal_steps_dispatched_one_by_one():
   """5 steps as one lax.scan = 5 single steps, in the second pass.
 
@@ -364,11 +371,11 @@ def test_runs_with_other_seeds_reuse_the_programs_compiled_ahead(caplog):
   config.steps_per_dispatch = 4
   exp = experiment.create_experiment(config)
   total = exp.steps_per_epoch
-  assert compile_ahead.dispatch_sizes(exp, [total]) == [4]
+  assert plan.dispatch_sizes(exp, [total]) == [4]
   # 16 steps per epoch, stopping for checkpoints every 6: 4, 2, 4, 2, 4.
-  assert compile_ahead.dispatch_sizes(exp, [6, 12, 16]) == [2, 4]
+  assert plan.dispatch_sizes(exp, [6, 12, 16]) == [2, 4]
   with jax.log_compiles(True), caplog.at_level('WARNING'):
-    assert compile_ahead.compile_ahead(exp, [total]) > 0
+    assert plan.compile_ahead(exp, [total]) > 0
     ahead = [r.getMessage() for r in caplog.records]
     caplog.clear()
     finals = []

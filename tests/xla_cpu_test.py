@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 
-from cifar_jax import xla_cpu
+from cifar_jax.cpu import xla_cpu
 from conftest import REPO
 
 FLAG = '--xla_cpu_experimental_ynn_fusion_type'
@@ -69,7 +69,9 @@ def test_importing_cifar_jax_leaves_the_environment_alone():
 _TRAIN_A_FEW_STEPS = r"""
 import hashlib, json, io, re, sys
 import jax
-from cifar_jax import experiment, progress, steps, train
+from cifar_jax.reporting import progress
+from cifar_jax import train
+from cifar_jax.training import experiment, steps
 from configs import test
 config = test.get_config()
 config.data.name = 'synthetic'

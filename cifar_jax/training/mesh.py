@@ -20,7 +20,7 @@ def create_mesh(devices: list[jax.Device] | None = None) -> jax.sharding.Mesh:
   """`devices` (default: every device of every process) on one 'data' axis.
 
   Auto axes: under the Explicit default of `jax.make_mesh`, linen's Dropout
-  fails to trace (../shared/notes/ECOSYSTEM.md).
+  fails to trace (a ShardingTypeError in its select; flax#5209, jax#37853).
   """
   devices = devices or jax.devices()
   return jax.make_mesh(

@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from cifar_jax import rules
+
 SHAPE = (32, 32, 3)
 SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 
@@ -57,6 +59,13 @@ def to_unit_range(pixels, dtype=jnp.float32):
   return pixels.astype(dtype) / 255.0
 
 
+# The `data` keys of `Normalization`: a value per channel, or none.
+NORMALIZATION_RULES = {
+    'mean': rules.each(rules.real(float('-inf')), empty=True, length=SHAPE[-1]),
+    'std': rules.each(rules.POSITIVE, empty=True, length=SHAPE[-1]),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Normalization:
   """uint8 pixels -> model inputs: x / 255, then (x - mean) / std per channel.
@@ -71,13 +80,10 @@ class Normalization:
   std: tuple[float, ...] = ()
 
   def __post_init__(self):
-    if len(self.mean) != len(self.std) or len(self.mean) not in (0, SHAPE[-1]):
-      raise ValueError(
-          f'data.mean and data.std need {SHAPE[-1]} values each (one per '
-          f'channel) or none, got {self.mean} and {self.std}'
-      )
-    if any(s <= 0 for s in self.std):
-      raise ValueError(f'data.std must be positive, got {self.std}')
+    values = {'mean': self.mean, 'std': self.std}
+    rules.check(values, NORMALIZATION_RULES, 'data.')
+    if len(self.mean) != len(self.std):
+      raise ValueError('data.mean and data.std need a value per channel each')
 
   @classmethod
   def from_config(cls, data: ml_collections.ConfigDict) -> 'Normalization':
@@ -91,3 +97,9 @@ class Normalization:
     if not self.mean:
       return x
     return (x - np.asarray(self.mean, dtype)) / np.asarray(self.std, dtype)
+
+  def invert(self, x):
+    """Model inputs -> [0, 1] pixels, for pictures of what the model sees."""
+    if not self.mean:
+      return x
+    return x * np.asarray(self.std, x.dtype) + np.asarray(self.mean, x.dtype)

@@ -1,7 +1,7 @@
 """What /proc/cpuinfo says of this machine's CPU: its model and its flags.
 
 One reader for the two uses: the machine line of reports and benchmarks
-(`reporting.machine_description`) and the choice of the convolution kernels
+(`reporting.records.machine_description`) and the choice of the convolution kernels
 by instruction set (`conv3x3.method_for`).
 """
 

@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from cifar_jax import augment
-from cifar_jax import batching
-from cifar_jax import images as images_lib
-from cifar_jax import optimizers
+from cifar_jax.data import augment
+from cifar_jax.data import batching
+from cifar_jax.data import images as images_lib
+from cifar_jax.training import optimizers
 
 
 class TrainState(train_state.TrainState):
@@ -117,6 +117,7 @@ def state_initializer(
     optimizer_config: ml_collections.ConfigDict,
     sharding: jax.sharding.Sharding | None = None,
     run: optimizers.RunShape = optimizers.RunShape(),
+    schedule: optax.Schedule | None = None,
 ):
   """A jitted `(rng, replace) -> TrainState` that inits params and optimizer.
 
@@ -129,14 +130,17 @@ def state_initializer(
 
   `replace` holds top-level parameter subtrees to use instead of the random
   ones (the data-dependent whitening layer); `run` is what the optimizer
-  needs of the run (its length and batch size).
+  needs of the run (its length and batch size), and `schedule` its
+  learning rate (`optimizers.learning_rate_schedule`), if made already.
   """
 
   def init_variables(rng):
     return model.init(rng, jnp.zeros((1,) + images_lib.SHAPE), train=False)
 
   abstract = jax.eval_shape(init_variables, jax.random.key(0))
-  tx = optimizers.create_optimizer(optimizer_config, abstract['params'], run)
+  tx = optimizers.create_optimizer(
+      optimizer_config, abstract['params'], run, schedule
+  )
   lookahead = optimizers.lookahead(optimizer_config, run.total_steps)
 
   def init(rng, replace):

@@ -13,17 +13,17 @@ import jax
 import ml_collections
 import numpy as np
 
-from cifar_jax import augment
-from cifar_jax import checkpointing
-from cifar_jax import config_renames
-from cifar_jax import images as images_lib
-from cifar_jax import input_pipeline
-from cifar_jax import models
-from cifar_jax import reporting
-from cifar_jax import xla_cpu
+from cifar_jax.config import renames
+from cifar_jax.cpu import xla_cpu
+from cifar_jax.data import augment
+from cifar_jax.data import images as images_lib
+from cifar_jax.data import input_pipeline
 from cifar_jax.errors import UserError
+from cifar_jax import models
+from cifar_jax.reporting import records
+from cifar_jax.runs import checkpointing
 
-DATASET_INFO = reporting.DATASET_INFO
+DATASET_INFO = records.DATASET_INFO
 
 
 @dataclasses.dataclass
@@ -105,7 +105,7 @@ def load_run(
   by default the level the run evaluated with, so they match its log.
   """
   config = ml_collections.ConfigDict(
-      config_renames.upgrade(_read_json(workdir, 'config.json'))
+      renames.upgrade(_read_json(workdir, 'config.json'))
   )
   model = models.create_model(config.model)
   step = select_step(workdir, checkpoint)

@@ -29,7 +29,7 @@ class SeedRun:
   rung: str
   num_epochs: int
   final_accuracy: float | None  # A fraction; None where nothing was printed.
-  final_text: str  # As LADDER.md states it, e.g. '69.88%'.
+  final_text: str  # As the seed printed it, e.g. '69.88%'.
   reference: str | None  # A rung whose curve stands in for a missing log.
   continues_from: str | None  # The rung whose trained model it started from.
   note: str  # What the notebook shows and leaves out for this rung.

@@ -1,9 +1,9 @@
 """What a run builds once: model, data on the device(s), compiled programs.
 
-`create_experiment` validates the config, loads both splits onto the
-device(s) as uint8, and jits the steps with the CPU's compiler options; the
-seed's initial state, data order and keys come with it (`with_seed` swaps
-them, sharing everything compiled, so benchmarks can repeat runs).
+`create_experiment` loads both splits onto the device(s) as uint8 and jits
+the steps with the CPU's compiler options; the seed's initial state, data
+order and keys come with it (`with_seed` swaps them, sharing everything
+compiled, so benchmarks can repeat runs).
 """
 
 import dataclasses
@@ -15,19 +15,35 @@ from typing import Any, Callable
 import jax
 import ml_collections
 import numpy as np
+import optax
 
-from cifar_jax import augment
-from cifar_jax import batching
-from cifar_jax import config_checks
-from cifar_jax import images as images_lib
-from cifar_jax import initializers
-from cifar_jax import input_pipeline
-from cifar_jax import mesh as mesh_lib
-from cifar_jax import models
-from cifar_jax import optimizers
-from cifar_jax import steps
-from cifar_jax import xla_cpu
+from cifar_jax.cpu import xla_cpu
+from cifar_jax.data import augment
+from cifar_jax.data import batching
+from cifar_jax.data import images as images_lib
+from cifar_jax.data import input_pipeline
 from cifar_jax.errors import UserError
+from cifar_jax import models
+from cifar_jax.models import initializers
+from cifar_jax import rules
+from cifar_jax.training import mesh as mesh_lib
+from cifar_jax.training import optimizers
+from cifar_jax.training import steps
+
+# The loop's keys (the top of a config) that make the experiment.
+RULES = {
+    'batch_size': rules.integer(1, 2**31 - 1),  # Batch indices are int32.
+    'eval_batch_size': rules.integer(1, 2**31 - 1),
+    'num_epochs': rules.POSITIVE,
+    'drop_remainder': rules.BOOL,
+    'steps_per_epoch': rules.integer(0),
+    'steps_per_dispatch': rules.integer(0),
+    'seed': rules.integer(0, 2**32 - 1),
+    'label_smoothing': rules.FRACTION,
+    'eval_tta': rules.integer(0, 2),
+}
+# The `whitening` section's keys (the data-dependent init).
+WHITENING_RULES = {'images': rules.integer(0), 'epsilon': rules.POSITIVE}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +61,8 @@ class Experiment:
   init_params: dict[str, Any]  # Data-dependent params (whitening), NumPy.
   init_seconds: float  # Host time spent computing init_params.
   init_state: Callable[..., steps.TrainState]  # steps.state_initializer.
+  # The learning rate at each update: the optimizer's own schedule.
+  learning_rate: optax.Schedule
   train_steps: Callable[[int], Any]  # num_steps -> its jitted function.
   eval_step: Any  # Jitted steps.eval_step.
   # Of the seed:
@@ -60,22 +78,16 @@ class Experiment:
   def total_steps(self) -> int:
     return total_steps(self.config.num_epochs, self.steps_per_epoch)
 
-  @property
-  def run_shape(self) -> optimizers.RunShape:
-    return optimizers.RunShape(
-        self.total_steps, self.steps_per_epoch, self.config.batch_size
-    )
-
 
 def create_experiment(
     config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None
 ) -> Experiment:
-  """Validates `config`, loads the data, compiles nothing yet (jit is lazy).
+  """Loads the data and builds the model; compiles nothing yet (jit is lazy).
 
+  `config` has passed `config.checks.check` (the commands check it once).
   `mesh` is a 1-D mesh with axis 'data' (default: `mesh.create_mesh()`).
   Raises UserError for a config or data problem the user can fix.
   """
-  config_checks.check(config)
   shardings = _shardings(config, mesh or mesh_lib.create_mesh())
   try:
     model = models.create_model(config.model, shardings.platform)
@@ -94,6 +106,12 @@ def create_experiment(
         f'batch of the {len(train_ds)} training examples.'
     )
   steps_per_epoch = config.steps_per_epoch or per_pass
+  run = optimizers.RunShape(
+      total_steps(config.num_epochs, steps_per_epoch),
+      steps_per_epoch,
+      config.batch_size,
+  )
+  schedule = optimizers.learning_rate_schedule(config.optimizer, run)
   init_params, init_seconds = _data_dependent_params(
       config,
       normalization(train_ds.images[: config.whitening.images], np.float64),
@@ -126,15 +144,9 @@ def create_experiment(
       init_params=init_params,
       init_seconds=init_seconds,
       init_state=steps.state_initializer(
-          model,
-          config.optimizer,
-          shardings.replicated,
-          optimizers.RunShape(
-              total_steps(config.num_epochs, steps_per_epoch),
-              steps_per_epoch,
-              config.batch_size,
-          ),
+          model, config.optimizer, shardings.replicated, run, schedule
       ),
+      learning_rate=schedule,
       train_steps=train_steps,
       eval_step=eval_step,
   )

@@ -14,10 +14,10 @@ import ml_collections
 import numpy as np
 
 from cifar_jax import models
-from cifar_jax import plots
-from cifar_jax import reporting
-from cifar_jax import seed_notebook
-from cifar_jax import summary
+from cifar_jax.reporting import plots
+from cifar_jax.reporting import records
+from cifar_jax.reporting import seed_notebook
+from cifar_jax.reporting import summary
 
 
 def _params(config: ml_collections.ConfigDict) -> int:
@@ -140,7 +140,7 @@ def _summary(
   lines = [
       "# The seed's ladder, reproduced",
       '',
-      f'- Machine: {reporting.machine_description()}; JAX {jax.__version__}',
+      f'- Machine: {records.machine_description()}; JAX {jax.__version__}',
       f'- Data: {data}',
       f'- Command: `{command}`',
       f'- Written: {datetime.datetime.now().isoformat(timespec="seconds")}',

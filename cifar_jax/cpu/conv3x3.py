@@ -38,8 +38,8 @@ import jax
 from jax import lax
 import numpy as np
 
-from cifar_jax import cpu_info
-from cifar_jax import ffi_build
+from cifar_jax.cpu import cpu_info
+from cifar_jax.cpu import ffi_build
 
 
 class Kernel(NamedTuple):

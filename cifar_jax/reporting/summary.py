@@ -12,18 +12,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cifar_jax import batch_norm
-from cifar_jax import dropout
-from cifar_jax import models
+from cifar_jax.cpu import dropout
+from cifar_jax.models import batch_norm
+from cifar_jax.models import convnet
 
 # Layers that get a row, as Keras would list them; containers do not.
 _LAYER_TYPES = (
     nn.Conv,
     nn.Dense,
+    nn.Dropout,
     dropout.Dropout,
     batch_norm.BatchNorm,
-    models.MaxPool,
-    models.Flatten,
+    convnet.MaxPool,
+    convnet.Flatten,
 )
 
 

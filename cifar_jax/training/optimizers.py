@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from cifar_jax import rules
+
 KERAS_EPSILON = 1e-7  # keras.backend.epsilon(), used by Adam and MaxNorm.
 
 
@@ -35,11 +37,14 @@ def inverse_time_decay(learning_rate: float, decay: float) -> optax.Schedule:
 
 
 def keras_sgd(
-    learning_rate: float, momentum: float, decay: float
+    learning_rate: optax.Schedule, momentum: float
 ) -> optax.GradientTransformation:
-  """Keras SGD: v = momentum * v - lr_t * g; w = w + v."""
+  """Keras SGD: v = momentum * v - lr_t * g; w = w + v.
+
+  `learning_rate` is Keras' decayed rate (`inverse_time_decay`).
+  """
   return optax.chain(
-      optax.scale_by_learning_rate(inverse_time_decay(learning_rate, decay)),
+      optax.scale_by_learning_rate(learning_rate),
       optax.trace(decay=momentum),
   )
 
@@ -250,8 +255,23 @@ def fast_sgd_rates(
   )
 
 
+@dataclasses.dataclass(frozen=True)
+class FastSchedule:
+  """'fast_sgd's learning rate: `base` (the mean loss's, from
+  `fast_sgd_rates`) times the triangle `multiplier`."""
+
+  base: float
+  multiplier: optax.Schedule
+
+  def __call__(self, count: jax.Array) -> jax.Array:
+    return self.base * self.multiplier(count)
+
+
 def fast_sgd(
-    config: ml_collections.ConfigDict, groups: Any, run: RunShape
+    config: ml_collections.ConfigDict,
+    groups: Any,
+    run: RunShape,
+    schedule: FastSchedule,
 ) -> optax.GradientTransformation:
   """The fast recipes' SGD: Nesterov, weight decay, grouped learning rates.
 
@@ -263,18 +283,12 @@ def fast_sgd(
   examples (`fast_sgd_rates`). The recipes' Lookahead acts on the train
   state, outside this chain (`Lookahead`).
   """
-  schedule = triangle(
-      run.total_steps,
-      config.schedule_start,
-      config.schedule_peak,
-      config.schedule_end,
-  )
   freeze_at = config.whiten_bias_epochs * run.steps_per_epoch
-  learning_rate, weight_decay = fast_sgd_rates(config, run.batch_size)
+  _, weight_decay = fast_sgd_rates(config, run.batch_size)
 
   def group(lr_scale, decay_scale, until=None):
     def lr(count):
-      value = -learning_rate * lr_scale * schedule(count)
+      value = -schedule.base * lr_scale * schedule.multiplier(count)
       return value if until is None else jnp.where(count < until, value, 0.0)
 
     return optax.chain(
@@ -295,29 +309,54 @@ def fast_sgd(
   return tx
 
 
-def learning_rate(
-    config: ml_collections.ConfigDict, step: int, run: RunShape = RunShape()
-) -> float:
-  """The learning rate the optimizer applies at update `step` (for logs)."""
+def learning_rate_schedule(
+    config: ml_collections.ConfigDict, run: RunShape = RunShape()
+) -> optax.Schedule:
+  """The learning rate at each update: the one object the optimizer applies
+  (`create_optimizer`) and the loop logs."""
   if config.name == 'sgd':
-    return float(inverse_time_decay(config.learning_rate, config.decay)(step))
+    return inverse_time_decay(config.learning_rate, config.decay)
   if config.name == 'fast_sgd':
-    return float(
-        fast_sgd_rates(config, run.batch_size)[0]
-        * triangle(
+    return FastSchedule(
+        fast_sgd_rates(config, run.batch_size)[0],
+        triangle(
             run.total_steps,
             config.schedule_start,
             config.schedule_peak,
             config.schedule_end,
-        )(step)
+        ),
     )
-  return float(config.learning_rate)
+  return optax.constant_schedule(config.learning_rate)  # Adam's.
+
+
+OPTIMIZERS = ('sgd', 'adam', 'fast_sgd')
+# The `optimizer` section's keys.
+RULES = {
+    'name': rules.one_of(*OPTIMIZERS),
+    'learning_rate': rules.POSITIVE,
+    'conv_max_norm': rules.NON_NEGATIVE,
+    'hidden_max_norm': rules.NON_NEGATIVE,
+    'momentum': rules.FRACTION,
+    'decay': rules.NON_NEGATIVE,
+    'beta1': rules.FRACTION,
+    'beta2': rules.FRACTION,
+    'epsilon': rules.POSITIVE,
+    'weight_decay': rules.NON_NEGATIVE,
+    'bias_lr_scale': rules.POSITIVE,
+    'whiten_bias_epochs': rules.integer(0),
+    'schedule_start': rules.NON_NEGATIVE,
+    'schedule_peak': rules.real(0, 1),
+    'schedule_end': rules.NON_NEGATIVE,
+    'lookahead_every': rules.integer(0),
+    'lookahead_decay': rules.real(0, 1),
+}
 
 
 def create_optimizer(
     config: ml_collections.ConfigDict,
     params: Any,
     run: RunShape = RunShape(),
+    schedule: optax.Schedule | None = None,
 ) -> optax.GradientTransformation:
   """The optimizer named by `config.name`, followed by the MaxNorm projection.
 
@@ -326,20 +365,18 @@ def create_optimizer(
     params: the model's parameters (or their shapes): the MaxNorm bounds
       and the fast recipes' parameter groups follow their names.
     run: the run's length and batch size, for 'fast_sgd'.
+    schedule: `learning_rate_schedule(config, run)`, if made already.
   """
+  rules.check(config, RULES, 'optimizer.')
+  schedule = schedule or learning_rate_schedule(config, run)
   if config.name == 'sgd':
-    tx = keras_sgd(config.learning_rate, config.momentum, config.decay)
+    tx = keras_sgd(schedule, config.momentum)
   elif config.name == 'adam':
     tx = keras_adam(
         config.learning_rate, config.beta1, config.beta2, config.epsilon
     )
-  elif config.name == 'fast_sgd':
-    tx = fast_sgd(config, param_groups(params), run)
   else:
-    raise ValueError(
-        f'Unknown optimizer.name {config.name!r}; '
-        "expected 'sgd', 'adam' or 'fast_sgd'."
-    )
+    tx = fast_sgd(config, param_groups(params), run, schedule)
   bounds = max_norm_bounds(params, config)
   if any(jax.tree.leaves(bounds)):
     tx = optax.chain(tx, keras_max_norm(bounds))

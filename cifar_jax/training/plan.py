@@ -1,43 +1,59 @@
-"""Ahead-of-time compilation of every program a run will call.
+"""Which steps each dispatch runs, and compiling every such program first.
 
-A run dispatches scans of `steps_per_dispatch` train steps, cut short where
-a pass ends (a new order) or where the loop stops (epoch ends, checkpoints);
-each length is its own program. Compiling them all before the first step
-keeps compile time out of the epochs' timings.
+A run trains from its start to its end, stopping where the loop must act
+(`stop_steps`: epoch ends, checkpoint steps, the end). Between stops it
+dispatches scans of `steps_per_dispatch` train steps, cut short where a
+pass over the data ends (a new order) or at the stop (`dispatches`). The
+loop follows that plan, and `compile_ahead` compiles each length in it
+before the first step, so compile time stays out of the epochs' timings.
 """
 
+from collections.abc import Iterator
 import time
 
 import jax
 
-from cifar_jax import batching
-from cifar_jax import steps
+from cifar_jax.data import batching
 from cifar_jax.errors import UserError
-from cifar_jax.experiment import Experiment
+from cifar_jax.training.experiment import Experiment
+from cifar_jax.training import steps
 
 
-def dispatch_size(exp: Experiment, step: int, stop: int) -> int:
-  """Train steps in the dispatch at `step`, with the loop stopping at `stop`."""
-  _, position = exp.order.locate(step)
-  return min(
-      exp.steps_per_dispatch, stop - step, exp.order.batches_per_pass - position
-  )
+def stop_steps(steps_per_epoch: int, total_steps: int, every: int) -> list[int]:
+  """Where the loop stops dispatching: epoch ends, checkpoint steps, the end."""
+  found = set(range(steps_per_epoch, total_steps + 1, steps_per_epoch))
+  if every:
+    found |= set(range(every, total_steps + 1, every))
+  return sorted(found | {total_steps})
+
+
+def dispatches(
+    exp: Experiment, start: int, stop: int
+) -> Iterator[tuple[int, int]]:
+  """(first step, number of steps) of each dispatch from `start` to `stop`.
+
+  A scan never crosses the end of a pass (a new order) or `stop`.
+  """
+  step = start
+  while step < stop:
+    _, position = exp.order.locate(step)
+    n = min(
+        exp.steps_per_dispatch,
+        stop - step,
+        exp.order.batches_per_pass - position,
+    )
+    yield step, n
+    step += n
 
 
 def dispatch_sizes(
     exp: Experiment, stops: list[int], start: int = 0
 ) -> list[int]:
-  """Every scan length a run from `start` through `stops` dispatches.
-
-  `stops` are the steps where the loop calls `train.run_steps` anew; the
-  last is the end of the run.
-  """
+  """Every scan length a run from `start` through `stops` dispatches."""
   sizes, step = set(), start
-  for stop in sorted(stops):
-    while step < stop:
-      n = dispatch_size(exp, step, stop)
-      sizes.add(n)
-      step += n
+  for stop in sorted(s for s in stops if s > start):
+    sizes |= {n for _, n in dispatches(exp, step, stop)}
+    step = stop
   return sorted(sizes)
 
 

@@ -26,7 +26,24 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from cifar_jax import rules
+
 HIGHEST = jax.lax.Precision.HIGHEST  # Exact f32 matmuls on TPU/GPU too.
+
+
+FLIP_MODES = ('random', 'alternating')
+PADDING_MODES = ('reflect', 'constant')  # np.pad's.
+# The `augment` section's keys.
+RULES = {
+    'horizontal_flip': rules.BOOL,
+    'flip_mode': rules.one_of(*FLIP_MODES),
+    'width_shift_range': rules.FRACTION,
+    'height_shift_range': rules.FRACTION,
+    'zoom_range': rules.FRACTION,
+    'crop_padding': rules.integer(0, 31),
+    'crop_padding_mode': rules.one_of(*PADDING_MODES),
+    'cutout_size': rules.integer(0, 32),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,18 +71,8 @@ class AugmentConfig:
           f'Unknown augment keys {sorted(unknown)}; known: '
           f'{sorted(fields)}.'
       )
-    aug = cls(**config.to_dict())
-    if aug.flip_mode not in ('random', 'alternating'):
-      raise ValueError(
-          "augment.flip_mode must be 'random' or 'alternating', "
-          f'got {aug.flip_mode!r}.'
-      )
-    if aug.crop_padding_mode not in ('reflect', 'constant'):
-      raise ValueError(
-          "augment.crop_padding_mode must be 'reflect' or "
-          f"'constant', got {aug.crop_padding_mode!r}."
-      )
-    return aug
+    rules.check(config, RULES, 'augment.')
+    return cls(**config.to_dict())
 
   @property
   def enabled(self) -> bool:

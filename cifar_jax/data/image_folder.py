@@ -12,7 +12,7 @@ import zlib
 
 import numpy as np
 
-from cifar_jax import images as images_lib
+from cifar_jax.data import images as images_lib
 from cifar_jax.errors import UserError
 
 # Shuffles an image folder's sorted files once, so its order is fixed.

@@ -14,12 +14,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from cifar_jax import checkpointing
-from cifar_jax import config_renames
-from cifar_jax import reporting
-from cifar_jax import steps
+from cifar_jax.config import renames
 from cifar_jax.errors import UserError
-from cifar_jax.experiment import Experiment
+from cifar_jax.reporting import records
+from cifar_jax.runs import checkpointing
+from cifar_jax.training.experiment import Experiment
+from cifar_jax.training import steps
 
 # Config keys that may change when a run resumes: they do not change what
 # the checkpointed steps computed.
@@ -44,7 +44,7 @@ RESUMABLE_CHANGES = (
 
 def config_differences(saved: dict, current: dict) -> list[str]:
   """'key: saved -> current' for every key that must not change on resume."""
-  saved, current = reporting.flatten(saved), reporting.flatten(current)
+  saved, current = records.flatten(saved), records.flatten(current)
   return [
       f'{k}: {saved.get(k, "<absent>")!r} in the checkpoint, '
       f'{current.get(k, "<absent>")!r} now'
@@ -53,7 +53,7 @@ def config_differences(saved: dict, current: dict) -> list[str]:
   ]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Start:
   """The point a run's loop starts from."""
 
@@ -75,9 +75,7 @@ def start(
   """
 
   def check_meta(meta):
-    diffs = config_differences(
-        config_renames.upgrade(meta['config']), config_dict
-    )
+    diffs = config_differences(renames.upgrade(meta['config']), config_dict)
     if diffs:
       raise UserError(
           f'The checkpoints in {ckpt.directory} come from a different '

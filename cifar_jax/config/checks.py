@@ -1,0 +1,83 @@
+"""A whole config's values checked once, up front, in one line.
+
+A negative batch size used to hang, a zero one to crash deep inside the
+loop, and `num_epochs=0` to exit 0 having trained nothing. Each key's rule
+is defined beside the code that reads the value (a module's `RULES`, the
+vocabulary of `cifar_jax.rules`); this collects them, so every key of
+configs/default.py and of each model has one rule, and `check` reports
+every value that breaks one, before anything is loaded or written.
+"""
+
+from collections.abc import Sequence
+
+import ml_collections
+
+from cifar_jax.data import augment
+from cifar_jax.data import input_pipeline
+from cifar_jax.errors import UserError
+from cifar_jax import models
+from cifar_jax.models import convnet
+from cifar_jax.reporting import records
+from cifar_jax import rules
+from cifar_jax.training import experiment
+from cifar_jax.training import optimizers
+
+# The keys of the loop itself (cifar_jax.train): checkpoints.
+LOOP_RULES = {
+    'checkpoint_every_steps': rules.integer(0),
+    'keep_checkpoints': rules.integer(1),
+}
+# Section -> its rules, from the modules that read it.
+SECTIONS: dict[str, dict[str, rules.Rule]] = {
+    '': {**experiment.RULES, **records.RULES, **LOOP_RULES},
+    'data': input_pipeline.RULES,
+    'whitening': experiment.WHITENING_RULES,
+    'model': models.RULES,
+    'optimizer': optimizers.RULES,
+    'augment': augment.RULES,
+}
+# Paths checked where they are used (the data, other runs).
+FREE_FORM = tuple(f'data.{k}' for k in input_pipeline.FREE_FORM) + (
+    'init_from',
+)
+
+
+def _section(
+    config: ml_collections.ConfigDict, name: str
+) -> ml_collections.ConfigDict:
+  if not name:
+    return config
+  value = config.get(name)
+  return value if isinstance(value, ml_collections.ConfigDict) else {}
+
+
+def problems(config: ml_collections.ConfigDict) -> list[str]:
+  """'key=value must be ...' for every value that breaks its rule."""
+  found = []
+  for name, section_rules in SECTIONS.items():
+    prefix = f'{name}.' if name else ''
+    found += rules.problems(_section(config, name), section_rules, prefix)
+  model = _section(config, 'model')
+  model_rules = models.MODEL_RULES.get(model.get('name'), {})
+  found += rules.problems(model, model_rules, 'model.')
+  if not found and model.get('name') == 'ConvNet':
+    found += convnet.stage_problems(model)
+  return found
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """Raises UserError naming every bad value of `config`."""
+  found = problems(config)
+  if found:
+    raise UserError('bad config: ' + '; '.join(found) + '.')
+
+
+def ruled_keys() -> Sequence[str]:
+  """Every key with a rule, and the free-form ones that need none."""
+  keys = [
+      f'{name}.{key}' if name else key
+      for name, section_rules in SECTIONS.items()
+      for key in section_rules
+  ]
+  keys += [f'model.{k}' for r in models.MODEL_RULES.values() for k in r]
+  return keys + list(FREE_FORM)

@@ -1,0 +1,209 @@
+"""The seed's Keras CNNs: `ConvNet`, a stack of `ConvStage`s and a dense head.
+
+Every rung of the seed notebook is one `ConvNet`: a few `ConvStage`s (conv,
+[dropout], conv, max-pool, [dropout]) and a dense head. The rungs differ
+only in the numbers the config passes in, so there is one implementation to
+read and to test, not eight.
+
+Keras 2.3 defaults are reproduced on purpose, because Flax's differ:
+glorot-uniform kernels (Flax: lecun-normal), zero biases, 'same'/'valid'
+padding set per conv (Flax defaults to 'SAME'), 2x2 pools with stride 2 (Flax
+`max_pool` defaults to stride 1), BatchNorm momentum 0.99 / epsilon 1e-3
+(Flax: 1e-5) applied after the ReLU, as the seed's `Conv2D(activation='relu')`
+followed by `BatchNormalization()` did.
+"""
+
+from collections.abc import Sequence
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cifar_jax.cpu.kernels import Kernels
+from cifar_jax.models import batch_norm
+from cifar_jax import rules
+
+PADDINGS = ('SAME', 'VALID')
+# ConvNet's `model` keys.
+RULES = {
+    'stage_features': rules.each(rules.integer(1)),
+    'second_conv_padding': rules.each(rules.one_of(*PADDINGS)),
+    'conv_dropout': rules.each(rules.FRACTION),
+    'stage_dropout': rules.each(rules.FRACTION),
+    'batch_norm': rules.BOOL,
+    'hidden_features': rules.each(rules.integer(1), empty=True),
+    'flatten_dropout': rules.FRACTION,
+    'hidden_dropout': rules.FRACTION,
+}
+_PER_STAGE = ('second_conv_padding', 'conv_dropout', 'stage_dropout')
+
+
+def stage_problems(values: dict[str, Sequence]) -> list[str]:
+  """Per-stage keys (relative to `model`) whose length is not the stages'."""
+  stages = len(values['stage_features'])
+  return [
+      f'model.{key} has {len(values[key])} entries for {stages} stages '
+      '(model.stage_features)'
+      for key in _PER_STAGE
+      if len(values[key]) != stages
+  ]
+
+
+_glorot = nn.initializers.glorot_uniform()
+Conv3x3 = functools.partial(nn.Conv, kernel_size=(3, 3), kernel_init=_glorot)
+Dense = functools.partial(nn.Dense, kernel_init=_glorot)
+KerasBatchNorm = functools.partial(
+    batch_norm.BatchNorm, momentum=0.99, epsilon=1e-3
+)
+
+
+class MaxPool(nn.Module):
+  """Keras `MaxPooling2D((2, 2))`: window 2, stride 2, 'valid' padding."""
+
+  kernels: Kernels = Kernels()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.kernels.max_pool(x)
+
+
+class Flatten(nn.Module):
+  """Keras `Flatten`: (batch, h, w, c) -> (batch, h*w*c) in NHWC order."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return x.reshape((x.shape[0], -1))
+
+
+class ConvStage(nn.Module):
+  """conv - [BN] - [dropout] - conv - [BN] - max-pool - [dropout].
+
+  Attributes:
+    features: filters of both 3x3 convolutions.
+    second_padding: 'SAME' or 'VALID' for the second conv (the first is SAME).
+    inner_dropout: dropout rate between the two convs (0 = no layer).
+    outer_dropout: dropout rate after the pool (0 = no layer).
+    batch_norm: BatchNorm after each conv's ReLU.
+    kernels: how the machine computes the layers (Flax's own by default).
+  """
+
+  features: int
+  second_padding: str = 'SAME'
+  inner_dropout: float = 0.0
+  outer_dropout: float = 0.0
+  batch_norm: bool = False
+  dtype: Any = jnp.float32
+  kernels: Kernels = Kernels()
+
+  @nn.compact
+  def __call__(
+      self, x: jax.Array, train: bool, mask: jax.Array | None = None
+  ) -> jax.Array:
+    def conv_bn(x, padding, index):
+      x = Conv3x3(
+          self.features,
+          padding=padding,
+          dtype=self.dtype,
+          conv_general_dilated=self.kernels.conv,
+          name=f'conv{index}',
+      )(x)
+      x = nn.relu(x)
+      if self.batch_norm:
+        # The mask keeps padded examples of a partial batch out of the
+        # batch statistics, so they match Keras' smaller last batch.
+        x = KerasBatchNorm(
+            use_running_average=not train, dtype=self.dtype, name=f'bn{index}'
+        )(x, mask=mask)
+      return x
+
+    drop = functools.partial(self.kernels.Dropout, deterministic=not train)
+    x = conv_bn(x, 'SAME', 1)
+    if self.inner_dropout:
+      x = drop(self.inner_dropout, name='dropout1')(x)
+    x = conv_bn(x, self.second_padding, 2)
+    x = MaxPool(self.kernels, name='pool')(x)
+    if self.outer_dropout:
+      x = drop(self.outer_dropout, name='dropout2')(x)
+    return x
+
+
+class ConvNet(nn.Module):
+  """The seed's family of CNNs: `ConvStage`s, flatten, dense layers, logits.
+
+  The model returns logits; the softmax of the seed's last layer is folded
+  into the loss (what Keras 2.3 itself did for a softmax output layer).
+
+  Attributes:
+    stage_features: filters of each stage.
+    second_conv_padding: padding of each stage's second conv.
+    conv_dropout: each stage's dropout between its convs.
+    stage_dropout: each stage's dropout after its pool.
+    batch_norm: BatchNorm after every conv.
+    hidden_features: widths of the dense ReLU layers.
+    flatten_dropout: dropout right after Flatten (0 = no layer).
+    hidden_dropout: dropout after every dense ReLU layer (0 = no layer).
+    num_classes: width of the output layer.
+    kernels: how the machine computes the layers (Flax's own by default).
+
+  Keras' MaxNorm kernel constraints are the optimizer's
+  (`optimizers.max_norm_bounds`): Optax sees only arrays, and they are
+  projected after each update, as Keras does.
+  """
+
+  stage_features: Sequence[int]
+  second_conv_padding: Sequence[str]
+  conv_dropout: Sequence[float]
+  stage_dropout: Sequence[float]
+  batch_norm: bool
+  hidden_features: Sequence[int]
+  flatten_dropout: float
+  hidden_dropout: float
+  num_classes: int = 10
+  dtype: Any = jnp.float32
+  kernels: Kernels = Kernels()
+
+  def __post_init__(self):
+    values = {k: getattr(self, k) for k in RULES}
+    found = rules.problems(values, RULES, 'model.') or stage_problems(values)
+    if found:
+      raise ValueError('; '.join(found))
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(
+      self, x: jax.Array, train: bool = False, mask: jax.Array | None = None
+  ) -> jax.Array:
+    """Maps (batch, 32, 32, 3) images in [0, 1] to (batch, classes) logits.
+
+    Args:
+      x: float images.
+      train: dropout on and BatchNorm on batch statistics.
+      mask: (batch,) 1 for real examples, 0 for padding of a partial batch;
+        only BatchNorm needs it (everything else is per example).
+    """
+    x = x.astype(self.dtype)
+    if mask is not None:
+      mask = mask.reshape((-1, 1, 1, 1)).astype(bool)
+    for i, features in enumerate(self.stage_features):
+      x = ConvStage(
+          features,
+          self.second_conv_padding[i],
+          self.conv_dropout[i],
+          self.stage_dropout[i],
+          self.batch_norm,
+          dtype=self.dtype,
+          kernels=self.kernels,
+          name=f'stage{i + 1}',
+      )(x, train, mask)
+    drop = functools.partial(self.kernels.Dropout, deterministic=not train)
+    x = Flatten(name='flatten')(x)
+    if self.flatten_dropout:
+      x = drop(self.flatten_dropout, name='flatten_dropout')(x)
+    for i, features in enumerate(self.hidden_features):
+      x = nn.relu(Dense(features, dtype=self.dtype, name=f'dense{i + 1}')(x))
+      if self.hidden_dropout:
+        x = drop(self.hidden_dropout, name=f'dense{i + 1}_dropout')(x)
+    x = Dense(self.num_classes, dtype=self.dtype, name='logits')(x)
+    return x.astype(jnp.float32)

@@ -1,0 +1,176 @@
+"""The airbench family (arXiv 2404.00498): `FastNet` and its `FastBlock`s.
+
+A whitening convolution set from the data, blocks of conv - max-pool -
+BatchNorm - GELU, a global max and a scaled linear head: the networks of
+the fast recipes (configs/fast94.py, fast95.py, fast96.py).
+"""
+
+from collections.abc import Sequence
+import functools
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cifar_jax.cpu.kernels import Kernels
+from cifar_jax.models import batch_norm
+from cifar_jax.models import initializers
+from cifar_jax import rules
+
+# GELU by name: the exact x * Phi(x) (PyTorch's default) or the tanh
+# approximation (Flax's default).
+GELUS = {
+    'exact': functools.partial(nn.gelu, approximate=False),
+    'tanh': functools.partial(nn.gelu, approximate=True),
+}
+
+
+# FastNet's `model` keys.
+RULES = {
+    'widths': rules.each(rules.integer(1)),
+    'block_depth': rules.integer(1),
+    'residual': rules.BOOL,
+    'whiten_patch': rules.integer(1),
+    'bn_momentum': rules.FRACTION,
+    'bn_epsilon': rules.POSITIVE,
+    'logit_scale': rules.POSITIVE,
+    'gelu': rules.one_of(*GELUS),
+}
+
+
+class FastBlock(nn.Module):
+  """conv - max-pool - BN - GELU, then (conv - BN - GELU) x (depth - 1).
+
+  The airbench block (depth 2; the 96% recipe uses 3, with a residual
+  connection around the convolutions after the first, which lets the
+  deeper block train as fast as the shallow one).
+
+  BatchNorm has no learned scale (BN follows a conv, so a scale would only
+  duplicate the kernel's norm), a fast momentum, and PyTorch's running
+  variance (unbiased), as airbench's.
+  """
+
+  features: int
+  bn_momentum: float
+  bn_epsilon: float
+  depth: int = 2
+  dtype: Any = jnp.float32
+  residual: bool = False
+  gelu: str = 'exact'
+  kernels: Kernels = Kernels()
+
+  @nn.compact
+  def __call__(
+      self, x: jax.Array, train: bool, mask: jax.Array | None = None
+  ) -> jax.Array:
+    gelu = GELUS[self.gelu]
+    norm = functools.partial(
+        batch_norm.BatchNorm,
+        use_running_average=not train,
+        use_scale=False,
+        momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon,
+        dtype=self.dtype,
+        unbiased_running_var=True,
+    )
+    conv = functools.partial(
+        nn.Conv,
+        self.features,
+        (3, 3),
+        padding='SAME',
+        use_bias=False,
+        kernel_init=initializers.dirac_init(),
+        dtype=self.dtype,
+        conv_general_dilated=self.kernels.conv,
+    )
+    x = conv(name='conv1')(x)
+    x = self.kernels.max_pool(x)
+    x = shortcut = gelu(norm(name='bn1')(x, mask=mask))
+    for i in range(2, self.depth + 1):
+      x = gelu(norm(name=f'bn{i}')(conv(name=f'conv{i}')(x), mask=mask))
+    return x + shortcut if self.residual and self.depth > 1 else x
+
+
+class FastNet(nn.Module):
+  """The airbench family (arXiv 2404.00498): whitening conv, 3 blocks, linear.
+
+  The first layer is a 2x2 convolution (no padding) whose filters are set
+  from the training data, not learned from scratch: the eigenvectors of the
+  2x2-patch covariance, scaled to whiten, and their negatives
+  (`initializers.whitening`). Then `FastBlock`s, a max over the remaining
+  positions, and a bias-free linear layer whose output is scaled down.
+
+  Attributes:
+    widths: features of each FastBlock.
+    block_depth: convolutions per FastBlock.
+    residual: add each block's first activation to its output.
+    whiten_patch: side of the whitening convolution's patches.
+    bn_momentum, bn_epsilon: BatchNorm (Flax's convention: running = m *
+      running + (1 - m) * batch; PyTorch's momentum is 1 - m).
+    logit_scale: multiplies the logits (airbench: 1/9).
+    gelu: a `GELUS` entry: 'exact' (PyTorch's `nn.GELU()`, airbench's) or
+      'tanh' (Flax's default approximation).
+    num_classes: outputs.
+    kernels: how the machine computes the layers (Flax's own by default).
+  """
+
+  widths: Sequence[int] = (64, 256, 256)
+  block_depth: int = 2
+  residual: bool = False
+  whiten_patch: int = 2
+  bn_momentum: float = 0.6
+  bn_epsilon: float = 1e-12
+  logit_scale: float = 1 / 9
+  gelu: str = 'exact'
+  num_classes: int = 10
+  dtype: Any = jnp.float32
+  kernels: Kernels = Kernels()
+
+  def __post_init__(self):
+    rules.check({k: getattr(self, k) for k in RULES}, RULES, 'model.')
+    super().__post_init__()
+
+  @property
+  def whiten_features(self) -> int:
+    return 2 * 3 * self.whiten_patch**2
+
+  @nn.compact
+  def __call__(
+      self, x: jax.Array, train: bool = False, mask: jax.Array | None = None
+  ) -> jax.Array:
+    """(batch, 32, 32, 3) normalised images -> (batch, classes) logits."""
+    x = x.astype(self.dtype)
+    if mask is not None:
+      mask = mask.reshape((-1, 1, 1, 1)).astype(bool)
+    x = nn.Conv(
+        self.whiten_features,
+        (self.whiten_patch,) * 2,
+        padding='VALID',
+        dtype=self.dtype,
+        name='whiten',
+    )(x)
+    x = GELUS[self.gelu](x)
+    for i, width in enumerate(self.widths):
+      x = FastBlock(
+          width,
+          self.bn_momentum,
+          self.bn_epsilon,
+          self.block_depth,
+          self.dtype,
+          self.residual,
+          self.gelu,
+          self.kernels,
+          name=f'block{i + 1}',
+      )(x, train, mask)
+    x = jnp.max(x, axis=(1, 2))
+    x = nn.Dense(
+        self.num_classes,
+        use_bias=False,
+        kernel_init=nn.initializers.variance_scaling(
+            1 / 3, 'fan_in', 'uniform'
+        ),
+        dtype=self.dtype,
+        name='head',
+    )(x)
+    return (x * self.logit_scale).astype(jnp.float32)

@@ -1,0 +1,13 @@
+"""What people read: the console, the files a run writes, plots, reports.
+
+- `progress`: the Keras-style progress bar and epoch lines;
+- `summary`: the Keras-style model summary;
+- `records`: what a run records (history.json, curves.png, TensorBoard,
+  config.json, dataset_info.json), written atomically; the machine line;
+- `plots`: training curves and confusion matrices;
+- `seed_notebook` (+ `seed_notebook.json`): the seed notebook's printed
+  record, the one source of its numbers;
+- `ladder_report`: REPORT.md, the ladder beside the seed.
+
+Imports: `models`, `data`, `cpu`, `errors`, `rules`.
+"""

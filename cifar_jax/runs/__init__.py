@@ -1,0 +1,12 @@
+"""Run directories: checkpoints, resuming, preemption, locks, processes.
+
+- `checkpointing`: Orbax checkpoints (save, retention, the newest good one);
+- `resume`: where a run starts (its checkpoint, another run's weights, 0);
+- `preemption`: stopping at a step when SIGTERM or Ctrl-C arrives;
+- `rundir`: the workdir's lock, so two runs never share one;
+- `distributed`: joining several processes (`jax.distributed`);
+- `inference`: a trained run loaded back, for evaluate and predict.
+
+Imports: `training`, `config`, `reporting`, `models`, `data`, `cpu`,
+`errors`.
+"""

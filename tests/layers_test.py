@@ -1,0 +1,95 @@
+"""The package's layers: every import goes down (cifar_jax/__init__.py)."""
+
+import ast
+import pathlib
+import re
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'cifar_jax'
+# Each folder or top-level module and its layer, bottom first.
+LAYERS = {
+    'errors': 1,
+    'rules': 1,
+    'data': 2,
+    'cpu': 2,
+    'models': 3,
+    'reporting': 4,
+    'training': 5,
+    'config': 6,
+    'runs': 7,
+    'train': 8,
+    'cli': 8,
+    'main': 9,
+    'evaluate': 9,
+    'predict': 9,
+    'ladder': 9,
+    'show_augment': 9,
+}
+
+
+def _unit(module: str) -> str:
+  """'cifar_jax.data.augment' -> 'data'; 'cifar_jax.train' -> 'train'."""
+  return module.split('.')[1]
+
+
+def _modules():
+  for path in sorted(PACKAGE.rglob('*.py')):
+    parts = path.relative_to(PACKAGE.parent).with_suffix('').parts
+    if parts[-1] == '__init__':
+      parts = parts[:-1]
+    if len(parts) > 1:
+      yield '.'.join(parts), path
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+  """The cifar_jax modules (or packages) `path` imports."""
+  found = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.ImportFrom) and node.module:
+      if node.module == 'cifar_jax':
+        found |= {f'cifar_jax.{a.name}' for a in node.names}
+      elif node.module.startswith('cifar_jax.'):
+        found.add(node.module)
+    elif isinstance(node, ast.Import):
+      found |= {a.name for a in node.names if a.name.startswith('cifar_jax.')}
+  return found
+
+
+FOLDERS = ('data', 'cpu', 'models', 'reporting', 'training', 'config', 'runs')
+
+
+def test_every_module_belongs_to_a_layer():
+  assert {_unit(m) for m, _ in _modules()} == set(LAYERS)
+
+
+@pytest.mark.parametrize('folder', FOLDERS)
+def test_each_folder_says_what_it_imports_and_imports_just_that(folder):
+  doc = ast.get_docstring(ast.parse((PACKAGE / folder / '__init__.py')
+                                    .read_text()))  # fmt: skip
+  assert doc and 'Imports:' in doc, folder
+  said = set(re.findall(r'`(\w+)`', doc.split('Imports:')[1])) & set(LAYERS)
+  imported = {
+      _unit(m)
+      for path in (PACKAGE / folder).rglob('*.py')
+      for m in _imports(path)
+  }
+  assert said == imported - {folder}
+
+
+@pytest.mark.parametrize('module, path', list(_modules()))
+def test_imports_go_down_the_layers(module, path):
+  own = LAYERS[_unit(module)]
+  for imported in _imports(path):
+    unit = _unit(imported)
+    assert LAYERS[unit] < own or unit == _unit(
+        module
+    ), f'{module} (layer {own}) imports {imported} (layer {LAYERS[unit]})'
+
+
+def test_the_models_name_no_cpu_implementation():
+  # They get one `cpu.kernels.Kernels`; what it holds is the seam's business.
+  for path in (PACKAGE / 'models').rglob('*.py'):
+    text = path.read_text()
+    for word in ('conv3x3', 'dropout_hash_once', 'cpu_info', 'pooling'):
+      assert word not in text, f'{path.name} names {word!r}'
