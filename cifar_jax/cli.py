@@ -66,6 +66,19 @@ def config_module(name: str) -> types.ModuleType:
     ) from e
 
 
+def load_config(
+    name: str, overrides: Mapping[str, Any] | None = None
+) -> ml_collections.ConfigDict:
+  """`configs/<name>.py`'s config with `overrides` ({'a.b': value}) set.
+
+  What `--config configs/<name>.py --config.a.b=value` gives a command, for
+  notebooks and scripts; unknown keys are refused (`apply_overrides`).
+  """
+  config = config_module(name).get_config()
+  apply_overrides(config, overrides or {})
+  return config
+
+
 def _add_repository_of(path: str) -> None:
   """Lets a config file at `<repo>/configs/x.py` import `configs.default`
   from whatever directory the command runs in."""

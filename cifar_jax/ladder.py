@@ -52,7 +52,7 @@ def rung_config(
     name: str, epochs_scale: float, overrides: Mapping[str, Any]
 ) -> ml_collections.ConfigDict:
   """The rung's config, its epochs scaled, with the ladder's overrides."""
-  config = cli.config_module(name).get_config()
+  config = cli.load_config(name)
   config.num_epochs = max(1, round(config.num_epochs * epochs_scale))
   cli.apply_overrides(config, overrides)
   return config

@@ -78,9 +78,7 @@ def predict(
       print(f'error: {path}: cannot read it as an image ({e})', file=err)
       failures += 1
   if pixels:
-    logits = inference.logits(run, np.stack(pixels))
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
+    probs = inference.probabilities(run, np.stack(pixels))
     for path, p in zip(files, probs):
       best = np.argsort(-p)[:top]
       print(

@@ -12,7 +12,6 @@ from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
-import matplotlib
 import ml_collections
 import numpy as np
 
@@ -21,9 +20,7 @@ from cifar_jax.data import augment
 from cifar_jax.data import images as images_lib
 from cifar_jax.data import input_pipeline
 from cifar_jax.errors import UserError
-
-matplotlib.use('Agg')  # Headless: no display needed.
-from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+from cifar_jax.reporting import plots
 
 _CONFIG = cli.define_config()
 _OUT = flags.DEFINE_string('out', 'augment.png', 'PNG file to write.')
@@ -53,10 +50,10 @@ def augmented_views(
   return np.clip(np.stack(views), 0, 1)
 
 
-def render(
-    config: ml_collections.ConfigDict, out: str, num_images: int, num_views: int
-) -> None:
-  """Writes the grid: a row per image, the original first, then its views."""
+def figure(
+    config: ml_collections.ConfigDict, num_images: int, num_views: int
+) -> plots.Figure:
+  """The grid: a row per training image, the original first, then its views."""
   aug = augment.AugmentConfig.from_config(config.augment)
   data = input_pipeline.load_split(config.data, config.data.train_split)
   pick = np.random.default_rng(config.seed).choice(
@@ -70,12 +67,8 @@ def render(
       num_views,
       images_lib.Normalization.from_config(config.data),
   )
-  fig, axes = plt.subplots(
-      num_images,
-      num_views + 1,
-      figsize=(1.3 * (num_views + 1), 1.3 * num_images),
-      squeeze=False,
-  )
+  fig = plots.Figure(figsize=(1.3 * (num_views + 1), 1.3 * num_images))
+  axes = fig.subplots(num_images, num_views + 1, squeeze=False)
   for i in range(num_images):
     row = [images_lib.to_unit_range(images[i], np.float64)] + [
         views[v, i] for v in range(num_views)
@@ -95,8 +88,14 @@ def render(
       f'augment: {settings or "none (all transforms off)"}', fontsize=9
   )
   fig.tight_layout()
-  fig.savefig(out, dpi=100)
-  plt.close(fig)
+  return fig
+
+
+def render(
+    config: ml_collections.ConfigDict, out: str, num_images: int, num_views: int
+) -> None:
+  """Writes `figure` as a PNG."""
+  figure(config, num_images, num_views).savefig(out, dpi=100)
 
 
 def main(argv):

@@ -99,3 +99,24 @@ def test_default_workdir_is_ckpt_slash_config_name():
   assert cli.default_workdir('/abs/configs/bn_aug_sgd.py:arg') == (
       os.path.join('ckpt', 'bn_aug_sgd')
   )
+
+
+def test_load_config_gives_the_files_config_with_the_overrides():
+  config = cli.load_config(
+      'simple', {'num_epochs': 3, 'optimizer.learning_rate': 0.5}
+  )
+  plain = cli.load_config('simple')
+  assert (config.num_epochs, config.optimizer.learning_rate) == (3, 0.5)
+  assert plain.num_epochs == 25  # The seed's; the overrides touched a copy.
+  config.num_epochs, config.optimizer.learning_rate = (
+      25,
+      plain.optimizer.learning_rate,
+  )
+  assert config.to_dict() == plain.to_dict()
+
+
+def test_load_config_refuses_an_unknown_key_or_config_in_one_line():
+  with pytest.raises(cli.UserError, match="no key 'optimizer.lr'"):
+    cli.load_config('simple', {'optimizer.lr': 0.5})
+  with pytest.raises(cli.UserError, match='configs/nope.py: no such file'):
+    cli.load_config('nope')

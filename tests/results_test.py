@@ -5,7 +5,6 @@ import json
 import os
 import sys
 
-from matplotlib import pyplot as plt
 import numpy as np
 from PIL import Image
 import pytest
@@ -114,7 +113,6 @@ def test_curves_draw_the_seeds_dashed_beside_ours_with_its_gaps():
   assert y[0] == 0.5604 and y[7] == 0.7744 and np.isnan(y[8])
   legend = [t.get_text() for t in acc_axis.get_legend().get_texts()]
   assert 'training, seed notebook (Keras 2.3)' in legend
-  plt.close(fig)
 
 
 def test_curves_draw_another_run_dotted_beside_the_seeds_dashed():
@@ -129,7 +127,6 @@ def test_curves_draw_another_run_dotted_beside_the_seeds_dashed():
   np.testing.assert_array_equal(
       lines['test, Keras 3'].get_ydata(), [0.3, 0.4, 0.45]
   )
-  plt.close(fig)
 
 
 def test_a_rung_run_passes_the_seeds_curve_for_the_epochs_it_ran(
@@ -161,7 +158,6 @@ def test_a_run_of_no_rung_draws_no_seed_curve(trained):
       seed_notebook.reference(get_config('test').seed_rung, up_to_epoch=3),
   )
   assert len(fig.axes[0].get_lines()) == 2
-  plt.close(fig)
 
 
 def test_evaluate_reproduces_the_logged_accuracy(trained, capsys):
@@ -176,6 +172,17 @@ def test_evaluate_reproduces_the_logged_accuracy(trained, capsys):
   assert result['confusion'].sum() == 200
   assert len(out.split('Per class:')[1].strip().splitlines()) == 11
   assert Image.open(workdir / 'confusion_matrix.png').format == 'PNG'
+
+
+def test_probabilities_are_the_softmax_of_the_logits(trained):
+  workdir, _ = trained
+  run = inference.load_run(str(workdir))
+  images = input_pipeline.load_split(run.config.data, 'test').images[:5]
+  logits = inference.logits(run, images).astype(np.float64)
+  p = inference.probabilities(run, images)
+  np.testing.assert_allclose(p.sum(-1), 1, rtol=1e-12)
+  expected = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+  np.testing.assert_allclose(p, expected, rtol=1e-6)
 
 
 def test_evaluate_tta_level_1_averages_the_logits_of_each_mirror(trained):

@@ -1,19 +1,33 @@
-"""The pictures people judge a run by: learning curves, confusion matrix.
+"""The pictures people judge a run by: learning curves, confusion matrix,
+images with their labels or the model's guesses.
 
 The seed's author judged every model from two plots side by side, accuracy
 and loss per epoch, training against test; `curves` draws the same, with
-the notebook's own curves dashed beside a ladder rung's. Rendered headless
-(Agg), so it works on any server.
+the notebook's own curves dashed beside a ladder rung's. The `*_figure`
+functions return the figure (a notebook shows it); the others write PNGs.
+Rendered headless (Agg), so it works on any server.
 """
 
 from collections.abc import Sequence
+import io
+import os
 
 import matplotlib
 import matplotlib.figure
 import numpy as np
 
-matplotlib.use('Agg')
-from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
+if not os.environ.get('MPLBACKEND'):  # A notebook's inline backend stays.
+  matplotlib.use('Agg')
+
+
+class Figure(matplotlib.figure.Figure):
+  """A figure outside pyplot (nothing to close), shown as a PNG by Jupyter."""
+
+  def _repr_png_(self) -> bytes:
+    buffer = io.BytesIO()
+    self.savefig(buffer, format='png', dpi=100)
+    return buffer.getvalue()
+
 
 CURVES_SIZE = (12, 4.5)  # Inches; at 100 dpi the PNG is 1200 x 450.
 _COMPARED_STYLES = ('s--', '^:', 'v-.')
@@ -24,7 +38,7 @@ def curves_figure(
     title: str = '',
     reference: tuple[str, Sequence[dict]] | None = None,
     others: Sequence[tuple[str, Sequence[dict]]] = (),
-) -> matplotlib.figure.Figure:
+) -> Figure:
   """The seed's two panels, accuracy and loss per epoch, training and test.
 
   `reference` is (label, rows) of another run's curves (the seed notebook's)
@@ -35,7 +49,8 @@ def curves_figure(
   if len(compared) > len(_COMPARED_STYLES):
     raise ValueError(f'At most {len(_COMPARED_STYLES)} runs beside ours.')
   epochs = [h['epoch'] for h in history]
-  fig, (acc, loss) = plt.subplots(1, 2, figsize=CURVES_SIZE)
+  fig = Figure(figsize=CURVES_SIZE)
+  acc, loss = fig.subplots(1, 2)
   for ax, key, name in ((acc, 'accuracy', 'Accuracy'), (loss, 'loss', 'Loss')):
     for prefix, split, color in (
         ('', 'training', 'C0'),
@@ -82,9 +97,9 @@ def curves(
     others: Sequence[tuple[str, Sequence[dict]]] = (),
 ) -> None:
   """Writes `curves_figure` as a PNG."""
-  fig = curves_figure(history, title, reference, others)
-  fig.savefig(path, dpi=100, format='png')
-  plt.close(fig)
+  curves_figure(history, title, reference, others).savefig(
+      path, dpi=100, format='png'
+  )
 
 
 def confusion_matrix(
@@ -96,12 +111,13 @@ def confusion_matrix(
   return counts
 
 
-def confusion_matrix_png(
-    counts: np.ndarray, class_names: Sequence[str], path: str, title: str = ''
-) -> None:
+def confusion_matrix_figure(
+    counts: np.ndarray, class_names: Sequence[str], title: str = ''
+) -> Figure:
   """A heat map of `counts` with class names and the count in every cell."""
   n = len(class_names)
-  fig, ax = plt.subplots(figsize=(1.0 + 0.7 * n, 0.6 + 0.7 * n))
+  fig = Figure(figsize=(1.0 + 0.7 * n, 0.6 + 0.7 * n))
+  ax = fig.subplots()
   ax.imshow(counts, cmap='Blues')
   ax.set_xticks(range(n), class_names, rotation=45, ha='right')
   ax.set_yticks(range(n), class_names)
@@ -121,5 +137,68 @@ def confusion_matrix_png(
       )
   ax.set_title(title or 'Confusion matrix')
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  return fig
+
+
+def confusion_matrix_png(
+    counts: np.ndarray, class_names: Sequence[str], path: str, title: str = ''
+) -> None:
+  """Writes `confusion_matrix_figure` as a PNG."""
+  confusion_matrix_figure(counts, class_names, title).savefig(path, dpi=100)
+
+
+def image_grid(
+    images: np.ndarray,
+    labels: Sequence[str] = (),
+    columns: int = 8,
+    title: str = '',
+) -> Figure:
+  """uint8 images (N, H, W, C) in rows of `columns`, each under its label."""
+  rows = max(1, -(-len(images) // columns))
+  fig = Figure(figsize=(1.2 * columns, 1.35 * rows))
+  axes = fig.subplots(rows, columns, squeeze=False)
+  for k, ax in enumerate(axes.flat):
+    ax.axis('off')
+    if k < len(images):
+      ax.imshow(images[k], interpolation='nearest')
+      if k < len(labels):
+        ax.set_title(labels[k], fontsize=8)
+  if title:
+    fig.suptitle(title)
+  fig.tight_layout()
+  return fig
+
+
+def predictions_figure(
+    images: np.ndarray,
+    probabilities: np.ndarray,
+    class_names: Sequence[str],
+    labels: Sequence[int] | None = None,
+    top: int = 3,
+) -> Figure:
+  """Each image above its `top` classes and their probabilities.
+
+  With `labels`, the title says the true class, green when the most likely
+  class is it and red when not.
+  """
+  n = len(images)
+  fig = Figure(figsize=(1.6 * n, 3.2))
+  axes = fig.subplots(2, n, squeeze=False, height_ratios=(1, 0.8))
+  for k in range(n):
+    picture, bars = axes[0, k], axes[1, k]
+    picture.imshow(images[k], interpolation='nearest')
+    picture.axis('off')
+    best = np.argsort(-probabilities[k])[:top]
+    if labels is not None:
+      right = best[0] == labels[k]
+      picture.set_title(
+          class_names[labels[k]],
+          fontsize=9,
+          color='green' if right else 'red',
+      )
+    bars.barh(range(top), probabilities[k][best][::-1], color='C0')
+    bars.set_yticks(range(top), [class_names[i] for i in best][::-1])
+    bars.set_xlim(0, 1)
+    bars.tick_params(labelsize=7)
+  fig.tight_layout()
+  return fig

@@ -141,3 +141,12 @@ def logits(
         ]
     )
   return np.concatenate(out) if out else np.zeros((0, len(run.class_names)))
+
+
+def probabilities(
+    run: TrainedRun, images: np.ndarray, batch_size: int = 500
+) -> np.ndarray:
+  """(N, classes) softmax of `logits`: the model's belief in each class."""
+  z = logits(run, images, batch_size).astype(np.float64)
+  z = np.exp(z - z.max(-1, keepdims=True))
+  return z / z.sum(-1, keepdims=True)

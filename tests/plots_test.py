@@ -1,0 +1,57 @@
+"""The figures a notebook shows: images with labels or guesses, confusions."""
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from cifar_jax.reporting import plots
+
+CLASSES = ('cat', 'dog', 'ship', 'truck')
+
+
+def _images(n: int) -> np.ndarray:
+  return np.random.default_rng(0).integers(0, 256, (n, 8, 8, 3), np.uint8)
+
+
+def test_a_figure_shows_in_jupyter_as_the_png_it_saves():
+  fig = plots.image_grid(_images(3), ['a', 'b', 'c'])
+  png = fig._repr_png_()  # pylint: disable=protected-access
+  image = Image.open(io.BytesIO(png))
+  assert image.format == 'PNG'
+  width, height = fig.get_size_inches() * 100
+  assert image.size == (round(width), round(height))
+
+
+def test_image_grid_puts_each_label_over_its_image_in_rows():
+  images = _images(10)
+  fig = plots.image_grid(images, [f'label {k}' for k in range(10)], columns=4)
+  assert len(fig.axes) == 12  # 3 rows of 4; the last two empty.
+  for k, ax in enumerate(fig.axes[:10]):
+    assert ax.get_title() == f'label {k}'
+    np.testing.assert_array_equal(ax.get_images()[0].get_array(), images[k])
+  assert not fig.axes[10].get_images() and not fig.axes[11].get_images()
+
+
+def test_predictions_show_the_top_classes_and_colour_the_true_one():
+  probabilities = np.array(
+      [[0.1, 0.6, 0.2, 0.1], [0.05, 0.15, 0.3, 0.5]]
+  )  # Guesses: dog, truck.
+  fig = plots.predictions_figure(
+      _images(2), probabilities, CLASSES, labels=[1, 2], top=3
+  )
+  pictures, bars = fig.axes[:2], fig.axes[2:]  # Row 1: images; row 2: bars.
+  assert [p.get_title() for p in pictures] == ['dog', 'ship']
+  assert [p.title.get_color() for p in pictures] == ['green', 'red']
+  # Bars bottom to top: the third, second and first most likely classes.
+  names = [t.get_text() for t in bars[1].get_yticklabels()]
+  assert names == ['dog', 'ship', 'truck']
+  widths = [r.get_width() for r in bars[1].patches]
+  assert widths == [0.15, 0.3, 0.5]
+
+
+def test_confusion_matrix_figure_writes_every_count_in_its_cell():
+  counts = np.array([[5, 1], [0, 7]])
+  fig = plots.confusion_matrix_figure(counts, ('cat', 'dog'))
+  texts = {t.get_position(): t.get_text() for t in fig.axes[0].texts}
+  assert texts == {(0, 0): '5', (1, 0): '1', (0, 1): '0', (1, 1): '7'}
