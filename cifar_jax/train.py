@@ -6,7 +6,6 @@ epoch's end, a checkpoint, or a preemption), then at epoch ends an
 evaluation, a history row, a checkpoint and a Keras-style epoch line.
 """
 
-import dataclasses
 import io
 import sys
 import time
@@ -80,17 +79,6 @@ def train_and_evaluate(
     return result
 
 
-@dataclasses.dataclass
-class LoopState:
-  """The loop's running state: where training is, what it has recorded."""
-
-  state: steps.TrainState
-  epoch_metrics: steps.Metrics  # Of the epoch in progress.
-  step: int
-  history: list[dict[str, float]]  # One row per finished epoch.
-  epoch_seconds: float  # Already spent on the epoch in progress.
-
-
 def _resume_and_train(
     exp: Experiment,
     ckpt: checkpointing.Checkpoints,
@@ -102,14 +90,7 @@ def _resume_and_train(
   checkpoints there are known to belong to this config."""
   config, spe = exp.config, exp.steps_per_epoch
   epochs = progress.epochs_text(config.num_epochs)
-  start = resume.start(exp, ckpt, resume.config_json(config))
-  run = LoopState(
-      start.state,
-      start.epoch_metrics,
-      start.step,
-      list(start.history),
-      start.epoch_seconds,
-  )
+  run, resumed = resume.start(exp, ckpt, resume.config_json(config))
   if run.step >= exp.total_steps:
     print(
         f'Run in {workdir} already finished: {len(run.history)}/'
@@ -117,7 +98,7 @@ def _resume_and_train(
         file=out,
     )
     return run.state, run.history
-  if start.resumed:
+  if resumed:
     print(
         f'Resuming from step {run.step} (epoch {run.step // spe + 1}/'
         f'{epochs}, batch {run.step % spe}/{spe}) of checkpoint '
@@ -138,7 +119,7 @@ def _loop(
     exp: Experiment,
     ckpt: checkpointing.Checkpoints,
     reporter: records.Reporter,
-    run: LoopState,
+    run: resume.Progress,
     out,
     watch: preemption.PreemptionWatch,
 ) -> None:
@@ -189,7 +170,7 @@ def _loop(
 
 def _end_epoch(
     exp: Experiment,
-    run: LoopState,
+    run: resume.Progress,
     reporter: records.Reporter,
     started: float,
     epoch_steps: int,
@@ -230,7 +211,7 @@ def _end_epoch(
 def _save(
     ckpt: checkpointing.Checkpoints,
     config: ml_collections.ConfigDict,
-    run: LoopState,
+    run: resume.Progress,
     val_accuracy: float | None = None,
 ) -> None:
   """Checkpoints `run`; history is copied (the JSON is written later)."""

@@ -53,22 +53,23 @@ def config_differences(saved: dict, current: dict) -> list[str]:
   ]
 
 
-@dataclasses.dataclass(frozen=True)
-class Start:
-  """The point a run's loop starts from."""
+@dataclasses.dataclass
+class Progress:
+  """Where training is and what it has recorded: the loop's running state,
+  and what a checkpoint saves of it."""
 
   state: steps.TrainState
   epoch_metrics: steps.Metrics  # Of the epoch in progress.
   step: int
   history: list[dict[str, float]]  # One row per finished epoch.
   epoch_seconds: float  # Already spent on the epoch in progress.
-  resumed: bool
 
 
 def start(
     exp: Experiment, ckpt: checkpointing.Checkpoints, config_dict: dict
-) -> Start:
-  """The newest good checkpoint of this config, or a fresh start.
+) -> tuple[Progress, bool]:
+  """The newest good checkpoint of this config, or a fresh start; and
+  whether it resumed. The loop owns the `Progress` it gets.
 
   Raises:
     UserError: the checkpoints come from another config.
@@ -90,22 +91,26 @@ def start(
       check_meta,
   )
   if restored:
-    return Start(
-        restored.state,
-        restored.metrics,
-        restored.step,
-        restored.meta['history'],
-        restored.meta['epoch_seconds'],
-        resumed=True,
+    return (
+        Progress(
+            restored.state,
+            restored.metrics,
+            restored.step,
+            list(restored.meta['history']),
+            restored.meta['epoch_seconds'],
+        ),
+        True,
     )
   init_from = exp.config.init_from
-  return Start(
-      state_from_run(exp, init_from) if init_from else exp.state,
-      steps.empty_metrics(exp.replicated),
-      0,
-      [],
-      0.0,
-      resumed=False,
+  return (
+      Progress(
+          state_from_run(exp, init_from) if init_from else exp.state,
+          steps.empty_metrics(exp.replicated),
+          0,
+          [],
+          0.0,
+      ),
+      False,
   )
 
 
