@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -219,7 +221,7 @@ Markdown(report.split('\n## ')[0])  # The summary table; the rest is per rung.
 
 # %%
 if jax.default_backend() == 'cpu':
-  print('fast94: skipped on a CPU (about 45 minutes here); run it on a GPU.')
+  print('fast94: skipped on a CPU (about an hour on 2 cores); run it on a GPU.')
 else:
   config = cli.load_config('fast94', data_keys)
   _, fast_history = train.train_and_evaluate(config, f'{WORKDIR}/fast94')
