@@ -125,7 +125,7 @@ def _loop(
 ) -> None:
   """Trains `run` from its step to the end, checkpointing and records."""
   config, spe, total_steps = exp.config, exp.steps_per_epoch, exp.total_steps
-  _print_start(exp, run.state, reporter, out)
+  _print_start(exp, run, reporter, out)
   stops = plan.stop_steps(spe, total_steps, config.checkpoint_every_steps)
   seconds = plan.compile_ahead(exp, stops, run.step)
   watch.started()  # Stops here if a signal came while compiling.
@@ -230,15 +230,21 @@ def _save(
 
 def _print_start(
     exp: Experiment,
-    state: steps.TrainState,
+    run: resume.Progress,
     reporter: records.Reporter,
     out,
 ) -> None:
   """Starts the reports; prints the model summary and the data sizes."""
   num_train, num_eval = len(exp.train[1]), len(exp.eval[1])
   reporter.start(
-      exp.config, exp.class_names, num_train, num_eval, exp.steps_per_epoch
+      exp.config,
+      exp.class_names,
+      num_train,
+      num_eval,
+      exp.steps_per_epoch,
+      run.step,
   )
+  state = run.state
   variables = {'params': state.params, 'batch_stats': state.batch_stats}
   print(summary.keras_summary(exp.model, variables, images_lib.SHAPE), file=out)
   print(

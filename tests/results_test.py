@@ -15,6 +15,7 @@ from cifar_jax.data import input_pipeline
 from cifar_jax import evaluate
 from cifar_jax import predict
 from cifar_jax.reporting import plots
+from cifar_jax.reporting import records
 from cifar_jax.reporting import seed_notebook
 from cifar_jax.runs import inference
 from cifar_jax import train
@@ -172,6 +173,12 @@ def test_evaluate_reproduces_the_logged_accuracy(trained, capsys):
   assert result['confusion'].sum() == 200
   assert len(out.split('Per class:')[1].strip().splitlines()) == 11
   assert Image.open(workdir / 'confusion_matrix.png').format == 'PNG'
+
+
+def test_a_run_records_the_code_it_was_trained_with(trained):
+  workdir, _ = trained
+  (entry,) = json.loads((workdir / records.CODE).read_text())
+  assert entry == {'from_step': 0, **records.code_version()}
 
 
 def test_probabilities_are_the_softmax_of_the_logits(trained):

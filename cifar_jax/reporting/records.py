@@ -13,6 +13,7 @@ import contextlib
 import json
 import os
 import platform
+import subprocess
 from typing import Any
 
 from absl import logging
@@ -70,6 +71,93 @@ RULES = {'seed_rung': rules.one_of('', *seed_notebook.rungs())}
 
 # What a trained run's data set was: class names (in label order), sizes.
 DATASET_INFO = 'dataset_info.json'
+# The code a run was trained with: one entry per start that changed it.
+CODE = 'code.json'
+
+
+# The checkout this package runs from, when it runs from one.
+_CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+
+
+def code_version(checkout: str = _CHECKOUT) -> dict[str, Any]:
+  """The commit of the cifar_jax checkout that is running, whether it had
+  uncommitted changes to tracked files, the jax version and the machine.
+
+  The commit is None unless `checkout` is the top of a git work tree: an
+  installed wheel inside some other repository is not that repository's
+  commit.
+  """
+  root = os.path.realpath(checkout)
+
+  def git(*args: str) -> str | None:
+    try:
+      r = subprocess.run(
+          ['git', '-C', root, *args],
+          capture_output=True,
+          text=True,
+          timeout=10,
+          check=False,
+      )
+    except (OSError, subprocess.SubprocessError):
+      return None
+    return r.stdout.strip() if r.returncode == 0 else None
+
+  top = git('rev-parse', '--show-toplevel')
+  at_top = top is not None and os.path.realpath(top) == root
+  commit = git('rev-parse', 'HEAD') if at_top else None
+  status = (
+      git('status', '--porcelain', '--untracked-files=no') if commit else None
+  )
+  return {
+      'commit': commit,
+      'dirty': None if status is None else bool(status),
+      'jax': jax.__version__,
+      'machine': machine_description(),
+  }
+
+
+def record_code(workdir: str, step: int) -> None:
+  """Adds the running code to `<workdir>/code.json` when it differs from
+  the last entry (a run resumed under other code has one entry per code)."""
+  path = os.path.join(workdir, CODE)
+  entries = read_code(workdir)
+  version = code_version()
+  if entries and {k: entries[-1].get(k) for k in version} == version:
+    return
+  write_json(path, entries + [{'from_step': step, **version}])
+
+
+def read_code(workdir: str) -> list[dict[str, Any]]:
+  """`<workdir>/code.json`'s entries; [] for a run written without one."""
+  try:
+    with open(os.path.join(workdir, CODE)) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return []
+
+
+def machines_text(entries: list[dict[str, Any]]) -> list[str]:
+  """The machines (with their jax) a run was trained on, in order."""
+  found = []
+  for e in entries:
+    if e.get('machine'):
+      name = f'{e["machine"]}; JAX {e.get("jax", "?")}'
+      if name not in found:
+        found.append(name)
+  return found
+
+
+def commits_text(entries: list[dict[str, Any]]) -> str:
+  """'3ce53da', '3ce53da, f5a4881+dirty' for a run resumed under other
+  code, or '–' when unknown."""
+  names = []
+  for e in entries:
+    if not e.get('commit'):
+      continue
+    name = e['commit'][:7] + ('+dirty' if e.get('dirty') else '')
+    if name not in names:
+      names.append(name)
+  return ', '.join(names) or '–'
 
 
 def write_atomically(path: str, write: Callable[[str], None]) -> None:
@@ -172,11 +260,13 @@ class Reporter:
       train_examples: int,
       eval_examples: int,
       steps_per_epoch: int,
+      step: int,
   ) -> None:
     """Writes config.json and dataset_info.json (what evaluate, predict
-    and a resume read back)."""
+    and a resume read back), and the code it runs (code.json) from `step`."""
     if not self.is_writer:
       return
+    record_code(self.workdir, step)
     write_atomically(
         os.path.join(self.workdir, 'config.json'),
         lambda tmp: _write_text(tmp, config.to_json_best_effort(indent=2)),
