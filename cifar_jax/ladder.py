@@ -10,7 +10,10 @@ then `<root>/REPORT.md` compares every rung with the seed notebook's record
 the mean |difference| of test accuracy over the epochs both printed, whether
 the final is within 1.5 points, the epoch-by-epoch comparison, and the
 curves with the seed's drawn beside ours; with parameters, seconds per
-epoch, total time, machine and data. `--epochs_scale F` trains
+epoch, total time, machine, data and the commit each run was trained with
+(its code.json). `--report_only` trains nothing and writes the report from
+the runs in `<root>` (history.json, config.json), e.g. runs trained on
+several machines brought into one root. `--epochs_scale F` trains
 max(1, round(F * epochs)) epochs per rung, for short runs on a CPU.
 `--config.key=value` overrides apply to every rung (e.g. the data options).
 As in the seed, deep_adam_aug starts from the trained deep_adam when both
@@ -39,9 +42,11 @@ from absl import flags
 import ml_collections
 
 from cifar_jax import cli
+from cifar_jax.config import renames
 from cifar_jax.errors import Preempted
 from cifar_jax.errors import UserError
 from cifar_jax.reporting import ladder_report
+from cifar_jax.reporting import records
 from cifar_jax.reporting import seed_notebook
 from cifar_jax import train
 
@@ -85,12 +90,21 @@ def run_ladder(
     command: str,
     out=sys.stdout,
     parallel: int = 1,
+    report_only: bool = False,
 ) -> list[dict]:
-  """Trains the rungs (resuming), `parallel` at a time, then the report."""
+  """Trains the rungs (resuming), `parallel` at a time, then the report.
+
+  `report_only`: trains nothing; the report is written from the runs
+  already in `<root>/<rung>/` (their history.json, and config.json where
+  there is one), e.g. runs trained elsewhere and brought together.
+  """
   configs = _rung_configs(names, epochs_scale, overrides, root)
   os.makedirs(root, exist_ok=True)
   start = time.monotonic()
-  if parallel > 1:
+  if report_only:
+    configs = {n: _saved_config(root, n, c) for n, c in configs.items()}
+    histories = {n: _saved_history(root, n) for n in names}
+  elif parallel > 1:
     histories = _RungProcesses(configs, overrides, root, parallel, out).run()
   else:
     histories = {}
@@ -101,20 +115,57 @@ def run_ladder(
       _, histories[name] = train.train_and_evaluate(
           config, os.path.join(root, name), out=out
       )
-  wall = time.monotonic() - start
+  wall = None if report_only else time.monotonic() - start
+  code = {n: records.read_code(os.path.join(root, n)) for n in names}
   rows = [
-      ladder_report.report_row(name, configs[name], histories[name])
-      for name in names
+      ladder_report.report_row(
+          n, configs[n], histories[n], records.commits_text(code[n])
+      )
+      for n in names
   ]
-  config = configs[names[-1]]
-  data = config.data.name + (f' ({config.data.dir})' if config.data.dir else '')
-  ladder_report.write_report(rows, root, data, command, wall)
-  print(
-      f'Ladder: {wall / 60:.1f} min wall-clock. Wrote '
-      f'{os.path.join(root, "REPORT.md")}',
-      file=out,
+  machines = list(
+      dict.fromkeys(m for n in names for m in records.machines_text(code[n]))
   )
+  data = sorted(
+      {
+          c.data.name + (f' ({c.data.dir})' if c.data.dir else '')
+          for c in configs.values()
+      }
+  )
+  ladder_report.write_report(
+      rows, root, '; '.join(data), command, wall, machines
+  )
+  took = '' if wall is None else f'{wall / 60:.1f} min wall-clock. '
+  print(f'Ladder: {took}Wrote {os.path.join(root, "REPORT.md")}', file=out)
   return rows
+
+
+def _saved_config(
+    root: str, name: str, config: ml_collections.ConfigDict
+) -> ml_collections.ConfigDict:
+  """The config a run in `<root>/<name>` saved, else the rung's `config`."""
+  path = os.path.join(root, name, 'config.json')
+  if not os.path.exists(path):
+    return config
+  with open(path) as f:
+    return ml_collections.ConfigDict(renames.upgrade(json.load(f)))
+
+
+def _saved_history(root: str, name: str) -> list[dict]:
+  path = os.path.join(root, name, 'history.json')
+  try:
+    with open(path) as f:
+      history = json.load(f)
+  except FileNotFoundError:
+    history = []
+  except (OSError, ValueError) as e:
+    raise UserError(f'{path}: cannot read it ({e}).') from e
+  if not history:
+    raise UserError(
+        f'{name}: no epochs in {path}; train the rung first (without '
+        '--report_only).'
+    )
+  return history
 
 
 class _RungProcesses:
@@ -258,6 +309,11 @@ EPOCHS_SCALE = flags.DEFINE_float(
 ROOT = flags.DEFINE_string(
     'root', os.path.join('ckpt', 'ladder'), 'Holds <rung>/ and REPORT.md.'
 )
+REPORT_ONLY = flags.DEFINE_bool(
+    'report_only',
+    False,
+    'Train nothing: write REPORT.md from the runs in --root.',
+)
 PARALLEL = flags.DEFINE_integer(
     'parallel',
     1,
@@ -279,6 +335,7 @@ def main(argv: list[str]) -> None:
         ROOT.value,
         'python -m cifar_jax.ladder ' + ' '.join(sys.argv[1:]),
         parallel=PARALLEL.value,
+        report_only=REPORT_ONLY.value,
     )
 
 

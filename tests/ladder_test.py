@@ -212,3 +212,66 @@ def test_sigterm_to_a_parallel_ladder_checkpoints_its_rungs_and_resumes(
     assert 'Resuming from step' in (root / name / 'log.txt').read_text()
   history = json.loads((root / 'simple' / 'history.json').read_text())
   assert [h['epoch'] for h in history] == list(range(1, 6))
+
+
+def _rows(accuracies):
+  return [
+      {
+          'epoch': e + 1,
+          'loss': 1.0,
+          'accuracy': 0.5,
+          'val_loss': 1.0,
+          'val_accuracy': a,
+          'seconds': 10.0 + e,
+      }
+      for e, a in enumerate(accuracies)
+  ]
+
+
+def test_report_only_reports_runs_brought_into_the_root_without_training(
+    tmp_path,
+):
+  root = tmp_path / 'ladder'
+  for name, commit, dirty in (
+      ('simple', 'a' * 40, False),
+      ('large', 'b' * 40, True),
+  ):
+    os.makedirs(root / name)
+    (root / name / 'history.json').write_text(
+        json.dumps(_rows([0.6, 0.7, 0.695]))
+    )
+    entry = {'from_step': 0, 'commit': commit, 'dirty': dirty}
+    if name == 'large':
+      entry |= {'machine': 'Some CPU, 4 CPU cores (AVX2)', 'jax': '0.12.0'}
+    (root / name / 'code.json').write_text(json.dumps([entry]))
+  out = io.StringIO()
+  rows = ladder.run_ladder(
+      ['simple', 'large'],
+      1.0,
+      {'data.name': 'synthetic'},
+      str(root),
+      'test',
+      out=out,
+      report_only=True,
+  )
+  assert [r['epochs'] for r in rows] == [3, 3]
+  report = (root / 'REPORT.md').read_text()
+  simple = next(l for l in report.splitlines() if l.startswith('| simple '))
+  # 3 of the seed's 25 epochs: a final and a best, no gap yet.
+  assert '| 69.50% | 70.00% (epoch 2) |' in simple
+  assert simple.endswith('| 0.6 min | aaaaaaa |')  # 33 s in all.
+  large = next(l for l in report.splitlines() if l.startswith('| large '))
+  assert large.endswith('| bbbbbbb+dirty |')
+  assert 'Wall-clock' not in report  # Nothing ran.
+  # Where the runs trained, as they recorded it, not where this ran.
+  assert '- Machine: Some CPU, 4 CPU cores (AVX2); JAX 0.12.0\n' in report
+  assert not (root / 'simple' / 'checkpoints').exists()
+  assert 'already finished' not in out.getvalue()
+
+
+def test_report_only_refuses_a_rung_without_a_history(tmp_path):
+  os.makedirs(tmp_path / 'simple')
+  with pytest.raises(UserError, match='simple: no epochs in .*history.json'):
+    ladder.run_ladder(
+        ['simple'], 1.0, {}, str(tmp_path), 'test', report_only=True
+    )

@@ -29,11 +29,16 @@ def _params(config: ml_collections.ConfigDict) -> int:
 
 
 def report_row(
-    name: str, config: ml_collections.ConfigDict, history: list[dict]
+    name: str,
+    config: ml_collections.ConfigDict,
+    history: list[dict],
+    commit: str = '–',
 ) -> dict:
-  """One rung's numbers for the report: ours against the seed's."""
+  """One rung's numbers for the report: ours against the seed's; `commit`
+  names the code it was trained with (`records.commits_text`)."""
   seconds = [h['seconds'] for h in history]
   return {
+      'commit': commit,
       'rung': name,
       'history': history,
       'compare': seed_notebook.compare(name, history),
@@ -70,7 +75,7 @@ def _summary_line(r: dict) -> str:
       f'{_points(c.gap, signed=True)} | {diff} | {within} | '
       f'{r["params"]:,} | {r["epochs"]}/{r["seed_epochs"]} | '
       f'{r["sec_per_epoch"]:.1f} ({r["fastest_epoch"]:.1f}) | '
-      f'{r["total_sec"] / 60:.1f} min |'
+      f'{r["total_sec"] / 60:.1f} min | {r["commit"]} |'
   )
 
 
@@ -101,13 +106,17 @@ def write_report(
     data: str,
     command: str,
     wall_seconds: float | None = None,
+    machines: list[str] | None = None,
 ) -> str:
   """Writes `<root>/REPORT.md` and each rung's curves beside the seed's.
 
+  `machines`: where the runs trained (their code.json); None: here.
   Returns the report's text. The curves are redrawn here, so runs trained
   before their config named its seed rung get the comparison too.
   """
-  lines = _summary(rows, data, command, wall_seconds)
+  if machines is None:
+    machines = [f'{records.machine_description()}; JAX {jax.__version__}']
+  lines = _summary(rows, data, command, wall_seconds, machines)
   for r in rows:
     name = r['rung']
     plots.curves(
@@ -133,22 +142,26 @@ def write_report(
 
 
 def _summary(
-    rows: list[dict], data: str, command: str, wall_seconds: float | None
+    rows: list[dict],
+    data: str,
+    command: str,
+    wall_seconds: float | None,
+    machines: list[str],
 ) -> list[str]:
   """The report's header, its table of rungs, and how to read it."""
   tolerance = seed_notebook.TOLERANCE_POINTS
   lines = [
       "# The seed's ladder, reproduced",
       '',
-      f'- Machine: {records.machine_description()}; JAX {jax.__version__}',
+      f'- Machine: {" | ".join(machines) or "not recorded by the runs"}',
       f'- Data: {data}',
       f'- Command: `{command}`',
       f'- Written: {datetime.datetime.now().isoformat(timespec="seconds")}',
       '',
       '| rung | seed final | ours final | ours best | gap | mean \\|diff\\| '
       f'(epochs) | within {tolerance} | params | epochs | s/epoch (fastest) '
-      '| total |',
-      '|---|---|---|---|---|---|---|---|---|---|---|',
+      '| total | commit |',
+      '|---|---|---|---|---|---|---|---|---|---|---|---|',
   ]
   lines += [_summary_line(r) for r in rows]
   total = sum(r['total_sec'] for r in rows)
@@ -172,7 +185,8 @@ def _summary(
       'points, over the epochs both printed (the notebook printed '
       'only some); a rung it printed no log for is compared with the '
       'rung its record names. s/epoch is the median epoch, with the '
-      'fastest in brackets.',
+      'fastest in brackets. Commit: the code each run was trained with '
+      "(its code.json; '+dirty': with uncommitted changes).",
       '',
   ]
   return lines
