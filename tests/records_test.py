@@ -3,6 +3,8 @@
 import json
 import subprocess
 
+import pytest
+
 from cifar_jax.reporting import records
 from conftest import REPO
 
@@ -14,6 +16,8 @@ def _git(*args, cwd=REPO):
 
 
 def test_code_version_is_this_checkouts_commit_and_state():
+  if not (REPO / '.git').exists():
+    pytest.skip('Not a git checkout (e.g. an unpacked source archive).')
   version = records.code_version()
   assert version['commit'] == _git('rev-parse', 'HEAD')
   changed = _git('status', '--porcelain', '--untracked-files=no')
