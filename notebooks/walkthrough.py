@@ -61,7 +61,15 @@ if 'google.colab' in sys.modules and not os.path.isdir('cifar_jax'):
     extra = ''
   subprocess.run(['git', 'clone', '-q', REPOSITORY, 'cifar_jax'], check=True)
   subprocess.run(
-      [sys.executable, '-m', 'pip', 'install', '-q', '-e', f'cifar_jax{extra}'],
+      [
+          sys.executable,
+          '-m',
+          'pip',
+          'install',
+          '-q',
+          '-e',
+          f'./cifar_jax{extra}',
+      ],
       check=True,
   )
   sys.path.insert(0, os.path.abspath('cifar_jax'))
