@@ -20,6 +20,7 @@ import pytest
 
 from cifar_jax.errors import UserError
 from cifar_jax.runs import checkpointing
+from cifar_jax.runs import weights
 from cifar_jax.runs import inference
 from cifar_jax.runs import resume
 from cifar_jax import train
@@ -87,7 +88,7 @@ def _result(workdir):
   history = json.loads((workdir / 'history.json').read_text())
   for row in history:
     del row['seconds']  # Wall-clock time cannot repeat.
-  return history, checkpointing.restore_params(str(workdir))
+  return history, weights.restore_params(str(workdir))
 
 
 def _assert_same(a, b):
@@ -227,10 +228,10 @@ def test_the_best_checkpoint_survives_resumes_as_in_an_uninterrupted_run(
     _, pieces = run(tmp_path / 'pieces', epochs)
   without_time = lambda h: [{**r, 'seconds': 0} for r in h]
   assert without_time(pieces) == without_time(history)
-  kept = checkpointing.saved_steps(str(tmp_path / 'whole'))
+  kept = weights.saved_steps(str(tmp_path / 'whole'))
   best = inference.select_step(str(tmp_path / 'whole'), 'best')
   assert best not in kept[-2:]  # The case where the best must be kept aside.
-  assert checkpointing.saved_steps(str(tmp_path / 'pieces')) == kept
+  assert weights.saved_steps(str(tmp_path / 'pieces')) == kept
   assert inference.select_step(str(tmp_path / 'pieces'), 'best') == best
 
 
@@ -373,7 +374,7 @@ def test_checkpoints_of_another_state_layout_are_refused_not_moved_aside(
   config = get_config('test')
   config.num_epochs = 1
   train.train_and_evaluate(config, str(tmp_path), out=io.StringIO())
-  saved = checkpointing.saved_steps(str(tmp_path))
+  saved = weights.saved_steps(str(tmp_path))
   exp = experiment.create_experiment(config)
   # The same model's state with one more field (what another version of
   # the code would ask for): whole checkpoints, of another layout.
@@ -386,9 +387,7 @@ def test_checkpoints_of_another_state_layout_are_refused_not_moved_aside(
           lookahead=optimizers.Lookahead(5, 0.5, 10),
       )
   )()
-  ckpt = checkpointing.Checkpoints(
-      checkpointing.checkpoint_dir(str(tmp_path)), 2
-  )
+  ckpt = checkpointing.Checkpoints(weights.checkpoint_dir(str(tmp_path)), 2)
   try:
     with pytest.raises(UserError, match='laid out differently'):
       ckpt.restore_latest(
@@ -398,5 +397,5 @@ def test_checkpoints_of_another_state_layout_are_refused_not_moved_aside(
       )
   finally:
     ckpt.close()
-  assert checkpointing.saved_steps(str(tmp_path)) == saved
+  assert weights.saved_steps(str(tmp_path)) == saved
   assert not list((tmp_path / 'checkpoints').glob('corrupt-*'))

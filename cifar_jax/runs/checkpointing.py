@@ -1,7 +1,8 @@
 """Orbax checkpoints of a run: save, find the newest good one, restore.
 
 A thin wrapper over `orbax.checkpoint.CheckpointManager` (the stable V0 API),
-so a move to Orbax's V1 API touches this file only. Each checkpoint holds
+so a move to Orbax's V1 API touches this module, `retention` and `weights`
+only. Each checkpoint holds
 three items:
 - `state`: the TrainState pytree (step, params, optimizer state, BatchNorm
   statistics); the data position is the step itself, since the data order is
@@ -12,12 +13,8 @@ three items:
 
 Orbax writes each checkpoint to a temporary directory and renames it when it
 is complete, so a kill mid-save never leaves a checkpoint that looks whole.
-Retention keeps the newest `keep` checkpoints plus the best by validation
-accuracy, through preservation policies rather than `best_fn`, which deletes
-the newest checkpoints (google/orbax#526). Orbax writes a checkpoint's
-metrics to disk only with `best_fn`, so a policy ranking by them forgets
-every score after a restart; the scores here come from each checkpoint's
-own `meta`, read again whenever the directory is opened (`_KeepBest`).
+Which checkpoints are kept is `retention`'s; reading a run's weights from
+outside the run is `weights`'s.
 """
 
 import collections
@@ -34,11 +31,11 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from orbax.checkpoint import checkpoint_managers
 
 from cifar_jax.errors import CheckpointWriteFailure
 from cifar_jax.errors import UserError
 from cifar_jax.errors import write_failure
+from cifar_jax.runs import retention
 
 _ITEMS = ('state', 'epoch_metrics', 'meta')  # Orbax reserves 'metrics'.
 # The suffix of a checkpoint Orbax has not finished writing.
@@ -88,25 +85,6 @@ def fingerprint(tree: Any) -> float:
   return float(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
 
 
-@dataclasses.dataclass
-class _KeepBest:
-  """An Orbax preservation policy: keep the step with the best score.
-
-  `scores` (step -> val_accuracy of the epoch it ends) is the caller's and
-  is kept up to date by it. Ties go to the later step, as `max` over
-  (score, step) in `inference.select_step`.
-  """
-
-  scores: dict[int, float]
-
-  def should_preserve(self, checkpoints, *, context) -> list[bool]:
-    del context
-    scored = [(self.scores[c.step], c.step) for c in checkpoints]
-    scored = [(v, s) for (v, s) in scored if v is not None]
-    best = max(scored)[1] if scored else None
-    return [c.step == best for c in checkpoints]
-
-
 class Checkpoints:
   """The checkpoints of one run directory."""
 
@@ -115,11 +93,8 @@ class Checkpoints:
     self._scores: collections.defaultdict[int, float | None] = (
         collections.defaultdict(lambda: None)
     )
-    policy = checkpoint_managers.AnyPreservationPolicy(
-        [checkpoint_managers.LatestN(n=keep), _KeepBest(self._scores)]
-    )
     options = ocp.CheckpointManagerOptions(
-        preservation_policy=policy,
+        preservation_policy=retention.policy(keep, self._scores),
         enable_async_checkpointing=asynchronous,
         create=True,
     )
@@ -139,7 +114,7 @@ class Checkpoints:
     self._scores.clear()
     for step in self.steps():
       try:
-        self._scores[step] = _score(self.read_meta(step))
+        self._scores[step] = retention.score(self.read_meta(step))
       except Exception:  # pylint: disable=broad-except
         pass  # Unreadable: restore_latest moves it aside if it is tried.
 
@@ -346,94 +321,6 @@ class Checkpoints:
     self._manager.reload()
     self._scores.pop(step, None)
     return aside
-
-
-def _score(meta: dict[str, Any]) -> float | None:
-  """The val_accuracy a checkpoint is ranked by, None if it ends no epoch.
-
-  Checkpoints saved before meta held it: an epoch's end is saved right
-  after its history row, with no time yet spent on the next epoch.
-  """
-  if 'val_accuracy' in meta:
-    return meta['val_accuracy']
-  if meta.get('history') and meta.get('epoch_seconds') == 0.0:
-    return meta['history'][-1]['val_accuracy']
-  return None
-
-
-def checkpoint_dir(workdir: str) -> str:
-  """Where a run directory keeps its checkpoints, one `<step>/` each."""
-  return os.path.join(workdir, 'checkpoints')
-
-
-def saved_steps(workdir: str) -> list[int]:
-  """The steps of a run's finished checkpoints, ascending.
-
-  Unfinished (`<step>.orbax-checkpoint-tmp-*`) and damaged ones moved aside
-  (`corrupt-*`) are not steps.
-  """
-  directory = checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(p) for p in os.listdir(directory) if p.isdigit())
-
-
-def restore_params(
-    path: str,
-    sharding: jax.sharding.Sharding | None = None,
-    step: int | None = None,
-) -> dict[str, Any]:
-  """{'params', 'batch_stats'} of a run directory's checkpoint `step`
-  (default: the newest), or of one checkpoint directory
-  (`<run>/checkpoints/<step>`).
-
-  For `init_from`, evaluation and prediction. The arrays are placed on
-  `sharding` (default: this process's first device), whatever devices wrote
-  them: Orbax refuses to guess a placement on another topology.
-  """
-  path = os.path.abspath(path)
-  if os.path.isdir(checkpoint_dir(path)):
-    path = checkpoint_dir(path)
-  if os.path.isdir(os.path.join(path, 'state')):  # One checkpoint.
-    directory, step = os.path.dirname(path), int(os.path.basename(path))
-  else:
-    directory = path
-  if not os.path.isdir(directory):
-    raise UserError(
-        f'init_from: {path} is not a run directory or a ' 'checkpoint.'
-    )
-  manager = ocp.CheckpointManager(
-      directory,
-      item_handlers={
-          'state': ocp.StandardCheckpointHandler(),
-          'epoch_metrics': ocp.StandardCheckpointHandler(),
-          'meta': ocp.JsonCheckpointHandler(),
-      },
-      options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-  )
-  sharding = sharding or jax.sharding.SingleDeviceSharding(
-      jax.local_devices()[0]
-  )
-  try:
-    step = manager.latest_step() if step is None else step
-    if step is None:
-      raise UserError(f'init_from: no checkpoint in {directory}.')
-    target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-        manager.item_metadata(step)['state'],
-    )
-    state = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
-    )['state']
-  finally:
-    manager.close()
-  logging.info(
-      'init_from: loaded parameters of step %d from %s.', step, directory
-  )
-  return {
-      'params': state['params'],
-      'batch_stats': state.get('batch_stats', {}),
-  }
 
 
 def _first_line(e: Exception) -> str:

@@ -21,7 +21,7 @@ from cifar_jax.data import input_pipeline
 from cifar_jax.errors import UserError
 from cifar_jax import models
 from cifar_jax.reporting import records
-from cifar_jax.runs import checkpointing
+from cifar_jax.runs import weights
 
 DATASET_INFO = records.DATASET_INFO
 
@@ -68,8 +68,8 @@ def _read_json(workdir: str, name: str) -> Any:
 
 def select_step(workdir: str, which: str) -> int:
   """The checkpoint step for 'latest', 'best' (by val_accuracy) or 'STEP'."""
-  ckpt_dir = checkpointing.checkpoint_dir(workdir)
-  steps = checkpointing.saved_steps(workdir)
+  ckpt_dir = weights.checkpoint_dir(workdir)
+  steps = weights.saved_steps(workdir)
   if not steps:
     raise UserError(f'No checkpoints in {ckpt_dir}.')
   if which == 'latest':
@@ -109,7 +109,7 @@ def load_run(
   )
   model = models.create_model(config.model)
   step = select_step(workdir, checkpoint)
-  variables = checkpointing.restore_params(workdir, step=step)
+  variables = weights.restore_params(workdir, step=step)
   if not variables['batch_stats']:
     variables = {'params': variables['params']}
   info_path = os.path.join(workdir, DATASET_INFO)

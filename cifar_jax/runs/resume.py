@@ -18,6 +18,7 @@ from cifar_jax.config import renames
 from cifar_jax.errors import UserError
 from cifar_jax.reporting import records
 from cifar_jax.runs import checkpointing
+from cifar_jax.runs import weights
 from cifar_jax.training.experiment import Experiment
 from cifar_jax.training import steps
 
@@ -128,7 +129,7 @@ def _abstract(tree: Any) -> Any:
 
 def state_from_run(exp: Experiment, path: str) -> steps.TrainState:
   """The initial state with params and BN statistics of another run."""
-  loaded = checkpointing.restore_params(path, exp.replicated)
+  loaded = weights.restore_params(path, exp.replicated)
   ours = {'params': exp.state.params, 'batch_stats': exp.state.batch_stats}
   theirs_shapes = jax.tree.map(np.shape, loaded)
   ours_shapes = jax.tree.map(np.shape, ours)
