@@ -30,12 +30,12 @@ from cifar_jax.training import steps
 from conftest import get_config
 from conftest import REPO
 
-# 8 epochs of 32 steps, a checkpoint every 12 steps (mid-epoch ones too),
+# 4 epochs of 32 steps, a checkpoint every 12 steps (mid-epoch ones too),
 # with BatchNorm, dropout and augmentation: everything random or stateful.
 RUN = (
     '--config',
     'configs/test.py',
-    '--config.num_epochs=8',
+    '--config.num_epochs=4',
     '--config.data.synthetic_train_size=1024',
     '--config.checkpoint_every_steps=12',
     '--config.model.batch_norm=True',
@@ -113,9 +113,9 @@ def test_sigkill_at_a_random_moment_then_resume_is_bit_identical(
 ):
   # A seeded moment: a little after one of the checkpoints of the first
   # half of the run (mid-epoch or at an epoch's end), so more than half of
-  # the 256 steps are still to run when the kill lands.
+  # the 128 steps are still to run when the kill lands.
   rng = random.Random(2026)
-  step, delay = rng.randrange(12, 128, 12), rng.uniform(0.0, 0.2)
+  step, delay = rng.randrange(12, 64, 12), rng.uniform(0.0, 0.2)
   proc = _start(tmp_path)
   _wait_for_checkpoint(tmp_path, proc, step)
   time.sleep(delay)
@@ -165,7 +165,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous_one(
   biggest = max(files, key=os.path.getsize)
   with open(biggest, 'r+b') as f:
     f.truncate(os.path.getsize(biggest) // 2)
-  code, out, err = _run(tmp_path)  # 8 epochs: goes on from the survivor.
+  code, out, err = _run(tmp_path)  # 4 epochs: goes on from the survivor.
   assert code == 0, err[-3000:]
   assert 'checkpoints/64 is damaged' in out
   assert f'Resuming from step {steps[-2]} ' in out
@@ -197,10 +197,11 @@ def test_finished_run_rerun_only_says_so(uninterrupted):
   workdir, _ = uninterrupted
   code, out, err = _run(workdir)
   assert code == 0, err[-3000:]
-  assert 'already finished: 8/8 epochs' in out
+  assert 'already finished: 4/4 epochs' in out
   assert 'Epoch ' not in out
 
 
+@pytest.mark.slow
 def test_retention_keeps_the_newest_and_the_best(uninterrupted):
   workdir, (history, _) = uninterrupted
   steps = sorted(
@@ -209,7 +210,7 @@ def test_retention_keeps_the_newest_and_the_best(uninterrupted):
       if p.name.isdigit()
   )
   best_epoch = 1 + int(np.argmax([h['val_accuracy'] for h in history]))
-  assert steps[-1] == 256 and len(steps) <= 3  # keep_checkpoints = 2 ...
+  assert steps[-1] == 128 and len(steps) <= 3  # keep_checkpoints = 2 ...
   assert best_epoch * 32 in steps  # ... plus the best epoch's.
 
 
