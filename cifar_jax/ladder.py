@@ -135,6 +135,7 @@ def run_ladder(
   ladder_report.write_report(
       rows, root, '; '.join(data), command, wall, machines
   )
+  print('\n'.join(ladder_report.readme_table(rows)), file=out)
   took = '' if wall is None else f'{wall / 60:.1f} min wall-clock. '
   print(f'Ladder: {took}Wrote {os.path.join(root, "REPORT.md")}', file=out)
   return rows

@@ -267,6 +267,11 @@ def test_report_only_reports_runs_brought_into_the_root_without_training(
   assert '- Machine: Some CPU, 4 CPU cores (AVX2); JAX 0.12.0\n' in report
   assert not (root / 'simple' / 'checkpoints').exists()
   assert 'already finished' not in out.getvalue()
+  # The README's form of the table, printed: fastest epoch 10 s, no gap.
+  printed = out.getvalue().splitlines()
+  assert printed[0].startswith('| rung | seed final | ours final | best |')
+  assert printed[2].startswith('| simple | 69.88% | 69.50% | 70.00% | – | ')
+  assert printed[2].endswith(' | 3 | 10.0 | aaaaaaa |')
 
 
 def test_report_only_refuses_a_rung_without_a_history(tmp_path):

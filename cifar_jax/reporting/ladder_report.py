@@ -79,6 +79,31 @@ def _summary_line(r: dict) -> str:
   )
 
 
+def readme_table(rows: list[dict]) -> list[str]:
+  """The README's Results table: the report's table with fewer columns.
+
+  s/epoch is each run's fastest epoch: the one nearest an idle machine,
+  as runs at low priority share it with whatever else is running.
+  """
+  lines = [
+      '| rung | seed final | ours final | best | gap | mean \\|diff\\| per '
+      'epoch | epochs | s/epoch | commit |',
+      '|---|---|---|---|---|---|---|---|---|',
+  ]
+  for r in rows:
+    c, seed = r['compare'], seed_notebook.load(r['rung'])
+    diff = '–'
+    if c.mean_abs_diff is not None:
+      of = f' of {seed.reference}' if seed.reference else ''
+      diff = f'{c.mean_abs_diff:.2f} ({c.common_epochs} epochs{of})'
+    lines.append(
+        f'| {r["rung"]} | {seed.final_text} | {_pct(c.final)} | '
+        f'{_pct(c.best)} | {_points(c.gap, signed=True)} | {diff} | '
+        f'{r["epochs"]} | {r["fastest_epoch"]:.1f} | {r["commit"]} |'
+    )
+  return lines
+
+
 def _epoch_table(r: dict) -> list[str]:
   """Ours beside the seed's, for every epoch both printed."""
   label, rows = seed_notebook.reference(r['rung'], r['history'][-1]['epoch'])

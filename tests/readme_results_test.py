@@ -1,0 +1,47 @@
+"""The README's Results table says what the runs in docs/results hold."""
+
+import json
+import os
+
+from cifar_jax import cli
+from cifar_jax.reporting import ladder_report
+from cifar_jax.reporting import records
+from cifar_jax.reporting import seed_notebook
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, 'docs', 'results')
+
+
+def _published_rows() -> list[dict]:
+  rows = []
+  for name in seed_notebook.rungs():
+    run = os.path.join(RESULTS, name)
+    if not os.path.exists(os.path.join(run, 'history.json')):
+      continue
+    with open(os.path.join(run, 'history.json')) as f:
+      history = json.load(f)
+    commit = records.commits_text(records.read_code(run))
+    rows.append(
+        ladder_report.report_row(name, cli.load_config(name), history, commit)
+    )
+  return rows
+
+
+def _readme_table() -> list[str]:
+  with open(os.path.join(ROOT, 'README.md')) as f:
+    lines = f.read().splitlines()
+  start = lines.index('## Results')
+  header = next(
+      i for i in range(start, len(lines)) if lines[i].startswith('| rung |')
+  )
+  end = header
+  while end < len(lines) and lines[end].startswith('|'):
+    end += 1
+  return lines[header:end]
+
+
+def test_the_readmes_results_table_is_built_from_docs_results():
+  rows = _published_rows()
+  # Every published run names the commit it was trained with.
+  assert rows and all(r['commit'] != '–' for r in rows)
+  assert _readme_table() == ladder_report.readme_table(rows)
