@@ -116,6 +116,22 @@ def test_curves_draw_the_seeds_dashed_beside_ours_with_its_gaps():
   assert 'training, seed notebook (Keras 2.3)' in legend
 
 
+def test_the_seeds_curve_breaks_over_the_epochs_it_did_not_print():
+  # large_100's record: epochs 1-20 and 82-100 only.
+  reference = seed_notebook.reference('large_100', up_to_epoch=100)
+  fig = plots.curves_figure(_history([0.5] * 100), 'large_100', reference)
+  for axis in fig.axes:
+    for line in axis.get_lines():
+      if 'seed notebook' not in line.get_label():
+        continue
+      x = np.asarray(line.get_xdata(), float)
+      y = np.asarray(line.get_ydata(), float)
+      between = (x > 20) & (x < 82)
+      # A NaN there, and no value: no segment joins epoch 20 to epoch 82.
+      assert between.any() and np.isnan(y[between]).all()
+      assert np.isfinite(y[(x == 20) | (x == 82)]).all()
+
+
 def test_curves_draw_another_run_dotted_beside_the_seeds_dashed():
   reference = seed_notebook.reference('deep_adam', up_to_epoch=3)
   keras_rows = _history([0.3, 0.4, 0.45])

@@ -64,11 +64,9 @@ def curves_figure(
           label=split,
       )
       for (label, rows), style in zip(compared, _COMPARED_STYLES):
-        values = [
-            np.nan if r[prefix + key] is None else r[prefix + key] for r in rows
-        ]
+        xs, values = _with_gaps(rows, prefix + key)
         ax.plot(
-            [r['epoch'] for r in rows],
+            xs,
             values,
             style,
             color=color,
@@ -87,6 +85,23 @@ def curves_figure(
     fig.suptitle(title)
   fig.tight_layout()
   return fig
+
+
+def _with_gaps(rows: Sequence[dict], key: str) -> tuple[list, list]:
+  """(epochs, values) of `rows`, NaN where a value or an epoch is missing.
+
+  The notebook printed only some epochs (e.g. 1-20 and 82-100): a NaN
+  between two that are not consecutive keeps the line from drawing the
+  epochs it never printed as a straight segment.
+  """
+  xs, values = [], []
+  for r in rows:
+    if xs and r['epoch'] > xs[-1] + 1:
+      xs.append(xs[-1] + 1)
+      values.append(np.nan)
+    xs.append(r['epoch'])
+    values.append(np.nan if r[key] is None else r[key])
+  return xs, values
 
 
 def curves(
