@@ -1,7 +1,9 @@
 """deep_adam with zoom 0.2 and horizontal flips, 200 epochs of 390 steps.
 
 The seed did not start from scratch: it continued the trained deep_adam
-model (100 epochs) for 200 more epochs with augmentation.
+model (100 epochs) for 200 more epochs with augmentation, calling
+fit_generator on it without compiling it again, so Adam went on with its
+moments and update count (`init_from_optimizer`).
 As the seed did, after training deep_adam:
 Run: python -m cifar_jax.main --config configs/deep_adam_aug.py \
        --config.init_from=ckpt/deep_adam
@@ -19,5 +21,6 @@ def get_config():
   config.steps_per_epoch = 390
   config.augment.zoom_range = 0.2
   config.augment.horizontal_flip = True
+  config.init_from_optimizer = True
   config.seed_rung = 'deep_adam_aug'
   return config

@@ -16,5 +16,6 @@ def get_config():
   config.num_epochs = 100
   config.model.stage_dropout = (0.25, 0.25, 0.25)
   config.model.hidden_dropout = 0.5
+  config.init_from_optimizer = False  # A new model: the seed built it anew.
   config.seed_rung = 'deep_adam_aug_dropout'
   return config

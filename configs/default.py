@@ -65,6 +65,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Start from the params (and BatchNorm statistics) of another run
   # directory or checkpoint, with a fresh optimizer ('' = from scratch).
   config.init_from = ''
+  # With init_from: continue that run's optimizer state too (Adam's moments
+  # and update count), as a Keras model fit again without compile() does;
+  # the new run's step, schedule and epochs still start at 0.
+  config.init_from_optimizer = False
 
   # The seed notebook's rung (cifar_jax.seed_notebook) whose printed curves
   # are drawn beside this run's in curves.png ('' = none). Reporting only.

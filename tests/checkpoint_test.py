@@ -256,6 +256,96 @@ def test_init_from_loads_params_of_another_run(tmp_path, uninterrupted):
     train.train_and_evaluate(config, str(tmp_path / 'c'), out=io.StringIO())
 
 
+def _adam_state(opt_state) -> optimizers.KerasAdamState:
+  is_adam = lambda x: isinstance(x, optimizers.KerasAdamState)
+  return next(
+      x for x in jax.tree.leaves(opt_state, is_leaf=is_adam) if is_adam(x)
+  )
+
+
+def _adam_config(epochs: int = 1):
+  config = get_config('test')
+  config.optimizer.name = 'adam'
+  config.num_epochs = epochs
+  return config
+
+
+def test_init_from_optimizer_continues_the_other_runs_adam_as_keras_does(
+    tmp_path,
+):
+  # The seed's deep_adam_aug: fit_generator on the trained deep_adam model,
+  # not compiled again, so Keras 2.3's Adam went on from its slots and its
+  # iteration count.
+  trained, _ = train.train_and_evaluate(
+      _adam_config(), str(tmp_path / 'a'), out=io.StringIO()
+  )
+  theirs = _adam_state(trained.opt_state)
+  assert int(theirs.count) == 16  # 512 images / 32.
+  config = _adam_config()
+  config.init_from = str(tmp_path / 'a')
+  config.init_from_optimizer = True
+  exp = experiment.create_experiment(config)
+  state = resume.state_from_run(exp, config.init_from)
+  assert int(state.step) == 0  # The new run's own epochs and checkpoints.
+  for x, y in zip(
+      jax.tree.leaves((trained.params, trained.opt_state)),
+      jax.tree.leaves((state.params, state.opt_state)),
+  ):
+    np.testing.assert_array_equal(x, y)
+  # Its first update is Keras 2.3's Adam at t = 17, from the carried slots.
+  grads = jax.tree.map(
+      lambda p: np.full(p.shape, 0.01, np.float32), state.params
+  )
+  updates, _ = state.tx.update(grads, state.opt_state, state.params)
+  b1, b2, eps = 0.9, 0.999, config.optimizer.epsilon
+  lr = config.optimizer.learning_rate
+  lr_t = lr * np.sqrt(1 - b2**17) / (1 - b1**17)
+  for u, m, v, g in zip(
+      jax.tree.leaves(updates),
+      jax.tree.leaves(theirs.mu),
+      jax.tree.leaves(theirs.nu),
+      jax.tree.leaves(grads),
+  ):
+    m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+    expected = -lr_t * m / (np.sqrt(v) + eps)
+    # XLA float32 against NumPy: 1e-4 of the largest (t = 1: 2x off).
+    np.testing.assert_allclose(
+        u, expected, rtol=0, atol=1e-4 * np.abs(expected).max()
+    )
+  # Without it: the parameters only, and a new Adam.
+  config.init_from_optimizer = False
+  fresh = resume.state_from_run(
+      experiment.create_experiment(config), config.init_from
+  )
+  assert int(_adam_state(fresh.opt_state).count) == 0
+  new_mu = jax.tree.leaves(_adam_state(fresh.opt_state).mu)
+  assert not any(np.any(m) for m in new_mu)
+
+
+def test_init_from_optimizer_refuses_another_optimizers_state_in_one_line(
+    tmp_path,
+):
+  sgd = get_config('test')
+  sgd.num_epochs = 1
+  train.train_and_evaluate(sgd, str(tmp_path / 'sgd'), out=io.StringIO())
+  config = _adam_config()
+  config.init_from = str(tmp_path / 'sgd')
+  config.init_from_optimizer = True
+  with pytest.raises(UserError, match='init_from_optimizer: the optimizer'):
+    train.train_and_evaluate(config, str(tmp_path / 'b'), out=io.StringIO())
+
+
+def test_init_from_optimizer_refuses_a_decaying_learning_rate_in_one_line():
+  # The carried count would drive the decay; the loop logs its own step's.
+  config = get_config('test')  # SGD with decay.
+  config.init_from_optimizer = True
+  with pytest.raises(UserError, match='needs a constant learning rate'):
+    resume.state_from_run(experiment.create_experiment(config), 'elsewhere')
+  config.optimizer.decay = 0.0
+  with pytest.raises(UserError, match='not a run directory'):
+    resume.state_from_run(experiment.create_experiment(config), 'elsewhere')
+
+
 def test_a_failed_save_is_a_clear_error_and_keeps_earlier_checkpoints(
     tmp_path, monkeypatch
 ):

@@ -22,10 +22,15 @@ BEFORE = json.loads(
 # their old runs upgrade to what they computed, which today's configs no
 # longer are.
 RECIPES_SINCE_CHANGED = ('fast94', 'fast95', 'fast96')
+# deep_adam_aug now starts with deep_adam's Adam state, as the seed did.
+STARTS_SINCE_CHANGED = ('deep_adam_aug',)
 
 
 @pytest.mark.parametrize(
-    'name', sorted(set(BEFORE) - set(RECIPES_SINCE_CHANGED))
+    'name',
+    sorted(
+        set(BEFORE) - set(RECIPES_SINCE_CHANGED) - set(STARTS_SINCE_CHANGED)
+    ),
 )
 def test_an_old_saved_config_upgrades_to_exactly_todays(name):
   old = BEFORE[name]
@@ -33,6 +38,16 @@ def test_an_old_saved_config_upgrades_to_exactly_todays(name):
   now = resume.config_json(get_config(name))
   assert renames.upgrade(old) == now
   assert resume.config_differences(renames.upgrade(old), now) == []
+
+
+@pytest.mark.parametrize('name', STARTS_SINCE_CHANGED)
+def test_an_old_run_keeps_its_fresh_optimizer_start_and_resumes(name):
+  upgraded = renames.upgrade(BEFORE[name])
+  now = resume.config_json(get_config(name))
+  assert upgraded['init_from_optimizer'] is False and now['init_from_optimizer']
+  assert {**upgraded, 'init_from_optimizer': True} == now
+  # How a run started does not change what its checkpoints computed.
+  assert resume.config_differences(upgraded, now) == []
 
 
 @pytest.mark.parametrize('name', RECIPES_SINCE_CHANGED)

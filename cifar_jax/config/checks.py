@@ -22,10 +22,11 @@ from cifar_jax import rules
 from cifar_jax.training import experiment
 from cifar_jax.training import optimizers
 
-# The keys of the loop itself (cifar_jax.train): checkpoints.
+# The keys of the loop itself (cifar_jax.train): checkpoints, where it starts.
 LOOP_RULES = {
     'checkpoint_every_steps': rules.integer(0),
     'keep_checkpoints': rules.integer(1),
+    'init_from_optimizer': rules.BOOL,
 }
 # Section -> its rules, from the modules that read it.
 SECTIONS: dict[str, dict[str, rules.Rule]] = {

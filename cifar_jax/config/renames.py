@@ -29,7 +29,7 @@ RENAMED = {
 # the pooling was chosen by the platform and FastNet had no MaxNorm. The
 # 3x3 convolutions' method changes results only by float rounding, so an
 # old run resumes with today's default. Every pass ended with a partial
-# batch, and inputs were pixels / 255.
+# batch, and inputs were pixels / 255. init_from took only the parameters.
 ADDED = {
     'model.pooling': 'auto',
     'model.conv3x3': 'auto',
@@ -38,6 +38,7 @@ ADDED = {
     'drop_remainder': False,
     'data.mean': [],
     'data.std': [],
+    'init_from_optimizer': False,
 }
 
 

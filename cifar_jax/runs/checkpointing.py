@@ -36,13 +36,11 @@ from cifar_jax.errors import CheckpointWriteFailure
 from cifar_jax.errors import UserError
 from cifar_jax.errors import write_failure
 from cifar_jax.runs import retention
+from cifar_jax.runs import weights
 
 _ITEMS = ('state', 'epoch_metrics', 'meta')  # Orbax reserves 'metrics'.
 # The suffix of a checkpoint Orbax has not finished writing.
 _UNFINISHED = '.orbax-checkpoint-tmp'
-# Orbax's words for a checkpoint whose tree differs from the one asked for:
-# not damage (every checkpoint of the run would have it), another layout.
-_STRUCTURE_MISMATCH = 'tree structures do not match'
 
 
 class UnretrievedWriteFailures(std_logging.Filter):
@@ -279,7 +277,7 @@ class Checkpoints:
           ),
       )
     except Exception as e:  # pylint: disable=broad-except
-      if _STRUCTURE_MISMATCH in str(e):  # Whole, but of another layout.
+      if weights.STRUCTURE_MISMATCH in str(e):  # Whole, but of another layout.
         raise UserError(
             f'The checkpoints in {self.directory} hold a training state laid '
             "out differently from this version of cifar_jax's "

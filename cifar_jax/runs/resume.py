@@ -3,7 +3,8 @@
 A run resumes only checkpoints made by the same computation: every config
 key must match except `RESUMABLE_CHANGES`, which do not change what the
 saved steps computed. `init_from` starts a new run from another run's
-parameters and BatchNorm statistics, with a fresh optimizer.
+parameters and BatchNorm statistics, with a fresh optimizer, or with that
+run's optimizer state too (`init_from_optimizer`).
 """
 
 import dataclasses
@@ -20,6 +21,7 @@ from cifar_jax.reporting import records
 from cifar_jax.runs import checkpointing
 from cifar_jax.runs import weights
 from cifar_jax.training.experiment import Experiment
+from cifar_jax.training import optimizers
 from cifar_jax.training import steps
 
 # Config keys that may change when a run resumes: they do not change what
@@ -34,6 +36,7 @@ RESUMABLE_CHANGES = (
     'checkpoint_every_steps',
     'keep_checkpoints',
     'init_from',
+    'init_from_optimizer',
     'steps_per_dispatch',
     'seed_rung',
     # How the machine computes the model, not which model: a run moves
@@ -128,7 +131,30 @@ def _abstract(tree: Any) -> Any:
 
 
 def state_from_run(exp: Experiment, path: str) -> steps.TrainState:
-  """The initial state with params and BN statistics of another run."""
+  """The initial state with params and BN statistics of another run; with
+  its optimizer state too when `init_from_optimizer`.
+
+  The step starts at 0 either way: the run's epochs, data order and
+  checkpoints are its own. A Keras model fit again without compile() keeps
+  its optimizer's slots and iteration count; the seed's deep_adam_aug did.
+  The learning rate must then be constant: a decaying one would follow the
+  carried count while the loop logged the rate at its own step.
+
+  Raises:
+    UserError: it cannot be done (see above, and `weights.restore_state`).
+  """
+  if exp.config.init_from_optimizer:
+    if not optimizers.has_constant_learning_rate(exp.config.optimizer):
+      raise UserError(
+          'init_from_optimizer needs a constant learning rate (adam, or sgd '
+          f'with decay 0), not optimizer.name={exp.config.optimizer.name!r}'
+          ' with its schedule; set init_from_optimizer=false to take only '
+          'the parameters.'
+      )
+    theirs = weights.restore_state(path, _abstract(exp.state))
+    return exp.state.with_variables(theirs.params, theirs.batch_stats).replace(
+        opt_state=theirs.opt_state
+    )
   loaded = weights.restore_params(path, exp.replicated)
   ours = {'params': exp.state.params, 'batch_stats': exp.state.batch_stats}
   theirs_shapes = jax.tree.map(np.shape, loaded)

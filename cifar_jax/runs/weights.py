@@ -2,11 +2,13 @@
 
 Where the checkpoints are, which steps are whole, and the weights of one:
 for `init_from`, evaluation and prediction, which need the parameters and
-nothing of the training state's layout (`checkpointing` is the run's own
-reader and writer).
+nothing of the training state's layout; and, for `init_from_optimizer`,
+the whole state in a layout the caller gives (`checkpointing` is the
+run's own reader and writer).
 """
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from absl import logging
@@ -14,6 +16,10 @@ import jax
 import orbax.checkpoint as ocp
 
 from cifar_jax.errors import UserError
+
+# Orbax's words for a checkpoint whose tree differs from the one asked for:
+# not damage (every checkpoint of the run would have it), another layout.
+STRUCTURE_MISMATCH = 'tree structures do not match'
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -33,22 +39,13 @@ def saved_steps(workdir: str) -> list[int]:
   return sorted(int(p) for p in os.listdir(directory) if p.isdigit())
 
 
-def restore_params(
-    path: str,
-    sharding: jax.sharding.Sharding | None = None,
-    step: int | None = None,
-) -> dict[str, Any]:
-  """{'params', 'batch_stats'} of a run directory's checkpoint `step`
-  (default: the newest), or of one checkpoint directory
-  (`<run>/checkpoints/<step>`).
-
-  For `init_from`, evaluation and prediction. The arrays are placed on
-  `sharding` (default: this process's first device), whatever devices wrote
-  them: Orbax refuses to guess a placement on another topology.
-  """
+def _open(path: str) -> tuple[ocp.CheckpointManager, int | None]:
+  """A read-only manager of `path` (a run directory or one checkpoint) and
+  the step named by a checkpoint path (None: a run directory's)."""
   path = os.path.abspath(path)
   if os.path.isdir(checkpoint_dir(path)):
     path = checkpoint_dir(path)
+  step = None
   if os.path.isdir(os.path.join(path, 'state')):  # One checkpoint.
     directory, step = os.path.dirname(path), int(os.path.basename(path))
   else:
@@ -66,26 +63,81 @@ def restore_params(
       },
       options=ocp.CheckpointManagerOptions(read_only=True, create=False),
   )
-  sharding = sharding or jax.sharding.SingleDeviceSharding(
-      jax.local_devices()[0]
-  )
+  return manager, step
+
+
+def _restore_state(
+    path: str, target: Callable[[Any], Any], step: int | None
+) -> tuple[Any, int, str]:
+  """The state of checkpoint `step` (default: the newest) of `path`, read
+  into `target(its metadata)`; with the step and the directory."""
+  manager, named = _open(path)
   try:
+    step = step if step is not None else named
     step = manager.latest_step() if step is None else step
     if step is None:
-      raise UserError(f'init_from: no checkpoint in {directory}.')
-    target = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-        manager.item_metadata(step)['state'],
-    )
+      raise UserError(f'init_from: no checkpoint in {manager.directory}.')
     state = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(
+                target(manager.item_metadata(step)['state'])
+            )
+        ),
     )['state']
   finally:
     manager.close()
-  logging.info(
-      'init_from: loaded parameters of step %d from %s.', step, directory
+  logging.info('init_from: loaded step %d from %s.', step, manager.directory)
+  return state, step, str(manager.directory)
+
+
+def restore_params(
+    path: str,
+    sharding: jax.sharding.Sharding | None = None,
+    step: int | None = None,
+) -> dict[str, Any]:
+  """{'params', 'batch_stats'} of a run directory's checkpoint `step`
+  (default: the newest), or of one checkpoint directory
+  (`<run>/checkpoints/<step>`).
+
+  For `init_from`, evaluation and prediction. The arrays are placed on
+  `sharding` (default: this process's first device), whatever devices wrote
+  them: Orbax refuses to guess a placement on another topology.
+  """
+  sharding = sharding or jax.sharding.SingleDeviceSharding(
+      jax.local_devices()[0]
+  )
+  state, _, _ = _restore_state(
+      path,
+      lambda saved: jax.tree.map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+          saved,
+      ),
+      step,
   )
   return {
       'params': state['params'],
       'batch_stats': state.get('batch_stats', {}),
   }
+
+
+def restore_state(path: str, target: Any) -> Any:
+  """The whole training state of a run's newest checkpoint (or of one
+  checkpoint), read into `target`'s layout: for `init_from_optimizer`,
+  which continues another run's optimizer and so needs its state laid out
+  as this run's (the same optimizer over the same parameters).
+
+  Raises:
+    UserError: the checkpoint holds a state laid out otherwise.
+  """
+  try:
+    state, _, _ = _restore_state(path, lambda saved: target, None)
+  except Exception as e:  # pylint: disable=broad-except
+    if STRUCTURE_MISMATCH not in str(e):
+      raise
+    raise UserError(
+        f'init_from_optimizer: the optimizer state in {path} is not laid '
+        "out as this run's (another optimizer, or other parameters); "
+        'without init_from_optimizer only the parameters are taken.'
+    ) from e
+  return state

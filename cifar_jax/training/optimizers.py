@@ -329,6 +329,13 @@ def learning_rate_schedule(
   return optax.constant_schedule(config.learning_rate)  # Adam's.
 
 
+def has_constant_learning_rate(config: ml_collections.ConfigDict) -> bool:
+  """Whether the learning rate is the same at every update (Adam; SGD
+  without decay): only then may a run continue another's optimizer, whose
+  count the rate would otherwise follow while the loop logs its own."""
+  return config.name == 'adam' or (config.name == 'sgd' and not config.decay)
+
+
 OPTIMIZERS = ('sgd', 'adam', 'fast_sgd')
 # The `optimizer` section's keys.
 RULES = {
