@@ -52,7 +52,7 @@ def _open(path: str) -> tuple[ocp.CheckpointManager, int | None]:
     directory = path
   if not os.path.isdir(directory):
     raise UserError(
-        f'init_from: {path} is not a run directory or a ' 'checkpoint.'
+        f'init_from: {path} is not a run directory or a checkpoint.'
     )
   manager = ocp.CheckpointManager(
       directory,
@@ -68,9 +68,9 @@ def _open(path: str) -> tuple[ocp.CheckpointManager, int | None]:
 
 def _restore_state(
     path: str, target: Callable[[Any], Any], step: int | None
-) -> tuple[Any, int, str]:
+) -> Any:
   """The state of checkpoint `step` (default: the newest) of `path`, read
-  into `target(its metadata)`; with the step and the directory."""
+  into `target(its metadata)`."""
   manager, named = _open(path)
   try:
     step = step if step is not None else named
@@ -88,7 +88,7 @@ def _restore_state(
   finally:
     manager.close()
   logging.info('init_from: loaded step %d from %s.', step, manager.directory)
-  return state, step, str(manager.directory)
+  return state
 
 
 def restore_params(
@@ -107,7 +107,7 @@ def restore_params(
   sharding = sharding or jax.sharding.SingleDeviceSharding(
       jax.local_devices()[0]
   )
-  state, _, _ = _restore_state(
+  state = _restore_state(
       path,
       lambda saved: jax.tree.map(
           lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
@@ -131,7 +131,7 @@ def restore_state(path: str, target: Any) -> Any:
     UserError: the checkpoint holds a state laid out otherwise.
   """
   try:
-    state, _, _ = _restore_state(path, lambda saved: target, None)
+    state = _restore_state(path, lambda saved: target, None)
   except Exception as e:  # pylint: disable=broad-except
     if STRUCTURE_MISMATCH not in str(e):
       raise
