@@ -45,3 +45,17 @@ def test_the_readmes_results_table_is_built_from_docs_results():
   # Every published run names the commit it was trained with.
   assert rows and all(r['commit'] != '–' for r in rows)
   assert _readme_table() == ladder_report.readme_table(rows)
+
+
+def test_docs_results_report_covers_every_published_run():
+  with open(os.path.join(RESULTS, 'REPORT.md')) as f:
+    report = f.read()
+  for r in _published_rows():
+    # Its row in the table (final and best as the README has them) and
+    # its section with the curves.
+    c = r['compare']
+    assert f'| {r["rung"]} | ' in report
+    assert f'| {c.final:.2f}% | {c.best:.2f}% (epoch {c.best_epoch}) |' in (
+        report
+    )
+    assert f'![{r["rung"]}]({r["rung"]}/curves.png)' in report
