@@ -102,8 +102,7 @@ def run_ladder(
   os.makedirs(root, exist_ok=True)
   start = time.monotonic()
   if report_only:
-    configs = {n: _saved_config(root, n, c) for n, c in configs.items()}
-    histories = {n: _saved_history(root, n) for n in names}
+    configs, histories = _saved_runs(root, configs)
   elif parallel > 1:
     histories = _RungProcesses(configs, overrides, root, parallel, out).run()
   else:
@@ -116,15 +115,15 @@ def run_ladder(
           config, os.path.join(root, name), out=out
       )
   wall = None if report_only else time.monotonic() - start
-  code = {n: records.read_code(os.path.join(root, n)) for n in names}
-  rows = [
-      ladder_report.report_row(
-          n, configs[n], histories[n], records.commits_text(code[n])
-      )
-      for n in names
-  ]
+  rows = _report_rows(root, configs, histories)
   machines = list(
-      dict.fromkeys(m for n in names for m in records.machines_text(code[n]))
+      dict.fromkeys(
+          m
+          for n in names
+          for m in records.machines_text(
+              records.read_code(os.path.join(root, n))
+          )
+      )
   )
   data = sorted(
       {
@@ -139,6 +138,42 @@ def run_ladder(
   took = '' if wall is None else f'{wall / 60:.1f} min wall-clock. '
   print(f'Ladder: {took}Wrote {os.path.join(root, "REPORT.md")}', file=out)
   return rows
+
+
+def saved_rows(
+    names: list[str], root: str, overrides: Mapping[str, Any] | None = None
+) -> list[dict]:
+  """The report rows (`ladder_report.report_row`) of the runs already in
+  `<root>/<rung>/`, as `--report_only` reads them: one reader for the report
+  and for what checks the published results."""
+  configs = _rung_configs(names, 1.0, overrides or {}, root)
+  return _report_rows(root, *_saved_runs(root, configs))
+
+
+def _saved_runs(
+    root: str, configs: dict[str, ml_collections.ConfigDict]
+) -> tuple[dict[str, ml_collections.ConfigDict], dict[str, list[dict]]]:
+  """Each rung's saved config (else its own) and history."""
+  return (
+      {n: _saved_config(root, n, c) for n, c in configs.items()},
+      {n: _saved_history(root, n) for n in configs},
+  )
+
+
+def _report_rows(
+    root: str,
+    configs: dict[str, ml_collections.ConfigDict],
+    histories: dict[str, list[dict]],
+) -> list[dict]:
+  return [
+      ladder_report.report_row(
+          n,
+          config,
+          histories[n],
+          records.commits_text(records.read_code(os.path.join(root, n))),
+      )
+      for n, config in configs.items()
+  ]
 
 
 def _saved_config(

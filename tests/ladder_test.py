@@ -272,6 +272,13 @@ def test_report_only_reports_runs_brought_into_the_root_without_training(
   assert printed[0].startswith('| rung | seed final | ours final | best |')
   assert printed[2].startswith('| simple | 69.88% | 69.50% | 70.00% | – | ')
   assert printed[2].endswith(' | 3 | 10.0 | aaaaaaa |')
+  # The same rows as the shared reader gives, without writing a report.
+  (root / 'REPORT.md').unlink()
+  saved = ladder.saved_rows(['simple', 'large'], str(root))
+  assert [(r['rung'], r['commit'], r['compare']) for r in saved] == [
+      (r['rung'], r['commit'], r['compare']) for r in rows
+  ]
+  assert not (root / 'REPORT.md').exists()
 
 
 def test_report_only_refuses_a_rung_without_a_history(tmp_path):

@@ -1,11 +1,9 @@
 """The README's Results table says what the runs in docs/results hold."""
 
-import json
 import os
 
-from cifar_jax import cli
+from cifar_jax import ladder
 from cifar_jax.reporting import ladder_report
-from cifar_jax.reporting import records
 from cifar_jax.reporting import seed_notebook
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -13,18 +11,12 @@ RESULTS = os.path.join(ROOT, 'docs', 'results')
 
 
 def _published_rows() -> list[dict]:
-  rows = []
-  for name in seed_notebook.rungs():
-    run = os.path.join(RESULTS, name)
-    if not os.path.exists(os.path.join(run, 'history.json')):
-      continue
-    with open(os.path.join(run, 'history.json')) as f:
-      history = json.load(f)
-    commit = records.commits_text(records.read_code(run))
-    rows.append(
-        ladder_report.report_row(name, cli.load_config(name), history, commit)
-    )
-  return rows
+  names = [
+      n
+      for n in seed_notebook.rungs()
+      if os.path.exists(os.path.join(RESULTS, n, 'history.json'))
+  ]
+  return ladder.saved_rows(names, RESULTS)
 
 
 def _readme_table() -> list[str]:

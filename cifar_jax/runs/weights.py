@@ -73,8 +73,8 @@ def _restore_state(
   into `target(its metadata)`."""
   manager, named = _open(path)
   try:
-    step = step if step is not None else named
-    step = manager.latest_step() if step is None else step
+    if step is None:
+      step = named if named is not None else manager.latest_step()
     if step is None:
       raise UserError(f'init_from: no checkpoint in {manager.directory}.')
     state = manager.restore(
