@@ -16,8 +16,9 @@ the runs in `<root>` (history.json, config.json), e.g. runs trained on
 several machines brought into one root. `--epochs_scale F` trains
 max(1, round(F * epochs)) epochs per rung, for short runs on a CPU.
 `--config.key=value` overrides apply to every rung (e.g. the data options).
-As in the seed, deep_adam_aug starts from the trained deep_adam when both
-are in the ladder.
+As in the seed, deep_adam_aug starts from the trained deep_adam: the one
+this ladder trains, or without deep_adam in --configs, the finished run in
+`<root>/deep_adam`.
 
 `--parallel N` trains up to N rungs at once, each in its own process
 (`cifar_jax.main`, output in `<root>/<rung>/log.txt`), deep_adam_aug after
@@ -68,7 +69,10 @@ def _rung_configs(
     epochs_scale: float,
     overrides: Mapping[str, Any],
     root: str,
+    to_train: bool = True,
 ) -> dict[str, ml_collections.ConfigDict]:
+  """Each rung's config; `to_train`: a rung that continues another (as
+  the seed's deep_adam_aug did) starts from that rung's run in `root`."""
   unknown = [n for n in names if n not in RUNGS]
   if unknown:
     raise UserError(f'Unknown rungs {unknown}; the ladder has {RUNGS}.')
@@ -76,10 +80,35 @@ def _rung_configs(
   for name in names:
     config = rung_config(name, epochs_scale, overrides)
     parent = seed_notebook.load(name).continues_from
-    if parent in names and not config.init_from:
+    if to_train and parent and not config.init_from:
+      if parent not in names:
+        _check_finished(parent, epochs_scale, overrides, root, name)
       config.init_from = os.path.join(root, parent)  # As the seed did.
     configs[name] = config
   return configs
+
+
+def _check_finished(
+    parent: str,
+    epochs_scale: float,
+    overrides: Mapping[str, Any],
+    root: str,
+    name: str,
+) -> None:
+  """Raises UserError unless `<root>/<parent>` holds a finished run: `name`
+  continues it, and would otherwise continue a partial one."""
+  want = rung_config(parent, epochs_scale, overrides).num_epochs
+  path = os.path.join(root, parent, 'history.json')
+  try:
+    with open(path) as f:
+      done = len(json.load(f))
+  except (OSError, ValueError):
+    done = 0
+  if done < want:
+    raise UserError(
+        f'{name} continues {parent}, as the seed did, and {path} has '
+        f'{done} of its {want:g} epochs: add {parent} to --configs.'
+    )
 
 
 def run_ladder(
@@ -98,7 +127,9 @@ def run_ladder(
   already in `<root>/<rung>/` (their history.json, and config.json where
   there is one), e.g. runs trained elsewhere and brought together.
   """
-  configs = _rung_configs(names, epochs_scale, overrides, root)
+  configs = _rung_configs(
+      names, epochs_scale, overrides, root, to_train=not report_only
+  )
   os.makedirs(root, exist_ok=True)
   start = time.monotonic()
   if report_only:
@@ -146,7 +177,7 @@ def saved_rows(
   """The report rows (`ladder_report.report_row`) of the runs already in
   `<root>/<rung>/`, as `--report_only` reads them: one reader for the report
   and for what checks the published results."""
-  configs = _rung_configs(names, 1.0, overrides or {}, root)
+  configs = _rung_configs(names, 1.0, overrides or {}, root, to_train=False)
   return _report_rows(root, *_saved_runs(root, configs))
 
 
@@ -322,7 +353,7 @@ class _RungProcesses:
         f'--config.num_epochs={config.num_epochs:g}',
         *[f'--config.{k}={v}' for k, v in self.overrides.items()],
     ]
-    if name in self.waits_for and config.init_from:
+    if config.init_from:  # Its parent's run (`_rung_configs`).
       args.append(f'--config.init_from={config.init_from}')
     log = open(os.path.join(workdir, 'log.txt'), 'a')
     self.running[name] = (

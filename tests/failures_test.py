@@ -295,6 +295,44 @@ def test_negative_batch_size_on_the_command_line_is_one_line(tmp_path):
   )
 
 
+def test_deep_adam_aug_without_the_run_it_continues_is_one_line(tmp_path):
+  # Trained from scratch, deep_adam_aug would be drawn beside the seed's
+  # continued curve as if it had continued deep_adam.
+  small = {
+      'data.name': 'synthetic',
+      'data.synthetic_train_size': 64,
+      'data.synthetic_eval_size': 32,
+      'num_epochs': 1,
+      'steps_per_epoch': 0,
+  }
+  r = run_main(
+      '--config',
+      'configs/deep_adam_aug.py',
+      '--workdir',
+      tmp_path / 'run',
+      *[f'--config.{k}={v}' for k, v in small.items()],
+      timeout=120,
+  )
+  assert r.returncode == 1
+  assert _error_line(r.stderr) == (
+      'error: init_from_optimizer continues another run, but init_from is '
+      'empty: pass --config.init_from=<that run> (deep_adam_aug: a run of '
+      'deep_adam, as the seed did), or --config.init_from_optimizer=false '
+      'to start from scratch.'
+  )
+  # Nothing recorded: no config.json, history or checkpoint.
+  assert not os.listdir(tmp_path / 'run' / 'checkpoints')
+  assert not {'config.json', 'history.json'} & set(os.listdir(tmp_path / 'run'))
+  # From scratch, said so: it trains.
+  config = get_config('deep_adam_aug')
+  cli.apply_overrides(config, small)
+  config.init_from_optimizer = False
+  _, history = train.train_and_evaluate(
+      config, str(tmp_path / 'run'), out=io.StringIO()
+  )
+  assert len(history) == 1
+
+
 @pytest.mark.parametrize(
     'source, expected',
     [

@@ -3,6 +3,7 @@
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,6 +62,17 @@ def test_two_rungs_run_and_the_report_holds_both(tmp_path):
       ['deep_adam', 'deep_adam_aug'], 0.02, SMALL, str(root), 'test', out=again
   )
   assert again.getvalue().count('already finished') == 2
+  # deep_adam_aug alone continues the finished deep_adam run in the root.
+  (root / 'deep_adam_aug' / 'config.json').unlink()
+  for step in (root / 'deep_adam_aug' / 'checkpoints').iterdir():
+    shutil.rmtree(step)
+  alone = io.StringIO()
+  (row,) = ladder.run_ladder(
+      ['deep_adam_aug'], 0.02, SMALL, str(root), 'test', out=alone
+  )
+  assert row['epochs'] == 4 and 'already finished' not in alone.getvalue()
+  config = json.loads((root / 'deep_adam_aug' / 'config.json').read_text())
+  assert config['init_from'] == str(root / 'deep_adam')
 
 
 @pytest.mark.slow
@@ -279,6 +291,28 @@ def test_report_only_reports_runs_brought_into_the_root_without_training(
       (r['rung'], r['commit'], r['compare']) for r in rows
   ]
   assert not (root / 'REPORT.md').exists()
+
+
+def test_a_rung_that_continues_an_unfinished_or_missing_run_is_refused(
+    tmp_path,
+):
+  # deep_adam_aug alone needs a finished deep_adam in the root; from a
+  # partial one it would be drawn beside the seed as if it had continued
+  # the whole of it.
+  def refused():
+    with pytest.raises(UserError) as e:
+      ladder.run_ladder(['deep_adam_aug'], 0.02, SMALL, str(tmp_path), 'test')
+    return str(e.value)
+
+  assert refused() == (
+      f'deep_adam_aug continues deep_adam, as the seed did, and '
+      f'{tmp_path / "deep_adam" / "history.json"} has 0 of its 2 epochs: '
+      'add deep_adam to --configs.'
+  )
+  os.makedirs(tmp_path / 'deep_adam')
+  (tmp_path / 'deep_adam' / 'history.json').write_text(json.dumps(_rows([0.5])))
+  assert 'has 1 of its 2 epochs' in refused()
+  assert not (tmp_path / 'deep_adam_aug').exists()
 
 
 def test_report_only_refuses_a_rung_without_a_history(tmp_path):

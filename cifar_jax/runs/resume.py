@@ -106,6 +106,15 @@ def start(
         True,
     )
   init_from = exp.config.init_from
+  if exp.config.init_from_optimizer and not init_from:
+    # A run that continues another's optimizer but starts from scratch
+    # would be compared with the seed's continued curve as if it had not.
+    raise UserError(
+        'init_from_optimizer continues another run, but init_from is empty: '
+        'pass --config.init_from=<that run> (deep_adam_aug: a run of '
+        'deep_adam, as the seed did), or --config.init_from_optimizer=false '
+        'to start from scratch.'
+    )
   return (
       Progress(
           state_from_run(exp, init_from) if init_from else exp.state,
