@@ -48,6 +48,7 @@ import jax
 import ml_collections
 import numpy as np
 
+import keras_peer  # Beside this script.
 from cifar_jax import cli
 from cifar_jax.cpu import conv3x3
 from cifar_jax.errors import UserError
@@ -121,81 +122,6 @@ def cifar_jax_pass(config: ml_collections.ConfigDict) -> Callable[[], float]:
   return one_pass
 
 
-def keras_model(config: ml_collections.ConfigDict):
-  """The rung's `models.ConvNet` in Keras 3, with its augmentation."""
-  import keras  # pylint: disable=g-import-not-at-top
-
-  m, aug = config.model, config.augment
-  layers = [keras.Input((32, 32, 3))]
-  if aug.width_shift_range or aug.height_shift_range:
-    layers.append(
-        keras.layers.RandomTranslation(
-            aug.height_shift_range, aug.width_shift_range, fill_mode='nearest'
-        )
-    )
-  if aug.zoom_range:
-    layers.append(
-        keras.layers.RandomZoom(
-            aug.zoom_range, aug.zoom_range, fill_mode='nearest'
-        )
-    )
-  if aug.horizontal_flip:
-    layers.append(keras.layers.RandomFlip('horizontal'))
-
-  def max_norm(value):
-    return keras.constraints.MaxNorm(value) if value else None
-
-  for i, features in enumerate(m.stage_features):
-    for j, padding in enumerate(('same', m.second_conv_padding[i].lower())):
-      layers.append(
-          keras.layers.Conv2D(
-              features,
-              3,
-              padding=padding,
-              activation='relu',
-              kernel_constraint=max_norm(config.optimizer.conv_max_norm),
-          )
-      )
-      if m.batch_norm:
-        layers.append(keras.layers.BatchNormalization())
-      if j == 0 and m.conv_dropout[i]:
-        layers.append(keras.layers.Dropout(m.conv_dropout[i]))
-    layers.append(keras.layers.MaxPooling2D(2))
-    if m.stage_dropout[i]:
-      layers.append(keras.layers.Dropout(m.stage_dropout[i]))
-  layers.append(keras.layers.Flatten())
-  if m.flatten_dropout:
-    layers.append(keras.layers.Dropout(m.flatten_dropout))
-  for features in m.hidden_features:
-    layers.append(
-        keras.layers.Dense(
-            features,
-            activation='relu',
-            kernel_constraint=max_norm(config.optimizer.hidden_max_norm),
-        )
-    )
-    if m.hidden_dropout:
-      layers.append(keras.layers.Dropout(m.hidden_dropout))
-  layers.append(keras.layers.Dense(m.num_classes, activation='softmax'))
-  model = keras.Sequential(layers)
-  opt = config.optimizer
-  if opt.name == 'sgd':
-    schedule = keras.optimizers.schedules.InverseTimeDecay(
-        opt.learning_rate, decay_steps=1, decay_rate=opt.decay
-    )
-    optimizer = keras.optimizers.SGD(schedule, momentum=opt.momentum)
-  elif opt.name == 'adam':
-    optimizer = keras.optimizers.Adam(
-        opt.learning_rate, opt.beta1, opt.beta2, opt.epsilon
-    )
-  else:
-    raise SystemExit(f'No Keras peer for optimizer {opt.name!r}.')
-  model.compile(
-      optimizer, 'sparse_categorical_crossentropy', metrics=['accuracy']
-  )
-  return model
-
-
 def keras_pass(config: ml_collections.ConfigDict) -> Callable[[], float]:
   """A function that trains one Keras `fit` epoch on the same amount of data."""
   import keras  # pylint: disable=g-import-not-at-top
@@ -204,7 +130,7 @@ def keras_pass(config: ml_collections.ConfigDict) -> Callable[[], float]:
   n = config.data.synthetic_train_size
   images = rng.random((n, 32, 32, 3), dtype=np.float32)
   labels = rng.integers(0, config.model.num_classes, n)
-  model = keras_model(config)
+  model = keras_peer.keras_model(config)
   seconds = []
 
   class EpochTime(keras.callbacks.Callback):

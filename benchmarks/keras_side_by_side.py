@@ -8,7 +8,7 @@
 
 When one of our rungs ends more than a little below the seed notebook, this
 says whether the gap is ours or the data's: the same model and optimizer in
-Keras 3 on TensorFlow (`cpu_vs_keras.keras_model`: the same layers,
+Keras 3 on TensorFlow (`keras_peer.keras_model`: the same layers,
 initialisers, MaxNorm, SGD with inverse-time decay or Adam, the
 augmentation as RandomTranslation/RandomFlip layers), trained with
 `model.fit` on exactly the images and labels `main` reads for the config.
@@ -17,6 +17,15 @@ our run (--ours, solid), the seed notebook (dashed) and Keras 3 (dotted).
 The model is saved after every epoch, so the same command resumes an
 interrupted run from its last epoch (Keras does not save its shuffling
 state, so a resumed run differs from an uninterrupted one by its order).
+
+A rung that continues another (deep_adam_aug: the seed fit the trained
+deep_adam again without compile()) starts from our run of that rung,
+`--config.init_from=<run dir>`, as `main` does: its weights, BatchNorm
+statistics and, with `init_from_optimizer`, Adam's moments and update
+count put into the Keras model and its optimizer
+(`keras_peer.load_ours`). Both
+models then start from the very same state, and the curves show what the
+two frameworks make of the same epochs from there.
 """
 
 import json
@@ -35,7 +44,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # pylint: disable=g-import-not-at-top
-import cpu_vs_keras
+import keras_peer
 from cifar_jax import cli
 from cifar_jax.data import images
 from cifar_jax.data import input_pipeline
@@ -121,7 +130,9 @@ def train(
     model = keras.models.load_model(model_path)
     print(f'Resuming the Keras run at epoch {len(history) + 1}.')
   else:
-    model = cpu_vs_keras.keras_model(config)
+    model = keras_peer.keras_model(config)
+    if config.init_from:
+      print(f'Keras starts from {keras_peer.load_ours(config, model)}.')
   x, y = _arrays(config.data, config.data.train_split)
   eval_x, eval_y = _arrays(config.data, config.data.eval_split)
 
@@ -165,6 +176,14 @@ def main(argv: list[str]) -> None:
     if RUNG.value not in ladder.RUNGS:
       raise UserError(f'Unknown rung {RUNG.value!r}; one of {ladder.RUNGS}.')
     config = ladder.rung_config(RUNG.value, 1.0, cli.override_values())
+    if config.init_from_optimizer and not config.init_from:
+      parent = seed_notebook.load(RUNG.value).continues_from or 'another run'
+      raise UserError(
+          f'{RUNG.value} continues {parent}, as the seed did: pass '
+          f'--config.init_from=<our run of {parent}> (Keras starts from its '
+          'state), or --config.init_from_optimizer=false to start from '
+          'scratch.'
+      )
     ours = []
     if OURS.value:
       ours = _read_history(os.path.join(OURS.value, 'history.json'))

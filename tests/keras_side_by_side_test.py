@@ -9,6 +9,7 @@ import pytest
 
 from conftest import HISTORY_KEYS
 from conftest import REPO
+from conftest import run_main
 
 keras = pytest.importorskip('keras')
 
@@ -77,3 +78,37 @@ def test_an_unknown_rung_or_a_missing_run_of_ours_is_one_line(tmp_path):
   )  # fmt: skip
   assert r.returncode == 1 and 'Traceback' not in r.stderr
   assert r.stderr.strip() == f'error: --ours {missing} has no history.json.'
+
+
+def test_deep_adam_aug_without_our_deep_adam_run_is_one_line(tmp_path):
+  # Keras from scratch would be drawn as the seed's continued deep_adam_aug.
+  r = _run('--rung', 'deep_adam_aug', '--workdir', str(tmp_path), *SYNTHETIC)
+  assert r.returncode == 1 and 'Traceback' not in r.stderr
+  assert r.stderr.strip() == (
+      'error: deep_adam_aug continues deep_adam, as the seed did: pass '
+      '--config.init_from=<our run of deep_adam> (Keras starts from its '
+      'state), or --config.init_from_optimizer=false to start from scratch.'
+  )
+  assert not os.listdir(tmp_path)
+
+
+@pytest.mark.slow
+def test_keras_deep_adam_aug_continues_our_deep_adam_and_its_adam(tmp_path):
+  ours = tmp_path / 'deep_adam'
+  trained = run_main(
+      '--config', 'configs/deep_adam.py', '--workdir', ours,
+      '--config.num_epochs=1', *SYNTHETIC,
+  )  # fmt: skip
+  assert trained.returncode == 0, trained.stderr
+  r = _run(
+      '--rung', 'deep_adam_aug', '--workdir', str(tmp_path / 'keras'),
+      f'--config.init_from={ours}', '--epochs', '1', *SYNTHETIC,
+  )  # fmt: skip
+  assert r.returncode == 0, r.stderr
+  # 64 images in batches of 128: one update of deep_adam, one of Keras.
+  assert (
+      f'Keras starts from the weights and Adam state of {ours} (update 1).'
+      in r.stdout
+  )
+  model = keras.models.load_model(tmp_path / 'keras' / 'keras_model.keras')
+  assert int(model.optimizer.iterations) == 2

@@ -1,0 +1,161 @@
+"""The Keras 3 peer of a ConvNet rung: its model, and our state put into it.
+
+For the benchmarks that run Keras beside cifar_jax (`cpu_vs_keras.py`,
+`keras_side_by_side.py`); Keras is imported only when a model is built.
+It defines no flags, so tests can import it.
+"""
+
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from cifar_jax.runs import resume
+from cifar_jax.training import experiment
+from cifar_jax.training import optimizers
+
+
+def keras_model(config: ml_collections.ConfigDict):
+  """The rung's `models.ConvNet` in Keras 3, with its augmentation."""
+  import keras  # pylint: disable=g-import-not-at-top
+
+  m, aug = config.model, config.augment
+  layers = [keras.Input((32, 32, 3))]
+  if aug.width_shift_range or aug.height_shift_range:
+    layers.append(
+        keras.layers.RandomTranslation(
+            aug.height_shift_range, aug.width_shift_range, fill_mode='nearest'
+        )
+    )
+  if aug.zoom_range:
+    layers.append(
+        keras.layers.RandomZoom(
+            aug.zoom_range, aug.zoom_range, fill_mode='nearest'
+        )
+    )
+  if aug.horizontal_flip:
+    layers.append(keras.layers.RandomFlip('horizontal'))
+
+  def max_norm(value):
+    return keras.constraints.MaxNorm(value) if value else None
+
+  for i, features in enumerate(m.stage_features):
+    for j, padding in enumerate(('same', m.second_conv_padding[i].lower())):
+      layers.append(
+          keras.layers.Conv2D(
+              features,
+              3,
+              padding=padding,
+              activation='relu',
+              kernel_constraint=max_norm(config.optimizer.conv_max_norm),
+          )
+      )
+      if m.batch_norm:
+        layers.append(keras.layers.BatchNormalization())
+      if j == 0 and m.conv_dropout[i]:
+        layers.append(keras.layers.Dropout(m.conv_dropout[i]))
+    layers.append(keras.layers.MaxPooling2D(2))
+    if m.stage_dropout[i]:
+      layers.append(keras.layers.Dropout(m.stage_dropout[i]))
+  layers.append(keras.layers.Flatten())
+  if m.flatten_dropout:
+    layers.append(keras.layers.Dropout(m.flatten_dropout))
+  for features in m.hidden_features:
+    layers.append(
+        keras.layers.Dense(
+            features,
+            activation='relu',
+            kernel_constraint=max_norm(config.optimizer.hidden_max_norm),
+        )
+    )
+    if m.hidden_dropout:
+      layers.append(keras.layers.Dropout(m.hidden_dropout))
+  layers.append(keras.layers.Dense(m.num_classes, activation='softmax'))
+  model = keras.Sequential(layers)
+  opt = config.optimizer
+  if opt.name == 'sgd':
+    schedule = keras.optimizers.schedules.InverseTimeDecay(
+        opt.learning_rate, decay_steps=1, decay_rate=opt.decay
+    )
+    optimizer = keras.optimizers.SGD(schedule, momentum=opt.momentum)
+  elif opt.name == 'adam':
+    optimizer = keras.optimizers.Adam(
+        opt.learning_rate, opt.beta1, opt.beta2, opt.epsilon
+    )
+  else:
+    raise SystemExit(f'No Keras peer for optimizer {opt.name!r}.')
+  model.compile(
+      optimizer, 'sparse_categorical_crossentropy', metrics=['accuracy']
+  )
+  return model
+
+
+def in_keras_order(
+    model: ml_collections.ConfigDict, params: Any, stats: Any = None
+) -> list[np.ndarray]:
+  """Our ConvNet's arrays in the order of the Keras model's variables:
+  its trainable ones (and its optimizer's slots), or with `stats` (our
+  batch_stats) all of them, BatchNorm's moving mean and variance included.
+
+  The layouts agree: conv kernels are HWIO and dense kernels (in, out) in
+  both, and both flatten NHWC feature maps in the same order.
+  """
+  arrays = []
+  for i in range(len(model.stage_features)):
+    stage = f'stage{i + 1}'
+    for j in (1, 2):
+      conv = params[stage][f'conv{j}']
+      arrays += [conv['kernel'], conv['bias']]
+      if model.batch_norm:
+        bn = params[stage][f'bn{j}']
+        arrays += [bn['scale'], bn['bias']]
+        if stats is not None:
+          arrays += [
+              stats[stage][f'bn{j}']['mean'],
+              stats[stage][f'bn{j}']['var'],
+          ]
+  for name in [f'dense{i + 1}' for i in range(len(model.hidden_features))]:
+    arrays += [params[name]['kernel'], params[name]['bias']]
+  arrays += [params['logits']['kernel'], params['logits']['bias']]
+  return [np.asarray(a) for a in arrays]
+
+
+def load_ours(config: ml_collections.ConfigDict, model: Any) -> str:
+  """Puts the state our run `config.init_from` ended with into the Keras
+  `model` (built by `keras_model(config)`), as `main` starts a run from
+  it: the weights and BatchNorm statistics, and with `init_from_optimizer`
+  Adam's moments and update count. Returns what it loaded, for the log.
+
+  Raises:
+    UserError: as `main` would (no such run, another optimizer, ...).
+  """
+  exp = experiment.create_experiment(config)
+  state = jax.device_get(resume.state_from_run(exp, config.init_from))
+  layers = [l for l in model.layers if l.trainable_weights]
+  variables = [v for l in layers for v in l.weights]
+  arrays = in_keras_order(config.model, state.params, state.batch_stats)
+  for variable, array in zip(variables, arrays, strict=True):
+    variable.assign(array)
+  if not config.init_from_optimizer:
+    return f'the weights of {config.init_from}'
+  is_adam = lambda x: isinstance(x, optimizers.KerasAdamState)
+  (adam,) = [
+      x for x in jax.tree.leaves(state.opt_state, is_leaf=is_adam) if is_adam(x)
+  ]
+  optimizer = model.optimizer
+  optimizer.build(model.trainable_variables)
+  slots = {v.path: v for v in optimizer.variables}
+  trainable = [v for l in layers for v in l.trainable_weights]
+  for kind, tree in (('momentum', adam.mu), ('velocity', adam.nu)):
+    for variable, array in zip(
+        trainable, in_keras_order(config.model, tree), strict=True
+    ):
+      slots[
+          f'{optimizer.name}/{variable.path.replace("/", "_")}_{kind}'
+      ].assign(array)
+  optimizer.iterations.assign(int(adam.count))
+  return (
+      f'the weights and Adam state of {config.init_from} '
+      f'(update {int(adam.count):,})'
+  )
