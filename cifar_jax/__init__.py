@@ -13,7 +13,8 @@ below its own (tests/layers_test.py checks it):
 6. `config/`: rules of every config key, old configs upgraded.
 7. `runs/`: checkpoints, resuming, preemption, locks, trained runs.
 8. `train`: the epoch loop, `train.train_and_evaluate(config, workdir)`;
-   `cli`: the commands' flags and their one-line errors.
+   `cli`: the commands' flags and their one-line errors;
+   `rung_processes`: ladder rungs trained side by side as processes.
 9. The commands: `main`, `evaluate`, `predict`, `ladder`, `show_augment`
    (`python -m cifar_jax.<command>`).
 """

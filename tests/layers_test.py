@@ -20,6 +20,7 @@ LAYERS = {
     'runs': 7,
     'train': 8,
     'cli': 8,
+    'rung_processes': 8,
     'main': 9,
     'evaluate': 9,
     'predict': 9,
