@@ -55,3 +55,29 @@ def test_confusion_matrix_figure_writes_every_count_in_its_cell():
   fig = plots.confusion_matrix_figure(counts, ('cat', 'dog'))
   texts = {t.get_position(): t.get_text() for t in fig.axes[0].texts}
   assert texts == {(0, 0): '5', (1, 0): '1', (0, 1): '0', (1, 1): '7'}
+
+
+def _styles(figure) -> dict[str, str]:
+  """Each line's label -> its line style, on the accuracy panel."""
+  return {l.get_label(): l.get_linestyle() for l in figure.axes[0].lines}
+
+
+def test_the_seed_is_dashed_and_another_run_dotted_with_or_without_the_seed():
+  rows = [
+      {
+          'epoch': e,
+          'loss': 1.0,
+          'accuracy': 0.5,
+          'val_loss': 1.0,
+          'val_accuracy': 0.5,
+      }
+      for e in (1, 2)
+  ]
+  others = [('Keras 3', rows)]
+  with_seed = _styles(plots.curves_figure(rows, '', ('seed', rows), others))
+  assert with_seed['test, seed'] == '--'
+  assert with_seed['test, Keras 3'] == ':'
+  assert with_seed['test'] == '-'
+  without_seed = _styles(plots.curves_figure(rows, '', None, others))
+  assert without_seed['test, Keras 3'] == ':'
+  assert 'test, seed' not in without_seed

@@ -45,9 +45,15 @@ def curves_figure(
   drawn dashed in the same colours; its missing values leave gaps. `others`
   are more such runs (e.g. the same rung in Keras 3), dotted, then dash-dot.
   """
-  compared = ([reference] if reference else []) + list(others)
-  if len(compared) > len(_COMPARED_STYLES):
-    raise ValueError(f'At most {len(_COMPARED_STYLES)} runs beside ours.')
+  # The seed is always dashed and the others always dotted, then dash-dot,
+  # so that a run keeps its style on a plot without the seed.
+  if len(others) > len(_COMPARED_STYLES) - 1:
+    raise ValueError(
+        f'At most {len(_COMPARED_STYLES) - 1} runs beside ours and the seed.'
+    )
+  compared = ([(reference, _COMPARED_STYLES[0])] if reference else []) + list(
+      zip(others, _COMPARED_STYLES[1:])
+  )
   epochs = [h['epoch'] for h in history]
   fig = Figure(figsize=CURVES_SIZE)
   acc, loss = fig.subplots(1, 2)
@@ -63,7 +69,7 @@ def curves_figure(
           color=color,
           label=split,
       )
-      for (label, rows), style in zip(compared, _COMPARED_STYLES):
+      for (label, rows), style in compared:
         xs, values = _with_gaps(rows, prefix + key)
         ax.plot(
             xs,
