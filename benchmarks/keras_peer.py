@@ -1,16 +1,19 @@
-"""The Keras 3 peer of a ConvNet rung: its model, and our state put into it.
+"""The Keras 3 peer of a ConvNet rung: its model, our state put into it, and
+what its comparison plot draws.
 
 For the benchmarks that run Keras beside cifar_jax (`cpu_vs_keras.py`,
 `keras_side_by_side.py`); Keras is imported only when a model is built.
 It defines no flags, so tests can import it.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
+from cifar_jax.reporting import seed_notebook
 from cifar_jax.runs import resume
 from cifar_jax.training import experiment
 from cifar_jax.training import optimizers
@@ -159,3 +162,32 @@ def load_ours(config: ml_collections.ConfigDict, model: Any) -> str:
       f'the weights and Adam state of {config.init_from} '
       f'(update {int(adam.count):,})'
   )
+
+
+def comparison_curves(
+    rung: str,
+    ours: Sequence[dict],
+    keras_rows: Sequence[dict],
+    keras_label: str,
+) -> tuple[str, list[dict], tuple[str, list[dict]] | None, list]:
+  """(title, solid rows, the seed's rows, others) for `plots.curves`.
+
+  Only the epochs Keras trained: a Keras run of 9 or 20 epochs beside our
+  100 or 200 would otherwise be a smudge at the plot's left edge (the whole
+  run beside the seed is the rung's own curves.png). Our run, else Keras'
+  alone, is solid; the seed's printed epochs among them, if any, dashed.
+  """
+  first = min(r['epoch'] for r in keras_rows)
+  last = max(r['epoch'] for r in keras_rows)
+  ours = [r for r in ours if r['epoch'] <= last]
+  reference = seed_notebook.reference(rung, last)
+  if reference is not None and not reference[1]:
+    reference = None
+  names = ['cifar_jax'] if ours else []
+  names += ['the seed notebook'] if reference else []
+  names += ['Keras 3']
+  drawn = ', '.join(names[:-1]) + ' and ' if len(names) > 1 else ''
+  title = f'{rung}, epochs {first}-{last}: {drawn}{names[-1]}'
+  if ours:
+    return title, ours, reference, [(keras_label, list(keras_rows))]
+  return title, list(keras_rows), reference, []

@@ -12,8 +12,10 @@ Keras 3 on TensorFlow (`keras_peer.keras_model`: the same layers,
 initialisers, MaxNorm, SGD with inverse-time decay or Adam, the
 augmentation as RandomTranslation/RandomFlip layers), trained with
 `model.fit` on exactly the images and labels `main` reads for the config.
-After every epoch it writes `history.json` (our format) and `curves.png`:
-our run (--ours, solid), the seed notebook (dashed) and Keras 3 (dotted).
+After every epoch it writes `history.json` (our format) and `curves.png`
+over the epochs Keras trained: our run (--ours, solid), the seed notebook
+(dashed, where it printed those epochs) and Keras 3 (dotted). The same
+command on a finished run only redraws `curves.png`.
 The model is saved after every epoch, so the same command resumes an
 interrupted run from its last epoch (Keras does not save its shuffling
 state, so a resumed run differs from an uninterrupted one by its order).
@@ -89,21 +91,13 @@ def _arrays(
 def _draw(
     workdir: str, rung: str, ours: list[dict], keras_rows: list[dict]
 ) -> None:
-  """curves.png: ours (or Keras' alone) solid, the seed dashed, Keras dotted."""
-  last = max(r['epoch'] for r in ours + keras_rows)
-  reference = seed_notebook.reference(rung, last)
-  main_rows, others = (
-      (ours, [(KERAS_LABEL, keras_rows)]) if ours else (keras_rows, [])
+  """curves.png over Keras' epochs (`keras_peer.comparison_curves`)."""
+  title, rows, reference, others = keras_peer.comparison_curves(
+      rung, ours, keras_rows, KERAS_LABEL
   )
   records.write_atomically(
       os.path.join(workdir, 'curves.png'),
-      lambda tmp: plots.curves(
-          main_rows,
-          tmp,
-          f'{rung}: cifar_jax, the seed notebook and Keras 3',
-          reference,
-          others,
-      ),
+      lambda tmp: plots.curves(rows, tmp, title, reference, others),
   )
 
 
@@ -123,6 +117,8 @@ def train(
   model_path = os.path.join(workdir, MODEL_FILE)
   history_path = os.path.join(workdir, 'history.json')
   history = _read_history(history_path)
+  if len(history) >= epochs:  # Finished: main only redraws its curves.
+    return history
   if history and not os.path.exists(model_path):
     raise UserError(f'{history_path} has epochs but {model_path} is missing.')
   keras.utils.set_random_seed(config.seed + len(history))
@@ -192,6 +188,7 @@ def main(argv: list[str]) -> None:
     history = train(
         config, WORKDIR.value, EPOCHS.value or round(config.num_epochs), ours
     )
+    _draw(WORKDIR.value, config.seed_rung, ours, history)
   last = history[-1]
   print(
       f'Keras 3, {RUNG.value}, epoch {last["epoch"]}: val_accuracy '

@@ -67,6 +67,23 @@ def test_an_interrupted_keras_run_resumes_where_it_stopped(tmp_path):
   assert (workdir / 'curves.png').stat().st_size > 10_000
 
 
+@pytest.mark.slow
+def test_the_same_command_on_a_finished_run_only_redraws_its_curves(tmp_path):
+  workdir = tmp_path / 'keras'
+  common = ['--rung', 'simple', '--workdir', str(workdir), '--epochs', '1']
+  first = _run(*common, *SYNTHETIC)
+  assert first.returncode == 0, first.stderr
+  history = (workdir / 'history.json').read_bytes()
+  (workdir / 'curves.png').unlink()
+  (workdir / 'keras_model.keras').unlink()  # Not needed to redraw.
+  # No data options: a finished run reads no images.
+  again = _run(*common)
+  assert again.returncode == 0, again.stderr
+  assert 'Epoch' not in again.stdout  # Keras' fit printed nothing.
+  assert (workdir / 'history.json').read_bytes() == history
+  assert (workdir / 'curves.png').stat().st_size > 10_000
+
+
 def test_an_unknown_rung_or_a_missing_run_of_ours_is_one_line(tmp_path):
   r = _run('--rung', 'huge', '--workdir', str(tmp_path), *SYNTHETIC)
   assert r.returncode == 1 and 'Traceback' not in r.stderr
