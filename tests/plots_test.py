@@ -81,3 +81,17 @@ def test_the_seed_is_dashed_and_another_run_dotted_with_or_without_the_seed():
   without_seed = _styles(plots.curves_figure(rows, '', None, others))
   assert without_seed['test, Keras 3'] == ':'
   assert 'test, seed' not in without_seed
+
+
+def test_a_seed_that_printed_none_of_the_epochs_is_not_in_the_legend():
+  rows = [
+      {
+          'epoch': 1,
+          'loss': 1.0,
+          'accuracy': 0.5,
+          'val_loss': 1.0,
+          'val_accuracy': 0.5,
+      }
+  ]
+  styles = _styles(plots.curves_figure(rows, '', ('seed', []), ()))
+  assert set(styles) == {'training', 'test'}

@@ -46,7 +46,10 @@ def curves_figure(
   are more such runs (e.g. the same rung in Keras 3), dotted, then dash-dot.
   """
   # The seed is always dashed and the others always dotted, then dash-dot,
-  # so that a run keeps its style on a plot without the seed.
+  # so that a run keeps its style on a plot without the seed; a seed that
+  # printed none of the run's epochs yet is not on it (nor in its legend).
+  if reference is not None and not reference[1]:
+    reference = None
   if len(others) > len(_COMPARED_STYLES) - 1:
     raise ValueError(
         f'At most {len(_COMPARED_STYLES) - 1} runs beside ours and the seed.'
