@@ -3,6 +3,7 @@
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from cifar_jax.reporting import plots
@@ -95,3 +96,23 @@ def test_a_seed_that_printed_none_of_the_epochs_is_not_in_the_legend():
   ]
   styles = _styles(plots.curves_figure(rows, '', ('seed', []), ()))
   assert set(styles) == {'training', 'test'}
+
+
+@pytest.mark.parametrize('num_epochs', [5, 20, 200])
+def test_epoch_ticks_are_whole_numbers_however_long_the_run(num_epochs):
+  rows = [
+      {
+          'epoch': e,
+          'loss': 1.0,
+          'accuracy': 0.5,
+          'val_loss': 1.0,
+          'val_accuracy': 0.5,
+      }
+      for e in range(1, num_epochs + 1)
+  ]
+  figure = plots.curves_figure(rows)
+  figure.canvas.draw()
+  for ax in figure.axes:
+    ticks = [t for t in ax.get_xticks() if 1 <= t <= num_epochs]
+    assert len(ticks) >= 3
+    assert all(float(t).is_integer() for t in ticks), ticks

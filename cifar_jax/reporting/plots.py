@@ -14,6 +14,7 @@ import os
 
 import matplotlib
 import matplotlib.figure
+from matplotlib import ticker
 import numpy as np
 
 if not os.environ.get('MPLBACKEND'):  # A notebook's inline backend stays.
@@ -90,6 +91,8 @@ def curves_figure(
     ax.grid(alpha=0.3)
     if len(epochs) < 15:
       ax.set_xticks(epochs)
+    else:  # Epochs are whole: no tick at 2.5 on a 20-epoch plot.
+      ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
   if title:
     fig.suptitle(title)
   fig.tight_layout()
