@@ -58,13 +58,9 @@ def test_confusion_matrix_figure_writes_every_count_in_its_cell():
   assert texts == {(0, 0): '5', (1, 0): '1', (0, 1): '0', (1, 1): '7'}
 
 
-def _styles(figure) -> dict[str, str]:
-  """Each line's label -> its line style, on the accuracy panel."""
-  return {l.get_label(): l.get_linestyle() for l in figure.axes[0].lines}
-
-
-def test_the_seed_is_dashed_and_another_run_dotted_with_or_without_the_seed():
-  rows = [
+def _flat_history(num_epochs: int) -> list[dict[str, float]]:
+  """A run's history whose curves are flat: only the epochs matter."""
+  return [
       {
           'epoch': e,
           'loss': 1.0,
@@ -72,8 +68,17 @@ def test_the_seed_is_dashed_and_another_run_dotted_with_or_without_the_seed():
           'val_loss': 1.0,
           'val_accuracy': 0.5,
       }
-      for e in (1, 2)
+      for e in range(1, num_epochs + 1)
   ]
+
+
+def _styles(figure) -> dict[str, str]:
+  """Each line's label -> its line style, on the accuracy panel."""
+  return {l.get_label(): l.get_linestyle() for l in figure.axes[0].lines}
+
+
+def test_the_seed_is_dashed_and_another_run_dotted_with_or_without_the_seed():
+  rows = _flat_history(2)
   others = [('Keras 3', rows)]
   with_seed = _styles(plots.curves_figure(rows, '', ('seed', rows), others))
   assert with_seed['test, seed'] == '--'
@@ -85,31 +90,14 @@ def test_the_seed_is_dashed_and_another_run_dotted_with_or_without_the_seed():
 
 
 def test_a_seed_that_printed_none_of_the_epochs_is_not_in_the_legend():
-  rows = [
-      {
-          'epoch': 1,
-          'loss': 1.0,
-          'accuracy': 0.5,
-          'val_loss': 1.0,
-          'val_accuracy': 0.5,
-      }
-  ]
+  rows = _flat_history(1)
   styles = _styles(plots.curves_figure(rows, '', ('seed', []), ()))
   assert set(styles) == {'training', 'test'}
 
 
 @pytest.mark.parametrize('num_epochs', [5, 20, 200])
 def test_epoch_ticks_are_whole_numbers_however_long_the_run(num_epochs):
-  rows = [
-      {
-          'epoch': e,
-          'loss': 1.0,
-          'accuracy': 0.5,
-          'val_loss': 1.0,
-          'val_accuracy': 0.5,
-      }
-      for e in range(1, num_epochs + 1)
-  ]
+  rows = _flat_history(num_epochs)
   figure = plots.curves_figure(rows)
   figure.canvas.draw()
   for ax in figure.axes:
