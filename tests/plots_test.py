@@ -95,8 +95,8 @@ def test_a_seed_that_printed_none_of_the_epochs_is_not_in_the_legend():
   assert set(styles) == {'training', 'test'}
 
 
-@pytest.mark.parametrize('num_epochs', [5, 20, 200])
-def test_epoch_ticks_are_whole_numbers_however_long_the_run(num_epochs):
+@pytest.mark.parametrize('num_epochs', [5, 20, 100, 200])
+def test_epoch_ticks_are_whole_round_numbers_however_long_the_run(num_epochs):
   rows = _flat_history(num_epochs)
   figure = plots.curves_figure(rows)
   figure.canvas.draw()
@@ -104,3 +104,8 @@ def test_epoch_ticks_are_whole_numbers_however_long_the_run(num_epochs):
     ticks = [t for t in ax.get_xticks() if 1 <= t <= num_epochs]
     assert len(ticks) >= 3
     assert all(float(t).is_integer() for t in ticks), ticks
+    # One step between ticks, 1, 2 or 5 times a power of ten.
+    steps = set(np.diff(ticks))
+    assert len(steps) == 1, ticks
+    (step,) = steps
+    assert step / 10 ** np.floor(np.log10(step)) in (1, 2, 5), ticks

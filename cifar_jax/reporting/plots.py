@@ -91,8 +91,10 @@ def curves_figure(
     ax.grid(alpha=0.3)
     if len(epochs) < 15:
       ax.set_xticks(epochs)
-    else:  # Epochs are whole: no tick at 2.5 on a 20-epoch plot.
-      ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    else:  # Whole epochs, in round steps: 5, 10, 20 (not 2.5, nor 15).
+      ax.xaxis.set_major_locator(
+          ticker.MaxNLocator(integer=True, steps=[1, 2, 5, 10])
+      )
   if title:
     fig.suptitle(title)
   fig.tight_layout()
