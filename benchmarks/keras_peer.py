@@ -7,6 +7,8 @@ It defines no flags, so tests can import it.
 """
 
 from collections.abc import Sequence
+import json
+import os
 from typing import Any
 
 import jax
@@ -164,11 +166,21 @@ def load_ours(config: ml_collections.ConfigDict, model: Any) -> str:
   )
 
 
+def read_history(workdir: str) -> list[dict]:
+  """A run's history.json rows ([] where it has none yet)."""
+  try:
+    with open(os.path.join(workdir, 'history.json')) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    return []
+
+
 def comparison_curves(
     rung: str,
     ours: Sequence[dict],
     keras_rows: Sequence[dict],
     keras_label: str,
+    peer: str = 'Keras 3',
 ) -> tuple[str, list[dict], tuple[str, list[dict]] | None, list]:
   """(title, solid rows, the seed's rows, others) for `plots.curves`.
 
@@ -185,7 +197,7 @@ def comparison_curves(
     reference = None
   names = ['cifar_jax'] if ours else []
   names += ['the seed notebook'] if reference else []
-  names += ['Keras 3']
+  names += [peer]
   drawn = ', '.join(names[:-1]) + ' and ' if len(names) > 1 else ''
   title = f'{rung}, epochs {first}-{last}: {drawn}{names[-1]}'
   if ours:

@@ -30,7 +30,6 @@ models then start from the very same state, and the curves show what the
 two frameworks make of the same epochs from there.
 """
 
-import json
 import os
 import sys
 import time
@@ -73,14 +72,6 @@ _KEYS = ('loss', 'accuracy', 'val_loss', 'val_accuracy')  # Of fit's history.
 KERAS_LABEL = 'Keras 3, same data'
 
 
-def _read_history(path: str) -> list[dict]:
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except FileNotFoundError:
-    return []
-
-
 def _arrays(
     data: ml_collections.ConfigDict, split: str
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -116,7 +107,7 @@ def train(
   os.makedirs(workdir, exist_ok=True)
   model_path = os.path.join(workdir, MODEL_FILE)
   history_path = os.path.join(workdir, 'history.json')
-  history = _read_history(history_path)
+  history = keras_peer.read_history(workdir)
   if len(history) >= epochs:  # Finished: main only redraws its curves.
     return history
   if history and not os.path.exists(model_path):
@@ -182,7 +173,7 @@ def main(argv: list[str]) -> None:
       )
     ours = []
     if OURS.value:
-      ours = _read_history(os.path.join(OURS.value, 'history.json'))
+      ours = keras_peer.read_history(OURS.value)
       if not ours:
         raise UserError(f'--ours {OURS.value} has no history.json.')
     history = train(
