@@ -21,7 +21,6 @@ seed did) starts from the peer's run of that rung: --init <its workdir>.
 """
 
 import os
-import subprocess
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -35,18 +34,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # pylint: disable=g-import-not-at-top
 import keras_peer
 from cifar_jax import cli
-from cifar_jax import ladder
 from cifar_jax.data import input_pipeline
 from cifar_jax.errors import UserError
-from cifar_jax.reporting import plots
 from cifar_jax.reporting import records
 
 # pylint: enable=g-import-not-at-top
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-PEER = os.path.join(HERE, 'keras23', 'peer.py')
-LABEL = 'Keras 2.3.1, same data'
+PEER = 'Keras 2.3.1'
 
 RUNG = flags.DEFINE_string('rung', None, 'The config, e.g. deep_adam.')
 WORKDIR = cli.define_workdir('Where the Keras 2.3.1 run lives.')
@@ -54,19 +48,15 @@ OURS = flags.DEFINE_string(
     'ours', None, 'A cifar_jax run directory of the rung (its history.json).'
 )
 EPOCHS = flags.DEFINE_integer(
-    'epochs', None, "Stop after this epoch (default: the cell's).", lower_bound=1
+    'epochs',
+    None,
+    "Stop after this epoch (default: the cell's).",
+    lower_bound=1,
 )
 INIT = flags.DEFINE_string(
     'init', None, 'The Keras 2.3.1 run this rung continues (its workdir).'
 )
 OVERRIDES = cli.define_config_overrides()
-
-
-def peer_python() -> str:
-  """The peer venv's interpreter: $KERAS23_PYTHON, else .venv-keras23."""
-  return os.environ.get(
-      'KERAS23_PYTHON', os.path.join(REPO, '.venv-keras23', 'bin', 'python')
-  )
 
 
 def write_data(data, path: str) -> None:
@@ -75,34 +65,20 @@ def write_data(data, path: str) -> None:
   for name, split in (('train', data.train_split), ('test', data.eval_split)):
     ds = input_pipeline.load_split(data, split)
     arrays[f'{name}_images'], arrays[f'{name}_labels'] = ds.images, ds.labels
-  records.write_atomically(path, lambda tmp: np.savez(tmp, **arrays))
 
+  def write(tmp):
+    with open(tmp, 'wb') as f:  # A file: np.savez would add '.npz' to a name.
+      np.savez(f, **arrays)
 
-def run_peer(*args: str, **kwargs) -> subprocess.CompletedProcess:
-  """peer.py in the Keras 2.3.1 venv; UserError if that venv is missing."""
-  python = peer_python()
-  if not os.path.exists(python):
-    raise UserError(
-        f'No Keras 2.3.1 venv at {python}: run bash '
-        'benchmarks/keras23/make_venv.sh (or set $KERAS23_PYTHON).'
-    )
-  return subprocess.run([python, PEER, *args], check=False, **kwargs)
+  records.write_atomically(path, write)
 
 
 def main(argv: list[str]) -> None:
   del argv
   with cli.exit_on_errors():
-    if not RUNG.value or not WORKDIR.value:
-      raise UserError('--rung and --workdir are required.')
-    if RUNG.value not in ladder.RUNGS:
-      raise UserError(f'Unknown rung {RUNG.value!r}; one of {ladder.RUNGS}.')
-    config = ladder.rung_config(RUNG.value, 1.0, cli.override_values())
+    config = keras_peer.checked_rung(RUNG.value, WORKDIR.value)
     workdir = WORKDIR.value
-    ours = []
-    if OURS.value:
-      ours = keras_peer.read_history(OURS.value)
-      if not ours:
-        raise UserError(f'--ours {OURS.value} has no history.json.')
+    ours = keras_peer.ours_history(OURS.value)
     os.makedirs(workdir, exist_ok=True)
     data_path = os.path.join(workdir, 'data.npz')
     if not os.path.exists(data_path):
@@ -113,23 +89,13 @@ def main(argv: list[str]) -> None:
       args += ['--epochs', str(EPOCHS.value)]
     if INIT.value:
       args += ['--init', os.path.join(INIT.value, 'state.npz')]
-    result = run_peer(*args)
+    result = keras_peer.run_keras23(*args)
     history = keras_peer.read_history(workdir)
     if history:
-      title, rows, reference, others = keras_peer.comparison_curves(
-          config.seed_rung, ours, history, LABEL, peer='Keras 2.3.1'
-      )
-      records.write_atomically(
-          os.path.join(workdir, 'curves.png'),
-          lambda tmp: plots.curves(rows, tmp, title, reference, others),
-      )
+      keras_peer.draw(workdir, config.seed_rung, ours, history, PEER)
     if result.returncode:
-      raise UserError(f'The Keras 2.3.1 peer failed (exit {result.returncode}).')
-  last = history[-1]
-  print(
-      f'Keras 2.3.1, {RUNG.value}, epoch {last["epoch"]}: val_accuracy '
-      f'{100 * last["val_accuracy"]:.2f}%  ({workdir}/curves.png)'
-  )
+      raise UserError(f'The {PEER} peer failed (exit {result.returncode}).')
+  print(keras_peer.last_line(PEER, RUNG.value, workdir, history))
 
 
 if __name__ == '__main__':

@@ -1,24 +1,59 @@
-"""The Keras 3 peer of a ConvNet rung: its model, our state put into it, and
-what its comparison plot draws.
+"""The Keras peers of a ConvNet rung: Keras 3's model, our state put into
+it, the seed's own Keras 2.3.1 (`keras23/peer.py`, in its own Python 3.7
+venv) and what their comparison plots draw.
 
 For the benchmarks that run Keras beside cifar_jax (`cpu_vs_keras.py`,
-`keras_side_by_side.py`); Keras is imported only when a model is built.
-It defines no flags, so tests can import it.
+`keras_side_by_side.py`, `keras23_side_by_side.py`) and the tests that
+compare with them; Keras is imported only when a model is built. It
+defines no flags, so tests can import it.
 """
 
 from collections.abc import Sequence
 import json
 import os
+import subprocess
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
+from cifar_jax import cli
+from cifar_jax.errors import UserError
+from cifar_jax import ladder
+from cifar_jax.reporting import plots
+from cifar_jax.reporting import records
 from cifar_jax.reporting import seed_notebook
 from cifar_jax.runs import resume
 from cifar_jax.training import experiment
 from cifar_jax.training import optimizers
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+KERAS23_PEER = os.path.join(_HERE, 'keras23', 'peer.py')
+
+
+def keras23_python() -> str:
+  """The Keras 2.3.1 venv's interpreter: $KERAS23_PYTHON, else the
+  repository's .venv-keras23 (`keras23/make_venv.sh`)."""
+  return os.environ.get(
+      'KERAS23_PYTHON',
+      os.path.join(os.path.dirname(_HERE), '.venv-keras23', 'bin', 'python'),
+  )
+
+
+def run_keras23(*args: str, **kwargs: Any) -> subprocess.CompletedProcess:
+  """`keras23/peer.py *args` in the Keras 2.3.1 venv.
+
+  Raises:
+    UserError: the venv is missing.
+  """
+  python = keras23_python()
+  if not os.path.exists(python):
+    raise UserError(
+        f'No Keras 2.3.1 venv at {python}: run bash '
+        'benchmarks/keras23/make_venv.sh (or set $KERAS23_PYTHON).'
+    )
+  return subprocess.run([python, KERAS23_PEER, *args], check=False, **kwargs)
 
 
 def keras_model(config: ml_collections.ConfigDict):
@@ -96,34 +131,63 @@ def keras_model(config: ml_collections.ConfigDict):
   return model
 
 
-def in_keras_order(
-    model: ml_collections.ConfigDict, params: Any, stats: Any = None
-) -> list[np.ndarray]:
-  """Our ConvNet's arrays in the order of the Keras model's variables:
-  its trainable ones (and its optimizer's slots), or with `stats` (our
-  batch_stats) all of them, BatchNorm's moving mean and variance included.
+def keras_paths(
+    model: ml_collections.ConfigDict, stats: bool = False
+) -> list[tuple[str, ...]]:
+  """Where each Keras variable of the ConvNet `model` lives in ours, in the
+  Keras model's order: ('params' | 'batch_stats', *keys), its trainable
+  variables (and its optimizer's slots), or with `stats` all of them,
+  BatchNorm's moving mean and variance included (`model.get_weights()`).
 
   The layouts agree: conv kernels are HWIO and dense kernels (in, out) in
   both, and both flatten NHWC feature maps in the same order.
   """
-  arrays = []
+  paths = []
   for i in range(len(model.stage_features)):
     stage = f'stage{i + 1}'
     for j in (1, 2):
-      conv = params[stage][f'conv{j}']
-      arrays += [conv['kernel'], conv['bias']]
+      paths += [('params', stage, f'conv{j}', k) for k in ('kernel', 'bias')]
       if model.batch_norm:
-        bn = params[stage][f'bn{j}']
-        arrays += [bn['scale'], bn['bias']]
-        if stats is not None:
-          arrays += [
-              stats[stage][f'bn{j}']['mean'],
-              stats[stage][f'bn{j}']['var'],
-          ]
+        bn = (stage, f'bn{j}')
+        paths += [('params', *bn, k) for k in ('scale', 'bias')]
+        if stats:
+          paths += [('batch_stats', *bn, k) for k in ('mean', 'var')]
   for name in [f'dense{i + 1}' for i in range(len(model.hidden_features))]:
-    arrays += [params[name]['kernel'], params[name]['bias']]
-  arrays += [params['logits']['kernel'], params['logits']['bias']]
-  return [np.asarray(a) for a in arrays]
+    paths += [('params', name, 'kernel'), ('params', name, 'bias')]
+  paths += [('params', 'logits', 'kernel'), ('params', 'logits', 'bias')]
+  return paths
+
+
+def in_keras_order(
+    model: ml_collections.ConfigDict, params: Any, stats: Any = None
+) -> list[np.ndarray]:
+  """Our ConvNet's arrays in the order of the Keras model's variables
+  (`keras_paths`): its trainable ones, or with `stats` (our batch_stats)
+  all of them."""
+  trees = {'params': params, 'batch_stats': stats}
+  arrays = []
+  for collection, *keys in keras_paths(model, stats is not None):
+    node = trees[collection]
+    for key in keys:
+      node = node[key]
+    arrays.append(np.asarray(node))
+  return arrays
+
+
+def from_keras_order(
+    model: ml_collections.ConfigDict, arrays: Sequence[np.ndarray]
+) -> tuple[dict, dict]:
+  """(params, batch_stats) of our ConvNet from a Keras model's
+  `get_weights()` (the inverse of `in_keras_order` with stats)."""
+  trees = {'params': {}, 'batch_stats': {}}
+  for (collection, *keys), array in zip(
+      keras_paths(model, stats=True), arrays, strict=True
+  ):
+    node = trees[collection]
+    for key in keys[:-1]:
+      node = node.setdefault(key, {})
+    node[keys[-1]] = array
+  return trees['params'], trees['batch_stats']
 
 
 def load_ours(config: ml_collections.ConfigDict, model: Any) -> str:
@@ -159,10 +223,60 @@ def load_ours(config: ml_collections.ConfigDict, model: Any) -> str:
       slots[
           f'{optimizer.name}/{variable.path.replace("/", "_")}_{kind}'
       ].assign(array)
-  optimizer.iterations.assign(int(adam.count))
+  # Keras 3's Adam takes t = iterations + 1; Keras 2.3's (ours) is one
+  # ahead of that for the same updates made (`scale_by_keras_adam`).
+  optimizer.iterations.assign(int(adam.count) + 1)
   return (
       f'the weights and Adam state of {config.init_from} '
       f'(update {int(adam.count):,})'
+  )
+
+
+def checked_rung(
+    rung: str | None, workdir: str | None
+) -> ml_collections.ConfigDict:
+  """The rung's config with the command line's overrides, for a side-by-side
+  run in `workdir`; UserError for a missing flag or an unknown rung."""
+  if not rung or not workdir:
+    raise UserError('--rung and --workdir are required.')
+  if rung not in ladder.RUNGS:
+    raise UserError(f'Unknown rung {rung!r}; one of {ladder.RUNGS}.')
+  return ladder.rung_config(rung, 1.0, cli.override_values())
+
+
+def ours_history(run: str | None) -> list[dict]:
+  """The history of our run `run` to draw beside the peer's ([] for none)."""
+  if not run:
+    return []
+  history = read_history(run)
+  if not history:
+    raise UserError(f'--ours {run} has no history.json.')
+  return history
+
+
+def draw(
+    workdir: str,
+    rung: str,
+    ours: list[dict],
+    peer_rows: list[dict],
+    peer: str = 'Keras 3',
+) -> None:
+  """`<workdir>/curves.png` over the peer's epochs (`comparison_curves`)."""
+  title, rows, reference, others = comparison_curves(
+      rung, ours, peer_rows, f'{peer}, same data', peer
+  )
+  records.write_atomically(
+      os.path.join(workdir, 'curves.png'),
+      lambda tmp: plots.curves(rows, tmp, title, reference, others),
+  )
+
+
+def last_line(peer: str, rung: str, workdir: str, history: list[dict]) -> str:
+  """What a side-by-side command prints when it is done."""
+  last = history[-1]
+  return (
+      f'{peer}, {rung}, epoch {last["epoch"]}: val_accuracy '
+      f'{100 * last["val_accuracy"]:.2f}%  ({workdir}/curves.png)'
   )
 
 

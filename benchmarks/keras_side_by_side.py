@@ -50,8 +50,6 @@ from cifar_jax import cli
 from cifar_jax.data import images
 from cifar_jax.data import input_pipeline
 from cifar_jax.errors import UserError
-from cifar_jax import ladder
-from cifar_jax.reporting import plots
 from cifar_jax.reporting import records
 from cifar_jax.reporting import seed_notebook
 
@@ -69,7 +67,6 @@ OVERRIDES = cli.define_config_overrides()
 
 MODEL_FILE = 'keras_model.keras'
 _KEYS = ('loss', 'accuracy', 'val_loss', 'val_accuracy')  # Of fit's history.
-KERAS_LABEL = 'Keras 3, same data'
 
 
 def _arrays(
@@ -77,19 +74,6 @@ def _arrays(
 ) -> tuple[np.ndarray, np.ndarray]:
   ds = input_pipeline.load_split(data, split)
   return images.to_unit_range(ds.images, np.float32), ds.labels
-
-
-def _draw(
-    workdir: str, rung: str, ours: list[dict], keras_rows: list[dict]
-) -> None:
-  """curves.png over Keras' epochs (`keras_peer.comparison_curves`)."""
-  title, rows, reference, others = keras_peer.comparison_curves(
-      rung, ours, keras_rows, KERAS_LABEL
-  )
-  records.write_atomically(
-      os.path.join(workdir, 'curves.png'),
-      lambda tmp: plots.curves(rows, tmp, title, reference, others),
-  )
 
 
 def train(
@@ -137,7 +121,7 @@ def train(
       self.model.save(tmp)
       os.replace(tmp, model_path)  # The model, then its history: a crash
       records.write_json(history_path, history)  # re-runs one epoch.
-      _draw(workdir, config.seed_rung, ours, history)
+      keras_peer.draw(workdir, config.seed_rung, ours, history)
 
   if len(history) < epochs:
     model.fit(
@@ -158,11 +142,7 @@ def train(
 def main(argv: list[str]) -> None:
   del argv
   with cli.exit_on_errors():
-    if not RUNG.value or not WORKDIR.value:
-      raise UserError('--rung and --workdir are required.')
-    if RUNG.value not in ladder.RUNGS:
-      raise UserError(f'Unknown rung {RUNG.value!r}; one of {ladder.RUNGS}.')
-    config = ladder.rung_config(RUNG.value, 1.0, cli.override_values())
+    config = keras_peer.checked_rung(RUNG.value, WORKDIR.value)
     if config.init_from_optimizer and not config.init_from:
       parent = seed_notebook.load(RUNG.value).continues_from or 'another run'
       raise UserError(
@@ -171,20 +151,12 @@ def main(argv: list[str]) -> None:
           'state), or --config.init_from_optimizer=false to start from '
           'scratch.'
       )
-    ours = []
-    if OURS.value:
-      ours = keras_peer.read_history(OURS.value)
-      if not ours:
-        raise UserError(f'--ours {OURS.value} has no history.json.')
+    ours = keras_peer.ours_history(OURS.value)
     history = train(
         config, WORKDIR.value, EPOCHS.value or round(config.num_epochs), ours
     )
-    _draw(WORKDIR.value, config.seed_rung, ours, history)
-  last = history[-1]
-  print(
-      f'Keras 3, {RUNG.value}, epoch {last["epoch"]}: val_accuracy '
-      f'{100 * last["val_accuracy"]:.2f}%  ({WORKDIR.value}/curves.png)'
-  )
+    keras_peer.draw(WORKDIR.value, config.seed_rung, ours, history)
+  print(keras_peer.last_line('Keras 3', RUNG.value, WORKDIR.value, history))
 
 
 if __name__ == '__main__':

@@ -202,6 +202,7 @@ def _report_rows(
           config,
           histories[n],
           records.commits_text(records.read_code(os.path.join(root, n))),
+          _saved_history(root, f'{n}_keras23', missing_ok=True),
       )
       for n, config in configs.items()
   ]
@@ -218,7 +219,10 @@ def _saved_config(
     return ml_collections.ConfigDict(renames.upgrade(json.load(f)))
 
 
-def _saved_history(root: str, name: str) -> list[dict]:
+def _saved_history(
+    root: str, name: str, missing_ok: bool = False
+) -> list[dict]:
+  """`<root>/<name>/history.json`; with `missing_ok`, [] where there is none."""
   path = os.path.join(root, name, 'history.json')
   try:
     with open(path) as f:
@@ -227,7 +231,7 @@ def _saved_history(root: str, name: str) -> list[dict]:
     history = []
   except (OSError, ValueError) as e:
     raise UserError(f'{path}: cannot read it ({e}).') from e
-  if not history:
+  if not history and not missing_ok:
     raise UserError(
         f'{name}: no epochs in {path}; train the rung first (without '
         '--report_only).'

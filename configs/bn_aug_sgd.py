@@ -18,6 +18,7 @@ def get_config():
   config.batch_size = 64
   config.num_epochs = 50
   config.steps_per_epoch = 781
+  config.shuffle_batch_order = True  # fit_generator's.
   config.model.stage_features = (32, 64, 128)
   config.model.second_conv_padding = ('SAME', 'VALID', 'VALID')
   config.model.conv_dropout = (0.0, 0.0, 0.0)

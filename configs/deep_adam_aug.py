@@ -19,6 +19,7 @@ def get_config():
   config = deep_adam.get_config()
   config.num_epochs = 200
   config.steps_per_epoch = 390
+  config.shuffle_batch_order = True  # fit_generator's.
   config.augment.zoom_range = 0.2
   config.augment.horizontal_flip = True
   config.init_from_optimizer = True

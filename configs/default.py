@@ -50,6 +50,11 @@ def get_config() -> ml_collections.ConfigDict:
   # floor(examples / batch_size) batches and the rest left out (PyTorch's
   # drop_last, as airbench); False = a last, partial batch, as Keras.
   config.drop_remainder = False
+  # Each pass visits its batches in a shuffled order, so the partial batch
+  # falls anywhere in it (Keras' `fit_generator`, whose enqueuer shuffles
+  # the batches of an ImageDataGenerator's flow); False = in order, the
+  # partial batch last (Keras `fit`).
+  config.shuffle_batch_order = False
   # Train steps per dispatch from the host, run as one compiled lax.scan;
   # 0 = a whole epoch on GPU/TPU and 1 on CPU (where a scan is slower).
   config.steps_per_dispatch = 0

@@ -54,3 +54,21 @@ def test_eval_batches_count_every_example_exactly_once():
     seen.extend(idx[mask == 1])
     real += mask.sum()
   assert sorted(seen) == list(range(103)) and real == 103
+
+
+def test_shuffled_batch_order_moves_the_partial_batch_within_each_pass():
+  key = jax.random.key(3)
+  plain = batching.TrainOrder(50, 16, key)
+  shuffled = batching.TrainOrder(50, 16, key, shuffle_batch_order=True)
+  partial_at = []
+  for pass_index in range(8):
+    steps = range(pass_index * 4, pass_index * 4 + 4)
+    batches = [shuffled.batch(s) for s in steps]
+    # The same batches as in order (the same examples' permutation),
+    # visited in another order: Keras' fit_generator over a flow.
+    as_plain = {tuple(plain.batch(s)[0]) for s in steps}
+    assert {tuple(idx) for idx, _ in batches} == as_plain
+    sizes = [int(mask.sum()) for _, mask in batches]
+    assert sorted(sizes) == [2, 16, 16, 16]
+    partial_at.append(sizes.index(2))
+  assert len(set(partial_at)) > 1  # Not always last: anywhere in its pass.

@@ -292,14 +292,15 @@ def test_init_from_optimizer_continues_the_other_runs_adam_as_keras_does(
       jax.tree.leaves((state.params, state.opt_state)),
   ):
     np.testing.assert_array_equal(x, y)
-  # Its first update is Keras 2.3's Adam at t = 17, from the carried slots.
+  # Its first update is the 17th, Keras 2.3.1's Adam at t = 18 (see
+  # optimizers.scale_by_keras_adam), from the carried slots.
   grads = jax.tree.map(
       lambda p: np.full(p.shape, 0.01, np.float32), state.params
   )
   updates, _ = state.tx.update(grads, state.opt_state, state.params)
   b1, b2, eps = 0.9, 0.999, config.optimizer.epsilon
   lr = config.optimizer.learning_rate
-  lr_t = lr * np.sqrt(1 - b2**17) / (1 - b1**17)
+  lr_t = lr * np.sqrt(1 - b2**18) / (1 - b1**18)
   for u, m, v, g in zip(
       jax.tree.leaves(updates),
       jax.tree.leaves(theirs.mu),

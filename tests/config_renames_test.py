@@ -24,12 +24,22 @@ BEFORE = json.loads(
 RECIPES_SINCE_CHANGED = ('fast94', 'fast95', 'fast96')
 # deep_adam_aug now starts with deep_adam's Adam state, as the seed did.
 STARTS_SINCE_CHANGED = ('deep_adam_aug',)
+# fit_generator's rungs now visit each pass's batches in a shuffled order.
+BATCH_ORDER_SINCE_CHANGED = (
+    'deep_adam_aug',
+    'deep_adam_aug_dropout',
+    'bn_aug_sgd',
+)
+SHUFFLED_NOW = ['shuffle_batch_order: False in the checkpoint, True now']
 
 
 @pytest.mark.parametrize(
     'name',
     sorted(
-        set(BEFORE) - set(RECIPES_SINCE_CHANGED) - set(STARTS_SINCE_CHANGED)
+        set(BEFORE)
+        - set(RECIPES_SINCE_CHANGED)
+        - set(STARTS_SINCE_CHANGED)
+        - set(BATCH_ORDER_SINCE_CHANGED)
     ),
 )
 def test_an_old_saved_config_upgrades_to_exactly_todays(name):
@@ -45,9 +55,23 @@ def test_an_old_run_keeps_its_fresh_optimizer_start_and_resumes(name):
   upgraded = renames.upgrade(BEFORE[name])
   now = resume.config_json(get_config(name))
   assert upgraded['init_from_optimizer'] is False and now['init_from_optimizer']
-  assert {**upgraded, 'init_from_optimizer': True} == now
-  # How a run started does not change what its checkpoints computed.
-  assert resume.config_differences(upgraded, now) == []
+  changed = {'init_from_optimizer': True, 'shuffle_batch_order': True}
+  assert {**upgraded, **changed} == now
+  # How a run started does not change what its checkpoints computed; the
+  # order of its batches does.
+  assert resume.config_differences(upgraded, now) == SHUFFLED_NOW
+
+
+@pytest.mark.parametrize('name', BATCH_ORDER_SINCE_CHANGED)
+def test_an_old_generator_run_keeps_its_batch_order_and_names_it(name):
+  upgraded = renames.upgrade(BEFORE[name])
+  now = resume.config_json(get_config(name))
+  assert upgraded['shuffle_batch_order'] is False and now['shuffle_batch_order']
+  # Resumed with today's config: refused, naming the key; with it set back
+  # (--config.shuffle_batch_order=false), it resumes as it was.
+  assert resume.config_differences(upgraded, now) == SHUFFLED_NOW
+  as_it_was = {**now, 'shuffle_batch_order': False}
+  assert resume.config_differences(upgraded, as_it_was) == []
 
 
 @pytest.mark.parametrize('name', RECIPES_SINCE_CHANGED)

@@ -48,8 +48,8 @@ def test_our_state_in_keras_predicts_as_ours_and_takes_our_next_adam_step(
   np.testing.assert_allclose(
       model(x, training=False), jax.nn.softmax(logits), rtol=0, atol=1e-5
   )
-  # The same next update: Adam's moments, and t = 17, not 1 (which would
-  # double the step).
+  # The same next update: Adam's moments, and Keras 2.3's t = 18 after 16
+  # updates, not 1 (which would double the step).
   grads = jax.tree.map(
       lambda p: np.random.default_rng(p.size).normal(size=p.shape) * 1e-2,
       ours.params,
@@ -70,7 +70,7 @@ def test_our_state_in_keras_predicts_as_ours_and_takes_our_next_adam_step(
     step = np.abs(e - b).max()
     assert step > 0
     np.testing.assert_allclose(k, e, rtol=0, atol=1e-3 * step)
-  assert int(model.optimizer.iterations) == 17
+  assert int(model.optimizer.iterations) == 18
 
 
 def test_without_init_from_optimizer_keras_takes_the_weights_only(tmp_path):

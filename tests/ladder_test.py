@@ -256,6 +256,11 @@ def test_report_only_reports_runs_brought_into_the_root_without_training(
     if name == 'large':
       entry |= {'machine': 'Some CPU, 4 CPU cores (AVX2)', 'jax': '0.12.0'}
     (root / name / 'code.json').write_text(json.dumps([entry]))
+  # The seed's own cell in Keras 2.3.1, 3 epochs, beside simple.
+  os.makedirs(root / 'simple_keras23')
+  (root / 'simple_keras23' / 'history.json').write_text(
+      json.dumps(_rows([0.5, 0.55, 0.6]))
+  )
   out = io.StringIO()
   rows = ladder.run_ladder(
       ['simple', 'large'],
@@ -271,6 +276,8 @@ def test_report_only_reports_runs_brought_into_the_root_without_training(
   simple = next(l for l in report.splitlines() if l.startswith('| simple '))
   # 3 of the seed's 25 epochs: a final and a best, no gap yet.
   assert '| 69.50% | 70.00% (epoch 2) |' in simple
+  # The last 10 epochs' mean ± sd (here all 3), and Keras 2.3.1's.
+  assert '| 66.50 ± 5.63 | 60.00%; 55.00 ± 5.00 (3 epochs) |' in simple
   assert simple.endswith('| 0.6 min | aaaaaaa |')  # 33 s in all.
   large = next(l for l in report.splitlines() if l.startswith('| large '))
   assert large.endswith('| bbbbbbb+dirty |')
@@ -282,7 +289,12 @@ def test_report_only_reports_runs_brought_into_the_root_without_training(
   # The README's form of the table, printed: fastest epoch 10 s, no gap.
   printed = out.getvalue().splitlines()
   assert printed[0].startswith('| rung | seed final | ours final | best |')
-  assert printed[2].startswith('| simple | 69.88% | 69.50% | 70.00% | – | ')
+  assert printed[2].startswith(
+      '| simple | 69.88% | 69.50% | 70.00% | 66.50 ± 5.63 | 60.00%; 55.00 '
+      '± 5.00 (3 epochs) | – | '
+  )
+  assert printed[3].startswith('| large | "about 80%" (no log) | 69.50% |')
+  assert ' ± 5.63 | – | ' in printed[3]  # No Keras 2.3.1 run of large.
   assert printed[2].endswith(' | 3 | 10.0 | aaaaaaa |')
   # The same rows as the shared reader gives, without writing a report.
   (root / 'REPORT.md').unlink()

@@ -1,4 +1,9 @@
-"""Optimizers against NumPy transcriptions of the Keras 2.3 update formulas."""
+"""Optimizers against NumPy transcriptions of the Keras 2.3 update formulas.
+
+As Keras 2.3.1 runs them on TensorFlow 1.15: its optimizers read their
+update counter `iterations` after the op that increments it
+(tests/keras23_test.py checks them against Keras itself).
+"""
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +38,8 @@ def keras_sgd_reference(w, grads, lr, momentum, decay):
   v = np.zeros_like(w, np.float64)
   w = w.astype(np.float64)
   out = []
-  for iterations, g in enumerate(grads):
+  for before, g in enumerate(grads):
+    iterations = before + 1  # Read after its increment.
     lr_t = lr * (1.0 / (1.0 + decay * iterations))
     v = momentum * v - lr_t * g
     w = w + v
@@ -47,7 +53,8 @@ def keras_adam_reference(w, grads, lr, b1, b2, eps):
   v = np.zeros_like(w, np.float64)
   w = w.astype(np.float64)
   out = []
-  for iterations, g in enumerate(grads):
+  for before, g in enumerate(grads):
+    iterations = before + 1  # Read after its increment.
     t = iterations + 1
     lr_t = lr * np.sqrt(1.0 - b2**t) / (1.0 - b1**t)
     m = b1 * m + (1.0 - b1) * g
@@ -133,7 +140,7 @@ def test_max_norm_runs_after_every_update_only_on_constrained_leaves():
     updates, state = tx.update(jax.tree.map(jnp.float32, g), state, params)
     params = optax.apply_updates(params, updates)
     # Keras: the optimizer updates the variable, then the constraint runs.
-    lr_t = 0.5 / (1 + 0.01 * t)
+    lr_t = 0.5 / (1 + 0.01 * (t + 1))  # The counter read after its increment.
     v_k = 0.9 * v_k - lr_t * g['k']
     ref_k = keras_max_norm_reference(ref_k + v_k, 3.0)
     v_free = 0.9 * v_free - lr_t * g['free']

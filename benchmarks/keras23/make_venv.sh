@@ -4,14 +4,13 @@
 # on Python 3.7) with keras-preprocessing 1.1.0, the release current with it
 # (its affine transforms centre on size / 2 + 0.5, as cifar_jax's augment
 # reproduces). TensorFlow 1.15 as Intel's build (intel-tensorflow 1.15.2):
-# the same TF 1.15 code with oneDNN kernels, 2.2x faster here than the stock
-# tensorflow 1.15.5 wheel on the seed's deep_adam_aug_dropout
-# (benchmarks/keras23/README.md).
+# the same TF 1.15 code with oneDNN kernels, for speed on CPUs.
 #
 #   bash benchmarks/keras23/make_venv.sh [VENV]     (default: .venv-keras23)
 #
-# Needs Python 3.7 (pyenv's newest 3.7.x, else python3.7 on PATH). Builds
-# the venv afresh only when its pinned list changed; prints the interpreter.
+# Needs Python 3.7 (pyenv's newest 3.7.x, else python3.7 on PATH): exits 2
+# where there is none. Builds the venv afresh only when its pinned list
+# changed; prints the interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 venv=${1:-.venv-keras23}
@@ -25,7 +24,7 @@ fi
 if [[ -z "$exe" ]] && python3.7 -c '' 2>/dev/null; then
   exe=$(command -v python3.7)
 fi
-[[ -n "$exe" ]] || { echo "error: no Python 3.7 (pyenv or PATH)" >&2; exit 1; }
+[[ -n "$exe" ]] || { echo "error: no Python 3.7 (pyenv or PATH)" >&2; exit 2; }
 if [[ -f "$venv/pins" && "$(cat "$venv/pins")" == "${pins[*]}" ]]; then
   echo "$venv/bin/python"
   exit 0

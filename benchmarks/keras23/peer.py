@@ -13,6 +13,10 @@ write it as an .npz of uint8 images and integer labels):
       uninterrupted one by its order). A rung that continues another
       (deep_adam_aug) starts from that run's state.npz (--init).
 
+  python peer.py loop --rung R --data data.npz --out out.json [--epochs N]
+      The cell's own fit call for N epochs: the size of every batch it
+      trained on and the optimizer's update count after each epoch.
+
   python peer.py steps --rung R --batches in.npz --out out.npz
       The cell's compiled model trained with `train_on_batch` on the given
       batches (the update `fit` makes), the augmented ones drawn through
@@ -144,9 +148,34 @@ def train(args):
 
   if args.epochs and len(history) >= args.epochs:
     return
-  cell.fit(
-      callbacks=[SaveEachEpoch()], initial_epoch=len(history), verbose=2
-  )
+  cell.fit(callbacks=[SaveEachEpoch()], initial_epoch=len(history), verbose=2)
+
+
+def loop(args):
+  """The cell's own fit call for a few epochs: each batch's size and the
+  optimizer's update count at each epoch's end, as JSON."""
+  import keras  # pylint: disable=g-import-not-at-top
+
+  _seed(args.seed)
+  with np.load(args.data) as f:
+    x_train, y_train = _arrays(f['train_images'], f['train_labels'], 'float32')
+    x_test, y_test = _arrays(f['test_images'], f['test_labels'], 'float32')
+  cell = _cell(args.rung, x_train, y_train, x_test, y_test)
+  record = {'sizes': [], 'iterations': []}
+
+  class Record(keras.callbacks.Callback):
+
+    def on_batch_end(self, batch, logs=None):
+      record['sizes'].append(int(logs['size']))
+
+    def on_epoch_end(self, epoch, logs=None):
+      iterations = self.model.optimizer.iterations
+      record['iterations'].append(int(keras.backend.get_value(iterations)))
+      if epoch + 1 >= args.epochs:
+        self.model.stop_training = True
+
+  cell.fit(callbacks=[Record()], verbose=0)
+  _write_json(args.out, record)
 
 
 def _augmented(datagen, x):
@@ -158,10 +187,64 @@ def _augmented(datagen, x):
   return x, [float(params[k]) for k in keys]
 
 
+def _float64_batch_norm():
+  """TensorFlow 1.15's fused batch norm, which Keras 2.3 calls on 4-D
+  inputs, has no float64 kernel: in float64, the same outputs from float64
+  ops. Training: x normalised with the batch's plain variance, the batch
+  mean, and the variance times n / (n - 1), as the fused kernel returns it
+  (Keras rescales that once more; the float32 comparison in
+  tests/keras23_test.py runs the real kernel). Inference: x normalised with
+  the given statistics, which Keras has cast to float32 first. And
+  `BatchNormalization` casts its sample size to float32 whatever floatx:
+  to float64 here."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from keras import backend as K  # pylint: disable=g-import-not-at-top
+  from keras.backend import tensorflow_backend  # pylint: disable=g-import-not-at-top
+  from keras.layers import normalization  # pylint: disable=g-import-not-at-top
+
+  def training(x, gamma, beta, reduction_axes, epsilon=1e-3):
+    mean, var = tf.nn.moments(x, reduction_axes)
+    normed = tf.nn.batch_normalization(x, mean, var, beta, gamma, epsilon)
+    n = tf.cast(tf.reduce_prod(tf.gather(tf.shape(x), reduction_axes)), x.dtype)
+    return normed, mean, var * n / (n - 1)
+
+  def inference(x, scale, offset, mean, variance, epsilon, **unused):
+    cast = lambda t: tf.cast(t, x.dtype)
+    y = tf.nn.batch_normalization(
+        x, cast(mean), cast(variance), cast(offset), cast(scale), epsilon
+    )
+    return y, None, None
+
+  # pylint: disable=protected-access
+  tensorflow_backend._fused_normalize_batch_in_training = training
+  tf.compat.v1.nn.fused_batch_norm = inference
+
+  class Float64Backend:
+    """`BatchNormalization`'s backend, whose one cast to 'float32' (of the
+    sample size in its n / (n - 1 - epsilon)) goes to float64."""
+
+    def __getattr__(self, name):
+      return getattr(K, name)
+
+    def cast(self, x, dtype):
+      return K.cast(x, K.floatx() if dtype == 'float32' else dtype)
+
+  normalization.K = Float64Backend()
+
+
 def steps(args):
   import keras  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
 
+  # One op at a time: Keras 2.3's optimizers read their update counter with
+  # no control dependency on its increment, and TensorFlow's threads order
+  # the two differently from step to step; one thread reads it after the
+  # increment at every step (as most steps of a whole run do).
+  config = tf.compat.v1.ConfigProto(inter_op_parallelism_threads=1)
+  keras.backend.set_session(tf.compat.v1.Session(config=config))
   keras.backend.set_floatx(args.floatx)
+  if args.floatx == 'float64':
+    _float64_batch_norm()
   _seed(args.seed)
   with np.load(args.batches) as f:
     images, labels, sizes = f['images'], f['labels'], f['sizes']
@@ -185,8 +268,8 @@ def steps(args):
   out['loss'] = np.array(losses)
   for k, batch_x in enumerate(inputs):
     out['inputs_%d' % k] = batch_x
-  if params:
-    out['params'] = np.array(params)  # (augmented steps, batch, 5)
+  for k, p in enumerate(params):  # The k-th augmented step's, (batch, 5).
+    out['params_%d' % k] = np.array(p)
   out['optimizer_iterations'] = np.asarray(
       keras.backend.get_value(model.optimizer.iterations)
   )
@@ -204,6 +287,12 @@ def main(argv=None):
   t.add_argument('--epochs', type=int, default=0, help='Stop after this epoch.')
   t.add_argument('--init', help='state.npz of the run this rung continues.')
   t.add_argument('--seed', type=int, default=0)
+  l = sub.add_parser('loop')
+  l.add_argument('--rung', required=True)
+  l.add_argument('--data', required=True)
+  l.add_argument('--out', required=True)
+  l.add_argument('--epochs', type=int, default=2)
+  l.add_argument('--seed', type=int, default=0)
   s = sub.add_parser('steps')
   s.add_argument('--rung', required=True)
   s.add_argument('--batches', required=True)
@@ -218,7 +307,7 @@ def main(argv=None):
   if args.rung not in seed_cells.RUNGS:
     parser.error('unknown rung %r; one of %s' % (args.rung, seed_cells.RUNGS))
   seed_cells.Dropout_ = seed_cells.Dropout
-  {'train': train, 'steps': steps}[args.mode](args)
+  {'train': train, 'loop': loop, 'steps': steps}[args.mode](args)
 
 
 if __name__ == '__main__':

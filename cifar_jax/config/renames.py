@@ -29,7 +29,8 @@ RENAMED = {
 # the pooling was chosen by the platform and FastNet had no MaxNorm. The
 # 3x3 convolutions' method changes results only by float rounding, so an
 # old run resumes with today's default. Every pass ended with a partial
-# batch, and inputs were pixels / 255. init_from took only the parameters.
+# batch, last in its pass, and inputs were pixels / 255. init_from took
+# only the parameters.
 ADDED = {
     'model.pooling': 'auto',
     'model.conv3x3': 'auto',
@@ -39,6 +40,7 @@ ADDED = {
     'data.mean': [],
     'data.std': [],
     'init_from_optimizer': False,
+    'shuffle_batch_order': False,
 }
 
 

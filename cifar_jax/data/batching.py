@@ -20,10 +20,13 @@ class TrainOrder:
   with the last one partial (padded, mask 0), as Keras' `fit` and
   `fit_generator` drew them; or, with `drop_remainder`, into floor(N / B)
   whole batches, the rest of the permutation unused (PyTorch's
-  `drop_last`, as airbench's loader). Epochs are windows of `steps_per_epoch` batches
-  over that stream, so an epoch shorter than a pass continues where the
-  previous one stopped (as the seed's generators did), and a resumed run
-  sees exactly the batches it would have seen.
+  `drop_last`, as airbench's loader). With `shuffle_batch_order` the
+  batches of a pass are visited in a shuffled order, so the partial batch
+  falls anywhere in it (Keras' `fit_generator`, whose enqueuer shuffles the
+  batches of an ImageDataGenerator's flow). Epochs are windows of
+  `steps_per_epoch` batches over that stream, so an epoch shorter than a
+  pass continues where the previous one stopped (as the seed's generators
+  did), and a resumed run sees exactly the batches it would have seen.
 
   The permutation is computed on the device(s), once per pass; the train
   step slices its batch out of it (`batch_at`), so no data crosses from the
@@ -37,6 +40,7 @@ class TrainOrder:
       key: jax.Array,
       sharding: jax.sharding.Sharding | None = None,
       drop_remainder: bool = False,
+      shuffle_batch_order: bool = False,
   ):
     self.num_examples = num_examples
     self.batch_size = batch_size
@@ -44,7 +48,10 @@ class TrainOrder:
         num_examples, batch_size, drop_remainder
     )
     permute = _pass_order_fn(
-        num_examples, self.batches_per_pass * batch_size, sharding
+        num_examples,
+        self.batches_per_pass * batch_size,
+        batch_size if shuffle_batch_order else 0,
+        sharding,
     )
     self._permute = functools.partial(permute, key)
     self._cached = (-1, None)
@@ -79,25 +86,53 @@ def batches_per_pass(
 
 @functools.cache
 def _pass_order_fn(
-    num_examples: int, length: int, sharding: jax.sharding.Sharding | None
+    num_examples: int,
+    length: int,
+    shuffled_batch: int,
+    sharding: jax.sharding.Sharding | None,
 ):
   """`_pass_order` jitted once per shape, shared by every seed's order."""
   return jax.jit(
-      functools.partial(_pass_order, num_examples=num_examples, length=length),
+      functools.partial(
+          _pass_order,
+          num_examples=num_examples,
+          length=length,
+          shuffled_batch=shuffled_batch,
+      ),
       out_shardings=sharding,
   )
 
 
 def _pass_order(
-    key: jax.Array, pass_index: jax.Array, *, num_examples: int, length: int
+    key: jax.Array,
+    pass_index: jax.Array,
+    *,
+    num_examples: int,
+    length: int,
+    shuffled_batch: int = 0,
 ) -> tuple[jax.Array, jax.Array]:
-  perm = jax.random.permutation(
-      jax.random.fold_in(key, pass_index), num_examples
-  )
+  """(indices, mask) of a pass; with `shuffled_batch` (the batch size),
+  its batches in a shuffled order."""
+  pass_key = jax.random.fold_in(key, pass_index)
+  perm = jax.random.permutation(pass_key, num_examples)
   if length <= num_examples:  # Whole batches only (drop_remainder).
-    return perm[:length].astype(jnp.int32), jnp.ones(length, jnp.float32)
-  indices = jnp.zeros(length, jnp.int32).at[:num_examples].set(perm)
-  mask = (jnp.arange(length) < num_examples).astype(jnp.float32)
+    indices = perm[:length].astype(jnp.int32)
+    mask = jnp.ones(length, jnp.float32)
+  else:
+    indices = (
+        jnp.zeros(length, jnp.int32)
+        .at[:num_examples]
+        .set(perm.astype(jnp.int32))
+    )
+    mask = (jnp.arange(length) < num_examples).astype(jnp.float32)
+  if shuffled_batch:
+    order = jax.random.permutation(
+        jax.random.fold_in(pass_key, 1), length // shuffled_batch
+    )
+    indices, mask = (
+        a.reshape(-1, shuffled_batch)[order].reshape(-1)
+        for a in (indices, mask)
+    )
   return indices, mask
 
 

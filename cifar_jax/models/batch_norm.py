@@ -60,9 +60,13 @@ class BatchNorm(nn.Module):
     epsilon: added to the variance.
     dtype: of the output; statistics are float32 at least.
     use_scale, use_bias: learn a per-feature scale (init 1) / bias (init 0).
-    unbiased_running_var: the running variance averages the batch variance
-      times n / (n - 1), n the values per feature (PyTorch's BatchNorm2d,
-      as airbench); normalising always uses the plain batch variance.
+    running_var_rescale: what the running variance averages, n being the
+      values per feature: 'none', the batch variance (Flax); 'bessel', it
+      times n / (n - 1) (PyTorch's BatchNorm2d, as airbench); 'keras2', it
+      times n / (n - 1) * n / (n - 1 - epsilon) (Keras 2.3 on TensorFlow 1,
+      whose fused batch-norm op returns the n / (n - 1) variance, which
+      `BatchNormalization` rescales once more: tests/keras23_test.py).
+      Normalising always uses the plain batch variance.
   """
 
   use_running_average: bool = False
@@ -71,7 +75,7 @@ class BatchNorm(nn.Module):
   dtype: Any = jnp.float32
   use_scale: bool = True
   use_bias: bool = True
-  unbiased_running_var: bool = False
+  running_var_rescale: str = 'none'
 
   @nn.compact
   def __call__(
@@ -89,10 +93,7 @@ class BatchNorm(nn.Module):
     else:
       mean, var = masked_moments(x, mask)
       if not self.is_initializing():
-        sample_var = var
-        if self.unbiased_running_var:
-          n = _count(x, mask)
-          sample_var = var * (n / jnp.maximum(n - 1, 1))
+        sample_var = var * self._rescale(_count(x, mask))
         running_mean.value = (
             self.momentum * running_mean.value + (1 - self.momentum) * mean
         )
@@ -113,3 +114,14 @@ class BatchNorm(nn.Module):
       bias = self.param('bias', nn.initializers.zeros, features, jnp.float32)
       y += bias.reshape(shape)
     return jnp.asarray(y, self.dtype)
+
+  def _rescale(self, n: jax.Array | int) -> jax.Array | float:
+    """The factor of `running_var_rescale` for n values per feature."""
+    if self.running_var_rescale == 'none':
+      return 1.0
+    bessel = n / jnp.maximum(n - 1, 1)
+    if self.running_var_rescale == 'bessel':
+      return bessel
+    if self.running_var_rescale == 'keras2':
+      return bessel * (n / (n - (1 + self.epsilon)))
+    raise ValueError(f'running_var_rescale={self.running_var_rescale!r}')

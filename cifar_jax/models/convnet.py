@@ -10,7 +10,9 @@ glorot-uniform kernels (Flax: lecun-normal), zero biases, 'same'/'valid'
 padding set per conv (Flax defaults to 'SAME'), 2x2 pools with stride 2 (Flax
 `max_pool` defaults to stride 1), BatchNorm momentum 0.99 / epsilon 1e-3
 (Flax: 1e-5) applied after the ReLU, as the seed's `Conv2D(activation='relu')`
-followed by `BatchNormalization()` did.
+followed by `BatchNormalization()` did, its running variance rescaled as
+Keras 2.3 on TensorFlow 1 rescaled it (`batch_norm.BatchNorm`). Every rung
+is checked step for step against Keras 2.3.1 itself (tests/keras23_test.py).
 """
 
 from collections.abc import Sequence
@@ -55,7 +57,10 @@ _glorot = nn.initializers.glorot_uniform()
 Conv3x3 = functools.partial(nn.Conv, kernel_size=(3, 3), kernel_init=_glorot)
 Dense = functools.partial(nn.Dense, kernel_init=_glorot)
 KerasBatchNorm = functools.partial(
-    batch_norm.BatchNorm, momentum=0.99, epsilon=1e-3
+    batch_norm.BatchNorm,
+    momentum=0.99,
+    epsilon=1e-3,
+    running_var_rescale='keras2',
 )
 
 
@@ -206,4 +211,4 @@ class ConvNet(nn.Module):
       if self.hidden_dropout:
         x = drop(self.hidden_dropout, name=f'dense{i + 1}_dropout')(x)
     x = Dense(self.num_classes, dtype=self.dtype, name='logits')(x)
-    return x.astype(jnp.float32)
+    return x.astype(jnp.promote_types(self.dtype, jnp.float32))

@@ -72,7 +72,7 @@ class FastBlock(nn.Module):
         momentum=self.bn_momentum,
         epsilon=self.bn_epsilon,
         dtype=self.dtype,
-        unbiased_running_var=True,
+        running_var_rescale='bessel',
     )
     conv = functools.partial(
         nn.Conv,

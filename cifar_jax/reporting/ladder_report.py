@@ -2,8 +2,10 @@
 
 Per rung: ours final and best, the seed's final, the gap, the mean
 |difference| of test accuracy over the epochs both printed, whether the
-final is within `seed_notebook.TOLERANCE_POINTS`, the epoch-by-epoch table
-and the curves with the seed's drawn beside ours.
+final is within `seed_notebook.TOLERANCE_POINTS`, the mean and sd of the
+last 10 epochs (ours, and the seed's own cell in Keras 2.3.1 on the same
+data where that run is in `<root>/<rung>_keras23/`), the epoch-by-epoch
+table and the curves with the seed's drawn beside ours.
 """
 
 import datetime
@@ -28,19 +30,34 @@ def _params(config: ml_collections.ConfigDict) -> int:
   return summary.count_params(shapes)
 
 
+LAST = 10  # Epochs whose mean and sd sum a run's end up.
+
+
+def last_epochs(history: list[dict]) -> tuple[float, float]:
+  """Mean and sd (ddof 1) of test accuracy, in %, over the last `LAST`
+  epochs: a run's end, less at the mercy of one epoch than its final."""
+  values = [100 * h['val_accuracy'] for h in history[-LAST:]]
+  sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+  return float(np.mean(values)), sd
+
+
 def report_row(
     name: str,
     config: ml_collections.ConfigDict,
     history: list[dict],
     commit: str = '–',
+    keras23: list[dict] | None = None,
 ) -> dict:
   """One rung's numbers for the report: ours against the seed's; `commit`
-  names the code it was trained with (`records.commits_text`)."""
+  names the code it was trained with (`records.commits_text`); `keras23`
+  the history of the seed's own cell in Keras 2.3.1 on the same data."""
   seconds = [h['seconds'] for h in history]
   return {
       'commit': commit,
       'rung': name,
       'history': history,
+      'last': last_epochs(history),
+      'keras23': keras23 or None,
       'compare': seed_notebook.compare(name, history),
       'params': _params(config),
       'epochs': len(history),
@@ -53,6 +70,24 @@ def report_row(
 
 def _pct(value: float | None) -> str:
   return '–' if value is None else f'{value:.2f}%'
+
+
+def _last(mean_sd: tuple[float, float]) -> str:
+  return f'{mean_sd[0]:.2f} ± {mean_sd[1]:.2f}'
+
+
+def _keras23(r: dict) -> str:
+  """The Keras 2.3.1 run's final and last epochs, or –."""
+  history = r['keras23']
+  if not history:
+    return '–'
+  epochs = (
+      f' ({len(history)} epochs)' if len(history) < r['seed_epochs'] else ''
+  )
+  return (
+      f'{100 * history[-1]["val_accuracy"]:.2f}%; '
+      f'{_last(last_epochs(history))}{epochs}'
+  )
 
 
 def _points(value: float | None, signed: bool = False) -> str:
@@ -72,6 +107,7 @@ def _summary_line(r: dict) -> str:
   return (
       f'| {r["rung"]} | {seed_notebook.load(r["rung"]).final_text} | '
       f'{_pct(c.final)} | {_pct(c.best)} (epoch {c.best_epoch}) | '
+      f'{_last(r["last"])} | {_keras23(r)} | '
       f'{_points(c.gap, signed=True)} | {diff} | {within} | '
       f'{r["params"]:,} | {r["epochs"]}/{r["seed_epochs"]} | '
       f'{r["sec_per_epoch"]:.1f} ({r["fastest_epoch"]:.1f}) | '
@@ -86,9 +122,10 @@ def readme_table(rows: list[dict]) -> list[str]:
   as runs at low priority share it with whatever else is running.
   """
   lines = [
-      '| rung | seed final | ours final | best | gap | mean \\|diff\\| per '
-      'epoch | epochs | s/epoch | commit |',
-      '|---|---|---|---|---|---|---|---|---|',
+      '| rung | seed final | ours final | best | ours, last 10 | Keras 2.3.1, '
+      'same data: final; last 10 | gap | mean \\|diff\\| per epoch | epochs '
+      '| s/epoch | commit |',
+      '|---|---|---|---|---|---|---|---|---|---|---|',
   ]
   for r in rows:
     c, seed = r['compare'], seed_notebook.load(r['rung'])
@@ -98,7 +135,8 @@ def readme_table(rows: list[dict]) -> list[str]:
       diff = f'{c.mean_abs_diff:.2f} ({c.common_epochs} epochs{of})'
     lines.append(
         f'| {r["rung"]} | {seed.final_text} | {_pct(c.final)} | '
-        f'{_pct(c.best)} | {_points(c.gap, signed=True)} | {diff} | '
+        f'{_pct(c.best)} | {_last(r["last"])} | {_keras23(r)} | '
+        f'{_points(c.gap, signed=True)} | {diff} | '
         f'{r["epochs"]} | {r["fastest_epoch"]:.1f} | {r["commit"]} |'
     )
   return lines
@@ -183,10 +221,11 @@ def _summary(
       f'- Command: `{command}`',
       f'- Written: {datetime.datetime.now().isoformat(timespec="seconds")}',
       '',
-      '| rung | seed final | ours final | ours best | gap | mean \\|diff\\| '
-      f'(epochs) | within {tolerance} | params | epochs | s/epoch (fastest) '
-      '| total | commit |',
-      '|---|---|---|---|---|---|---|---|---|---|---|---|',
+      '| rung | seed final | ours final | ours best | ours, last '
+      f'{LAST} | Keras 2.3.1, same data: final; last {LAST} | gap | mean '
+      f'\\|diff\\| (epochs) | within {tolerance} | params | epochs | s/epoch '
+      '(fastest) | total | commit |',
+      '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
   ]
   lines += [_summary_line(r) for r in rows]
   total = sum(r['total_sec'] for r in rows)
@@ -209,8 +248,11 @@ def _summary(
       '|diff| is the mean absolute difference of test accuracy, in '
       'points, over the epochs both printed (the notebook printed '
       'only some); a rung it printed no log for is compared with the '
-      'rung its record names. s/epoch is the median epoch, with the '
-      'fastest in brackets. Commit: the code each run was trained with '
+      f'rung its record names. Last {LAST}: the mean ± sd of test accuracy '
+      f'over the last {LAST} epochs. Keras 2.3.1, same data: the '
+      "notebook's own cell in the seed's Keras on the same images "
+      '(benchmarks/keras23_side_by_side.py), where it has run. s/epoch is '
+      'the median epoch, with the fastest in brackets. Commit: the code each run was trained with '
       "(its code.json; '+dirty': with uncommitted changes).",
       '',
   ]

@@ -36,6 +36,7 @@ RULES = {
     'eval_batch_size': rules.integer(1, 2**31 - 1),
     'num_epochs': rules.POSITIVE,
     'drop_remainder': rules.BOOL,
+    'shuffle_batch_order': rules.BOOL,
     'steps_per_epoch': rules.integer(0),
     'steps_per_dispatch': rules.integer(0),
     'seed': rules.integer(0, 2**32 - 1),
@@ -254,6 +255,7 @@ def _seeded(seed: int, **fixed: Any) -> Experiment:
           order_key,
           fixed['shardings'].replicated,
           fixed['config'].drop_remainder,
+          fixed['config'].shuffle_batch_order,
       ),
       keys=steps.Keys(dropout_key, augment_key),
   )

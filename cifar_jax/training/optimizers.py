@@ -1,13 +1,15 @@
-"""Optax chains that reproduce Keras 2.3's SGD, Adam and MaxNorm exactly.
+"""Optax chains that reproduce Keras 2.3's SGD, Adam and MaxNorm exactly
+(step for step against Keras 2.3.1 itself: tests/keras23_test.py).
 
-Keras and Optax disagree on three details that change results:
+Keras and Optax disagree on details that change results:
 - Keras SGD puts the learning rate inside the velocity (v = m*v - lr_t*g) and
-  decays it per update, lr_t = lr / (1 + decay * t). `optax.sgd` scales after
-  the momentum trace and has no inverse-time schedule, so we chain
-  `scale_by_learning_rate(schedule)` before `trace(momentum)`.
+  decays it per update, lr_t = lr / (1 + decay * t), t counting this update.
+  `optax.sgd` scales after the momentum trace and has no inverse-time
+  schedule, so we chain `scale_by_learning_rate(schedule)` before
+  `trace(momentum)`.
 - Keras 2.3 Adam adds epsilon to sqrt(v) *after* folding the bias correction
   into the step size; `optax.adam` adds it to sqrt(v_hat). We implement the
-  Keras placement (`scale_by_keras_adam`).
+  Keras placement and its t, one ahead (`scale_by_keras_adam`).
 - A Keras `kernel_constraint=max_norm(c)` rescales the kernel after every
   update; Optax has no per-unit max-norm, so `keras_max_norm` is a
   transformation that returns the update which lands on the projected kernel.
@@ -28,10 +30,16 @@ KERAS_EPSILON = 1e-7  # keras.backend.epsilon(), used by Adam and MaxNorm.
 
 
 def inverse_time_decay(learning_rate: float, decay: float) -> optax.Schedule:
-  """Keras' `decay`: lr / (1 + decay * t), t = updates made before this one."""
+  """Keras' `decay`: lr / (1 + decay * t), t = updates made, this one
+  included (`count` + 1).
+
+  Keras 2.3's SGD reads its update counter with no control dependency on
+  the op that increments it, and on TensorFlow 1.15 it reads it after: the
+  first update already divides by 1 + decay (tests/keras23_test.py).
+  """
 
   def schedule(count):
-    return learning_rate / (1.0 + decay * count)
+    return learning_rate / (1.0 + decay * (count + 1))
 
   return schedule
 
@@ -58,7 +66,9 @@ class KerasAdamState(NamedTuple):
 def scale_by_keras_adam(
     b1: float, b2: float, eps: float
 ) -> optax.GradientTransformation:
-  """Keras 2.3's Adam direction: sqrt(1-b2^t)/(1-b1^t) * m/(sqrt(v)+eps)."""
+  """Keras 2.3's Adam direction: sqrt(1-b2^t)/(1-b1^t) * m/(sqrt(v)+eps),
+  t = updates made, this one included, plus one (as Keras 2.3.1 computes
+  it on TensorFlow 1.15: tests/keras23_test.py)."""
 
   def init_fn(params):
     # Two separate trees: aliased buffers could not both be donated to jit.
@@ -73,7 +83,11 @@ def scale_by_keras_adam(
     count = state.count + 1
     mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
     nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, updates)
-    t = count.astype(jnp.float32)
+    # Keras 2.3 reads its update counter after incrementing it (see
+    # `inverse_time_decay`), so its t is one ahead: 2 at the first update.
+    # In the variables' dtype (float32; float64 in tests), as Keras'.
+    dtype = jnp.promote_types(jax.tree.leaves(mu)[0].dtype, jnp.float32)
+    t = (count + 1).astype(dtype)
     correction = jnp.sqrt(1 - b2**t) / (1 - b1**t)
     updates = jax.tree.map(
         lambda m, v: correction * m / (jnp.sqrt(v) + eps), mu, nu
