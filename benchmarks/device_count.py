@@ -54,7 +54,7 @@ def make_config(variant: str):
   config = cli.config_module('test').get_config()
   config.data.synthetic_train_size = 500
   config.model.batch_norm = True
-  config.optimizer.learning_rate = 0.002
+  config.optimizer.learning_rate = 0.001  # as tests/scale_out_test.py
   for key, value in VARIANTS[variant].items():
     section, name = key.split('.')
     config[section][name] = value

@@ -8,7 +8,8 @@ order, so runs differ by ~1e-7 at first. Training amplifies that: with
 dropout or augmentation on, a 1e-7 nudge to the initial parameters grows to
 1e-2 in the loss within 100 steps even on one device. So the long runs here
 use a calm config (BatchNorm, a partial last batch, a padded last eval
-batch; no dropout or augmentation) over 128 steps, and the random parts are
+batch; no dropout or augmentation) over 128 steps, compared closely over
+their first 32 (TOLERANCE below), and the random parts are
 checked on the first step, where any difference in dropout masks or
 augmentation would show at 1e-2.
 """
@@ -22,8 +23,17 @@ from cifar_jax import evaluate
 from conftest import run_main
 from conftest import start_main
 
-TOLERANCE = dict(rel=1e-4, abs=1e-6)
 EPOCHS = 8  # 16 steps each: 500 examples, batch 32, last batch of 20.
+# The first two epochs (32 steps: an epoch boundary and a partial batch)
+# agree to float32 rounding: a batch sharded wrongly, BatchNorm statistics
+# per device, or the padded rows of a partial batch counted would show at
+# 1e-2 there. Later, near-ties in max pooling and ReLU let 1e-7 flip a
+# gradient path: on this overfitting synthetic data the loss of 2 processes
+# x 2 devices then parts from one device's by up to 4.5e-3 by epoch 4
+# (learning rate 0.001; 8 devices in one process: 2e-5). Those epochs check
+# that a resume on another mesh carries on the same run, not a new one.
+TOLERANCE = dict(rel=1e-4, abs=1e-6)
+LATER_TOLERANCE = dict(rel=1e-2, abs=1e-2)
 CALM = (
     '--config',
     'configs/test.py',
@@ -31,7 +41,7 @@ CALM = (
     '--config.model.batch_norm=True',
     '--config.model.conv_dropout=(0.0,)',
     '--config.model.hidden_dropout=0.0',
-    '--config.optimizer.learning_rate=0.002',
+    '--config.optimizer.learning_rate=0.001',
 )
 RANDOM = (
     '--config',
@@ -70,7 +80,8 @@ def _assert_same_metrics(history, reference):
   ]
   for h, ref in zip(history, reference):
     for key in ('loss', 'accuracy', 'val_loss', 'val_accuracy'):
-      assert h[key] == pytest.approx(ref[key], **TOLERANCE), (h['epoch'], key)
+      tolerance = TOLERANCE if h['epoch'] <= 2 else LATER_TOLERANCE
+      assert h[key] == pytest.approx(ref[key], **tolerance), (h['epoch'], key)
 
 
 def _free_port():
@@ -79,7 +90,11 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _train_two_processes(workdir, epochs, devices_per_process):
+def _train_two_processes(workdir, epochs, devices_per_process, monkeypatch):
+  # Under jax 0.12.1, two CPU processes whose programs come from JAX's
+  # persistent compilation cache (conftest.compilation_cache) wait on each
+  # other at their first step for ever; under 0.10.2 they do not.
+  monkeypatch.delenv('JAX_COMPILATION_CACHE_DIR', raising=False)
   port = _free_port()
   procs = [
       start_main(
@@ -137,13 +152,17 @@ def test_checkpoint_from_eight_devices_resumes_on_two(tmp_path, one_device):
 
 @pytest.mark.slow
 def test_two_processes_match_one_process_and_resume_together(
-    tmp_path, one_device
+    tmp_path, one_device, monkeypatch
 ):
   """2 processes x 2 devices, stopped halfway and resumed by both."""
-  first = _train_two_processes(tmp_path, EPOCHS // 2, devices_per_process=2)
+  first = _train_two_processes(
+      tmp_path, EPOCHS // 2, devices_per_process=2, monkeypatch=monkeypatch
+  )
   assert '(4 device(s): cpu; ' in first[0]
   assert 'Epoch' not in first[1]  # Only process 0 reports.
-  second = _train_two_processes(tmp_path, EPOCHS, devices_per_process=2)
+  second = _train_two_processes(
+      tmp_path, EPOCHS, devices_per_process=2, monkeypatch=monkeypatch
+  )
   assert f'Resuming from step {EPOCHS // 2 * 16}' in second[0]
   history = _history(tmp_path)
   assert len(history) == EPOCHS

@@ -35,6 +35,10 @@ import sys
 import time
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# TensorFlow 1.15 as the seed ran it: graphs, not eager execution. A
+# TensorFlow 2 imported by whatever started this process sets
+# TF2_BEHAVIOR=1 in its environment, which would switch 1.15 to eager.
+os.environ['TF2_BEHAVIOR'] = '0'
 # oneDNN's OpenMP threads sleep after 1 ms instead of 200 ms of spinning:
 # 324 against 400 ms per deep_adam_aug_dropout step on 2 cores.
 os.environ.setdefault('KMP_BLOCKTIME', '1')
