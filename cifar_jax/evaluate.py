@@ -22,6 +22,7 @@ from cifar_jax.data import input_pipeline
 from cifar_jax.errors import UserError
 from cifar_jax.errors import write_failure
 from cifar_jax.reporting import plots
+from cifar_jax.runs import classes
 from cifar_jax.runs import inference
 
 _WORKDIR = cli.define_workdir('The run directory to evaluate.')
@@ -79,6 +80,11 @@ def evaluate(
     config.data.dir = data_dir
   split = split or config.data.eval_split
   data = input_pipeline.load_split(config.data, split)
+  classes.check(
+      run.class_names,
+      data.class_names,
+      f'{workdir} (checkpoint step {run.step}) was',
+  )
   result = metrics(
       inference.logits(run, data.images), data.labels, len(run.class_names)
   )

@@ -131,7 +131,7 @@ def _loop(
   seconds = plan.compile_ahead(exp, stops, run.step)
   watch.started()  # Stops here if a signal came while compiling.
   print(f'Compiled ahead of time in {seconds:.1f}s.', file=out, flush=True)
-  save = lambda val_accuracy=None: _save(ckpt, config, run, val_accuracy)
+  save = lambda val_accuracy=None: _save(ckpt, exp, run, val_accuracy)
   while run.step < total_steps:
     epoch = run.step // spe
     epoch_end = min((epoch + 1) * spe, total_steps)
@@ -211,7 +211,7 @@ def _end_epoch(
 
 def _save(
     ckpt: checkpointing.Checkpoints,
-    config: ml_collections.ConfigDict,
+    exp: Experiment,
     run: resume.Progress,
     val_accuracy: float | None = None,
 ) -> None:
@@ -221,7 +221,8 @@ def _save(
       run.state,
       run.epoch_metrics,
       {
-          'config': resume.config_json(config),
+          'config': resume.config_json(exp.config),
+          'class_names': list(exp.class_names),
           'history': [dict(r) for r in run.history],
           'epoch_seconds': run.epoch_seconds,
       },

@@ -29,8 +29,10 @@ from cifar_jax.data import input_pipeline
 from cifar_jax import evaluate
 from cifar_jax import predict
 from cifar_jax.reporting import records
+from cifar_jax.runs import classes
 from cifar_jax.runs import rundir
 from cifar_jax import train
+from cifar_jax.errors import UserError
 from conftest import get_config
 from conftest import REPO
 from conftest import run_main
@@ -217,6 +219,87 @@ def test_predict_ranks_only_the_data_sets_classes(three_class_run):
   line = out.getvalue().strip()
   ranked = [part.split()[0] for part in line.split(': ', 1)[1].split(', ')]
   assert sorted(ranked) == sorted(CLASSES)
+
+
+@pytest.fixture(scope='module')
+def kiwi_lime_run(tmp_path_factory):
+  """A finished 1-epoch run on {kiwi, lime}, and a copy of its data with a
+  class folder `fig` added to both splits (labels would shift by one)."""
+  tmp = tmp_path_factory.mktemp('fruit')
+  write_image_folder(tmp / 'data', ('kiwi', 'lime'), per_class=4)
+  _train(_folder_config(tmp / 'data'), tmp / 'run')
+  shutil.copytree(tmp / 'data', tmp / 'more')
+  write_image_folder(tmp / 'more', ('fig',), per_class=4)
+  return tmp
+
+
+def test_a_resume_on_data_with_other_classes_is_refused(
+    kiwi_lime_run, tmp_path
+):
+  workdir = tmp_path / 'run'
+  shutil.copytree(kiwi_lime_run / 'run', workdir)
+  before = {p.name: p.read_bytes() for p in workdir.glob('*.json')}
+  more = _folder_config(kiwi_lime_run / 'more', num_epochs=2)
+  code, line = _cli(_train, more, workdir)
+  assert code == 1, line
+  assert "trained on the classes ['kiwi', 'lime']" in line
+  assert "added ['fig']" in line
+  assert {p.name: p.read_bytes() for p in workdir.glob('*.json')} == before
+  fewer = kiwi_lime_run / 'fewer'
+  write_image_folder(fewer, ('kiwi',), per_class=4)
+  code, line = _cli(_train, _folder_config(fewer, num_epochs=2), workdir)
+  assert code == 1 and "missing ['lime']" in line, line
+
+
+def test_init_from_a_run_on_other_classes_is_refused(kiwi_lime_run, tmp_path):
+  config = _folder_config(
+      kiwi_lime_run / 'more', init_from=str(kiwi_lime_run / 'run')
+  )
+  code, line = _cli(_train, config, tmp_path / 'new')
+  assert code == 1 and "added ['fig']" in line and 'init_from=' in line, line
+  assert not list((tmp_path / 'new' / 'checkpoints').glob('[0-9]*'))
+
+
+def test_evaluate_on_data_with_other_classes_is_refused(kiwi_lime_run):
+  code, line = _cli(
+      evaluate.evaluate,
+      str(kiwi_lime_run / 'run'),
+      data_dir=str(kiwi_lime_run / 'more'),
+  )
+  assert code == 1 and "added ['fig']" in line, line
+
+
+def test_predict_names_the_classes_its_checkpoint_was_trained_on(
+    kiwi_lime_run, tmp_path
+):
+  """Even where dataset_info.json says otherwise (an earlier version let a
+  resume on other data rewrite it)."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(kiwi_lime_run / 'run', workdir)
+  info = json.loads((workdir / records.DATASET_INFO).read_text())
+  info['class_names'] = ['fig', 'kiwi', 'lime']
+  (workdir / records.DATASET_INFO).write_text(json.dumps(info))
+  out = io.StringIO()
+  image = kiwi_lime_run / 'data' / 'test' / 'kiwi' / '0.png'
+  assert predict.predict(str(workdir), [str(image)], top=3, out=out) == 0
+  ranked = out.getvalue().split(': ', 1)[1]
+  assert 'fig' not in ranked and 'kiwi' in ranked and 'lime' in ranked
+
+
+@pytest.mark.parametrize(
+    'data, change',
+    [
+        (['b', 'a'], 'the same classes in another order'),
+        (['a', 'b', 'c'], "added ['c']"),
+        (['b'], "missing ['a']"),
+        (['c', 'b'], "added ['c']; missing ['a']"),
+    ],
+)
+def test_a_class_list_change_is_named(data, change):
+  with pytest.raises(UserError, match=re.escape(f'({change})')):
+    classes.check(['a', 'b'], data, 'The run was')
+  classes.check(['a', 'b'], ['a', 'b'], 'The run was')
+  classes.check(None, data, 'A run of an unknown version was')
 
 
 # ------------------------------------------------ config values and files
@@ -423,6 +506,8 @@ def test_when_every_checkpoint_is_damaged_the_run_stops_and_keeps_them(
   assert code == 1 and 'Every checkpoint' in line and 'not deleted' in line
   moved = sorted((workdir / 'checkpoints').glob('corrupt-*'))
   assert len(moved) == len(steps) and all(m.name in line for m in moved)
+  assert (workdir / 'history.json').read_text() == history
+  assert _cli(_train, config, workdir) == (code, line)  # Again: no restart.
   assert (workdir / 'history.json').read_text() == history
 
 

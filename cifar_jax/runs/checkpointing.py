@@ -8,8 +8,9 @@ three items:
   statistics); the data position is the step itself, since the data order is
   a function of (seed, step);
 - `epoch_metrics`: the running metrics of the epoch in progress;
-- `meta` (JSON): the config, the history so far, seconds spent in the
-  current epoch, and a fingerprint of the state to detect garbage.
+- `meta` (JSON): the config, the class names (in label order), the history
+  so far, seconds spent in the current epoch, and a fingerprint of the
+  state to detect garbage.
 
 Orbax writes each checkpoint to a temporary directory and renames it when it
 is complete, so a kill mid-save never leaves a checkpoint that looks whole.
@@ -19,6 +20,7 @@ outside the run is `weights`'s.
 
 import collections
 import dataclasses
+import glob
 import logging as std_logging
 import os
 import shutil
@@ -235,7 +237,8 @@ class Checkpoints:
     A checkpoint that cannot be read, or whose state does not match its
     fingerprint, is moved aside (renamed `corrupt-<step>-<time>`, never
     deleted) with a warning, and the previous one is tried: a damaged
-    checkpoint neither stops the run nor is used.
+    checkpoint neither stops the run nor is used. With none left but
+    damaged ones, it refuses, now and on every later call.
 
     Args:
       target_state, target_metrics: trees of arrays or ShapeDtypeStructs
@@ -250,7 +253,10 @@ class Checkpoints:
       if isinstance(restored, Restored):
         return restored
       moved.append(self._quarantine(step, restored))
-    if moved:  # Starting again would overwrite the run's history.
+    # Starting again would overwrite the run's history: not without the
+    # user's move, however often the same command is run.
+    moved = sorted(glob.glob(os.path.join(self.directory, 'corrupt-*')))
+    if moved:
       raise UserError(
           f'Every checkpoint in {self.directory} is damaged; they were moved '
           f'aside, not deleted ({", ".join(map(os.path.basename, moved))}). '

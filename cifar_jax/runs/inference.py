@@ -1,7 +1,8 @@
 """Loading a trained run and computing its predictions (evaluate, predict).
 
 A run directory holds what is needed: `config.json` (to rebuild the model),
-`dataset_info.json` (class names, steps per epoch) and `checkpoints/`.
+`dataset_info.json` (steps per epoch) and `checkpoints/` (the weights, and
+the class names they were trained on).
 """
 
 import dataclasses
@@ -112,11 +113,8 @@ def load_run(
   variables = weights.restore_params(workdir, step=step)
   if not variables['batch_stats']:
     variables = {'params': variables['params']}
-  info_path = os.path.join(workdir, DATASET_INFO)
   names = (
-      tuple(_read_json(workdir, DATASET_INFO)['class_names'])
-      if os.path.exists(info_path)
-      else input_pipeline.CIFAR10_CLASSES
+      weights.trained_classes(workdir, step) or input_pipeline.CIFAR10_CLASSES
   )
   return TrainedRun(config, model, variables, step, names, tta_level)
 

@@ -9,6 +9,7 @@ run's optimizer state too (`init_from_optimizer`).
 
 import dataclasses
 import json
+import os
 from typing import Any
 
 import jax
@@ -19,6 +20,7 @@ from cifar_jax.config import renames
 from cifar_jax.errors import UserError
 from cifar_jax.reporting import records
 from cifar_jax.runs import checkpointing
+from cifar_jax.runs import classes
 from cifar_jax.runs import weights
 from cifar_jax.training.experiment import Experiment
 from cifar_jax.training import optimizers
@@ -76,10 +78,16 @@ def start(
   whether it resumed. The loop owns the `Progress` it gets.
 
   Raises:
-    UserError: the checkpoints come from another config.
+    UserError: the checkpoints come from another config, or were trained
+      on other classes.
   """
 
   def check_meta(meta):
+    classes.check(
+        classes.saved(meta, os.path.dirname(ckpt.directory)),
+        exp.class_names,
+        f'The checkpoints in {ckpt.directory} were',
+    )
     diffs = config_differences(renames.upgrade(meta['config']), config_dict)
     if diffs:
       raise UserError(
@@ -152,14 +160,19 @@ def state_from_run(exp: Experiment, path: str) -> steps.TrainState:
   Raises:
     UserError: it cannot be done (see above, and `weights.restore_state`).
   """
+  if exp.config.init_from_optimizer and not (
+      optimizers.has_constant_learning_rate(exp.config.optimizer)
+  ):
+    raise UserError(
+        'init_from_optimizer needs a constant learning rate (adam, or sgd '
+        f'with decay 0), not optimizer.name={exp.config.optimizer.name!r}'
+        ' with its schedule; set init_from_optimizer=false to take only '
+        'the parameters.'
+    )
+  classes.check(
+      weights.trained_classes(path), exp.class_names, f'init_from={path} was'
+  )
   if exp.config.init_from_optimizer:
-    if not optimizers.has_constant_learning_rate(exp.config.optimizer):
-      raise UserError(
-          'init_from_optimizer needs a constant learning rate (adam, or sgd '
-          f'with decay 0), not optimizer.name={exp.config.optimizer.name!r}'
-          ' with its schedule; set init_from_optimizer=false to take only '
-          'the parameters.'
-      )
     theirs = weights.restore_state(path, _abstract(exp.state))
     return exp.state.with_variables(theirs.params, theirs.batch_stats).replace(
         opt_state=theirs.opt_state

@@ -16,6 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from cifar_jax.errors import UserError
+from cifar_jax.runs import classes
 
 # Orbax's words for a checkpoint whose tree differs from the one asked for:
 # not damage (every checkpoint of the run would have it), another layout.
@@ -89,6 +90,24 @@ def _restore_state(
     manager.close()
   logging.info('init_from: loaded step %d from %s.', step, manager.directory)
   return state
+
+
+def trained_classes(path: str, step: int | None = None) -> tuple[str, ...]:
+  """The classes, in label order, that checkpoint `step` (default: the
+  newest) of a run directory, or one checkpoint, was trained on (None:
+  unknown)."""
+  manager, named = _open(path)
+  try:
+    step = step if step is not None else named
+    step = step if step is not None else manager.latest_step()
+    if step is None:
+      raise UserError(f'init_from: no checkpoint in {manager.directory}.')
+    meta = manager.restore(
+        step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
+    )['meta']
+  finally:
+    manager.close()
+  return classes.saved(meta, os.path.dirname(manager.directory))
 
 
 def restore_params(
