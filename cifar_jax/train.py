@@ -277,14 +277,17 @@ def run_steps(
   """Runs training steps [step, stop), drawing `bar` (steps since epoch start).
 
   The host only dispatches steps (`exp.steps_per_dispatch` at a time); it
-  reads the metrics (a device sync) only when the bar is due and at `stop`.
+  reads the metrics (a device sync) only when the bar is due and at `stop`
+  (to check them), and draws the bar only when it is due.
   `should_stop(step)` is asked before each step, so a preemption stops at a
   step boundary; `after_step(step)` runs after each (throughput reporting).
 
   Returns:
     The state, the epoch's metrics so far, and the step reached.
   """
-  epoch_start = step - bar.initial
+  # [step, stop) lies in one epoch; the bar counts from its first step,
+  # whatever checkpoints stopped the loop in between.
+  epoch_start = step // exp.steps_per_epoch * exp.steps_per_epoch
   for first, n in plan.dispatches(exp, step, stop):
     if should_stop(first):
       break
@@ -299,10 +302,12 @@ def run_steps(
     )
     step = first + n
     after_step(step)
-    if bar.due() or step == stop:
+    due = bar.due()
+    if due or step == stop:
       values = steps.computed(epoch_metrics)
       _check_finite(values, step)
-      bar.update(step - epoch_start, values)
+      if due:  # Not at every checkpoint: a line per save would flood logs.
+        bar.update(step - epoch_start, values)
   return state, epoch_metrics, step
 
 

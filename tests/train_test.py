@@ -195,6 +195,22 @@ def test_steps_per_epoch_runs_exactly_that_many_batches(tmp_path):
   assert int(state.step) == 10 and len(history) == 2
 
 
+@pytest.mark.parametrize('due', [True, False])
+def test_the_bar_counts_from_the_epochs_start_and_not_at_each_checkpoint(
+    tmp_path, monkeypatch, due
+):
+  """Checkpoints every 3 steps stop the loop mid-epoch: the bar goes on
+  counting the epoch's steps, and draws only when due (never per save)."""
+  monkeypatch.setattr(progress.ProgressBar, 'due', lambda self: due)
+  config = get_config('test')
+  config.update(num_epochs=2, steps_per_epoch=8, checkpoint_every_steps=3)
+  out = io.StringIO()
+  train.train_and_evaluate(config, str(tmp_path), out=out)
+  drawn = [l.split(' [')[0] for l in out.getvalue().splitlines() if ' [' in l]
+  # A log draws no full bar (the epoch line follows); each epoch 1 to 7.
+  assert drawn == [f'{k}/8' for k in range(1, 8)] * 2 if due else not drawn
+
+
 def test_a_fractional_last_epoch_is_cut_short_evaluated_and_ranked(tmp_path):
   config = get_config('test')  # 512 examples of batch 32: 16 steps/epoch.
   config.num_epochs = 1.5
