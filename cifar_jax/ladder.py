@@ -130,7 +130,7 @@ def run_ladder(
   os.makedirs(root, exist_ok=True)
   start = time.monotonic()
   if report_only:
-    configs, histories = _saved_runs(root, configs)
+    configs, histories = _saved_runs(root, _found(root, configs, out))
   elif parallel > 1:
     files = {n: cli.config_module(n).__file__ for n in configs}
     histories = rung_processes.RungProcesses(
@@ -150,7 +150,7 @@ def run_ladder(
   machines = list(
       dict.fromkeys(
           m
-          for n in names
+          for n in configs
           for m in records.machines_text(
               records.read_code(os.path.join(root, n))
           )
@@ -189,6 +189,26 @@ def _saved_runs(
       {n: _saved_config(root, n, c) for n, c in configs.items()},
       {n: _saved_history(root, n) for n in configs},
   )
+
+
+def _found(
+    root: str, configs: dict[str, ml_collections.ConfigDict], out
+) -> dict[str, ml_collections.ConfigDict]:
+  """The rungs with epochs in `root`, saying which others are left out."""
+  found = {n: c for n, c in configs.items() if _saved_history(root, n, True)}
+  if not found:
+    raise UserError(
+        f'No runs of {", ".join(configs)} in {root} (no epochs in '
+        '<rung>/history.json); train them first (without --report_only).'
+    )
+  if len(found) < len(configs):
+    left_out = [n for n in configs if n not in found]
+    print(
+        f'Not in the report (no epochs in {root}/<rung>/history.json): '
+        + ', '.join(left_out),
+        file=out,
+    )
+  return found
 
 
 def _report_rows(

@@ -8,6 +8,8 @@ see that the augmentation looks right (nothing upside down, borders filled by
 repeating the edge, zooms centred).
 """
 
+import os
+
 from absl import app
 from absl import flags
 import jax
@@ -20,6 +22,7 @@ from cifar_jax.data import augment
 from cifar_jax.data import images as images_lib
 from cifar_jax.data import input_pipeline
 from cifar_jax.errors import UserError
+from cifar_jax.errors import write_failure
 from cifar_jax.reporting import plots
 
 _CONFIG = cli.define_config()
@@ -98,14 +101,29 @@ def render(
   figure(config, num_images, num_views).savefig(out, dpi=100)
 
 
+def png_path(out: str) -> str:
+  """Where `--out` writes: `out`, with `.png` added as Matplotlib adds it
+  to a name without a suffix; refused before the slow part if its folder
+  is missing."""
+  path = out if os.path.splitext(out)[1] else out + '.png'
+  folder = os.path.dirname(path) or '.'
+  if not os.path.isdir(folder):
+    raise UserError(f'--out {out}: the folder {folder} does not exist.')
+  return path
+
+
 def main(argv):
   del argv
   with cli.exit_on_errors():
+    path = png_path(_OUT.value)
     try:
-      render(_CONFIG.value, _OUT.value, _IMAGES.value, _VIEWS.value)
+      render(_CONFIG.value, path, _IMAGES.value, _VIEWS.value)
     except ValueError as e:  # A bad augment section.
       raise UserError(f'Bad config: {e}') from e
-  print(f'Wrote {_OUT.value}')
+    except OSError as e:
+      reason = write_failure(e) or e.strerror or str(e)
+      raise UserError(f'Cannot write {path}: {reason}.') from e
+  print(f'Wrote {path}')
 
 
 if __name__ == '__main__':

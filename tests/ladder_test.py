@@ -327,9 +327,29 @@ def test_a_rung_that_continues_an_unfinished_or_missing_run_is_refused(
   assert not (tmp_path / 'deep_adam_aug').exists()
 
 
-def test_report_only_refuses_a_rung_without_a_history(tmp_path):
+def test_report_only_reports_the_runs_it_finds_and_names_the_others(
+    tmp_path,
+):
+  os.makedirs(tmp_path / 'large')  # Started, no epoch finished.
   os.makedirs(tmp_path / 'simple')
-  with pytest.raises(UserError, match='simple: no epochs in .*history.json'):
+  (tmp_path / 'simple' / 'history.json').write_text(json.dumps(_rows([0.6])))
+  out = io.StringIO()
+  rows = ladder.run_ladder(
+      ['simple', 'large', 'deep_adam'],
+      1.0,
+      {},
+      str(tmp_path),
+      'test',
+      out=out,
+      report_only=True,
+  )
+  assert [r['rung'] for r in rows] == ['simple']
+  assert (
+      f'Not in the report (no epochs in {tmp_path}/<rung>/history.json): '
+      'large, deep_adam\n'
+  ) in out.getvalue()
+  assert '| large ' not in (tmp_path / 'REPORT.md').read_text()
+  with pytest.raises(UserError, match='No runs of large, deep_adam in '):
     ladder.run_ladder(
-        ['simple'], 1.0, {}, str(tmp_path), 'test', report_only=True
+        ['large', 'deep_adam'], 1.0, {}, str(tmp_path), 'test', report_only=True
     )

@@ -7,9 +7,11 @@ import sys
 import jax
 import numpy as np
 from PIL import Image
+import pytest
 
 from cifar_jax.data import augment
 from cifar_jax.data import images as images_lib
+from cifar_jax.errors import UserError
 from cifar_jax import show_augment
 from conftest import get_config
 from conftest import REPO
@@ -62,8 +64,9 @@ def test_render_writes_a_grid_png_of_the_requested_size(tmp_path):
   assert pixels.std() > 10  # Not a blank canvas.
 
 
-def test_cli_writes_the_png(tmp_path):
-  out = tmp_path / 'a.png'
+@pytest.mark.parametrize('name', ['a.png', 'a'])
+def test_cli_writes_the_png_and_names_it(tmp_path, name):
+  out = tmp_path / name
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   r = subprocess.run(
       [
@@ -84,4 +87,11 @@ def test_cli_writes_the_png(tmp_path):
       timeout=300,
   )
   assert r.returncode == 0, r.stderr[-2000:]
-  assert Image.open(out).format == 'PNG'
+  path = tmp_path / 'a.png'
+  assert Image.open(path).format == 'PNG'
+  assert r.stdout.strip() == f'Wrote {path}'
+
+
+def test_out_in_a_missing_folder_is_one_line_before_drawing():
+  with pytest.raises(UserError, match='the folder /no/such does not exist'):
+    show_augment.png_path('/no/such/a.png')
