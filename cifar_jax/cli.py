@@ -5,6 +5,7 @@ import contextlib
 import importlib
 import logging as std_logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -233,6 +234,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   if problem:
     print(f'error: {problem}', file=sys.stderr)
     sys.exit(2)
+  quiet = _NotFromConfigFlags()
+  logging.get_absl_logger().addFilter(quiet)
   try:
     argv = flags.FLAGS(argv)
     if 'config' in flags.FLAGS and flags.FLAGS['config'].present:
@@ -251,7 +254,7 @@ def parse_flags(argv: list[str]) -> list[str]:
       logging.get_absl_handler().addFilter(_NotFromOrbax())
     return argv
   except flags.Error as e:
-    print(f'error: {e}\nPass --help for usage.', file=sys.stderr)
+    print(f'error: {_flag_error_line(e, path)}', file=sys.stderr)
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     print(f'error: {_config_error_line(e, path)}', file=sys.stderr)
   except Exception as e:  # pylint: disable=broad-except
@@ -262,7 +265,31 @@ def parse_flags(argv: list[str]) -> list[str]:
         f'{type(cause).__name__}: {cause}'.replace('\n', ' '),
         file=sys.stderr,
     )
+  finally:
+    logging.get_absl_logger().removeFilter(quiet)
   sys.exit(2)
+
+
+class _NotFromConfigFlags(std_logging.Filter):
+  """Drops config_flags' own warnings (get_config() returned None): the
+  error line says it, without absl's logging-before-flag-parsing notice."""
+
+  def filter(self, record) -> bool:
+    return not record.pathname.endswith('config_flags.py')
+
+
+def _flag_error_line(e: flags.Error, path: str | None) -> str:
+  """One line for absl's flag error; a config file's failure, which
+  config_flags reports as its traceback's text, as its last line."""
+  message = str(e.__context__ or e)
+  if 'Error whilst parsing config file' in message:
+    *_, raised = message.strip().splitlines()
+    where = re.findall(rf'File "{re.escape(path or "")}", line (\d+)', message)
+    at = f', line {where[-1]}' if where else ''
+    return f'cannot load config file {path}{at}: {raised.strip()}'
+  if '--config must have a value other than None' in str(e):
+    return f'get_config() in {path} returned None, not a ConfigDict.'
+  return f'{e}\nPass --help for usage.'
 
 
 @contextlib.contextmanager

@@ -447,6 +447,20 @@ def test_a_config_file_that_fails_to_load_is_one_line(tmp_path):
   assert _error_line(r.stderr) == (
       f'error: config file {path} defines no get_config().'
   )
+  # What get_config() raises, and a forgotten return: the one line only.
+  path.write_text('def get_config():\n  raise ValueError("no such rung")\n')
+  r = run_main('--config', path, '--workdir', tmp_path / 'run', timeout=120)
+  assert (r.returncode, r.stderr.strip()) == (
+      2,
+      f'error: cannot load config file {path}, line 2: ValueError: no '
+      'such rung',
+  )
+  path.write_text('def get_config():\n  pass\n')
+  r = run_main('--config', path, '--workdir', tmp_path / 'run', timeout=120)
+  assert (r.returncode, r.stderr.strip()) == (
+      2,
+      f'error: get_config() in {path} returned None, not a ConfigDict.',
+  )
 
 
 # ------------------------------------------------ files and directories
