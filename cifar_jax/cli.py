@@ -19,6 +19,7 @@ from ml_collections import config_flags
 
 from cifar_jax.config import renames
 from cifar_jax.errors import CheckpointWriteFailure
+from cifar_jax.errors import DamagedCheckpoint
 from cifar_jax.errors import NonFiniteLossError
 from cifar_jax.errors import Preempted
 from cifar_jax.errors import UserError
@@ -234,6 +235,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   if problem:
     print(f'error: {problem}', file=sys.stderr)
     sys.exit(2)
+  sys.excepthook = _without_late_tensorstore_callbacks(sys.excepthook)
   quiet = _NotFromConfigFlags()
   logging.get_absl_logger().addFilter(quiet)
   try:
@@ -268,6 +270,21 @@ def parse_flags(argv: list[str]) -> list[str]:
   finally:
     logging.get_absl_logger().removeFilter(quiet)
   sys.exit(2)
+
+
+def _without_late_tensorstore_callbacks(hook):
+  """`hook`, silent for one known TensorStore defect: after a read or write
+  fails (a damaged checkpoint, a full disk), its threads still complete the
+  other operations in flight for the asyncio loop Orbax has closed, and
+  print each `RuntimeError: Event loop is closed` (through this hook). The
+  failure itself is reported as one line; these say nothing more."""
+
+  def quiet(kind, value, tb):
+    if kind is RuntimeError and str(value) == 'Event loop is closed':
+      return
+    hook(kind, value, tb)
+
+  return quiet
 
 
 class _NotFromConfigFlags(std_logging.Filter):
@@ -305,8 +322,8 @@ def exit_on_errors():
     yield
   except (UserError, NonFiniteLossError) as e:
     print(f'error: {e}', file=sys.stderr)
-    if isinstance(e, CheckpointWriteFailure):
-      _exit_now(1)
+    if isinstance(e, (CheckpointWriteFailure, DamagedCheckpoint)):
+      _exit_now(1)  # Before TensorStore's threads print their tracebacks.
     sys.exit(1)
   except Preempted as e:
     _ignore_more_interrupts()

@@ -26,6 +26,11 @@ class UserError(Exception):
   """A problem with the user's input, explained in the message."""
 
 
+class DamagedCheckpoint(UserError):
+  """A checkpoint that cannot be read, or whose arrays are not the ones
+  saved (their fingerprint differs)."""
+
+
 class CheckpointWriteFailure(UserError):
   """A checkpoint could not be written (full disk, read-only directory)."""
 

@@ -32,6 +32,7 @@ from cifar_jax.reporting import records
 from cifar_jax.runs import classes
 from cifar_jax.runs import rundir
 from cifar_jax import train
+from cifar_jax import errors
 from cifar_jax.errors import UserError
 from conftest import get_config
 from conftest import REPO
@@ -523,6 +524,58 @@ def test_when_every_checkpoint_is_damaged_the_run_stops_and_keeps_them(
   assert (workdir / 'history.json').read_text() == history
   assert _cli(_train, config, workdir) == (code, line)  # Again: no restart.
   assert (workdir / 'history.json').read_text() == history
+
+
+@pytest.fixture(scope='module')
+def two_epoch_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('two')
+  config = get_config('test')
+  config.num_epochs = 2
+  _train(config, workdir)
+  return workdir
+
+
+def _truncate_arrays(checkpoint):
+  for f in (checkpoint / 'state').rglob('*'):
+    if f.is_file() and f.parent.name == 'd':  # OCDBT's data files.
+      f.write_bytes(f.read_bytes()[:10])
+
+
+def test_evaluate_and_predict_fall_back_from_a_damaged_newest_checkpoint(
+    two_epoch_run, tmp_path, capsys
+):
+  """As a resume does; a checkpoint asked for by step: one line; none
+  readable: one line, whatever the command."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(two_epoch_run, workdir)
+  first, newest = sorted(
+      int(p.name)
+      for p in (workdir / 'checkpoints').iterdir()
+      if p.name.isdigit()
+  )
+  _truncate_arrays(workdir / 'checkpoints' / str(newest))
+  evaluate.evaluate(str(workdir))
+  captured = capsys.readouterr()
+  assert captured.err.startswith(
+      f'warning: checkpoint {workdir}/checkpoints/{newest} is damaged: it '
+      'cannot be read ('
+  )
+  assert captured.err.endswith('; trying the previous one.\n')
+  assert f'checkpoint step {first},' in captured.out
+  # (The command line prints these as their one `error:` line and ends.)
+  with pytest.raises(errors.DamagedCheckpoint) as e:
+    evaluate.evaluate(str(workdir), 'best')
+  assert str(e.value).startswith(
+      f'checkpoint {workdir}/checkpoints/{newest} is damaged: it cannot be '
+      'read ('
+  )
+  _truncate_arrays(workdir / 'checkpoints' / str(first))
+  with pytest.raises(errors.DamagedCheckpoint) as e:
+    predict.predict(str(workdir), [str(tmp_path)], err=io.StringIO())
+  assert str(e.value) == (
+      f'Every checkpoint in {workdir}/checkpoints is damaged (steps '
+      f'{newest}, {first}).'
+  )
 
 
 def test_a_refused_resume_writes_nothing(one_epoch_run, tmp_path):

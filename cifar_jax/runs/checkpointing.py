@@ -30,7 +30,6 @@ from typing import Any
 from absl import logging
 import jax
 from jax.experimental import multihost_utils
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -75,14 +74,6 @@ class Restored:
   state: Any
   metrics: Any
   meta: dict[str, Any]
-
-
-def fingerprint(tree: Any) -> float:
-  """Sum of squares of every float leaf: cheap to keep, catches garbage."""
-  leaves = [
-      x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)
-  ]
-  return float(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
 
 
 class Checkpoints:
@@ -140,7 +131,7 @@ class Checkpoints:
     meta = dict(
         meta,
         step=step,
-        fingerprint=fingerprint((state.params, state.batch_stats)),
+        fingerprint=weights.fingerprint((state.params, state.batch_stats)),
         val_accuracy=val_accuracy,
     )
     self._scores[step] = val_accuracy  # Before Orbax applies the policy.
@@ -272,7 +263,7 @@ class Checkpoints:
     try:
       meta = self.read_meta(step)
     except Exception as e:  # pylint: disable=broad-except
-      return f'its metadata is unreadable ({_first_line(e)})'
+      return f'its metadata is unreadable ({weights.first_line(e)})'
     check_meta(meta)
     try:
       items = self._manager.restore(
@@ -287,12 +278,12 @@ class Checkpoints:
         raise UserError(
             f'The checkpoints in {self.directory} hold a training state laid '
             "out differently from this version of cifar_jax's "
-            f'({_first_line(e)}); they were left as they are. Use the '
+            f'({weights.first_line(e)}); they were left as they are. Use the '
             'version that wrote them, or another --workdir.'
         ) from e
-      return f'it cannot be read ({_first_line(e)})'
+      return f'it cannot be read ({weights.first_line(e)})'
     state = items['state']
-    found = fingerprint((state.params, state.batch_stats))
+    found = weights.fingerprint((state.params, state.batch_stats))
     if not np.isclose(found, meta['fingerprint'], rtol=1e-5):
       return (
           'its arrays do not match their fingerprint '
@@ -325,11 +316,3 @@ class Checkpoints:
     self._manager.reload()
     self._scores.pop(step, None)
     return aside
-
-
-def _first_line(e: Exception) -> str:
-  return (
-      str(e).strip().splitlines()[0][:200]
-      if str(e).strip()
-      else type(e).__name__
-  )

@@ -8,6 +8,7 @@ the class names they were trained on).
 import dataclasses
 import json
 import os
+import sys
 from typing import Any
 
 import jax
@@ -19,6 +20,7 @@ from cifar_jax.cpu import xla_cpu
 from cifar_jax.data import augment
 from cifar_jax.data import images as images_lib
 from cifar_jax.data import input_pipeline
+from cifar_jax import errors
 from cifar_jax.errors import UserError
 from cifar_jax import models
 from cifar_jax.reporting import records
@@ -97,6 +99,25 @@ def select_step(workdir: str, which: str) -> int:
   )
 
 
+def _readable_checkpoint(workdir: str, which: str) -> tuple[int, dict]:
+  """The step and weights of checkpoint `which` (`select_step`); for
+  'latest', the newest that is not damaged, as a resume would take."""
+  step = select_step(workdir, which)
+  if which != 'latest':
+    return step, weights.restore_params(workdir, step=step)
+  damaged = []
+  for step in reversed(weights.saved_steps(workdir)):
+    try:
+      return step, weights.restore_params(workdir, step=step)
+    except errors.DamagedCheckpoint as e:
+      print(f'warning: {e}; trying the previous one.', file=sys.stderr)
+      damaged.append(str(step))
+  raise errors.DamagedCheckpoint(
+      f'Every checkpoint in {weights.checkpoint_dir(workdir)} is damaged '
+      f'(steps {", ".join(damaged)}).'
+  )
+
+
 def load_run(
     workdir: str, checkpoint: str = 'latest', tta_level: int | None = None
 ) -> TrainedRun:
@@ -109,8 +130,7 @@ def load_run(
       renames.upgrade(_read_json(workdir, 'config.json'))
   )
   model = models.create_model(config.model)
-  step = select_step(workdir, checkpoint)
-  variables = weights.restore_params(workdir, step=step)
+  step, variables = _readable_checkpoint(workdir, checkpoint)
   if not variables['batch_stats']:
     variables = {'params': variables['params']}
   names = (

@@ -13,14 +13,31 @@ from typing import Any
 
 from absl import logging
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
+from cifar_jax import errors
 from cifar_jax.errors import UserError
 from cifar_jax.runs import classes
 
 # Orbax's words for a checkpoint whose tree differs from the one asked for:
 # not damage (every checkpoint of the run would have it), another layout.
 STRUCTURE_MISMATCH = 'tree structures do not match'
+
+
+def fingerprint(tree: Any) -> float:
+  """Sum of squares of every float leaf: cheap to keep, catches garbage."""
+  leaves = [
+      x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)
+  ]
+  return float(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+
+
+def first_line(e: Exception) -> str:
+  """An exception's first line (Orbax and TensorStore write pages)."""
+  text = str(e).strip()
+  return text.splitlines()[0][:200] if text else type(e).__name__
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -73,21 +90,42 @@ def _restore_state(
   """The state of checkpoint `step` (default: the newest) of `path`, read
   into `target(its metadata)`."""
   manager, named = _open(path)
+  if step is None:
+    step = named if named is not None else manager.latest_step()
+  if step is None:
+    manager.close()
+    raise UserError(f'init_from: no checkpoint in {manager.directory}.')
+  where = os.path.join(manager.directory, str(step))
   try:
-    if step is None:
-      step = named if named is not None else manager.latest_step()
-    if step is None:
-      raise UserError(f'init_from: no checkpoint in {manager.directory}.')
-    state = manager.restore(
+    items = manager.restore(
         step,
         args=ocp.args.Composite(
             state=ocp.args.StandardRestore(
                 target(manager.item_metadata(step)['state'])
-            )
+            ),
+            meta=ocp.args.JsonRestore(),
         ),
-    )['state']
-  finally:
-    manager.close()
+    )
+  except Exception as e:  # pylint: disable=broad-except
+    # The manager stays open: closing it under TensorStore's reads still in
+    # flight makes its threads print "Event loop is closed" tracebacks.
+    if isinstance(e, UserError) or STRUCTURE_MISMATCH in str(e):
+      raise
+    raise errors.DamagedCheckpoint(
+        f'checkpoint {where} is damaged: it cannot be read ({first_line(e)})'
+    ) from e
+  manager.close()
+  state, saved = items['state'], items['meta'].get('fingerprint')
+  found = fingerprint(
+      (state['params'], state.get('batch_stats', {}))
+      if isinstance(state, dict)
+      else (state.params, state.batch_stats)
+  )
+  if saved is not None and not np.isclose(found, saved, rtol=1e-5):
+    raise errors.DamagedCheckpoint(
+        f'checkpoint {where} is damaged: its arrays do not match their '
+        f'fingerprint ({found} != {saved})'
+    )
   logging.info('init_from: loaded step %d from %s.', step, manager.directory)
   return state
 
