@@ -116,6 +116,54 @@ def test_image_zip_equals_the_unzipped_folder_and_needs_no_tensorflow(
   assert sorted(from_zip.labels.tolist()) == [0] * 4 + [1] * 4 + [2] * 4
 
 
+def test_images_in_subfolders_of_a_class_folder_belong_to_that_class(
+    tmp_path,
+):
+  write_image_folder(tmp_path, ('a', 'b'), per_class=3)
+  (tmp_path / 'train' / 'b' / 'more' / 'deeper').mkdir(parents=True)
+  for i in (1, 2):  # Class b's images 1 and 2, a folder and two down.
+    (tmp_path / 'train' / 'b' / f'{i}.png').rename(
+        tmp_path / 'train' / 'b' / 'more' / ('deeper/' * (i - 1)) / f'{i}.png'
+    )
+  data = input_pipeline.load_split(
+      _config(name='image_folder', dir=str(tmp_path)), 'train'
+  )
+  assert data.class_names == ('a', 'b')
+  assert sorted(data.labels.tolist()) == [0, 0, 0, 1, 1, 1]
+  np.testing.assert_array_equal(data.images[:, 0, 0, 0] // 20, data.labels)
+
+
+def test_a_zip_as_macos_makes_it_is_read_without_its_metadata(tmp_path):
+  """Finder's "Compress": one folder around the splits, and a __MACOSX
+  tree of `._<name>` resource forks that are no images."""
+  write_image_folder(tmp_path / 'fruit', ('kiwi', 'lime'), per_class=2)
+  archive = tmp_path / 'fruit.zip'
+  with zipfile.ZipFile(archive, 'w') as z:
+    for path in sorted((tmp_path / 'fruit').rglob('*')):
+      name = str(path.relative_to(tmp_path))
+      z.write(path, name)
+      if path.is_file():
+        folder, base = name.rsplit('/', 1)
+        z.writestr(f'__MACOSX/{folder}/._{base}', b'\x00\x05\x16\x07')
+  data = input_pipeline.load_split(
+      _config(name='image_folder', dir=str(archive)), 'test'
+  )
+  assert data.class_names == ('kiwi', 'lime') and len(data) == 4
+
+
+def test_a_layout_without_the_split_says_what_it_found(tmp_path):
+  write_image_folder(tmp_path / 'x' / 'y', ('a',), per_class=1)  # x/y/train
+  (tmp_path / 'z').mkdir()
+  with pytest.raises(
+      UserError,
+      match=r"No split 'train' in .*: it has \['y'\] \(the layout read is "
+      r'<split>/<class>/<image>, or one folder around it\)',
+  ):
+    input_pipeline.load_split(
+        _config(name='image_folder', dir=str(tmp_path)), 'train'
+    )
+
+
 def test_a_file_that_is_not_a_zip_is_a_clear_error(tmp_path):
   bad = tmp_path / 'data.zip'
   bad.write_bytes(b'not a zip')

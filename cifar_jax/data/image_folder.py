@@ -79,15 +79,26 @@ def files_under(root: str, folders: bool = False) -> list[str]:
   return found
 
 
-def _image_files(
-    root: str,
-) -> tuple[dict[str, list[str]], dict[str, set[str]], Callable[[str], bytes]]:
-  """{split: [member paths of its images]}, {split: {its class folders}}
-  and a reader of one member.
+def _is_archiver_metadata(name: str) -> bool:
+  """macOS's archiver adds `__MACOSX/` and `._<file>` entries (resource
+  forks), which look like images by name and are not."""
+  parts = name.rstrip('/').split('/')
+  return parts[0] == '__MACOSX' or parts[-1].startswith('._')
 
-  `root` is a folder or a zip; in a zip, one top-level folder around the
-  splits (`cifar10-jpeg/train/...`, as the shared copy has) is looked
-  through. The class folders include those without images.
+
+def _image_files(root: str, train_split: str) -> tuple[
+    dict[str, list[tuple[str, str]]],
+    dict[str, set[str]],
+    Callable[[str], bytes],
+]:
+  """{split: [(member path, class) of its images]}, {split: {its class
+  folders}} and a reader of one member.
+
+  `root` is a folder or a zip of `<split>/<class>/.../<image>`; images in
+  subfolders of a class folder belong to it. One top-level folder around
+  the splits (`cifar10-jpeg/train/...`, as the shared copy has, and as
+  zipping a folder makes) is looked through. The class folders include
+  those without images.
   """
   if root.lower().endswith('.zip'):
     try:
@@ -103,17 +114,16 @@ def _image_files(
       with open(os.path.join(root, name), 'rb') as f:
         return f.read()
 
-  parts = {n: n.rstrip('/').split('/') for n in names}
-  images = [n for n in names if images_lib.is_image(n)]
-  tops = {parts[n][0] for n in images}
-  if (
-      images and all(len(parts[n]) == 4 for n in images) and len(tops) == 1
-  ):  # <top>/<split>/<class>/<file>.
-    parts = {n: p[1:] for n, p in parts.items() if p[0] in tops}
+  parts = {
+      n: n.rstrip('/').split('/') for n in names if not _is_archiver_metadata(n)
+  }
+  tops = {p[0] for p in parts.values() if len(p) > 1}
+  if len(tops) == 1 and train_split not in tops:  # <top>/<split>/...
+    parts = {n: p[1:] for n, p in parts.items() if len(p) > 1}
   splits, folders = {}, {}
   for name, p in parts.items():
-    if len(p) == 3 and images_lib.is_image(name):
-      splits.setdefault(p[0], []).append(name)
+    if len(p) >= 3 and images_lib.is_image(name):
+      splits.setdefault(p[0], []).append((name, p[1]))
     if len(p) >= 2 and (len(p) > 2 or name.endswith('/')):
       folders.setdefault(p[0], set()).add(p[1])
   return splits, folders, read
@@ -138,14 +148,16 @@ def load(
   (FOLDER_ORDER_SEED), so slices are stable and not grouped by class.
   """
   check_root(root)
-  splits, folders, read = _image_files(root)
+  splits, folders, read = _image_files(root, train_split)
   for name in {split, train_split}:
     if name not in splits:
       raise UserError(
           f'No split {name!r} in {root}: it has '
-          f'{sorted(splits) or "no <split>/<class>/ folders"}.'
+          f'{sorted(splits) or "no <split>/<class>/<image> folders"} (the '
+          'layout read is <split>/<class>/<image>, or one folder around '
+          'it).'
       )
-  names = tuple(sorted({f.split('/')[-2] for f in splits[train_split]}))
+  names = tuple(sorted({c for _, c in splits[train_split]}))
   empty = sorted(folders[train_split] - set(names))
   if empty:
     raise UserError(
@@ -156,7 +168,7 @@ def load(
   if sorted(names) == sorted(known_order):
     names = tuple(known_order)
   files = sorted(splits[split])
-  unknown = sorted({f.split('/')[-2] for f in files} - set(names))
+  unknown = sorted({c for _, c in files} - set(names))
   if unknown:
     raise UserError(
         f'Split {split!r} of {root} has class folders '
@@ -167,7 +179,8 @@ def load(
       files[i]
       for i in np.random.default_rng(FOLDER_ORDER_SEED).permutation(len(files))
   ]
-  labels = np.array([names.index(f.split('/')[-2]) for f in files], np.int32)
+  labels = np.array([names.index(c) for _, c in files], np.int32)
+  files = [f for f, _ in files]
 
   def decode(name):
     try:
