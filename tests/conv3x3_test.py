@@ -163,6 +163,7 @@ def test_create_model_resolves_the_convolutions_for_the_platform(
     monkeypatch,
 ):
   monkeypatch.setattr(cpu_info, 'flags', lambda: AVX512)
+  monkeypatch.setattr(conv3x3, 'kernels_registered', lambda method: True)
   monkeypatch.delenv('XLA_FLAGS', raising=False)
   config = get_config('large').model
   assert models.create_model(config, 'cpu').kernels.conv3x3 == 'avx512'
@@ -340,6 +341,39 @@ def test_without_a_compiler_it_warns_and_uses_xlas_convolutions(
   want = _grads(lax.conv_general_dilated, x, k, 'SAME')
   for a, b in zip(got, want):
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_kernel_that_does_not_build_is_not_named_as_running(
+    monkeypatch, caplog, fresh_registration
+):
+  del fresh_registration
+  monkeypatch.setattr(cpu_info, 'flags', lambda: AVX512)
+  monkeypatch.setattr(ffi_build, 'compiler', lambda: 'no-such-c++')
+  monkeypatch.delenv('XLA_FLAGS', raising=False)
+  with caplog.at_level(logging.WARNING):
+    model = models.create_model(get_config('large').model, 'cpu')
+  assert 'The avx512 3x3 convolutions are unavailable' in caplog.text
+  assert str(model.kernels).startswith('3x3 convs: xla, ')
+
+
+def test_a_compiler_that_hangs_is_given_up_on_in_one_line(
+    tmp_path, monkeypatch
+):
+  cxx = tmp_path / 'slow-c++'
+  cxx.write_text(
+      '#!/bin/sh\n'
+      'if [ "$1" = "--version" ]; then echo slow 1.0; exit 0; fi\n'
+      'exec sleep 60\n'
+  )
+  cxx.chmod(0o755)
+  source = tmp_path / 'tiny.cc'
+  source.write_text('int f();\n')
+  monkeypatch.setattr(ffi_build, 'BUILD_TIMEOUT_S', 1)
+  with pytest.raises(
+      ffi_build.BuildError, match='did not finish building tiny.cc within 1 s'
+  ):
+    ffi_build.build(source, tmp_path / 'cache', str(cxx))
+  assert not list((tmp_path / 'cache').glob('*.so*'))
 
 
 @needs_compiler

@@ -23,6 +23,11 @@ import jax
 import jaxlib
 
 _FLAGS = ('-O3', '-std=c++17', '-shared', '-fPIC', '-w')
+# A compiler that hangs (a licence server, a wedged wrapper) must not hang
+# every run: the kernels build in about 15 s on 2 cores, and XLA's
+# convolutions do the same job without them.
+VERSION_TIMEOUT_S = 30
+BUILD_TIMEOUT_S = 300
 
 
 class BuildError(Exception):
@@ -55,7 +60,13 @@ def build(
   if shutil.which(cxx) is None:
     raise BuildError(f'no C++ compiler {cxx!r} (set $CXX)')
   try:
-    version = _run([cxx, '--version'], check=True).stdout
+    version = _run(
+        [cxx, '--version'], check=True, timeout=VERSION_TIMEOUT_S
+    ).stdout
+  except subprocess.TimeoutExpired as e:
+    raise BuildError(
+        f'{cxx} --version did not finish within {VERSION_TIMEOUT_S} s'
+    ) from e
   except (OSError, subprocess.CalledProcessError) as e:
     raise BuildError(f'{cxx} --version failed: {e}') from e
   key = hashlib.sha256()
@@ -88,7 +99,13 @@ def build(
   ]
   logging.info('Compiling %s (once per machine and jaxlib).', source.name)
   try:
-    result = _run(command)
+    try:
+      result = _run(command, timeout=BUILD_TIMEOUT_S)
+    except subprocess.TimeoutExpired as e:
+      raise BuildError(
+          f'{cxx} did not finish building {source.name} within '
+          f'{BUILD_TIMEOUT_S} s'
+      ) from e
     if result.returncode != 0:
       lines = (result.stderr or result.stdout).strip().splitlines()
       messages = [line for line in lines if 'error' in line] or lines
@@ -109,10 +126,15 @@ def build(
   return target
 
 
-def _run(command: Sequence[str], check: bool = False):
+def _run(command: Sequence[str], timeout: float, check: bool = False):
   """A command's output as text; bytes that are not UTF-8 are replaced."""
   return subprocess.run(
-      command, capture_output=True, text=True, errors='replace', check=check
+      command,
+      capture_output=True,
+      text=True,
+      errors='replace',
+      check=check,
+      timeout=timeout,
   )
 
 

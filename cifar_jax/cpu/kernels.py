@@ -72,10 +72,14 @@ def for_platform(
   """The fastest implementations `platform` has, as `model_config` asks.
 
   'auto' (the default) is resolved here; a kernel this machine cannot run
-  is replaced, with a warning (`conv3x3.method_for`).
+  (`conv3x3.method_for`), or that does not build or load here, is
+  replaced, with a warning: the Kernels name what computes.
   """
+  conv = conv3x3.method_for(model_config.get('conv3x3', 'auto'), platform)
+  if conv in conv3x3.KERNELS and not conv3x3.kernels_registered(conv):
+    conv = 'xla'  # It did not build or load (warned): say what runs.
   return Kernels(
-      conv3x3=conv3x3.method_for(model_config.get('conv3x3', 'auto'), platform),
+      conv3x3=conv,
       pooling=pooling.method_for(model_config.get('pooling', 'auto'), platform),
       dropout_hash_once=platform == 'cpu',
   )
