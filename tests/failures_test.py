@@ -494,18 +494,19 @@ def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
 
 
 @pytest.fixture(scope='module')
-def one_epoch_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('one')
+def two_epoch_run(tmp_path_factory):
+  """A finished run with two checkpoints (one per epoch), and its config."""
+  workdir = tmp_path_factory.mktemp('two')
   config = get_config('test')
-  config.num_epochs = 1
+  config.num_epochs = 2
   _train(config, workdir)
   return workdir, config
 
 
 def test_when_every_checkpoint_is_damaged_the_run_stops_and_keeps_them(
-    one_epoch_run, tmp_path
+    two_epoch_run, tmp_path
 ):
-  original, config = one_epoch_run
+  original, config = two_epoch_run
   workdir = tmp_path / 'run'
   shutil.copytree(original, workdir)
   history = (workdir / 'history.json').read_text()
@@ -516,7 +517,8 @@ def test_when_every_checkpoint_is_damaged_the_run_stops_and_keeps_them(
     for f in (workdir / 'checkpoints' / step).rglob('*'):
       if f.is_file():
         f.write_bytes(b'garbage')
-  config.num_epochs = 2
+  config = config.copy_and_resolve_references()
+  config.num_epochs = 3
   code, line = _cli(_train, config, workdir)
   assert code == 1 and 'Every checkpoint' in line and 'not deleted' in line
   moved = sorted((workdir / 'checkpoints').glob('corrupt-*'))
@@ -524,15 +526,6 @@ def test_when_every_checkpoint_is_damaged_the_run_stops_and_keeps_them(
   assert (workdir / 'history.json').read_text() == history
   assert _cli(_train, config, workdir) == (code, line)  # Again: no restart.
   assert (workdir / 'history.json').read_text() == history
-
-
-@pytest.fixture(scope='module')
-def two_epoch_run(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('two')
-  config = get_config('test')
-  config.num_epochs = 2
-  _train(config, workdir)
-  return workdir
 
 
 def _truncate_arrays(checkpoint):
@@ -547,7 +540,7 @@ def test_evaluate_and_predict_fall_back_from_a_damaged_newest_checkpoint(
   """As a resume does; a checkpoint asked for by step: one line; none
   readable: one line, whatever the command."""
   workdir = tmp_path / 'run'
-  shutil.copytree(two_epoch_run, workdir)
+  shutil.copytree(two_epoch_run[0], workdir)
   first, newest = sorted(
       int(p.name)
       for p in (workdir / 'checkpoints').iterdir()
@@ -578,8 +571,8 @@ def test_evaluate_and_predict_fall_back_from_a_damaged_newest_checkpoint(
   )
 
 
-def test_a_refused_resume_writes_nothing(one_epoch_run, tmp_path):
-  original, config = one_epoch_run
+def test_a_refused_resume_writes_nothing(two_epoch_run, tmp_path):
+  original, config = two_epoch_run
   workdir = tmp_path / 'run'
   shutil.copytree(original, workdir)
   before = {
@@ -801,9 +794,9 @@ def test_a_batch_too_large_for_memory_is_refused_before_the_first_step(
 
 
 def test_evaluate_on_a_read_only_run_prints_its_results_and_exits_0(
-    one_epoch_run, tmp_path, capsys
+    two_epoch_run, tmp_path, capsys
 ):
-  original, _ = one_epoch_run
+  original, _ = two_epoch_run
   workdir = tmp_path / 'run'
   shutil.copytree(original, workdir)
   _mount('--bind', workdir, workdir)
