@@ -144,7 +144,7 @@ def main(argv):
         flush=True,
     )
     if 'ours' in SIDES.value:
-      seconds = plan.compile_ahead(exp, [exp.total_steps])
+      seconds = plan.compile_ahead(exp)
       print(f'ours: compiled ahead of time in {seconds:.1f} s', flush=True)
     for seed in SEEDS.value:
       for side in SIDES.value:

@@ -103,7 +103,7 @@ def cifar_jax_pass(config: ml_collections.ConfigDict) -> Callable[[], float]:
   """A function that trains one pass over the data, as `main`; its seconds."""
   exp = experiment.create_experiment(config)
   per_pass = exp.steps_per_epoch
-  plan.compile_ahead(exp, [per_pass])
+  plan.compile_ahead(exp)
   state, passes = exp.state, 0
 
   def one_pass():

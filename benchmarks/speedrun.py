@@ -87,7 +87,7 @@ def main(argv):
       f'{setup_s:.2f} s, of which whitening {exp.init_seconds:.2f} s',
       flush=True,
   )
-  compile_s = plan.compile_ahead(exp, [exp.total_steps])
+  compile_s = plan.compile_ahead(exp)
   print(f'compilation (ahead of time): {compile_s:.2f} s', flush=True)
   warm_s = 0.0
   for i in range(_WARMUP.value):

@@ -127,8 +127,8 @@ def _loop(
   """Trains `run` from its step to the end, checkpointing and records."""
   config, spe, total_steps = exp.config, exp.steps_per_epoch, exp.total_steps
   _print_start(exp, run, reporter, out)
-  stops = plan.stop_steps(spe, total_steps, config.checkpoint_every_steps)
-  seconds = plan.compile_ahead(exp, stops, run.step)
+  every = config.checkpoint_every_steps
+  seconds = plan.compile_ahead(exp, run.step, every)
   watch.started()  # Stops here if a signal came while compiling.
   print(f'Compiled ahead of time in {seconds:.1f}s.', file=out, flush=True)
   save = lambda val_accuracy=None: _save(ckpt, exp, run, val_accuracy)
@@ -139,9 +139,7 @@ def _loop(
         epoch_end - epoch * spe, out=out, initial=run.step - epoch * spe
     )
     started = time.monotonic() - run.epoch_seconds
-    for stop in [s for s in stops if epoch * spe < s <= epoch_end]:
-      if stop <= run.step:
-        continue
+    for stop in plan.stop_steps(spe, total_steps, every, run.step, epoch_end):
       run.state, run.epoch_metrics, run.step = run_steps(
           exp, run.state, run.epoch_metrics, run.step, stop, bar,
           watch.requested, reporter.progress,

@@ -15,6 +15,7 @@ import pytest
 from cifar_jax.data import augment
 from cifar_jax.data import input_pipeline
 from cifar_jax.errors import NonFiniteLossError
+from cifar_jax.errors import UserError
 from cifar_jax import evaluate
 from cifar_jax import models
 from cifar_jax.reporting import progress
@@ -211,6 +212,23 @@ def test_the_bar_counts_from_the_epochs_start_and_not_at_each_checkpoint(
   assert drawn == [f'{k}/8' for k in range(1, 8)] * 2 if due else not drawn
 
 
+def test_nothing_is_planned_per_epoch_up_front_and_the_step_count_is_bounded():
+  """A hundred million epochs plan as fast as one: the loop asks for one
+  epoch's stops at a time. A billion overflow the int32 step counter and
+  are refused in one line before anything is built."""
+  config = get_config('test')  # 16 steps per epoch.
+  config.num_epochs = 1e8
+  exp = experiment.create_experiment(config)
+  assert exp.total_steps == 16 * 10**8
+  assert plan.stop_steps(16, exp.total_steps, 0, 32, 48) == [48]
+  assert plan.stop_steps(16, exp.total_steps, 5, 32, 48) == [35, 40, 45, 48]
+  assert plan.stop_steps(16, 40, 0, 32, 48) == [40]  # The end, cut short.
+  assert plan.dispatch_sizes(exp, 10**9) == [1]
+  config.num_epochs = 1e9
+  with pytest.raises(UserError, match=r'is 16000000000 steps; the step '):
+    experiment.create_experiment(config)
+
+
 def test_a_fractional_last_epoch_is_cut_short_evaluated_and_ranked(tmp_path):
   config = get_config('test')  # 512 examples of batch 32: 16 steps/epoch.
   config.num_epochs = 1.5
@@ -387,11 +405,11 @@ def test_runs_with_other_seeds_reuse_the_programs_compiled_ahead(caplog):
   config.steps_per_dispatch = 4
   exp = experiment.create_experiment(config)
   total = exp.steps_per_epoch
-  assert plan.dispatch_sizes(exp, [total]) == [4]
+  assert plan.dispatch_sizes(exp) == [4]
   # 16 steps per epoch, stopping for checkpoints every 6: 4, 2, 4, 2, 4.
-  assert plan.dispatch_sizes(exp, [6, 12, 16]) == [2, 4]
+  assert plan.dispatch_sizes(exp, 0, every=6) == [2, 4]
   with jax.log_compiles(True), caplog.at_level('WARNING'):
-    assert plan.compile_ahead(exp, [total]) > 0
+    assert plan.compile_ahead(exp) > 0
     ahead = [r.getMessage() for r in caplog.records]
     caplog.clear()
     finals = []

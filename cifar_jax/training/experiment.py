@@ -107,11 +107,14 @@ def create_experiment(
         f'batch of the {len(train_ds)} training examples.'
     )
   steps_per_epoch = config.steps_per_epoch or per_pass
-  run = optimizers.RunShape(
-      total_steps(config.num_epochs, steps_per_epoch),
-      steps_per_epoch,
-      config.batch_size,
-  )
+  num_steps = total_steps(config.num_epochs, steps_per_epoch)
+  if num_steps > MAX_STEPS:
+    raise UserError(
+        f'num_epochs={config.num_epochs:g} of {steps_per_epoch} steps is '
+        f'{num_steps} steps; the step counter (int32) counts to {MAX_STEPS}: '
+        'lower num_epochs.'
+    )
+  run = optimizers.RunShape(num_steps, steps_per_epoch, config.batch_size)
   schedule = optimizers.learning_rate_schedule(config.optimizer, run)
   init_params, init_seconds = _data_dependent_params(
       config,
@@ -151,6 +154,10 @@ def create_experiment(
       train_steps=train_steps,
       eval_step=eval_step,
   )
+
+
+# The training state counts steps in int32 (as Optax's counters do).
+MAX_STEPS = 2**31 - 1
 
 
 def total_steps(num_epochs: float, steps_per_epoch: int) -> int:

@@ -19,12 +19,23 @@ from cifar_jax.training.experiment import Experiment
 from cifar_jax.training import steps
 
 
-def stop_steps(steps_per_epoch: int, total_steps: int, every: int) -> list[int]:
-  """Where the loop stops dispatching: epoch ends, checkpoint steps, the end."""
-  found = set(range(steps_per_epoch, total_steps + 1, steps_per_epoch))
+def stop_steps(
+    steps_per_epoch: int, total_steps: int, every: int, lo: int = 0, hi=None
+) -> list[int]:
+  """Where the loop stops dispatching in (lo, hi] (default: to the end):
+  epoch ends, checkpoint steps, the end. Asked an epoch at a time, so that
+  nothing grows with the number of epochs."""
+  hi = total_steps if hi is None else min(hi, total_steps)
+  found = set(
+      range(
+          (lo // steps_per_epoch + 1) * steps_per_epoch, hi + 1, steps_per_epoch
+      )
+  )
   if every:
-    found |= set(range(every, total_steps + 1, every))
-  return sorted(found | {total_steps})
+    found |= set(range((lo // every + 1) * every, hi + 1, every))
+  if lo < total_steps <= hi:
+    found.add(total_steps)
+  return sorted(found)
 
 
 def dispatches(
@@ -46,18 +57,29 @@ def dispatches(
     step += n
 
 
+# How many steps ahead compile_ahead looks for the lengths a run dispatches
+# (a run of a billion epochs is refused nowhere else): a length that first
+# appears later compiles when first called, as jit does.
+LOOK_AHEAD_STEPS = 10**6
+
+
 def dispatch_sizes(
-    exp: Experiment, stops: list[int], start: int = 0
+    exp: Experiment, start: int = 0, every: int = 0
 ) -> list[int]:
-  """Every scan length a run from `start` through `stops` dispatches."""
+  """Every scan length a run from `start` dispatches (over its next
+  LOOK_AHEAD_STEPS steps), stopping at `stop_steps` with checkpoints
+  `every` steps."""
+  end = min(exp.total_steps, start + LOOK_AHEAD_STEPS)
   sizes, step = set(), start
-  for stop in sorted(s for s in stops if s > start):
+  for stop in stop_steps(
+      exp.steps_per_epoch, exp.total_steps, every, start, end
+  ):
     sizes |= {n for _, n in dispatches(exp, step, stop)}
     step = stop
   return sorted(sizes)
 
 
-def compile_ahead(exp: Experiment, stops: list[int], start: int = 0) -> float:
+def compile_ahead(exp: Experiment, start: int = 0, every: int = 0) -> float:
   """Compiles every program a run calls (`dispatch_sizes`); returns seconds.
 
   `lower(...).compile()` with the run's own shapes and shardings: JAX keeps
@@ -67,7 +89,7 @@ def compile_ahead(exp: Experiment, stops: list[int], start: int = 0) -> float:
   state, metrics = exp.state, steps.empty_metrics(exp.replicated)
   order = exp.order.pass_order(0)
   free = free_memory()
-  for n in dispatch_sizes(exp, stops, start):
+  for n in dispatch_sizes(exp, start, every):
     compiled = (
         exp.train_steps(n)
         .lower(state, metrics, exp.train, order, 0, exp.keys)
