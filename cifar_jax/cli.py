@@ -170,10 +170,15 @@ def default_workdir(config_path: str) -> str:
   return os.path.join('ckpt', name)
 
 
-class _NotFromOrbax(std_logging.Filter):
+class _NotFrom(std_logging.Filter):
+  """Drops the log records of source files whose path contains `part`."""
+
+  def __init__(self, part: str):
+    super().__init__()
+    self.part = part
 
   def filter(self, record) -> bool:
-    return f'{os.sep}orbax{os.sep}' not in record.pathname
+    return self.part not in record.pathname
 
 
 def _config_path(argv: list[str]) -> str | None:
@@ -236,7 +241,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     print(f'error: {problem}', file=sys.stderr)
     sys.exit(2)
   sys.excepthook = _without_late_tensorstore_callbacks(sys.excepthook)
-  quiet = _NotFromConfigFlags()
+  # config_flags' own warning (get_config() returned None) would come with
+  # absl's logging-before-flag-parsing notice; the error line says it.
+  quiet = _NotFrom(f'{os.sep}config_flags.py')
   logging.get_absl_logger().addFilter(quiet)
   try:
     argv = flags.FLAGS(argv)
@@ -253,7 +260,7 @@ def parse_flags(argv: list[str]) -> list[str]:
       # Orbax logs its background threads' failures with tracebacks (a
       # full disk: hundreds of lines); checkpointing.Checkpoints raises
       # each as one error, so they are dropped (--verbosity=0 keeps them).
-      logging.get_absl_handler().addFilter(_NotFromOrbax())
+      logging.get_absl_handler().addFilter(_NotFrom(f'{os.sep}orbax{os.sep}'))
     return argv
   except flags.Error as e:
     print(f'error: {_flag_error_line(e, path)}', file=sys.stderr)
@@ -285,14 +292,6 @@ def _without_late_tensorstore_callbacks(hook):
     hook(kind, value, tb)
 
   return quiet
-
-
-class _NotFromConfigFlags(std_logging.Filter):
-  """Drops config_flags' own warnings (get_config() returned None): the
-  error line says it, without absl's logging-before-flag-parsing notice."""
-
-  def filter(self, record) -> bool:
-    return not record.pathname.endswith('config_flags.py')
 
 
 def _flag_error_line(e: flags.Error, path: str | None) -> str:

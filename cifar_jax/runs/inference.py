@@ -20,7 +20,7 @@ from cifar_jax.cpu import xla_cpu
 from cifar_jax.data import augment
 from cifar_jax.data import images as images_lib
 from cifar_jax.data import input_pipeline
-from cifar_jax import errors
+from cifar_jax.errors import DamagedCheckpoint
 from cifar_jax.errors import UserError
 from cifar_jax import models
 from cifar_jax.reporting import records
@@ -109,10 +109,10 @@ def _readable_checkpoint(workdir: str, which: str) -> tuple[int, dict]:
   for step in reversed(weights.saved_steps(workdir)):
     try:
       return step, weights.restore_params(workdir, step=step)
-    except errors.DamagedCheckpoint as e:
+    except DamagedCheckpoint as e:
       print(f'warning: {e}; trying the previous one.', file=sys.stderr)
       damaged.append(str(step))
-  raise errors.DamagedCheckpoint(
+  raise DamagedCheckpoint(
       f'Every checkpoint in {weights.checkpoint_dir(workdir)} is damaged '
       f'(steps {", ".join(damaged)}).'
   )

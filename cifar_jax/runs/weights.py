@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from cifar_jax import errors
+from cifar_jax.errors import DamagedCheckpoint
 from cifar_jax.errors import UserError
 from cifar_jax.runs import classes
 
@@ -84,17 +84,26 @@ def _open(path: str) -> tuple[ocp.CheckpointManager, int | None]:
   return manager, step
 
 
-def _restore_state(
-    path: str, target: Callable[[Any], Any], step: int | None
-) -> Any:
-  """The state of checkpoint `step` (default: the newest) of `path`, read
-  into `target(its metadata)`."""
+def _open_step(
+    path: str, step: int | None
+) -> tuple[ocp.CheckpointManager, int]:
+  """`_open(path)` and the step to read: `step`, else the one `path`
+  names, else the newest."""
   manager, named = _open(path)
   if step is None:
     step = named if named is not None else manager.latest_step()
   if step is None:
     manager.close()
     raise UserError(f'init_from: no checkpoint in {manager.directory}.')
+  return manager, step
+
+
+def _restore_state(
+    path: str, target: Callable[[Any], Any], step: int | None
+) -> Any:
+  """The state of checkpoint `step` (default: the newest) of `path`, read
+  into `target(its metadata)`."""
+  manager, step = _open_step(path, step)
   where = os.path.join(manager.directory, str(step))
   try:
     items = manager.restore(
@@ -111,7 +120,7 @@ def _restore_state(
     # flight makes its threads print "Event loop is closed" tracebacks.
     if isinstance(e, UserError) or STRUCTURE_MISMATCH in str(e):
       raise
-    raise errors.DamagedCheckpoint(
+    raise DamagedCheckpoint(
         f'checkpoint {where} is damaged: it cannot be read ({first_line(e)})'
     ) from e
   manager.close()
@@ -122,7 +131,7 @@ def _restore_state(
       else (state.params, state.batch_stats)
   )
   if saved is not None and not np.isclose(found, saved, rtol=1e-5):
-    raise errors.DamagedCheckpoint(
+    raise DamagedCheckpoint(
         f'checkpoint {where} is damaged: its arrays do not match their '
         f'fingerprint ({found} != {saved})'
     )
@@ -130,16 +139,14 @@ def _restore_state(
   return state
 
 
-def trained_classes(path: str, step: int | None = None) -> tuple[str, ...]:
+def trained_classes(
+    path: str, step: int | None = None
+) -> tuple[str, ...] | None:
   """The classes, in label order, that checkpoint `step` (default: the
   newest) of a run directory, or one checkpoint, was trained on (None:
   unknown)."""
-  manager, named = _open(path)
+  manager, step = _open_step(path, step)
   try:
-    step = step if step is not None else named
-    step = step if step is not None else manager.latest_step()
-    if step is None:
-      raise UserError(f'init_from: no checkpoint in {manager.directory}.')
     meta = manager.restore(
         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
     )['meta']

@@ -20,7 +20,11 @@ from cifar_jax.training import steps
 
 
 def stop_steps(
-    steps_per_epoch: int, total_steps: int, every: int, lo: int = 0, hi=None
+    steps_per_epoch: int,
+    total_steps: int,
+    every: int,
+    lo: int = 0,
+    hi: int | None = None,
 ) -> list[int]:
   """Where the loop stops dispatching in (lo, hi] (default: to the end):
   epoch ends, checkpoint steps, the end. Asked an epoch at a time, so that
@@ -58,8 +62,8 @@ def dispatches(
 
 
 # How many steps ahead compile_ahead looks for the lengths a run dispatches
-# (a run of a billion epochs is refused nowhere else): a length that first
-# appears later compiles when first called, as jit does.
+# (a run may last up to 2**31 steps): a length that first appears later
+# compiles when first called, as jit does.
 LOOK_AHEAD_STEPS = 10**6
 
 
