@@ -20,6 +20,8 @@ import sys
 import time
 import zipfile
 
+import jax
+from jax import lax
 import numpy as np
 import pytest
 
@@ -32,6 +34,7 @@ from cifar_jax.reporting import records
 from cifar_jax.runs import classes
 from cifar_jax.runs import rundir
 from cifar_jax import train
+from cifar_jax.training import plan
 from cifar_jax import errors
 from cifar_jax.errors import UserError
 from conftest import get_config
@@ -794,6 +797,38 @@ def test_a_batch_too_large_for_memory_is_refused_before_the_first_step(
       line,
   ), line
   assert not list((tmp_path / 'checkpoints').glob('[0-9]*'))
+
+
+def test_a_batch_whose_convolution_workspace_does_not_fit_is_refused():
+  """XLA's CPU convolutions allocate their input's patches outside the
+  buffers `memory_analysis` counts: a batch that fits those alone aborted
+  in its first step (`std::bad_alloc`) before the workspace was counted."""
+  def loss(x, k1, k2):
+    dims = ('NHWC', 'HWIO', 'NHWC')
+    y = lax.conv_general_dilated(x, k1, (1, 1), 'SAME', dimension_numbers=dims)
+    y = lax.conv_general_dilated(y, k2, (1, 1), 'SAME', dimension_numbers=dims)
+    return (y**2).sum()
+
+  shapes = [(4, 16, 16, 3), (3, 3, 3, 8), (3, 3, 8, 8)]
+  compiled = (
+      jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+      .lower(*[np.zeros(s, np.float32) for s in shapes])
+      .compile()
+  )
+  # The largest: 16 x 16 positions of 4 images, 3 x 3 taps of 8 features.
+  workspace = 4 * (4 * 16 * 16) * (3 * 3) * 8
+  assert plan.convolution_workspace(compiled.as_text()) == workspace
+  stats = compiled.memory_analysis()
+  buffers = (
+      stats.temp_size_in_bytes
+      + stats.output_size_in_bytes
+      - stats.alias_size_in_bytes
+  )
+  plan.check_fits(compiled, (buffers + workspace, 'here'), 'batch_size', 4)
+  with pytest.raises(UserError, match=r'batch_size=4 needs about'):
+    plan.check_fits(
+        compiled, (buffers + workspace // 2, 'here'), 'batch_size', 4
+    )
 
 
 def test_evaluate_on_a_read_only_run_prints_its_results_and_exits_0(

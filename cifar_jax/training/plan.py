@@ -9,6 +9,8 @@ before the first step, so compile time stays out of the epochs' timings.
 """
 
 from collections.abc import Iterator
+import math
+import re
 import time
 
 import jax
@@ -99,14 +101,14 @@ def compile_ahead(exp: Experiment, start: int = 0, every: int = 0) -> float:
         .lower(state, metrics, exp.train, order, 0, exp.keys)
         .compile()
     )
-    _check_fits(compiled, free, 'batch_size', exp.config.batch_size)
+    check_fits(compiled, free, 'batch_size', exp.config.batch_size)
   batch = next(
       batching.eval_batches(len(exp.eval[1]), exp.config.eval_batch_size)
   )
   compiled = exp.eval_step.lower(
       state, metrics, exp.eval, jax.device_put(batch, exp.shardings.batch)
   ).compile()
-  _check_fits(compiled, free, 'eval_batch_size', exp.config.eval_batch_size)
+  check_fits(compiled, free, 'eval_batch_size', exp.config.eval_batch_size)
   return time.perf_counter() - begin
 
 
@@ -130,7 +132,7 @@ def free_memory() -> tuple[int, str] | None:
   return free, f'each {device.device_kind}'
 
 
-def _check_fits(
+def check_fits(
     compiled: jax.stages.Compiled,
     free: tuple[int, str] | None,
     key: str,
@@ -147,12 +149,15 @@ def _check_fits(
     return
   if free is None or stats is None:
     return
-  # New allocations: temporaries and outputs that reuse no donated input.
+  # New allocations: temporaries and outputs that reuse no donated input,
+  # and on CPUs the convolutions' own workspace, which XLA does not count.
   need = (
       stats.temp_size_in_bytes
       + stats.output_size_in_bytes
       - stats.alias_size_in_bytes
   )
+  if jax.local_devices()[0].platform == 'cpu':
+    need += convolution_workspace(compiled.as_text())
   available, where = free
   if need > available:
     raise UserError(
@@ -160,3 +165,34 @@ def _check_fits(
         f'one step (the compiled program), but {where} has '
         f'{available / 2**30:.1f} GiB free; lower {key}.'
     )
+
+
+_DEFINED = re.compile(r'%([\w.-]+) = f32\[([\d,]*)\]')
+_CONVOLUTION = re.compile(
+    r'= f32\[([\d,]*)\]\S* convolution\(%([\w.-]+), [^)]*\), '
+    r'window=\{size=([\dx]+)[^}]*\}, dim_labels=(\w+)_\w+->(\w+)'
+)
+
+
+def convolution_workspace(hlo: str) -> int:
+  """Bytes XLA's CPU convolutions allocate outside its buffer plan.
+
+  Each allocates a buffer for its input's patches (every output position
+  times the window times the input features, float32), freed when it
+  returns; the largest is what a step must find room for. Without it, a
+  batch that XLA's own estimate fits aborts the process (`std::bad_alloc`).
+  """
+  shapes = {
+      name: [int(d) for d in dims.split(',') if d]
+      for name, dims in _DEFINED.findall(hlo)
+  }
+  largest = 0
+  for out, lhs, window, lhs_labels, out_labels in _CONVOLUTION.findall(hlo):
+    if lhs not in shapes:
+      continue
+    out_dims = [int(d) for d in out.split(',') if d]
+    positions = math.prod(out_dims) // out_dims[out_labels.index('f')]
+    features = shapes[lhs][lhs_labels.index('f')]
+    taps = math.prod(int(d) for d in window.split('x'))
+    largest = max(largest, 4 * positions * taps * features)
+  return largest
