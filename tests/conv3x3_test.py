@@ -191,6 +191,7 @@ def test_create_model_resolves_the_convolutions_for_the_platform(
         (2, 32, 32, 32, 32, 'SAME'),  # A full-size CIFAR layer.
         (3, 6, 7, 16, 16, ((3, 0), (0, 4))),  # Padding > 2: XLA's input grad.
         (2, 9, 9, 32, 64, ((2, 2), (2, 2))),  # The input gradient's own pads.
+        (300, 8, 8, 256, 256, 'SAME'),  # Kernel gradients in several rounds.
     ],
 )
 def test_values_and_gradients_equal_xlas_to_float_rounding(

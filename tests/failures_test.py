@@ -803,6 +803,7 @@ def test_a_batch_whose_convolution_workspace_does_not_fit_is_refused():
   """XLA's CPU convolutions allocate their input's patches outside the
   buffers `memory_analysis` counts: a batch that fits those alone aborted
   in its first step (`std::bad_alloc`) before the workspace was counted."""
+
   def loss(x, k1, k2):
     dims = ('NHWC', 'HWIO', 'NHWC')
     y = lax.conv_general_dilated(x, k1, (1, 1), 'SAME', dimension_numbers=dims)

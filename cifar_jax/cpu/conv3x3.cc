@@ -310,6 +310,8 @@ void ForwardImage(const Shape& s, int v, const float* x, const float* k,
 // Blocks per group of the kernel gradient: as many positions as the direct
 // sum's groups.
 constexpr int64_t kGroupBlocks = kGroupPositions / 4;
+// The most memory the kernel gradient's partial sums of one round take.
+constexpr int64_t kRoundBytes = int64_t{64} << 20;
 
 struct Blocks {
   int64_t tiles_h, tiles_w;
@@ -633,34 +635,49 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     std::fill(out, out + 9 * s.c * s.o, 0.f);
     return ffi::Error::Success();
   }
-  // Every element is written by its group before it is read.
-  std::unique_ptr<float[]> parts(new float[groups * size]);
+  // Groups run in rounds whose partial sums fit in kRoundBytes, each added
+  // to the total in group order: the same sum on any number of threads, in
+  // memory that does not grow with the batch.
+  const int64_t round = std::min<int64_t>(
+      groups, std::max<int64_t>(1, kRoundBytes / (sizeof(float) * size)));
+  std::unique_ptr<float[]> parts(new float[(round + 1) * size]);
   const float* xp = x.typed_data();
   const float* gp = g.typed_data();
   float* pp = parts.get();
-  if (winograd) {
-    const int64_t chunk = ChunkBlocks(s);
-    std::unique_ptr<float[]> zeros(new float[std::max(s.c, s.o)]());
-    const float* zp = zeros.get();
-    ParallelFor(pool, groups, [s, blocks, total, chunk, xp, gp, zp, pp, size](int64_t k) {
-      const int64_t t0 = k * kGroupBlocks, t1 = std::min(total, t0 + kGroupBlocks);
-      std::unique_ptr<float[]> scratch(new float[16 * chunk * (s.c + s.o)]);
-      WinogradGroup(s, blocks, xp, gp, zp, t0, t1, scratch.get(),
-                    scratch.get() + 16 * chunk * s.c, pp + k * size);
-    });
-  } else {
-    ParallelFor(pool, groups, [s, xp, gp, pp, per_group, size](int64_t k) {
-      Group(s, xp, gp, pp + k * size, k * per_group,
-            std::min(s.n, (k + 1) * per_group));
-    });
+  float* total_sum = pp + round * size;
+  const int64_t chunk = winograd ? ChunkBlocks(s) : 0;
+  std::unique_ptr<float[]> zeros(new float[std::max(s.c, s.o)]());
+  const float* zp = zeros.get();
+  for (int64_t first = 0; first < groups; first += round) {
+    const int64_t count = std::min(round, groups - first);
+    if (winograd) {
+      ParallelFor(pool, count, [=](int64_t i) {
+        const int64_t k = first + i, t0 = k * kGroupBlocks;
+        const int64_t t1 = std::min(total, t0 + kGroupBlocks);
+        std::unique_ptr<float[]> scratch(new float[16 * chunk * (s.c + s.o)]);
+        WinogradGroup(s, blocks, xp, gp, zp, t0, t1, scratch.get(),
+                      scratch.get() + 16 * chunk * s.c, pp + i * size);
+      });
+    } else {
+      ParallelFor(pool, count, [=](int64_t i) {
+        const int64_t k = first + i;
+        Group(s, xp, gp, pp + i * size, k * per_group,
+              std::min(s.n, (k + 1) * per_group));
+      });
+    }
+    for (int64_t i = 0; i < count; ++i) {
+      const float* part = pp + i * size;
+      if (first + i == 0) {
+        std::copy(part, part + size, total_sum);
+      } else {
+        for (size_t e = 0; e < size; ++e) total_sum[e] += part[e];
+      }
+    }
   }
-  // Partials added in group order: the same sum on any number of threads.
-  for (int64_t k = 1; k < groups; ++k)
-    for (size_t e = 0; e < size; ++e) pp[e] += pp[k * size + e];
   if (winograd) {
-    TransformKernelGrad(s, pp, out);
+    TransformKernelGrad(s, total_sum, out);
   } else {
-    std::copy(pp, pp + size, out);
+    std::copy(total_sum, total_sum + size, out);
   }
   return ffi::Error::Success();
 }
