@@ -50,7 +50,7 @@ import numpy as np
 
 import keras_peer  # Beside this script.
 from cifar_jax import cli
-from cifar_jax.cpu import conv3x3
+from cifar_jax import cpu
 from cifar_jax.errors import UserError
 from cifar_jax.reporting import progress
 from cifar_jax.reporting import records
@@ -172,9 +172,8 @@ def worker(
     about = f'Keras {keras.__version__} / TensorFlow {tf.__version__}'
     one_pass = keras_pass(config)
   else:
-    platform = jax.devices()[0].platform
-    convs = conv3x3.method_for(config.model.conv3x3, platform)
-    about = f'JAX {jax.__version__} on {platform} (3x3 convs: {convs})'
+    platform = cpu.for_platform(config.cpu)
+    about = f'JAX {jax.__version__} on {platform.name} ({platform.kernels})'
     one_pass = cifar_jax_pass(config)
   one_pass()  # Compiles (JAX) or traces (Keras), and warms up.
   print(

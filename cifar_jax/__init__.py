@@ -4,9 +4,10 @@ The folders, from the bottom layer up; a module imports only from layers
 below its own (tests/layers_test.py checks it):
 
 1. `errors`: the exceptions users see as one line; `rules`: the vocabulary
-   of config rules, which each module defines beside its code.
+   of config rules, which each module defines beside its code;
+   `cpu_info`: what /proc/cpuinfo says of the CPU.
 2. `data/` (files to augmented batches) and `cpu/` (the CPU speed-ups,
-   behind the one seam `cpu.kernels`).
+   behind the one seam `cpu.for_platform`, which the models never import).
 3. `models/`: the networks, plain Flax.
 4. `reporting/`: console, run records, plots, the seed's record.
 5. `training/`: train state, steps, optimizers, compiled programs.

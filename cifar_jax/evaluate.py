@@ -92,7 +92,7 @@ def evaluate(
   print(
       f'{workdir}, checkpoint step {run.step}, {config.data.name} {split!r} '
       f'({len(data)} images), test-time augmentation level {level} '
-      f'({run.model.kernels}):'
+      f'({run.model.layers}):'
   )
   print(
       f'Accuracy: {100 * result["accuracy"]:.2f}% - loss: '

@@ -250,7 +250,7 @@ def _print_start(
   print(
       f'Train on {num_train} samples, validate on {num_eval} samples '
       f'({jax.device_count()} device(s): {jax.devices()[0].platform}; '
-      f'{exp.model.kernels})',
+      f'{exp.model.layers})',
       file=out,
   )
 

@@ -99,15 +99,6 @@ def get_config() -> ml_collections.ConfigDict:
   # (mixed precision: params, optimizer state, BatchNorm statistics, the
   # loss and the updates stay float32).
   config.model.compute_dtype = 'float32'
-  # 2x2 max-pooling: 'auto' = 'window_max' on CPUs (a cheaper gradient
-  # there), 'reduce_window' (XLA's own) on GPUs and TPUs.
-  config.model.pooling = 'auto'
-  # The 3x3 convs (forward and both gradients): 'auto' = the best compiled
-  # kernel the CPU has, 'avx512' (AVX-512) or else 'avx2' (AVX2 with FMA)
-  # (cifar_jax/conv3x3.py: Winograd's algorithm where the input channels
-  # are a multiple of 16; faster than XLA's on both), and 'xla' (XLA's own)
-  # on GPUs, TPUs and other CPUs.
-  config.model.conv3x3 = 'auto'
   # Filters of each stage's two 3x3 convs.
   config.model.stage_features = (32,)
   # Padding of each stage's second conv ('SAME' or 'VALID').
@@ -182,5 +173,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.crop_padding = 0
   config.augment.crop_padding_mode = 'reflect'
   config.augment.cutout_size = 0
+
+  # How the machine computes the model (cifar_jax.cpu.for_platform), never
+  # which model: a run may change these when it resumes on another machine.
+  config.cpu = ml_collections.ConfigDict()
+  # The 3x3 convs (forward and both gradients): 'auto' = the best compiled
+  # kernel the CPU has, 'avx512' (AVX-512) or else 'avx2' (AVX2 with FMA)
+  # (cifar_jax/cpu/conv3x3.py: Winograd's algorithm where the input
+  # channels are a multiple of 16; faster than XLA's on both), and 'xla'
+  # (XLA's own) on GPUs, TPUs and other CPUs.
+  config.cpu.conv3x3 = 'auto'
+  # 2x2 max-pooling: 'auto' = 'window_max' on CPUs (a cheaper gradient
+  # there), 'reduce_window' (XLA's own) on GPUs and TPUs.
+  config.cpu.pooling = 'auto'
 
   return config

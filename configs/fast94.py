@@ -47,8 +47,6 @@ def get_config():
   # GPU/TPU speed setting (airbench computes in float16). On a CPU, float32
   # is as fast or faster (README).
   config.model.compute_dtype = 'bfloat16'
-  config.model.pooling = 'auto'
-  config.model.conv3x3 = 'auto'
   config.model.widths = (64, 256, 256)
   config.model.block_depth = 2
   config.model.residual = False

@@ -25,6 +25,7 @@ pytest.importorskip('airbench')
 # pylint: disable=g-import-not-at-top,g-bad-import-order
 from airbench import utils as airbench_utils
 from benchmarks import airbench_cpu
+from cifar_jax import cpu
 from cifar_jax.data import augment
 from cifar_jax.data import images as images_lib
 from cifar_jax.data import input_pipeline
@@ -53,8 +54,8 @@ def _config(name: str, epochs: float):
   config.num_epochs = epochs
   config.model.widths = WIDTHS
   config.model.compute_dtype = 'float32'  # airbench's float16 is the GPU's.
-  config.model.conv3x3 = 'xla'
-  config.model.pooling = 'reduce_window'
+  config.cpu.conv3x3 = 'xla'
+  config.cpu.pooling = 'reduce_window'
   return config
 
 
@@ -154,7 +155,8 @@ def _step_by_step(name: str, epochs: float, tmp_path, monkeypatch):
   total = experiment.total_steps(config.num_epochs, spe)
   assert total == len(record.logits)  # airbench's ceil(steps x epochs).
 
-  model = models.create_model(config.model, 'cpu')
+  kernels = cpu.for_platform(config.cpu, 'cpu').kernels
+  model = models.create_model(config.model, kernels)
   run = optimizers.RunShape(total, spe, BATCH)
   state = steps.state_initializer(model, config.optimizer, None, run)(
       jax.random.key(0), {}

@@ -122,18 +122,19 @@ def test_an_old_key_on_the_command_line_gets_one_line_naming_the_new(capsys):
 
 
 @pytest.mark.parametrize('value', ['xla', 'avx512'])
-def test_a_config_saved_with_conv_kernel_grad_keeps_its_value_as_conv3x3(
-    value,
-):
+@pytest.mark.parametrize('old', ['conv_kernel_grad', 'conv3x3'])
+def test_a_config_saved_with_the_kernels_in_model_keeps_them_in_cpu(value, old):
   now = resume.config_json(get_config('large'))
-  now['model']['conv3x3'] = value
+  now['cpu']['conv3x3'] = value
   saved = json.loads(json.dumps(now))
-  saved['model']['conv_kernel_grad'] = saved['model'].pop('conv3x3')
+  saved['model'][old] = saved['cpu'].pop('conv3x3')
+  saved['model']['pooling'] = saved['cpu'].pop('pooling')
+  del saved['cpu']
   assert renames.is_old(saved)
   assert renames.upgrade(saved) == now
 
 
-def test_conv_kernel_grad_on_the_command_line_names_conv3x3(capsys):
+def test_conv_kernel_grad_on_the_command_line_names_cpu_conv3x3(capsys):
   with pytest.raises(SystemExit):
     cli.parse_flags(
         [
@@ -144,5 +145,5 @@ def test_conv_kernel_grad_on_the_command_line_names_conv3x3(capsys):
     )
   err = capsys.readouterr().err.strip()
   assert err.startswith(
-      'error: --config.model.conv_kernel_grad is now --config.model.conv3x3'
+      'error: --config.model.conv_kernel_grad is now --config.cpu.conv3x3'
   )

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from cifar_jax.config import checks
+from cifar_jax import cpu
 from cifar_jax.cpu import conv3x3
-from cifar_jax.cpu import cpu_info
+from cifar_jax import cpu_info
 from cifar_jax.cpu import ffi_build
 from cifar_jax import evaluate
 from cifar_jax import models
@@ -153,23 +154,23 @@ def test_a_kernel_this_machine_cannot_run_is_replaced_with_a_warning(
 def test_the_config_check_accepts_exactly_auto_and_the_methods():
   config = get_config('large')
   for value in ('auto', *conv3x3.METHODS):
-    config.model.conv3x3 = value
+    config.cpu.conv3x3 = value
     assert not checks.problems(config), value
-  config.model.conv3x3 = 'avx'
-  assert any('model.conv3x3' in p for p in checks.problems(config))
+  config.cpu.conv3x3 = 'avx'
+  assert any('cpu.conv3x3' in p for p in checks.problems(config))
 
 
-def test_create_model_resolves_the_convolutions_for_the_platform(
+def test_the_seam_resolves_the_convolutions_for_the_platform(
     monkeypatch,
 ):
   monkeypatch.setattr(cpu_info, 'flags', lambda: AVX512)
   monkeypatch.setattr(conv3x3, 'kernels_registered', lambda method: True)
   monkeypatch.delenv('XLA_FLAGS', raising=False)
-  config = get_config('large').model
-  assert models.create_model(config, 'cpu').kernels.conv3x3 == 'avx512'
-  assert models.create_model(config, 'gpu').kernels.conv3x3 == 'xla'
+  config = get_config('large').cpu
+  assert cpu.for_platform(config, 'cpu').kernels.conv3x3 == 'avx512'
+  assert cpu.for_platform(config, 'gpu').kernels.conv3x3 == 'xla'
   config.conv3x3 = 'xla'
-  assert models.create_model(config, 'cpu').kernels.conv3x3 == 'xla'
+  assert cpu.for_platform(config, 'cpu').kernels.conv3x3 == 'xla'
 
 
 @EACH_KERNEL
@@ -352,9 +353,9 @@ def test_a_kernel_that_does_not_build_is_not_named_as_running(
   monkeypatch.setattr(ffi_build, 'compiler', lambda: 'no-such-c++')
   monkeypatch.delenv('XLA_FLAGS', raising=False)
   with caplog.at_level(logging.WARNING):
-    model = models.create_model(get_config('large').model, 'cpu')
+    platform = cpu.for_platform(get_config('large').cpu, 'cpu')
   assert 'The avx512 3x3 convolutions are unavailable' in caplog.text
-  assert str(model.kernels).startswith('3x3 convs: xla, ')
+  assert str(platform.kernels).startswith('3x3 convs: xla, ')
 
 
 def test_a_compiler_that_hangs_is_given_up_on_in_one_line(
@@ -467,8 +468,8 @@ def test_a_convnet_trains_to_the_same_gradients_with_the_kernel_or_xla(method):
   labels = jnp.arange(8) % 10
   grads = {}
   for name in ('xla', method):
-    config.conv3x3 = name
-    model = models.create_model(config, 'cpu')
+    kernels = cpu.for_platform({'conv3x3': name}, 'cpu').kernels
+    model = models.create_model(config, kernels)
     variables = model.init(jax.random.key(1), x)
 
     def loss(params, model=model, variables=variables):
@@ -505,7 +506,7 @@ def test_a_batch_split_over_two_devices_trains_as_on_one(tmp_path, method):
         '--config.model.stage_features=(16,)',
         '--config.model.conv_dropout=(0.0,)',
         '--config.model.hidden_dropout=0.0',
-        f'--config.model.conv3x3={method}',
+        f'--config.cpu.conv3x3={method}',
         '--config.data.synthetic_train_size=256',
         '--config.num_epochs=2',
         '--workdir',
@@ -526,10 +527,10 @@ def test_a_run_moves_to_a_machine_without_its_kernels(
 ):
   config = get_config('test')
   config.num_epochs = 1
-  config.model.conv3x3 = 'avx2'
+  config.cpu.conv3x3 = 'avx2'
   _, first = train.train_and_evaluate(config, str(tmp_path), out=io.StringIO())
   # Resumed where the kernels are XLA's (another CPU, a GPU): it goes on.
-  config.model.conv3x3 = 'xla'
+  config.cpu.conv3x3 = 'xla'
   config.num_epochs = 2
   out = io.StringIO()
   _, history = train.train_and_evaluate(config, str(tmp_path), out=out)
@@ -538,7 +539,7 @@ def test_a_run_moves_to_a_machine_without_its_kernels(
   # A run saved as 'avx512', evaluated on a CPU with AVX2 only: it says
   # what it uses and gives the accuracy the run logged.
   saved = json.loads((tmp_path / 'config.json').read_text())
-  saved['model']['conv3x3'] = 'avx512'
+  saved['cpu']['conv3x3'] = 'avx512'
   (tmp_path / 'config.json').write_text(json.dumps(saved))
   monkeypatch.setattr(cpu_info, 'flags', lambda: AVX2)
   monkeypatch.delenv('XLA_FLAGS', raising=False)

@@ -1,6 +1,6 @@
 """Reading the CPU's model and flags from /proc/cpuinfo's text."""
 
-from cifar_jax.cpu import cpu_info
+from cifar_jax import cpu_info
 
 
 def test_flags_are_whole_words_of_the_first_flags_line():

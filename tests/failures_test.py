@@ -328,7 +328,7 @@ def test_a_class_list_change_is_named(data, change):
         ('augment.zoom_range', -0.2),
         ('augment.cutout_size', 40),
         ('model.compute_dtype', 'float16'),
-        ('model.pooling', 'average'),
+        ('cpu.pooling', 'average'),
         ('data.train_split', ''),
         ('model.second_conv_padding', ('FULL',)),
     ],

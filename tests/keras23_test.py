@@ -47,6 +47,7 @@ import pytest
 
 # pylint: disable=g-import-not-at-top,g-bad-import-order
 from benchmarks import keras_peer
+from cifar_jax import cpu
 from cifar_jax.data import augment
 from cifar_jax import models
 from cifar_jax.models import convnet
@@ -150,6 +151,11 @@ def keras_run_fixture(tmp_path_factory):
   )
 
 
+def _cpu_kernels(config: ml_collections.ConfigDict) -> models.layers.Layers:
+  """The layers a run on this CPU gets (`cpu.for_platform`)."""
+  return cpu.for_platform(config.cpu, 'cpu').kernels
+
+
 def _variables(run: dict, model: ml_collections.ConfigDict, prefix: str):
   arrays = [run[f'{prefix}_{i}'] for i in range(_count(run))]
   return keras_peer.from_keras_order(model, arrays)
@@ -202,7 +208,9 @@ def _train_ours(rung: str, run: dict, monkeypatch) -> list[tuple]:
   results, opt_state, step = [], None, 0
   for config, count in phases:
     exp = experiment.create_experiment(config)
-    model = models.create_model(config.model, 'cpu').clone(dtype=dtype)
+    model = models.create_model(config.model, _cpu_kernels(config)).clone(
+        dtype=dtype
+    )
     tx = optimizers.create_optimizer(
         config.optimizer, params, schedule=exp.learning_rate
     )
@@ -293,7 +301,7 @@ def test_batch_norm_statistics_match_the_fused_kernel_in_float32(keras_run):
   num_steps = 3  # Two whole batches and a partial one.
   run = keras_run('bn_aug_sgd', 'float32', num_steps)
   config = _config('bn_aug_sgd')
-  model = models.create_model(config.model, 'cpu')
+  model = models.create_model(config.model, _cpu_kernels(config))
   replay = _replay(run, jnp.float32)
   batch = config.batch_size
   for k in range(num_steps):

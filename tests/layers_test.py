@@ -11,6 +11,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / 'cifar_jax'
 LAYERS = {
     'errors': 1,
     'rules': 1,
+    'cpu_info': 1,
     'data': 2,
     'cpu': 2,
     'models': 3,
@@ -88,8 +89,33 @@ def test_imports_go_down_the_layers(module, path):
     ), f'{module} (layer {own}) imports {imported} (layer {LAYERS[unit]})'
 
 
+SEAM = ('for_platform', 'Platform', 'RULES')
+
+
+@pytest.mark.parametrize('module, path', list(_modules()))
+def test_cpu_is_reached_only_through_its_seam_and_never_from_the_models(
+    module, path
+):
+  """Outside cpu/, `from cifar_jax import cpu` and the seam's names only."""
+  if _unit(module) in ('cpu', 'cpu_info'):
+    return
+  in_cpu = lambda name: name == 'cifar_jax.cpu' or name.startswith(
+      'cifar_jax.cpu.'
+  )
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.ImportFrom) and node.module:
+      assert not in_cpu(node.module), f'{module} imports {node.module}'
+      if node.module == 'cifar_jax' and _unit(module) == 'models':
+        assert 'cpu' not in {a.name for a in node.names}, module
+    elif isinstance(node, ast.Import):
+      assert not any(in_cpu(a.name) for a in node.names), module
+    elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+      if node.value.id == 'cpu':
+        assert node.attr in SEAM, f'{module} uses cpu.{node.attr}'
+
+
 def test_the_models_name_no_cpu_implementation():
-  # They get one `cpu.kernels.Kernels`; what it holds is the seam's business.
+  # They get one `models.layers.Layers`; which one is the seam's business.
   for path in (PACKAGE / 'models').rglob('*.py'):
     text = path.read_text()
     for word in ('conv3x3', 'dropout_hash_once', 'cpu_info', 'pooling'):

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cifar_jax import cpu
 from cifar_jax import models
 from cifar_jax.models import fastnet
 from cifar_jax.reporting import summary
@@ -253,8 +254,8 @@ def test_jitted_gradient_of_a_batch_norm_model_equals_the_eager_one():
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * np.abs(b).max())
 
 
-def test_convnet_hashes_its_dropout_masks_once_only_on_cpus():
-  config = get_config('large').model
-  assert models.create_model(config, 'cpu').kernels.dropout_hash_once
-  assert not models.create_model(config, 'gpu').kernels.dropout_hash_once
-  assert not models.create_model(config, 'tpu').kernels.dropout_hash_once
+def test_dropout_masks_are_hashed_once_only_on_cpus():
+  config = get_config('large').cpu
+  assert cpu.for_platform(config, 'cpu').kernels.dropout_hash_once
+  assert not cpu.for_platform(config, 'gpu').kernels.dropout_hash_once
+  assert not cpu.for_platform(config, 'tpu').kernels.dropout_hash_once

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cifar_jax import cpu
 from cifar_jax.cpu import pooling
 from cifar_jax import models
 from conftest import get_config
@@ -20,16 +21,16 @@ def test_auto_pooling_is_window_max_on_cpu_and_xlas_own_elsewhere():
   assert pooling.method_for('auto', 'gpu') == 'reduce_window'
   assert pooling.method_for('auto', 'tpu') == 'reduce_window'
   assert pooling.method_for('reduce_window', 'cpu') == 'reduce_window'
-  with pytest.raises(ValueError, match='model.pooling'):
+  with pytest.raises(ValueError, match='cpu.pooling'):
     pooling.method_for('average', 'cpu')
 
 
-def test_create_model_resolves_the_pooling_for_the_platform():
-  config = get_config('simple').model
-  assert models.create_model(config, 'cpu').kernels.pooling == 'window_max'
-  assert models.create_model(config, 'gpu').kernels.pooling == 'reduce_window'
+def test_the_seam_resolves_the_pooling_for_the_platform():
+  config = get_config('simple').cpu
+  assert cpu.for_platform(config, 'cpu').kernels.pooling == 'window_max'
+  assert cpu.for_platform(config, 'gpu').kernels.pooling == 'reduce_window'
   config.pooling = 'reduce_window'
-  assert models.create_model(config, 'cpu').kernels.pooling == 'reduce_window'
+  assert cpu.for_platform(config, 'cpu').kernels.pooling == 'reduce_window'
 
 
 @pytest.mark.parametrize('size', [32, 31, 7])

@@ -6,5 +6,5 @@
   upgraded to today's keys.
 
 The configs themselves are files: `configs/<name>.py` in the repository.
-Imports: `training`, `reporting`, `models`, `data`, `errors`, `rules`.
+Imports: `training`, `reporting`, `models`, `data`, `cpu`, `errors`, `rules`.
 """

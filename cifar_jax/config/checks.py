@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from cifar_jax import cpu
 from cifar_jax.data import augment
 from cifar_jax.data import input_pipeline
 from cifar_jax.errors import UserError
@@ -36,6 +37,7 @@ SECTIONS: dict[str, dict[str, rules.Rule]] = {
     'model': models.RULES,
     'optimizer': optimizers.RULES,
     'augment': augment.RULES,
+    'cpu': cpu.RULES,
 }
 # Paths checked where they are used (the data, other runs).
 FREE_FORM = tuple(f'data.{k}' for k in input_pipeline.FREE_FORM) + (

@@ -23,7 +23,9 @@ RENAMED = {
     'compute_dtype': 'model.compute_dtype',
     'model.conv_max_norm': 'optimizer.conv_max_norm',
     'model.hidden_max_norm': 'optimizer.hidden_max_norm',
-    'model.conv_kernel_grad': 'model.conv3x3',
+    'model.conv_kernel_grad': 'cpu.conv3x3',
+    'model.conv3x3': 'cpu.conv3x3',
+    'model.pooling': 'cpu.pooling',
 }
 # Keys an old config lacks, with the value that computes what it computed:
 # the pooling was chosen by the platform and FastNet had no MaxNorm. The
@@ -32,8 +34,8 @@ RENAMED = {
 # batch, last in its pass, and inputs were pixels / 255. init_from took
 # only the parameters.
 ADDED = {
-    'model.pooling': 'auto',
-    'model.conv3x3': 'auto',
+    'cpu.pooling': 'auto',
+    'cpu.conv3x3': 'auto',
     'optimizer.conv_max_norm': 0.0,
     'optimizer.hidden_max_norm': 0.0,
     'drop_remainder': False,

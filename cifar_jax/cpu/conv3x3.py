@@ -38,7 +38,7 @@ import jax
 from jax import lax
 import numpy as np
 
-from cifar_jax.cpu import cpu_info
+from cifar_jax import cpu_info
 from cifar_jax.cpu import ffi_build
 
 
@@ -110,7 +110,7 @@ def available_kernels(
 
 
 def method_for(setting: str, platform: str) -> str:
-  """The 3x3 convolutions of config `model.conv3x3` on `platform`.
+  """The 3x3 convolutions of config `cpu.conv3x3` on `platform`.
 
   'auto' is the best kernel the CPU has ('avx512', else 'avx2'), and 'xla'
   on GPUs and TPUs and CPUs with neither. A kernel this machine cannot run
@@ -120,7 +120,7 @@ def method_for(setting: str, platform: str) -> str:
   """
   if setting not in ('auto', *METHODS):
     raise ValueError(
-        "model.conv3x3 must be 'auto' or one of " f'{METHODS}, not {setting!r}'
+        "cpu.conv3x3 must be 'auto' or one of " f'{METHODS}, not {setting!r}'
     )
   max_isa = xla_max_isa()
   flags = cpu_info.flags() if platform == 'cpu' else frozenset()
@@ -137,7 +137,7 @@ def method_for(setting: str, platform: str) -> str:
       where = f'a CPU without {kernel.needs}'
     instead = available[0] if available else 'xla'
     logging.warning(
-        'model.conv3x3=%r needs a CPU with %s; this run is on %s, so it '
+        'cpu.conv3x3=%r needs a CPU with %s; this run is on %s, so it '
         'uses %r (the same model; float rounding differs).',
         setting,
         kernel.needs,

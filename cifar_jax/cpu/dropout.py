@@ -95,17 +95,13 @@ def hashed_once(mask: jax.Array) -> jax.Array:
   return ((packed[..., None] & weights) != 0).reshape(mask.shape)
 
 
-class Dropout(nn.Module):
+class Dropout(nn.Dropout):
   """`flax.linen.Dropout` (same attributes, same masks), with fused bits.
 
   `hash_once`: compute each mask once (`hashed_once`), for XLA:CPU; where
   the mask's last axis is not a multiple of 8, it is computed as usual.
   """
 
-  rate: float
-  broadcast_dims: Sequence[int] = ()
-  deterministic: bool | None = None
-  rng_collection: str = 'dropout'
   hash_once: bool = False
 
   @nn.compact

@@ -1,15 +1,17 @@
-"""The one seam between the models and the machine: how layers compute.
+"""The one seam between a run and the machine: `for_platform`.
 
 The models are plain Flax. Three of their layers have faster
 implementations on x86 CPUs in this folder: the 3x3 convolutions
 (`conv3x3`: AVX-512 / AVX2 kernels), the 2x2 max-pool (`pooling`: a cheaper
 gradient) and dropout's random bits (`dropout`: hashed once). A `Kernels`
-names the implementation of each; `for_platform` chooses them once, from
-the config's `model` section and the platform, and the model gets that one
-object. Its defaults are XLA's own: Flax's standard layers. None of the
-choices changes the model, only speed and float rounding.
+names the implementation of each (the models' `layers`). `for_platform`
+chooses them once, from the config's `cpu` section and the platform, with
+the compiler options (`xla_cpu`) and how many train steps a dispatch runs
+by default: one `Platform`. Off the CPU everything is XLA's and Flax's own.
+None of the choices changes the model, only speed and float rounding.
 """
 
+from collections.abc import Mapping
 import dataclasses
 import functools
 from typing import Any, Callable
@@ -21,14 +23,14 @@ import ml_collections
 from cifar_jax.cpu import conv3x3
 from cifar_jax.cpu import dropout
 from cifar_jax.cpu import pooling
+from cifar_jax.cpu import xla_cpu
 from cifar_jax import rules
 
-# The `model` config keys that choose implementations, not the model.
+# The `cpu` config section: which implementations, never which model.
 RULES = {
     'conv3x3': rules.one_of('auto', *conv3x3.METHODS),
     'pooling': rules.one_of('auto', *pooling.METHODS),
 }
-CONFIG_KEYS = tuple(RULES)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,20 +68,49 @@ class Kernels:
     return f'3x3 convs: {self.conv3x3}, pooling: {self.pooling}'
 
 
+@dataclasses.dataclass(frozen=True)
+class Platform:
+  """How a run computes on its platform, chosen once (`for_platform`).
+
+  Attributes:
+    name: JAX's platform ('cpu', 'gpu', 'tpu').
+    kernels: the models' layers (`models.create_model(..., layers=)`).
+    compiler_options: for every program the run compiles (`jax.jit`).
+  """
+
+  name: str
+  kernels: Kernels
+  compiler_options: Mapping[str, str]
+
+  def steps_per_dispatch(self, configured: int, steps_per_epoch: int) -> int:
+    """`configured`, with 0 = a whole epoch on GPU/TPU and 1 on CPU.
+
+    On XLA:CPU a scan of train steps ran 14-27x slower per step than
+    dispatching them one by one (benchmarks/dispatch.py), so CPUs keep
+    single steps.
+    """
+    if configured:
+      return configured
+    return 1 if self.name == 'cpu' else steps_per_epoch
+
+
 def for_platform(
-    model_config: ml_collections.ConfigDict, platform: str
-) -> Kernels:
-  """The fastest implementations `platform` has, as `model_config` asks.
+    cpu_config: Mapping[str, str], platform: str | None = None
+) -> Platform:
+  """The fastest implementations `platform` has (default: JAX's default
+  backend), as `cpu_config` (the config's `cpu` section) asks.
 
   'auto' (the default) is resolved here; a kernel this machine cannot run
   (`conv3x3.method_for`), or that does not build or load here, is
   replaced, with a warning: the Kernels name what computes.
   """
-  conv = conv3x3.method_for(model_config.get('conv3x3', 'auto'), platform)
+  platform = platform or jax.default_backend()
+  conv = conv3x3.method_for(cpu_config.get('conv3x3', 'auto'), platform)
   if conv in conv3x3.KERNELS and not conv3x3.kernels_registered(conv):
     conv = 'xla'  # It did not build or load (warned): say what runs.
-  return Kernels(
+  kernels = Kernels(
       conv3x3=conv,
-      pooling=pooling.method_for(model_config.get('pooling', 'auto'), platform),
+      pooling=pooling.method_for(cpu_config.get('pooling', 'auto'), platform),
       dropout_hash_once=platform == 'cpu',
   )
+  return Platform(platform, kernels, xla_cpu.compiler_options(platform))

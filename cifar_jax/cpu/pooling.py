@@ -13,7 +13,7 @@ METHODS = ('reduce_window', 'window_max')
 
 
 def method_for(pooling: str, platform: str) -> str:
-  """The pooling of config `model.pooling` on `platform` ('auto' resolved).
+  """The pooling of config `cpu.pooling` on `platform` ('auto' resolved).
 
   On XLA:CPU the gradient of `nn.max_pool` (select-and-scatter) cost 4x
   the pooling itself, about a tenth of the simple rung's step
@@ -25,7 +25,7 @@ def method_for(pooling: str, platform: str) -> str:
     return 'window_max' if platform == 'cpu' else 'reduce_window'
   if pooling not in METHODS:
     raise ValueError(
-        f"model.pooling must be 'auto' or one of {METHODS}, not {pooling!r}"
+        f"cpu.pooling must be 'auto' or one of {METHODS}, not {pooling!r}"
     )
   return pooling
 

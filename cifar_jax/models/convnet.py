@@ -23,8 +23,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cifar_jax.cpu.kernels import Kernels
 from cifar_jax.models import batch_norm
+from cifar_jax.models.layers import FlaxLayers
+from cifar_jax.models.layers import Layers
 from cifar_jax import rules
 
 PADDINGS = ('SAME', 'VALID')
@@ -67,11 +68,11 @@ KerasBatchNorm = functools.partial(
 class MaxPool(nn.Module):
   """Keras `MaxPooling2D((2, 2))`: window 2, stride 2, 'valid' padding."""
 
-  kernels: Kernels = Kernels()
+  layers: Layers = FlaxLayers()
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    return self.kernels.max_pool(x)
+    return self.layers.max_pool(x)
 
 
 class Flatten(nn.Module):
@@ -91,7 +92,8 @@ class ConvStage(nn.Module):
     inner_dropout: dropout rate between the two convs (0 = no layer).
     outer_dropout: dropout rate after the pool (0 = no layer).
     batch_norm: BatchNorm after each conv's ReLU.
-    kernels: how the machine computes the layers (Flax's own by default).
+    layers: how the machine computes the 3x3 convs, max-pools and dropout
+      (`layers.Layers`; Flax's own by default).
   """
 
   features: int
@@ -100,7 +102,7 @@ class ConvStage(nn.Module):
   outer_dropout: float = 0.0
   batch_norm: bool = False
   dtype: Any = jnp.float32
-  kernels: Kernels = Kernels()
+  layers: Layers = FlaxLayers()
 
   @nn.compact
   def __call__(
@@ -111,7 +113,7 @@ class ConvStage(nn.Module):
           self.features,
           padding=padding,
           dtype=self.dtype,
-          conv_general_dilated=self.kernels.conv,
+          conv_general_dilated=self.layers.conv,
           name=f'conv{index}',
       )(x)
       x = nn.relu(x)
@@ -123,12 +125,12 @@ class ConvStage(nn.Module):
         )(x, mask=mask)
       return x
 
-    drop = functools.partial(self.kernels.Dropout, deterministic=not train)
+    drop = functools.partial(self.layers.Dropout, deterministic=not train)
     x = conv_bn(x, 'SAME', 1)
     if self.inner_dropout:
       x = drop(self.inner_dropout, name='dropout1')(x)
     x = conv_bn(x, self.second_padding, 2)
-    x = MaxPool(self.kernels, name='pool')(x)
+    x = MaxPool(self.layers, name='pool')(x)
     if self.outer_dropout:
       x = drop(self.outer_dropout, name='dropout2')(x)
     return x
@@ -150,7 +152,8 @@ class ConvNet(nn.Module):
     flatten_dropout: dropout right after Flatten (0 = no layer).
     hidden_dropout: dropout after every dense ReLU layer (0 = no layer).
     num_classes: width of the output layer.
-    kernels: how the machine computes the layers (Flax's own by default).
+    layers: how the machine computes the 3x3 convs, max-pools and dropout
+      (`layers.Layers`; Flax's own by default).
 
   Keras' MaxNorm kernel constraints are the optimizer's
   (`optimizers.max_norm_bounds`): Optax sees only arrays, and they are
@@ -167,7 +170,7 @@ class ConvNet(nn.Module):
   hidden_dropout: float
   num_classes: int = 10
   dtype: Any = jnp.float32
-  kernels: Kernels = Kernels()
+  layers: Layers = FlaxLayers()
 
   def __post_init__(self):
     values = {k: getattr(self, k) for k in RULES}
@@ -199,10 +202,10 @@ class ConvNet(nn.Module):
           self.stage_dropout[i],
           self.batch_norm,
           dtype=self.dtype,
-          kernels=self.kernels,
+          layers=self.layers,
           name=f'stage{i + 1}',
       )(x, train, mask)
-    drop = functools.partial(self.kernels.Dropout, deterministic=not train)
+    drop = functools.partial(self.layers.Dropout, deterministic=not train)
     x = Flatten(name='flatten')(x)
     if self.flatten_dropout:
       x = drop(self.flatten_dropout, name='flatten_dropout')(x)

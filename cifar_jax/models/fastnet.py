@@ -13,8 +13,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cifar_jax.cpu.kernels import Kernels
 from cifar_jax.models import batch_norm
+from cifar_jax.models.layers import FlaxLayers
+from cifar_jax.models.layers import Layers
 from cifar_jax.models import initializers
 from cifar_jax import rules
 
@@ -58,7 +59,7 @@ class FastBlock(nn.Module):
   dtype: Any = jnp.float32
   residual: bool = False
   gelu: str = 'exact'
-  kernels: Kernels = Kernels()
+  layers: Layers = FlaxLayers()
 
   @nn.compact
   def __call__(
@@ -82,10 +83,10 @@ class FastBlock(nn.Module):
         use_bias=False,
         kernel_init=initializers.dirac_init(),
         dtype=self.dtype,
-        conv_general_dilated=self.kernels.conv,
+        conv_general_dilated=self.layers.conv,
     )
     x = conv(name='conv1')(x)
-    x = self.kernels.max_pool(x)
+    x = self.layers.max_pool(x)
     x = shortcut = gelu(norm(name='bn1')(x, mask=mask))
     for i in range(2, self.depth + 1):
       x = gelu(norm(name=f'bn{i}')(conv(name=f'conv{i}')(x), mask=mask))
@@ -112,7 +113,8 @@ class FastNet(nn.Module):
     gelu: a `GELUS` entry: 'exact' (PyTorch's `nn.GELU()`, airbench's) or
       'tanh' (Flax's default approximation).
     num_classes: outputs.
-    kernels: how the machine computes the layers (Flax's own by default).
+    layers: how the machine computes the 3x3 convs, max-pools and dropout
+      (`layers.Layers`; Flax's own by default).
   """
 
   widths: Sequence[int] = (64, 256, 256)
@@ -125,7 +127,7 @@ class FastNet(nn.Module):
   gelu: str = 'exact'
   num_classes: int = 10
   dtype: Any = jnp.float32
-  kernels: Kernels = Kernels()
+  layers: Layers = FlaxLayers()
 
   def __post_init__(self):
     rules.check({k: getattr(self, k) for k in RULES}, RULES, 'model.')
@@ -160,7 +162,7 @@ class FastNet(nn.Module):
           self.dtype,
           self.residual,
           self.gelu,
-          self.kernels,
+          self.layers,
           name=f'block{i + 1}',
       )(x, train, mask)
     x = jnp.max(x, axis=(1, 2))

@@ -9,5 +9,5 @@
   record, the one source of its numbers;
 - `ladder_report`: REPORT.md, the ladder beside the seed.
 
-Imports: `models`, `data`, `cpu`, `errors`, `rules`.
+Imports: `models`, `data`, `cpu_info`, `errors`, `rules`.
 """

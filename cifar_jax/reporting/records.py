@@ -20,7 +20,7 @@ from absl import logging
 import jax
 import ml_collections
 
-from cifar_jax.cpu import cpu_info
+from cifar_jax import cpu_info
 from cifar_jax.data import tensorflow_cpu
 from cifar_jax.errors import UserError
 from cifar_jax.errors import write_failure

@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cifar_jax.cpu import dropout
 from cifar_jax.models import batch_norm
 from cifar_jax.models import convnet
 
@@ -21,7 +20,6 @@ _LAYER_TYPES = (
     nn.Conv,
     nn.Dense,
     nn.Dropout,
-    dropout.Dropout,
     batch_norm.BatchNorm,
     convnet.MaxPool,
     convnet.Flatten,

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 
 from cifar_jax.config import renames
-from cifar_jax.cpu import xla_cpu
+from cifar_jax import cpu
 from cifar_jax.data import augment
 from cifar_jax.data import images as images_lib
 from cifar_jax.data import input_pipeline
@@ -37,6 +37,7 @@ class TrainedRun:
   step: int
   class_names: tuple[str, ...]
   tta_level: int | None = None  # None: the run's `eval_tta`.
+  compiler_options: dict[str, str] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     # Compiled once per run: inference mode, uint8 in, logits out, with
@@ -53,7 +54,7 @@ class TrainedRun:
             normalize(x),
             level,
         ),
-        compiler_options=xla_cpu.compiler_options(jax.default_backend()),
+        compiler_options=self.compiler_options,
     )
 
 
@@ -129,14 +130,23 @@ def load_run(
   config = ml_collections.ConfigDict(
       renames.upgrade(_read_json(workdir, 'config.json'))
   )
-  model = models.create_model(config.model)
+  platform = cpu.for_platform(config.cpu)
+  model = models.create_model(config.model, platform.kernels)
   step, variables = _readable_checkpoint(workdir, checkpoint)
   if not variables['batch_stats']:
     variables = {'params': variables['params']}
   names = (
       weights.trained_classes(workdir, step) or input_pipeline.CIFAR10_CLASSES
   )
-  return TrainedRun(config, model, variables, step, names, tta_level)
+  return TrainedRun(
+      config,
+      model,
+      variables,
+      step,
+      names,
+      tta_level,
+      dict(platform.compiler_options),
+  )
 
 
 def logits(

@@ -41,11 +41,10 @@ RESUMABLE_CHANGES = (
     'init_from_optimizer',
     'steps_per_dispatch',
     'seed_rung',
-    # How the machine computes the model, not which model: a run moves
-    # between machines (models.create_model resolves them for each).
-    'model.conv3x3',
-    'model.pooling',
 )
+# Sections that never constrain a resume: `cpu` says how the machine
+# computes the model, not which model, and a run moves between machines.
+RESUMABLE_SECTIONS = ('cpu',)
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:
@@ -55,7 +54,9 @@ def config_differences(saved: dict, current: dict) -> list[str]:
       f'{k}: {saved.get(k, "<absent>")!r} in the checkpoint, '
       f'{current.get(k, "<absent>")!r} now'
       for k in sorted(set(saved) | set(current))
-      if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)
+      if k not in RESUMABLE_CHANGES
+      and k.split('.')[0] not in RESUMABLE_SECTIONS
+      and saved.get(k) != current.get(k)
   ]
 
 

@@ -6,6 +6,7 @@ order and keys come with it (`with_seed` swaps them, sharing everything
 compiled, so benchmarks can repeat runs).
 """
 
+from collections.abc import Mapping
 import dataclasses
 import functools
 import math
@@ -17,7 +18,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from cifar_jax.cpu import xla_cpu
+from cifar_jax import cpu
 from cifar_jax.data import augment
 from cifar_jax.data import batching
 from cifar_jax.data import images as images_lib
@@ -90,8 +91,9 @@ def create_experiment(
   Raises UserError for a config or data problem the user can fix.
   """
   shardings = _shardings(config, mesh or mesh_lib.create_mesh())
+  platform = cpu.for_platform(config.cpu, shardings.platform)
   try:
-    model = models.create_model(config.model, shardings.platform)
+    model = models.create_model(config.model, platform.kernels)
     augment_config = augment.AugmentConfig.from_config(config.augment)
     normalization = images_lib.Normalization.from_config(config.data)
   except (TypeError, ValueError) as e:
@@ -128,6 +130,7 @@ def create_experiment(
   train_steps, eval_step = _programs(
       config,
       shardings,
+      platform.compiler_options,
       augment_config,
       normalization,
       per_pass,
@@ -142,8 +145,8 @@ def create_experiment(
       eval=eval_arrays,
       class_names=train_ds.class_names,
       steps_per_epoch=steps_per_epoch,
-      steps_per_dispatch=_steps_per_dispatch(
-          config.steps_per_dispatch, steps_per_epoch, shardings.platform
+      steps_per_dispatch=platform.steps_per_dispatch(
+          config.steps_per_dispatch, steps_per_epoch
       ),
       init_params=init_params,
       init_seconds=init_seconds,
@@ -193,6 +196,7 @@ def _load_data(
 def _programs(
     config: ml_collections.ConfigDict,
     shardings: mesh_lib.Shardings,
+    compiler_options: Mapping[str, str],
     augment_config: augment.AugmentConfig,
     normalization: images_lib.Normalization,
     batches_per_pass: int,
@@ -200,8 +204,9 @@ def _programs(
 ) -> tuple[Callable[[int], Any], Any]:
   """The jitted train steps (one program per scan length) and eval step.
 
-  They hold the convolutions, so they are compiled with the CPU's options;
-  the state and metrics they are handed are donated.
+  They hold the convolutions, so they are compiled with the platform's
+  options (`cpu.for_platform`); the state and metrics they are handed are
+  donated.
   """
   options = steps.StepOptions(
       batch_size=config.batch_size,
@@ -211,9 +216,7 @@ def _programs(
       label_smoothing=config.label_smoothing,
       batch_sharding=shardings.batch,
   )
-  jit = functools.partial(
-      jax.jit, compiler_options=xla_cpu.compiler_options(shardings.platform)
-  )
+  jit = functools.partial(jax.jit, compiler_options=compiler_options)
   replicated = shardings.replicated
   train_steps = functools.cache(
       lambda n: jit(
@@ -291,17 +294,3 @@ def _data_dependent_params(
   return {'whiten': {'kernel': kernel, 'bias': bias}}, (
       time.perf_counter() - start
   )
-
-
-def _steps_per_dispatch(
-    configured: int, steps_per_epoch: int, platform: str
-) -> int:
-  """`configured`, with 0 = a whole epoch on GPU/TPU and 1 on CPU.
-
-  On XLA:CPU a scan of train steps ran 14-27x slower per step than
-  dispatching them one by one (benchmarks/dispatch.py), so CPUs keep
-  single steps.
-  """
-  if configured:
-    return configured
-  return 1 if platform == 'cpu' else steps_per_epoch

@@ -2,7 +2,7 @@
 
 One reader for the two uses: the machine line of reports and benchmarks
 (`reporting.records.machine_description`) and the choice of the convolution kernels
-by instruction set (`conv3x3.method_for`).
+by instruction set (`cpu.conv3x3.method_for`).
 """
 
 import pathlib
