@@ -8,6 +8,7 @@ check a whole config once, up front, in one line.
 """
 
 from collections.abc import Callable, Mapping
+import math
 from typing import Any
 
 Rule = tuple[Callable[[Any], bool], str]
@@ -44,7 +45,7 @@ def real(
   """A number in the interval from low to high (open ends as asked)."""
 
   def ok(v):
-    if not _is_real(v):
+    if not _is_real(v) or not math.isfinite(v):
       return False
     above = v > low if low_open else v >= low
     below = high is None or (v < high if high_open else v <= high)

@@ -316,6 +316,8 @@ def test_a_class_list_change_is_named(data, change):
         ('batch_size', 0),
         ('eval_batch_size', 0),
         ('num_epochs', 0),
+        ('num_epochs', float('inf')),
+        ('optimizer.learning_rate', float('inf')),
         ('steps_per_epoch', -3),
         ('keep_checkpoints', 0),
         ('label_smoothing', 1.0),
@@ -797,6 +799,18 @@ def test_a_batch_too_large_for_memory_is_refused_before_the_first_step(
       line,
   ), line
   assert not list((tmp_path / 'checkpoints').glob('[0-9]*'))
+
+
+def test_synthetic_data_too_large_for_memory_is_refused_naming_its_key(
+    tmp_path,
+):
+  config = get_config('test')
+  config.data.synthetic_train_size = 10**12
+  code, line = _cli(_train, config, tmp_path)
+  assert code == 1, line
+  assert line.startswith(
+      'error: data.synthetic_train_size=1000000000000 does not fit in memory'
+  ), line
 
 
 def test_a_batch_whose_convolution_workspace_does_not_fit_is_refused():

@@ -225,8 +225,33 @@ def test_nothing_is_planned_per_epoch_up_front_and_the_step_count_is_bounded():
   assert plan.stop_steps(16, 40, 0, 32, 48) == [40]  # The end, cut short.
   assert plan.dispatch_sizes(exp, 10**9) == [1]
   config.num_epochs = 1e9
-  with pytest.raises(UserError, match=r'is 16000000000 steps; the step '):
+  with pytest.raises(UserError, match=r'is 1.6e\+10 steps; the step '):
     experiment.create_experiment(config)
+  config.num_epochs = 1e308  # Times 16 steps is more than a float holds.
+  with pytest.raises(UserError, match=r'is inf steps; the step '):
+    experiment.create_experiment(config)
+
+
+def test_epochs_of_less_than_one_step_are_refused_not_called_finished():
+  config = get_config('test')  # 16 steps per epoch.
+  config.num_epochs = 1e-9
+  with pytest.raises(UserError, match=r'is 1.6e-08 steps; a run trains at '):
+    experiment.create_experiment(config)
+  config.num_epochs = 1 / 16  # One step exactly.
+  assert experiment.create_experiment(config).total_steps == 1
+
+
+def test_every_seed_the_rule_accepts_draws_its_own_keys():
+  """Seeds past 2**31 - 1 overflowed jit's int32; below it, a seed's keys
+  are those of `jax.random.key(seed)` as before."""
+  exp = experiment.create_experiment(get_config('test'))
+  keys = {}
+  for seed in (0, 2**31 - 1, 2**31, 2**32 - 1):
+    dropout = experiment.with_seed(exp, seed).keys.dropout
+    keys[seed] = np.asarray(jax.random.key_data(dropout))
+  assert len({k.tobytes() for k in keys.values()}) == 4
+  want = jax.random.split(jax.random.key(2**31 - 1), 4)[1]
+  np.testing.assert_array_equal(keys[2**31 - 1], jax.random.key_data(want))
 
 
 def test_a_fractional_last_epoch_is_cut_short_evaluated_and_ranked(tmp_path):

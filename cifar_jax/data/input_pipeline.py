@@ -222,27 +222,36 @@ def synthetic(split: str, config: ml_collections.ConfigDict) -> Dataset:
   The class patterns are fixed (independent of the run's seed), so train and
   eval share them; the examples of each split are drawn independently.
   """
-  sizes = {
-      'train': config.synthetic_train_size,
-      'test': config.synthetic_eval_size,
-  }
-  if split not in sizes:
+  keys = {'train': 'synthetic_train_size', 'test': 'synthetic_eval_size'}
+  if split not in keys:
     raise UserError(
         f"The synthetic data set has splits 'train' and 'test', "
         f'not {split!r}.'
     )
+  size = config[keys[split]]
+  try:
+    images, labels = _synthetic_examples(
+        size, seed=0 if split == 'train' else 1
+    )
+  except MemoryError as e:
+    raise UserError(
+        f'data.{keys[split]}={size} does not fit in memory ({e}); lower it.'
+    ) from e
+  return Dataset(images, labels, CIFAR10_CLASSES)
+
+
+def _synthetic_examples(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
   patterns = np.random.default_rng(1234).uniform(0, 255, (10, 8, 8, 3))
   patterns = patterns.repeat(4, axis=1).repeat(4, axis=2)  # 32x32 blocks.
-  rng = np.random.default_rng(0 if split == 'train' else 1)
-  labels = rng.integers(0, 10, sizes[split]).astype(np.int32)
-  shifts = rng.integers(-2, 3, (sizes[split], 2))
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 10, size).astype(np.int32)
+  shifts = rng.integers(-2, 3, (size, 2))
   images = patterns[labels]
   images = np.stack(
       [np.roll(im, tuple(s), axis=(0, 1)) for im, s in zip(images, shifts)]
   )
   images = images + rng.normal(0, 48, images.shape)
-  images = np.clip(images, 0, 255).astype(np.uint8)
-  return Dataset(images, labels, CIFAR10_CLASSES)
+  return np.clip(images, 0, 255).astype(np.uint8), labels
 
 
 # ---------------------------------------------------------------- TFDS

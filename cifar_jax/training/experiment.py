@@ -109,12 +109,18 @@ def create_experiment(
         f'batch of the {len(train_ds)} training examples.'
     )
   steps_per_epoch = config.steps_per_epoch or per_pass
-  num_steps = total_steps(config.num_epochs, steps_per_epoch)
-  if num_steps > MAX_STEPS:
+  wanted = config.num_epochs * steps_per_epoch  # A float: it may be huge.
+  about = f'num_epochs={config.num_epochs:g} of {steps_per_epoch} steps is '
+  if wanted > MAX_STEPS:
     raise UserError(
-        f'num_epochs={config.num_epochs:g} of {steps_per_epoch} steps is '
-        f'{num_steps} steps; the step counter (int32) counts to {MAX_STEPS}: '
-        'lower num_epochs.'
+        f'{about}{wanted:.3g} steps; the step counter (int32) counts to '
+        f'{MAX_STEPS}: lower num_epochs.'
+    )
+  num_steps = total_steps(config.num_epochs, steps_per_epoch)
+  if num_steps < 1:
+    raise UserError(
+        f'{about}{wanted:.3g} steps; a run trains at least one: raise '
+        'num_epochs.'
     )
   run = optimizers.RunShape(num_steps, steps_per_epoch, config.batch_size)
   schedule = optimizers.learning_rate_schedule(config.optimizer, run)
@@ -253,9 +259,11 @@ def with_seed(exp: Experiment, seed: int) -> Experiment:
 
 
 def _seeded(seed: int, **fixed: Any) -> Experiment:
+  # As uint32: the seed rule's whole range (a Python int past 2**31 - 1
+  # overflows jit's int32); the same keys as an int below it.
   init_key, dropout_key, augment_key, order_key = _split_seed_fn(
       fixed['shardings'].replicated
-  )(seed)
+  )(np.uint32(seed))
   return Experiment(
       **fixed,
       state=fixed['init_state'](init_key, fixed['init_params']),

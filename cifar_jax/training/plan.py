@@ -163,7 +163,8 @@ def check_fits(
     raise UserError(
         f'{key}={value} needs about {need / 2**30:.1f} GiB per device for '
         f'one step (the compiled program), but {where} has '
-        f'{available / 2**30:.1f} GiB free; lower {key}.'
+        f'{available / 2**30:.1f} GiB free; lower {key} or the size of '
+        'the model.'
     )
 
 
