@@ -4,8 +4,10 @@ import functools
 import io
 import json
 import os
+import re
 import subprocess
 import sys
+import tracemalloc
 
 import jax
 import jax.numpy as jnp
@@ -462,3 +464,48 @@ def test_runs_with_other_seeds_reuse_the_programs_compiled_ahead(caplog):
     assert not any(name in m for m in during), during
   assert not any('jit(init)' in m for m in during)  # Built once too.
   assert not np.allclose(finals[0], finals[1])  # The seeds did differ.
+
+
+def test_a_run_compiles_its_steps_and_data_order_only_ahead(
+    tmp_path, monkeypatch, caplog
+):
+  """`plan.compile_ahead` lowers shapes, not arrays (a refused batch is
+  never allocated), and still leaves the run nothing of its own to
+  compile: the epochs' timings hold no compile time."""
+  ahead = plan.compile_ahead
+
+  def then_log_compiles(*args, **kwargs):
+    seconds = ahead(*args, **kwargs)
+    jax.config.update('jax_log_compiles', True)
+    return seconds
+
+  monkeypatch.setattr(plan, 'compile_ahead', then_log_compiles)
+  config = get_config('test')
+  config.num_epochs = 2
+  try:
+    with caplog.at_level('WARNING'):
+      train.train_and_evaluate(config, str(tmp_path), out=io.StringIO())
+  finally:
+    jax.config.update('jax_log_compiles', False)
+  compiled = re.findall(r'Compiling jit\((\w+)\)', caplog.text)
+  assert compiled, 'nothing logged: the check would pass vacuously'
+  assert not {'train_steps', 'eval_step', '_pass_order'} & set(compiled)
+
+
+def test_a_batch_is_checked_against_memory_before_it_is_allocated(
+    monkeypatch,
+):
+  """The eval batch's indices were padded to `eval_batch_size` on the host
+  (1.6 GB here) only to be refused after compiling."""
+  monkeypatch.setattr(plan, 'free_memory', lambda: (2**30, 'this machine'))
+  config = get_config('test')
+  config.eval_batch_size = 10**8
+  exp = experiment.create_experiment(config)
+  tracemalloc.start()
+  try:
+    with pytest.raises(UserError, match='eval_batch_size=100000000 needs'):
+      plan.compile_ahead(exp)
+    _, peak = tracemalloc.get_traced_memory()
+  finally:
+    tracemalloc.stop()
+  assert peak < 50 * 2**20, peak

@@ -6,6 +6,7 @@ would have seen.
 """
 
 import functools
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -54,7 +55,13 @@ class TrainOrder:
         sharding,
     )
     self._permute = functools.partial(permute, key)
+    self._compile = lambda: permute.lower(key, 0).compile()
     self._cached = (-1, None)
+
+  def pass_shapes(self) -> Any:
+    """`pass_order`'s shapes, dtypes and shardings, its program compiled
+    and no pass computed."""
+    return self._compile().out_info
 
   def locate(self, step: int) -> tuple[int, int]:
     """(pass, position of the batch within the pass)."""
@@ -141,6 +148,18 @@ def batch_at(
 ) -> jax.Array:
   """Batch number `position` of a pass's order (works inside jit)."""
   return jax.lax.dynamic_slice_in_dim(order, position * batch_size, batch_size)
+
+
+def eval_batch_shapes(batch_size: int, sharding: jax.sharding.Sharding) -> Any:
+  """An `eval_batches` batch's shapes and dtypes on the device(s)."""
+  return tuple(
+      jax.ShapeDtypeStruct(
+          (batch_size,),
+          jax.dtypes.canonicalize_dtype(a.dtype),
+          sharding=sharding,
+      )
+      for a in _pad(np.zeros(0, np.int64), 0)
+  )
 
 
 def eval_batches(num_examples: int, batch_size: int):

@@ -92,8 +92,10 @@ def compile_ahead(exp: Experiment, start: int = 0, every: int = 0) -> float:
   the executables, and the run's calls reuse them.
   """
   begin = time.perf_counter()
+  # Shapes, not arrays: a batch too large for memory is refused before
+  # anything of its size is allocated.
   state, metrics = exp.state, steps.empty_metrics(exp.replicated)
-  order = exp.order.pass_order(0)
+  order = exp.order.pass_shapes()
   free = free_memory()
   for n in dispatch_sizes(exp, start, every):
     compiled = (
@@ -102,12 +104,10 @@ def compile_ahead(exp: Experiment, start: int = 0, every: int = 0) -> float:
         .compile()
     )
     check_fits(compiled, free, 'batch_size', exp.config.batch_size)
-  batch = next(
-      batching.eval_batches(len(exp.eval[1]), exp.config.eval_batch_size)
+  batch = batching.eval_batch_shapes(
+      exp.config.eval_batch_size, exp.shardings.batch
   )
-  compiled = exp.eval_step.lower(
-      state, metrics, exp.eval, jax.device_put(batch, exp.shardings.batch)
-  ).compile()
+  compiled = exp.eval_step.lower(state, metrics, exp.eval, batch).compile()
   check_fits(compiled, free, 'eval_batch_size', exp.config.eval_batch_size)
   return time.perf_counter() - begin
 
