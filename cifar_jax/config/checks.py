@@ -17,7 +17,6 @@ from cifar_jax.data import augment
 from cifar_jax.data import input_pipeline
 from cifar_jax.errors import UserError
 from cifar_jax import models
-from cifar_jax.models import convnet
 from cifar_jax.reporting import records
 from cifar_jax import rules
 from cifar_jax.training import experiment
@@ -63,8 +62,8 @@ def problems(config: ml_collections.ConfigDict) -> list[str]:
   model = _section(config, 'model')
   model_rules = models.MODEL_RULES.get(model.get('name'), {})
   found += rules.problems(model, model_rules, 'model.')
-  if not found and model.get('name') == 'ConvNet':
-    found += convnet.stage_problems(model)
+  if not found and model.get('name') in models.SHAPE_PROBLEMS:
+    found += models.SHAPE_PROBLEMS[model.get('name')](model)
   return found
 
 

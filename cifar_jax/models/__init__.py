@@ -7,7 +7,8 @@
 - `layers`: how their 3x3 convs, max-pools and dropout compute (Flax's own,
   unless the caller hands in a platform's: `cifar_jax.cpu.for_platform`).
 
-`create_model` builds the one a config names. Imports: `rules`.
+`create_model` builds the one a config names. Imports: `data` (the image
+shape), `rules`.
 """
 
 import jax.numpy as jnp
@@ -30,6 +31,11 @@ RULES = {
     'compute_dtype': rules.one_of(*COMPUTE_DTYPES),
 }
 MODEL_RULES = {'ConvNet': convnet.RULES, 'FastNet': fastnet.RULES}
+# Each model's check of its shapes, once its keys pass their rules.
+SHAPE_PROBLEMS = {
+    'ConvNet': convnet.stage_problems,
+    'FastNet': fastnet.shape_problems,
+}
 
 
 def create_model(

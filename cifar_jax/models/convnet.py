@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from cifar_jax.data import images
 from cifar_jax.models import batch_norm
 from cifar_jax.models.layers import FlaxLayers
 from cifar_jax.models.layers import Layers
@@ -44,14 +45,26 @@ _PER_STAGE = ('second_conv_padding', 'conv_dropout', 'stage_dropout')
 
 
 def stage_problems(values: dict[str, Sequence]) -> list[str]:
-  """Per-stage keys (relative to `model`) whose length is not the stages'."""
+  """Per-stage keys (relative to `model`) whose length is not the stages',
+  or the first stage whose input is too small for its convs and pool."""
   stages = len(values['stage_features'])
-  return [
+  found = [
       f'model.{key} has {len(values[key])} entries for {stages} stages '
       '(model.stage_features)'
       for key in _PER_STAGE
       if len(values[key]) != stages
   ]
+  side = images.SHAPE[0]
+  for stage, padding in enumerate(values['second_conv_padding'][:stages]):
+    after_convs = side - 2 if padding == 'VALID' else side
+    if after_convs < 2:
+      return found + [
+          f'model.stage_features has {stages} stages, but stage '
+          f'{stage + 1} gets {side}x{side} inputs, too small for its '
+          f'{padding} conv and 2x2 max-pool; use fewer stages'
+      ]
+    side = after_convs // 2
+  return found
 
 
 _glorot = nn.initializers.glorot_uniform()
