@@ -43,6 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # pylint: disable=g-import-not-at-top
 import airbench_cpu
 from cifar_jax import cli
+from cifar_jax.config import loading
 from cifar_jax.config import checks
 from cifar_jax.errors import UserError
 from cifar_jax.reporting import records
@@ -169,11 +170,11 @@ def main(argv):
 
 def experiment_config():
   """Our recipe's config with the overrides (float32 on a CPU)."""
-  config = cli.config_module(RECIPE.value).get_config()
+  config = loading.config_module(RECIPE.value).get_config()
   if jax.default_backend() == 'cpu':
     # airbench's float16 is a GPU's; on a CPU both sides run in float32.
     config.model.compute_dtype = 'float32'
-  cli.apply_overrides(config, cli.override_values())
+  loading.apply_overrides(config, cli.override_values())
   return config
 
 

@@ -50,6 +50,7 @@ import numpy as np
 
 import keras_peer  # Beside this script.
 from cifar_jax import cli
+from cifar_jax.config import loading
 from cifar_jax import cpu
 from cifar_jax.errors import UserError
 from cifar_jax.reporting import progress
@@ -90,12 +91,12 @@ def rung_config(
     name: str, num_steps: int, overrides: dict[str, object]
 ) -> ml_collections.ConfigDict:
   """The rung's config on `num_steps` batches of synthetic data."""
-  config = cli.config_module(name).get_config()
+  config = loading.config_module(name).get_config()
   config.data.name = 'synthetic'
   config.data.synthetic_train_size = num_steps * config.batch_size
   config.data.synthetic_eval_size = config.eval_batch_size
   config.steps_per_epoch = 0
-  cli.apply_overrides(config, overrides)
+  loading.apply_overrides(config, overrides)
   return config
 
 

@@ -31,6 +31,7 @@ import jax  # pylint: disable=g-import-not-at-top
 import numpy as np  # pylint: disable=g-import-not-at-top
 
 from cifar_jax import cli  # pylint: disable=g-import-not-at-top
+from cifar_jax.config import loading  # pylint: disable=g-import-not-at-top
 from cifar_jax.reporting import progress  # pylint: disable=g-import-not-at-top
 from cifar_jax.reporting import records  # pylint: disable=g-import-not-at-top
 from cifar_jax import train  # pylint: disable=g-import-not-at-top
@@ -51,7 +52,7 @@ VARIANTS = {
 
 
 def make_config(variant: str):
-  config = cli.config_module('test').get_config()
+  config = loading.config_module('test').get_config()
   config.data.synthetic_train_size = 500
   config.model.batch_norm = True
   config.optimizer.learning_rate = 0.001  # as tests/scale_out_test.py

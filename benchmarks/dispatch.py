@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from cifar_jax import cli
+from cifar_jax.config import loading
 from cifar_jax.reporting import progress
 from cifar_jax.reporting import records
 from cifar_jax import train
@@ -27,7 +28,7 @@ from cifar_jax.training import steps
 
 
 def _experiment(name: str, steps_per_dispatch: int, num_steps: int):
-  config = cli.config_module(name).get_config()
+  config = loading.config_module(name).get_config()
   config.data.name = 'synthetic'
   config.data.synthetic_train_size = num_steps * config.batch_size
   config.data.synthetic_eval_size = config.eval_batch_size

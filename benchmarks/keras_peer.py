@@ -20,7 +20,7 @@ import numpy as np
 
 from cifar_jax import cli
 from cifar_jax.errors import UserError
-from cifar_jax import ladder
+from cifar_jax import rungs
 from cifar_jax.reporting import plots
 from cifar_jax.reporting import records
 from cifar_jax.reporting import seed_notebook
@@ -239,9 +239,9 @@ def checked_rung(
   run in `workdir`; UserError for a missing flag or an unknown rung."""
   if not rung or not workdir:
     raise UserError('--rung and --workdir are required.')
-  if rung not in ladder.RUNGS:
-    raise UserError(f'Unknown rung {rung!r}; one of {ladder.RUNGS}.')
-  return ladder.rung_config(rung, 1.0, cli.override_values())
+  if rung not in rungs.RUNGS:
+    raise UserError(f'Unknown rung {rung!r}; one of {rungs.RUNGS}.')
+  return rungs.rung_config(rung, 1.0, cli.override_values())
 
 
 def ours_history(run: str | None) -> list[dict]:

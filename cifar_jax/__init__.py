@@ -11,11 +11,15 @@ below its own (tests/layers_test.py checks it):
 3. `models/`: the networks, plain Flax.
 4. `reporting/`: console, run records, plots, the seed's record.
 5. `training/`: train state, steps, optimizers, compiled programs.
-6. `config/`: rules of every config key, old configs upgraded.
-7. `runs/`: checkpoints, resuming, preemption, locks, trained runs.
+6. `config/`: rules of every config key, old configs upgraded, configs
+   loaded from configs/ with overrides.
+7. `runs/`: checkpoints, resuming, preemption, locks, trained runs, their
+   evaluation and predictions.
 8. `train`: the epoch loop, `train.train_and_evaluate(config, workdir)`;
    `cli`: the commands' flags and their one-line errors;
    `rung_processes`: ladder rungs trained side by side as processes.
-9. The commands: `main`, `evaluate`, `predict`, `ladder`, `show_augment`
-   (`python -m cifar_jax.<command>`).
+9. `rungs`: the seed's ladder trained and reported.
+10. The commands: `main`, `evaluate`, `predict`, `ladder`, `show_augment`
+   (`python -m cifar_jax.<command>`): their flags and a `main` that calls
+   the library; the tests and the notebook import none of them.
 """

@@ -1,15 +1,12 @@
 """Shared pieces of the command-line tools (main, show_augment, ...)."""
 
-from collections.abc import Callable, Mapping
 import contextlib
-import importlib
 import logging as std_logging
 import os
 import re
 import signal
 import sys
 import threading
-import types
 from typing import Any
 
 from absl import flags
@@ -17,6 +14,7 @@ from absl import logging
 import ml_collections
 from ml_collections import config_flags
 
+from cifar_jax.config import loading
 from cifar_jax.config import renames
 from cifar_jax.errors import CheckpointWriteFailure
 from cifar_jax.errors import DamagedCheckpoint
@@ -25,60 +23,14 @@ from cifar_jax.errors import Preempted
 from cifar_jax.errors import UserError
 
 
-def _flag(
-    name: str, define: Callable[[], flags.FlagHolder]
-) -> flags.FlagHolder:
-  """The flag `name`, defined by `define` unless a tool imported in the same
-  process (the tests import several) has defined it already."""
-  if name in flags.FLAGS:
-    return flags.FlagHolder(flags.FLAGS, flags.FLAGS[name])
-  return define()
-
-
 def define_config() -> flags.FlagHolder:
   """--config: a config file and its --config.key=value overrides."""
-  return _flag(
+  return config_flags.DEFINE_config_file(
       'config',
-      lambda: config_flags.DEFINE_config_file(
-          'config',
-          None,
-          'Path to a config file, e.g. configs/simple.py.',
-          lock_config=True,
-      ),
+      None,
+      'Path to a config file, e.g. configs/simple.py.',
+      lock_config=True,
   )
-
-
-def config_module(name: str) -> types.ModuleType:
-  """`configs/<name>.py` of the repository, imported as `configs.<name>`.
-
-  The configs are files in the repository, not part of the installed
-  package: the commands find them from the repository's root.
-  """
-  if os.path.isdir('configs') and os.getcwd() not in sys.path:
-    sys.path.insert(0, os.getcwd())  # `python benchmarks/x.py` from the root.
-  try:
-    return importlib.import_module(f'configs.{name}')
-  except ModuleNotFoundError as e:
-    if e.name not in ('configs', f'configs.{name}'):
-      raise
-    where = 'no configs/ folder here' if e.name == 'configs' else 'no such file'
-    raise UserError(
-        f'configs/{name}.py: {where}; the configs are files in the '
-        "repository: run from the repository's root."
-    ) from e
-
-
-def load_config(
-    name: str, overrides: Mapping[str, Any] | None = None
-) -> ml_collections.ConfigDict:
-  """`configs/<name>.py`'s config with `overrides` ({'a.b': value}) set.
-
-  What `--config configs/<name>.py --config.a.b=value` gives a command, for
-  notebooks and scripts; unknown keys are refused (`apply_overrides`).
-  """
-  config = config_module(name).get_config()
-  apply_overrides(config, overrides or {})
-  return config
 
 
 def _add_repository_of(path: str) -> None:
@@ -98,7 +50,7 @@ def define_config_overrides() -> flags.FlagHolder:
   and apply the same overrides to each (`apply_overrides`).
   """
   try:
-    default = config_module('default').get_config()
+    default = loading.config_module('default').get_config()
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
@@ -109,14 +61,11 @@ def define_config_overrides() -> flags.FlagHolder:
     print(f'error: {problem}', file=sys.stderr)
     sys.exit(2)
   try:
-    return _flag(
+    return config_flags.DEFINE_config_dict(
         'config',
-        lambda: config_flags.DEFINE_config_dict(
-            'config',
-            default,
-            'Overrides for every config: --config.key=value.',
-            lock_config=True,
-        ),
+        default,
+        'Overrides for every config: --config.key=value.',
+        lock_config=True,
     )
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     print(f'error: {_config_error_line(e, None)}', file=sys.stderr)
@@ -128,39 +77,18 @@ def override_values() -> dict[str, Any]:
   return dict(config_flags.get_override_values(flags.FLAGS['config']))
 
 
-def apply_overrides(
-    config: ml_collections.ConfigDict, overrides: Mapping[str, Any]
-) -> None:
-  """Sets each dotted key of `overrides` in `config`; unknown keys refused."""
-  for key, value in overrides.items():
-    *parents, leaf = key.split('.')
-    node = config
-    for name in parents:
-      node = node.get(name)
-      if not isinstance(node, ml_collections.ConfigDict):
-        break
-    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-      raise UserError(f'--config.{key}: this config has no key {key!r}.')
-    node[leaf] = value
-
-
 def define_workdir(help_text: str) -> flags.FlagHolder:
   """--workdir: the run directory."""
-  return _flag(
-      'workdir', lambda: flags.DEFINE_string('workdir', None, help_text)
-  )
+  return flags.DEFINE_string('workdir', None, help_text)
 
 
 def define_checkpoint() -> flags.FlagHolder:
   """--checkpoint: which checkpoint of --workdir a tool reads."""
-  return _flag(
+  return flags.DEFINE_string(
       'checkpoint',
-      lambda: flags.DEFINE_string(
-          'checkpoint',
-          'latest',
-          "Which checkpoint of --workdir: 'best' (by val_accuracy), 'latest' "
-          'or a step.',
-      ),
+      'latest',
+      "Which checkpoint of --workdir: 'best' (by val_accuracy), 'latest' or "
+      'a step.',
   )
 
 
@@ -240,7 +168,9 @@ def parse_flags(argv: list[str]) -> list[str]:
   if problem:
     print(f'error: {problem}', file=sys.stderr)
     sys.exit(2)
-  sys.excepthook = _without_late_tensorstore_callbacks(sys.excepthook)
+  sys.excepthook, sys.unraisablehook = _without_late_tensorstore_callbacks(
+      sys.excepthook, sys.unraisablehook
+  )
   # config_flags' own warning (get_config() returned None) would come with
   # absl's logging-before-flag-parsing notice; the error line says it.
   quiet = _NotFrom(f'{os.sep}config_flags.py')
@@ -279,19 +209,26 @@ def parse_flags(argv: list[str]) -> list[str]:
   sys.exit(2)
 
 
-def _without_late_tensorstore_callbacks(hook):
-  """`hook`, silent for one known TensorStore defect: after a read or write
-  fails (a damaged checkpoint, a full disk), its threads still complete the
-  other operations in flight for the asyncio loop Orbax has closed, and
-  print each `RuntimeError: Event loop is closed` (through this hook). The
-  failure itself is reported as one line; these say nothing more."""
+def _without_late_tensorstore_callbacks(excepthook, unraisablehook):
+  """The two hooks, silent for one known TensorStore defect: after a read
+  or write fails (a damaged checkpoint, a full disk), its threads still
+  complete the other operations in flight for the asyncio loop Orbax has
+  closed, and print each `RuntimeError: Event loop is closed` (through
+  one hook or the other). The failure itself is reported as one line;
+  these say nothing more."""
 
-  def quiet(kind, value, tb):
-    if kind is RuntimeError and str(value) == 'Event loop is closed':
-      return
-    hook(kind, value, tb)
+  def late(kind, value) -> bool:
+    return kind is RuntimeError and str(value) == 'Event loop is closed'
 
-  return quiet
+  def quiet_exception(kind, value, tb):
+    if not late(kind, value):
+      excepthook(kind, value, tb)
+
+  def quiet_unraisable(unraisable):
+    if not late(unraisable.exc_type, unraisable.exc_value):
+      unraisablehook(unraisable)
+
+  return quiet_exception, quiet_unraisable
 
 
 def _flag_error_line(e: flags.Error, path: str | None) -> str:

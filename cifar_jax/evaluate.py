@@ -11,19 +11,11 @@ image and its mirror, 2 also one-pixel translations): the one test-time
 augmentation, `augment.tta_logits`, that training evaluates with.
 """
 
-import os
-
 from absl import app
 from absl import flags
-import numpy as np
 
 from cifar_jax import cli
-from cifar_jax.data import input_pipeline
-from cifar_jax.errors import UserError
-from cifar_jax.errors import write_failure
-from cifar_jax.reporting import plots
-from cifar_jax.runs import classes
-from cifar_jax.runs import inference
+from cifar_jax.runs import evaluation
 
 _WORKDIR = cli.define_workdir('The run directory to evaluate.')
 _CHECKPOINT = cli.define_checkpoint()
@@ -41,93 +33,10 @@ _TTA_LEVEL = flags.DEFINE_integer(
 )
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-  shifted = logits - logits.max(-1, keepdims=True)
-  return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-
-
-def metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
-  """Accuracy, mean cross-entropy, per-class accuracy, confusion counts."""
-  predictions = logits.argmax(-1)
-  loss = -_log_softmax(logits.astype(np.float64))[
-      np.arange(len(labels)), labels
-  ]
-  counts = plots.confusion_matrix(labels, predictions, num_classes)
-  with np.errstate(invalid='ignore'):
-    per_class = np.diag(counts) / counts.sum(1)
-  return {
-      'accuracy': float((predictions == labels).mean()),
-      'loss': float(loss.mean()),
-      'per_class': per_class,
-      'confusion': counts,
-  }
-
-
-def evaluate(
-    workdir: str,
-    checkpoint: str = 'latest',
-    split: str = '',
-    data_dir: str = '',
-    tta_level: int | None = None,
-) -> dict:
-  """Evaluates, prints the report, writes confusion_matrix.png (if the run
-  directory can be written to); returns the report."""
-  if tta_level not in (None, 0, 1, 2):
-    raise UserError(f'--tta_level must be 0, 1 or 2, not {tta_level}.')
-  run = inference.load_run(workdir, checkpoint, tta_level)
-  config = run.config
-  if data_dir:
-    config.data.dir = data_dir
-  split = split or config.data.eval_split
-  data = input_pipeline.load_split(config.data, split)
-  classes.check(
-      run.class_names,
-      data.class_names,
-      f'{workdir} (checkpoint step {run.step}) was',
-  )
-  result = metrics(
-      inference.logits(run, data.images), data.labels, len(run.class_names)
-  )
-  level = config.get('eval_tta', 0) if tta_level is None else tta_level
-  print(
-      f'{workdir}, checkpoint step {run.step}, {config.data.name} {split!r} '
-      f'({len(data)} images), test-time augmentation level {level} '
-      f'({run.model.layers}):'
-  )
-  print(
-      f'Accuracy: {100 * result["accuracy"]:.2f}% - loss: '
-      f'{result["loss"]:.4f}'
-  )
-  print('Per class:')
-  for name, acc, count in zip(
-      run.class_names, result['per_class'], result['confusion'].sum(1)
-  ):
-    print(
-        f'  {name:>12}: '
-        + (f'{100 * acc:6.2f}% of {count}' if count else f'no {split!r} images')
-    )
-  path = os.path.join(workdir, 'confusion_matrix.png')
-  try:
-    plots.confusion_matrix_png(
-        result['confusion'],
-        run.class_names,
-        path,
-        f'{os.path.basename(os.path.normpath(workdir))}, step {run.step}, '
-        f'{split}: {100 * result["accuracy"]:.2f}%',
-    )
-  except OSError as e:
-    # The results above are the point; the picture is a convenience.
-    cause = write_failure(e) or str(e)
-    print(f'warning: could not write {path} ({cause}); the results stand.')
-  else:
-    print(f'Wrote {path}')
-  return result
-
-
 def main(argv):
   del argv
   with cli.exit_on_errors():
-    evaluate(
+    evaluation.evaluate(
         _WORKDIR.value,
         _CHECKPOINT.value,
         _SPLIT.value,

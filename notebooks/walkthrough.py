@@ -90,7 +90,7 @@ print(f'jax {jax.__version__}: {jax.devices()}')
 # TFDS, or from an image folder (`DATA`).
 
 # %%
-from cifar_jax import cli
+from cifar_jax.config import loading
 from cifar_jax.data import input_pipeline
 from cifar_jax.reporting import plots
 
@@ -100,7 +100,7 @@ elif TINY:
   data_keys = {'data.name': 'synthetic'}  # Random images: checks, no accuracy.
 else:
   data_keys = {'data.name': 'cifar10'}
-config = cli.load_config('simple', data_keys)
+config = loading.load_config('simple', data_keys)
 train_data = input_pipeline.load_split(config.data, 'train')
 test_data = input_pipeline.load_split(config.data, 'test')
 print(f'train: {len(train_data):,} images, test: {len(test_data):,} images')
@@ -124,7 +124,7 @@ from cifar_jax import train
 # In TINY mode: 2 epochs of 4 steps, evaluated on 256 test images.
 tiny = {'num_epochs': 2, 'steps_per_epoch': 4, 'data.eval_split': 'test[:256]'}
 overrides = {**data_keys, **(tiny if TINY else {})}
-config = cli.load_config('simple', overrides)
+config = loading.load_config('simple', overrides)
 state, history = train.train_and_evaluate(config, f'{WORKDIR}/simple')
 
 # %% [markdown]
@@ -145,9 +145,9 @@ plots.curves_figure(
 # accuracy of each class and the confusion matrix.
 
 # %%
-from cifar_jax import evaluate
+from cifar_jax.runs import evaluation
 
-result = evaluate.evaluate(f'{WORKDIR}/simple', checkpoint='best')
+result = evaluation.evaluate(f'{WORKDIR}/simple', checkpoint='best')
 plots.confusion_matrix_figure(result['confusion'], train_data.class_names)
 
 # %% [markdown]
@@ -171,10 +171,10 @@ plots.predictions_figure(
 # six random views of it.
 
 # %%
-from cifar_jax import show_augment
+from cifar_jax.reporting import augment_views
 
-config = cli.load_config('deep_adam_aug', data_keys)
-show_augment.figure(config, num_images=4, num_views=6)
+config = loading.load_config('deep_adam_aug', data_keys)
+augment_views.figure(config, num_images=4, num_views=6)
 
 # %% [markdown]
 # ## Resuming
@@ -185,7 +185,7 @@ show_augment.figure(config, num_images=4, num_views=6)
 # finished run for more epochs continues it the same way:
 
 # %%
-config = cli.load_config(
+config = loading.load_config(
     'simple', {**overrides, 'num_epochs': len(history) + 1}
 )
 state, history = train.train_and_evaluate(config, f'{WORKDIR}/simple')
@@ -200,7 +200,7 @@ state, history = train.train_and_evaluate(config, f'{WORKDIR}/simple')
 # %%
 from IPython.display import Markdown
 
-from cifar_jax import ladder
+from cifar_jax import rungs
 
 ladder_overrides = dict(data_keys)
 if TINY:  # One epoch of 2 steps per rung.
@@ -209,8 +209,8 @@ if TINY:  # One epoch of 2 steps per rung.
       'steps_per_epoch': 2,
       'data.eval_split': 'test[:128]',
   }
-ladder.run_ladder(
-    list(ladder.RUNGS),
+rungs.run_ladder(
+    list(rungs.RUNGS),
     EPOCHS_SCALE,
     ladder_overrides,
     root=f'{WORKDIR}/ladder',
@@ -231,5 +231,5 @@ Markdown(report.split('\n## ')[0])  # The summary table; the rest is per rung.
 if jax.default_backend() == 'cpu':
   print('fast94: skipped on a CPU (about an hour on 2 cores); run it on a GPU.')
 else:
-  config = cli.load_config('fast94', data_keys)
+  config = loading.load_config('fast94', data_keys)
   _, fast_history = train.train_and_evaluate(config, f'{WORKDIR}/fast94')

@@ -18,7 +18,7 @@ from cifar_jax import cpu
 from cifar_jax.cpu import conv3x3
 from cifar_jax import cpu_info
 from cifar_jax.cpu import ffi_build
-from cifar_jax import evaluate
+from cifar_jax.runs import evaluation
 from cifar_jax import models
 from cifar_jax import train
 from conftest import get_config
@@ -543,7 +543,7 @@ def test_a_run_moves_to_a_machine_without_its_kernels(
   (tmp_path / 'config.json').write_text(json.dumps(saved))
   monkeypatch.setattr(cpu_info, 'flags', lambda: AVX2)
   monkeypatch.delenv('XLA_FLAGS', raising=False)
-  result = evaluate.evaluate(str(tmp_path), 'latest')
+  result = evaluation.evaluate(str(tmp_path), 'latest')
   assert '3x3 convs: avx2' in capsys.readouterr().out
   assert result['accuracy'] == pytest.approx(
       history[-1]['val_accuracy'], abs=0.011

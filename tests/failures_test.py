@@ -26,10 +26,11 @@ import numpy as np
 import pytest
 
 from cifar_jax import cli
+from cifar_jax.config import loading
 from cifar_jax.config import checks
 from cifar_jax.data import input_pipeline
-from cifar_jax import evaluate
-from cifar_jax import predict
+from cifar_jax.runs import evaluation
+from cifar_jax.runs import prediction
 from cifar_jax.reporting import records
 from cifar_jax.runs import classes
 from cifar_jax.runs import rundir
@@ -81,6 +82,32 @@ _TENSORSTORE_LATE_WRITE = re.compile(
     r"    raise RuntimeError\('Event loop is closed'\)\n"
     r'RuntimeError: Event loop is closed\n'
 )
+
+
+def test_tensorstores_late_callbacks_print_nothing_other_errors_do(
+    monkeypatch,
+):
+  """TensorStore reports them through sys.unraisablehook as well as
+  sys.excepthook: about 1 `predict` in 8 on a damaged run printed four."""
+  reported = []
+  monkeypatch.setattr(sys, 'excepthook', lambda *e: reported.append(e[1]))
+  monkeypatch.setattr(
+      sys, 'unraisablehook', lambda u: reported.append(u.exc_value)
+  )
+  cli.parse_flags(['predict'])
+
+  class Raises:
+
+    def __init__(self, message):
+      self.message = message
+
+    def __del__(self):
+      raise RuntimeError(self.message)
+
+  Raises('Event loop is closed')  # Deleted at once: unraisable.
+  Raises('something else')
+  sys.excepthook(RuntimeError, RuntimeError('Event loop is closed'), None)
+  assert [str(e) for e in reported] == ['something else']
 
 
 def _error_line(stderr: str) -> str:
@@ -208,7 +235,7 @@ def test_evaluate_says_a_class_has_no_test_images_instead_of_nan(
     three_class_run, capsys
 ):
   workdir, _, history = three_class_run
-  result = evaluate.evaluate(str(workdir))
+  result = evaluation.evaluate(str(workdir))
   out = capsys.readouterr().out
   assert 'nan' not in out
   assert "cat: no 'test' images" in out
@@ -219,7 +246,7 @@ def test_predict_ranks_only_the_data_sets_classes(three_class_run):
   workdir, root, _ = three_class_run
   image = root / 'test' / 'truck' / '0.png'
   out = io.StringIO()
-  assert predict.predict(str(workdir), [str(image)], top=5, out=out) == 0
+  assert prediction.predict(str(workdir), [str(image)], top=5, out=out) == 0
   line = out.getvalue().strip()
   ranked = [part.split()[0] for part in line.split(': ', 1)[1].split(', ')]
   assert sorted(ranked) == sorted(CLASSES)
@@ -266,7 +293,7 @@ def test_init_from_a_run_on_other_classes_is_refused(kiwi_lime_run, tmp_path):
 
 def test_evaluate_on_data_with_other_classes_is_refused(kiwi_lime_run):
   code, line = _cli(
-      evaluate.evaluate,
+      evaluation.evaluate,
       str(kiwi_lime_run / 'run'),
       data_dir=str(kiwi_lime_run / 'more'),
   )
@@ -285,7 +312,7 @@ def test_predict_names_the_classes_its_checkpoint_was_trained_on(
   (workdir / records.DATASET_INFO).write_text(json.dumps(info))
   out = io.StringIO()
   image = kiwi_lime_run / 'data' / 'test' / 'kiwi' / '0.png'
-  assert predict.predict(str(workdir), [str(image)], top=3, out=out) == 0
+  assert prediction.predict(str(workdir), [str(image)], top=3, out=out) == 0
   ranked = out.getvalue().split(': ', 1)[1]
   assert 'fig' not in ranked and 'kiwi' in ranked and 'lime' in ranked
 
@@ -414,7 +441,7 @@ def test_deep_adam_aug_without_the_run_it_continues_is_one_line(tmp_path):
   assert not {'config.json', 'history.json'} & set(os.listdir(tmp_path / 'run'))
   # From scratch, said so: it trains.
   config = get_config('deep_adam_aug')
-  cli.apply_overrides(config, small)
+  loading.apply_overrides(config, small)
   config.init_from_optimizer = False
   _, history = train.train_and_evaluate(
       config, str(tmp_path / 'run'), out=io.StringIO()
@@ -555,7 +582,7 @@ def test_evaluate_and_predict_fall_back_from_a_damaged_newest_checkpoint(
       if p.name.isdigit()
   )
   _truncate_arrays(workdir / 'checkpoints' / str(newest))
-  evaluate.evaluate(str(workdir))
+  evaluation.evaluate(str(workdir))
   captured = capsys.readouterr()
   assert captured.err.startswith(
       f'warning: checkpoint {workdir}/checkpoints/{newest} is damaged: it '
@@ -565,14 +592,14 @@ def test_evaluate_and_predict_fall_back_from_a_damaged_newest_checkpoint(
   assert f'checkpoint step {first},' in captured.out
   # (The command line prints these as their one `error:` line and ends.)
   with pytest.raises(errors.DamagedCheckpoint) as e:
-    evaluate.evaluate(str(workdir), 'best')
+    evaluation.evaluate(str(workdir), 'best')
   assert str(e.value).startswith(
       f'checkpoint {workdir}/checkpoints/{newest} is damaged: it cannot be '
       'read ('
   )
   _truncate_arrays(workdir / 'checkpoints' / str(first))
   with pytest.raises(errors.DamagedCheckpoint) as e:
-    predict.predict(str(workdir), [str(tmp_path)], err=io.StringIO())
+    prediction.predict(str(workdir), [str(tmp_path)], err=io.StringIO())
   assert str(e.value) == (
       f'Every checkpoint in {workdir}/checkpoints is damaged (steps '
       f'{newest}, {first}).'
@@ -707,7 +734,7 @@ def test_a_16_bit_image_is_scaled_to_8_bits_not_clipped_to_white(tmp_path):
   path = tmp_path / 'deep.png'
   Image.fromarray(ramp).save(path)
   assert Image.open(path).mode == 'I;16'
-  pixels = predict.to_input(str(path))
+  pixels = prediction.to_input(str(path))
   np.testing.assert_array_equal(pixels[..., 0], pixels[..., 2])  # Gray.
   np.testing.assert_allclose(pixels[..., 0], ramp / 257, atol=0.51)
   assert pixels.min() == 0 and pixels.max() == 255
@@ -721,7 +748,7 @@ def test_float_pixels_are_refused_in_one_line_naming_why(tmp_path):
       path
   )
   with pytest.raises(ValueError, match='floating-point pixels'):
-    predict.to_input(str(path))
+    prediction.to_input(str(path))
 
 
 def test_a_symlinked_class_folder_is_followed_not_dropped(tmp_path):
@@ -801,6 +828,54 @@ def test_a_batch_too_large_for_memory_is_refused_before_the_first_step(
   assert not list((tmp_path / 'checkpoints').glob('[0-9]*'))
 
 
+@pytest.mark.parametrize(
+    'config_name, overrides, message',
+    [
+        (
+            'test',
+            {
+                'model.stage_features': (8,) * 6,
+                'model.second_conv_padding': ('SAME',) * 6,
+                'model.conv_dropout': (0.0,) * 6,
+                'model.stage_dropout': (0.0,) * 6,
+            },
+            'model.stage_features has 6 stages, but stage 6 gets 1x1 inputs',
+        ),
+        (
+            'test',
+            {
+                'model.stage_features': (8,) * 4,
+                'model.second_conv_padding': ('VALID',) * 4,
+                'model.conv_dropout': (0.0,) * 4,
+                'model.stage_dropout': (0.0,) * 4,
+            },
+            'model.stage_features has 4 stages, but stage 4 gets 2x2 inputs',
+        ),
+        (
+            'fast94',
+            {'model.widths': (16,) * 5},
+            'model.widths has 5 blocks, but block 5 gets 1x1 inputs',
+        ),
+        (
+            'fast94',
+            {'model.whiten_patch': 33},
+            'model.whiten_patch=33 is larger than the 32x32 images',
+        ),
+    ],
+)
+def test_a_model_too_deep_for_the_images_is_refused_naming_the_stage(
+    tmp_path, config_name, overrides, message
+):
+  """Each was a ZeroDivisionError or a zero-size reduction traceback."""
+  config = get_config(config_name)
+  for key, value in overrides.items():
+    section, leaf = key.split('.')
+    config[section][leaf] = value
+  code, line = _cli(_train, config, tmp_path / 'run')
+  assert code == 1 and line.startswith('error: bad config: ' + message), line
+  assert not (tmp_path / 'run').exists()
+
+
 def test_synthetic_data_too_large_for_memory_is_refused_naming_its_key(
     tmp_path,
 ):
@@ -855,7 +930,7 @@ def test_evaluate_on_a_read_only_run_prints_its_results_and_exits_0(
   _mount('--bind', workdir, workdir)
   try:
     _mount('-o', 'remount,bind,ro', workdir)
-    result = evaluate.evaluate(str(workdir))  # Raises nothing.
+    result = evaluation.evaluate(str(workdir))  # Raises nothing.
   finally:
     subprocess.run(['umount', str(workdir)], check=False)
   out = capsys.readouterr().out
@@ -872,7 +947,7 @@ def test_predict_on_a_folder_without_images_says_so_and_fails(
   empty.mkdir()
   (empty / 'readme.txt').write_text('no images here')
   err = io.StringIO()
-  failures = predict.predict(str(workdir), [str(empty)], err=err)
+  failures = prediction.predict(str(workdir), [str(empty)], err=err)
   assert failures == 1
   assert f'error: {empty}: no images in it' in err.getvalue()
 

@@ -11,7 +11,7 @@ import pytest
 from cifar_jax.data import augment
 from cifar_jax.data import images
 from cifar_jax.data import input_pipeline
-from cifar_jax import evaluate
+from cifar_jax.runs import evaluation
 from cifar_jax.models import initializers
 from cifar_jax import train
 from cifar_jax.training import optimizers
@@ -272,7 +272,7 @@ def test_fast_config_trains_on_synthetic_data_and_evaluates_with_tta(
   np.testing.assert_allclose(
       state.params['whiten']['kernel'], exp_kernel, rtol=1e-6
   )  # Set from the data, never trained.
-  result = evaluate.evaluate(str(tmp_path), 'latest')  # With the run's TTA.
+  result = evaluation.evaluate(str(tmp_path), 'latest')  # With the run's TTA.
   assert result['accuracy'] == pytest.approx(
       history[-1]['val_accuracy'], abs=1e-6
   )

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from cifar_jax.errors import UserError
-from cifar_jax import ladder
+from cifar_jax import rungs
 from conftest import REPO
 
 SMALL = {
@@ -27,7 +27,7 @@ SMALL = {
 def test_two_rungs_run_and_the_report_holds_both(tmp_path):
   root = tmp_path / 'ladder'
   out = io.StringIO()
-  rows = ladder.run_ladder(
+  rows = rungs.run_ladder(
       ['deep_adam', 'deep_adam_aug'], 0.02, SMALL, str(root), 'test', out=out
   )
   assert [r['rung'] for r in rows] == ['deep_adam', 'deep_adam_aug']
@@ -58,7 +58,7 @@ def test_two_rungs_run_and_the_report_holds_both(tmp_path):
   assert str(root / 'deep_adam') in config
   # Run again: both rungs are finished and only reported.
   again = io.StringIO()
-  ladder.run_ladder(
+  rungs.run_ladder(
       ['deep_adam', 'deep_adam_aug'], 0.02, SMALL, str(root), 'test', out=again
   )
   assert again.getvalue().count('already finished') == 2
@@ -67,7 +67,7 @@ def test_two_rungs_run_and_the_report_holds_both(tmp_path):
   for step in (root / 'deep_adam_aug' / 'checkpoints').iterdir():
     shutil.rmtree(step)
   alone = io.StringIO()
-  (row,) = ladder.run_ladder(
+  (row,) = rungs.run_ladder(
       ['deep_adam_aug'], 0.02, SMALL, str(root), 'test', out=alone
   )
   assert row['epochs'] == 4 and 'already finished' not in alone.getvalue()
@@ -79,7 +79,7 @@ def test_two_rungs_run_and_the_report_holds_both(tmp_path):
 def test_parallel_rungs_run_in_processes_and_deep_adam_aug_waits(tmp_path):
   root = tmp_path / 'ladder'
   out = io.StringIO()
-  rows = ladder.run_ladder(
+  rows = rungs.run_ladder(
       ['deep_adam', 'deep_adam_aug', 'simple'],
       0.02,
       SMALL,
@@ -111,7 +111,7 @@ def test_parallel_rungs_run_in_processes_and_deep_adam_aug_waits(tmp_path):
 def test_a_failing_rung_fails_the_ladder_and_skips_its_dependent(tmp_path):
   out = io.StringIO()
   with pytest.raises(UserError, match='Rungs failed'):
-    ladder.run_ladder(
+    rungs.run_ladder(
         ['deep_adam', 'deep_adam_aug'],
         0.02,
         {**SMALL, 'optimizer.learning_rate': 1e9},
@@ -131,13 +131,13 @@ def test_overrides_apply_to_every_rung_and_unknown_keys_are_refused():
       'model.hidden_features': (64, 32),
   }
   for name in ('simple', 'bn_aug_sgd'):
-    config = ladder.rung_config(name, 1.0, overrides)
+    config = rungs.rung_config(name, 1.0, overrides)
     assert config.num_epochs == 3 and config.data.dir == '/data'
     assert config.model.hidden_features == (64, 32)
   with pytest.raises(UserError, match="no key 'num_epoch'"):
-    ladder.rung_config('simple', 1.0, {'num_epoch': 3})
+    rungs.rung_config('simple', 1.0, {'num_epoch': 3})
   with pytest.raises(UserError, match="no key 'model.nope.x'"):
-    ladder.rung_config('simple', 1.0, {'model.nope.x': 3})
+    rungs.rung_config('simple', 1.0, {'model.nope.x': 3})
 
 
 @pytest.mark.slow
@@ -170,7 +170,7 @@ def test_the_ladders_overrides_are_typed_by_the_flag_parser_and_bad_ones_refused
 
 def test_unknown_rungs_are_refused(tmp_path):
   with pytest.raises(UserError, match='Unknown rungs'):
-    ladder.run_ladder(['simple', 'huge'], 1.0, {}, str(tmp_path), 'test')
+    rungs.run_ladder(['simple', 'huge'], 1.0, {}, str(tmp_path), 'test')
 
 
 @pytest.mark.slow
@@ -262,7 +262,7 @@ def test_report_only_reports_runs_brought_into_the_root_without_training(
       json.dumps(_rows([0.5, 0.55, 0.6]))
   )
   out = io.StringIO()
-  rows = ladder.run_ladder(
+  rows = rungs.run_ladder(
       ['simple', 'large'],
       1.0,
       {'data.name': 'synthetic'},
@@ -298,7 +298,7 @@ def test_report_only_reports_runs_brought_into_the_root_without_training(
   assert printed[2].endswith(' | 3 | 10.0 | aaaaaaa |')
   # The same rows as the shared reader gives, without writing a report.
   (root / 'REPORT.md').unlink()
-  saved = ladder.saved_rows(['simple', 'large'], str(root))
+  saved = rungs.saved_rows(['simple', 'large'], str(root))
   assert [(r['rung'], r['commit'], r['compare']) for r in saved] == [
       (r['rung'], r['commit'], r['compare']) for r in rows
   ]
@@ -313,7 +313,7 @@ def test_a_rung_that_continues_an_unfinished_or_missing_run_is_refused(
   # the whole of it.
   def refused():
     with pytest.raises(UserError) as e:
-      ladder.run_ladder(['deep_adam_aug'], 0.02, SMALL, str(tmp_path), 'test')
+      rungs.run_ladder(['deep_adam_aug'], 0.02, SMALL, str(tmp_path), 'test')
     return str(e.value)
 
   assert refused() == (
@@ -334,7 +334,7 @@ def test_report_only_reports_the_runs_it_finds_and_names_the_others(
   os.makedirs(tmp_path / 'simple')
   (tmp_path / 'simple' / 'history.json').write_text(json.dumps(_rows([0.6])))
   out = io.StringIO()
-  rows = ladder.run_ladder(
+  rows = rungs.run_ladder(
       ['simple', 'large', 'deep_adam'],
       1.0,
       {},
@@ -350,6 +350,6 @@ def test_report_only_reports_the_runs_it_finds_and_names_the_others(
   ) in out.getvalue()
   assert '| large ' not in (tmp_path / 'REPORT.md').read_text()
   with pytest.raises(UserError, match='No runs of large, deep_adam in '):
-    ladder.run_ladder(
+    rungs.run_ladder(
         ['large', 'deep_adam'], 1.0, {}, str(tmp_path), 'test', report_only=True
     )

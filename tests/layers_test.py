@@ -22,11 +22,12 @@ LAYERS = {
     'train': 8,
     'cli': 8,
     'rung_processes': 8,
-    'main': 9,
-    'evaluate': 9,
-    'predict': 9,
-    'ladder': 9,
-    'show_augment': 9,
+    'rungs': 9,
+    'main': 10,
+    'evaluate': 10,
+    'predict': 10,
+    'ladder': 10,
+    'show_augment': 10,
 }
 
 
@@ -112,6 +113,57 @@ def test_cpu_is_reached_only_through_its_seam_and_never_from_the_models(
     elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
       if node.value.id == 'cpu':
         assert node.attr in SEAM, f'{module} uses cpu.{node.attr}'
+
+
+COMMANDS = ('main', 'evaluate', 'predict', 'ladder', 'show_augment')
+
+
+def _defines_or_exits(node: ast.AST) -> bool:
+  """A flag definition, `sys.exit` or `app.run` called in `node`."""
+  for call in ast.walk(node):
+    if isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute):
+      name = call.func.attr
+      if name.startswith(('DEFINE', 'define_')) or name in ('exit', 'run'):
+        owner = getattr(call.func.value, 'id', '')
+        if owner in ('flags', 'config_flags', 'cli', 'sys', 'app'):
+          return True
+  return False
+
+
+@pytest.mark.parametrize('module, path', list(_modules()))
+def test_importing_a_library_module_defines_no_flag_and_never_exits(
+    module, path
+):
+  """Only the commands define flags when imported (so importing two in one
+  process cannot clash) and may exit; the library does neither."""
+  if _unit(module) in COMMANDS:
+    return
+  for statement in ast.parse(path.read_text()).body:
+    if not isinstance(statement, (ast.FunctionDef, ast.ClassDef)):
+      assert not _defines_or_exits(statement), (module, statement.lineno)
+
+
+def test_the_commands_only_define_flags_and_call_the_library():
+  for name in COMMANDS:
+    tree = ast.parse((PACKAGE / f'{name}.py').read_text())
+    functions = [n.name for n in tree.body if isinstance(n, ast.FunctionDef)]
+    assert functions == ['main'], (name, functions)
+
+
+@pytest.mark.parametrize(
+    'path',
+    sorted(PACKAGE.parent.glob('tests/*.py'))
+    + [PACKAGE.parent / 'notebooks' / 'walkthrough.py'],
+    ids=lambda p: p.name,
+)
+def test_the_tests_and_the_notebook_import_no_command(path):
+  imported = _imports(path) | {
+      f'cifar_jax.{a.name}'
+      for node in ast.walk(ast.parse(path.read_text()))
+      if isinstance(node, ast.ImportFrom) and node.module == 'cifar_jax'
+      for a in node.names
+  }
+  assert not imported & {f'cifar_jax.{c}' for c in COMMANDS}, path.name
 
 
 def test_the_models_name_no_cpu_implementation():

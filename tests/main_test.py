@@ -7,6 +7,7 @@ import re
 import pytest
 
 from cifar_jax import cli
+from cifar_jax.config import loading
 from conftest import HISTORY_KEYS
 from conftest import run_main as _run
 
@@ -102,10 +103,10 @@ def test_default_workdir_is_ckpt_slash_config_name():
 
 
 def test_load_config_gives_the_files_config_with_the_overrides():
-  config = cli.load_config(
+  config = loading.load_config(
       'simple', {'num_epochs': 3, 'optimizer.learning_rate': 0.5}
   )
-  plain = cli.load_config('simple')
+  plain = loading.load_config('simple')
   assert (config.num_epochs, config.optimizer.learning_rate) == (3, 0.5)
   assert plain.num_epochs == 25  # The seed's; the overrides touched a copy.
   config.num_epochs, config.optimizer.learning_rate = (
@@ -117,6 +118,6 @@ def test_load_config_gives_the_files_config_with_the_overrides():
 
 def test_load_config_refuses_an_unknown_key_or_config_in_one_line():
   with pytest.raises(cli.UserError, match="no key 'optimizer.lr'"):
-    cli.load_config('simple', {'optimizer.lr': 0.5})
+    loading.load_config('simple', {'optimizer.lr': 0.5})
   with pytest.raises(cli.UserError, match='configs/nope.py: no such file'):
-    cli.load_config('nope')
+    loading.load_config('nope')

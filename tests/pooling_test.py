@@ -10,7 +10,6 @@ import pytest
 
 from cifar_jax import cpu
 from cifar_jax.cpu import pooling
-from cifar_jax import models
 from conftest import get_config
 
 window_max = functools.partial(pooling.max_pool_2x2, method='window_max')

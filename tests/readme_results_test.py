@@ -2,7 +2,7 @@
 
 import os
 
-from cifar_jax import ladder
+from cifar_jax import rungs
 from cifar_jax.reporting import ladder_report
 from cifar_jax.reporting import seed_notebook
 
@@ -16,7 +16,7 @@ def _published_rows() -> list[dict]:
       for n in seed_notebook.rungs()
       if os.path.exists(os.path.join(RESULTS, n, 'history.json'))
   ]
-  return ladder.saved_rows(names, RESULTS)
+  return rungs.saved_rows(names, RESULTS)
 
 
 def _readme_table() -> list[str]:

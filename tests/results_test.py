@@ -12,8 +12,8 @@ from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
 from cifar_jax.data import input_pipeline
-from cifar_jax import evaluate
-from cifar_jax import predict
+from cifar_jax.runs import evaluation
+from cifar_jax.runs import prediction
 from cifar_jax.reporting import plots
 from cifar_jax.reporting import records
 from cifar_jax.reporting import seed_notebook
@@ -180,7 +180,7 @@ def test_a_run_of_no_rung_draws_no_seed_curve(trained):
 
 def test_evaluate_reproduces_the_logged_accuracy(trained, capsys):
   workdir, history = trained
-  result = evaluate.evaluate(str(workdir), 'latest')
+  result = evaluation.evaluate(str(workdir), 'latest')
   assert result['accuracy'] == pytest.approx(
       history[-1]['val_accuracy'], abs=1e-6
   )
@@ -211,7 +211,7 @@ def test_probabilities_are_the_softmax_of_the_logits(trained):
 
 def test_evaluate_tta_level_1_averages_the_logits_of_each_mirror(trained):
   workdir, _ = trained
-  result = evaluate.evaluate(str(workdir), 'latest', tta_level=1)
+  result = evaluation.evaluate(str(workdir), 'latest', tta_level=1)
   run = inference.load_run(str(workdir), 'latest', tta_level=0)
   data = input_pipeline.load_split(run.config.data, run.config.data.eval_split)
   logits = sum(
@@ -240,15 +240,15 @@ def test_evaluate_best_and_step_pick_those_checkpoints(trained):
       if p.name.isdigit()
   )
   best_acc = max(history[s // 16 - 1]['val_accuracy'] for s in kept)
-  assert evaluate.evaluate(str(workdir), 'best')['accuracy'] == (
+  assert evaluation.evaluate(str(workdir), 'best')['accuracy'] == (
       pytest.approx(best_acc, abs=1e-6)
   )
   step = kept[0]
-  assert evaluate.evaluate(str(workdir), str(step))['accuracy'] == (
+  assert evaluation.evaluate(str(workdir), str(step))['accuracy'] == (
       pytest.approx(history[step // 16 - 1]['val_accuracy'], abs=1e-6)
   )
   with pytest.raises(Exception, match="'best', 'latest' or one of"):
-    evaluate.evaluate(str(workdir), '7')
+    evaluation.evaluate(str(workdir), '7')
 
 
 def _colour_folder(root, per_class=40):
@@ -298,7 +298,7 @@ def test_predict_gives_the_trained_class_for_any_image_and_skips_bad_files(
   )
   (images / 'broken.png').write_bytes(b'not an image at all')
   out, err = io.StringIO(), io.StringIO()
-  failures = predict.predict(
+  failures = prediction.predict(
       str(workdir),
       [
           str(images / 'a.png'),

@@ -19,7 +19,7 @@ import socket
 
 import pytest
 
-from cifar_jax import evaluate
+from cifar_jax.runs import evaluation
 from conftest import run_main
 from conftest import start_main
 
@@ -168,7 +168,7 @@ def test_two_processes_match_one_process_and_resume_together(
   assert len(history) == EPOCHS
   _assert_same_metrics(history, one_device)
   # This (one-device) process reads the 4-device checkpoint for evaluation.
-  result = evaluate.evaluate(str(tmp_path), 'latest')
+  result = evaluation.evaluate(str(tmp_path), 'latest')
   assert result['accuracy'] == pytest.approx(
       history[-1]['val_accuracy'], abs=1e-6
   )

@@ -12,7 +12,7 @@ import pytest
 from cifar_jax.data import augment
 from cifar_jax.data import images as images_lib
 from cifar_jax.errors import UserError
-from cifar_jax import show_augment
+from cifar_jax.reporting import augment_views
 from conftest import get_config
 from conftest import REPO
 
@@ -22,7 +22,7 @@ def test_views_are_augmented_copies_in_unit_range():
       0, 256, (3, 32, 32, 3), dtype=np.uint8
   )
   aug = augment.AugmentConfig(horizontal_flip=True, zoom_range=0.2)
-  views = show_augment.augmented_views(images, aug, jax.random.key(0), 4)
+  views = augment_views.augmented_views(images, aug, jax.random.key(0), 4)
   assert views.shape == (4, 3, 32, 32, 3)
   assert views.min() >= 0 and views.max() <= 1
   assert not np.allclose(views[0], views[1])  # Each view its own draw.
@@ -45,7 +45,7 @@ def test_views_show_cutout_as_the_mean_colour_of_normalised_inputs():
   mean = (0.5, 0.25, 0.75)
   norm = images_lib.Normalization(mean, (0.2, 0.2, 0.2))
   aug = augment.AugmentConfig(cutout_size=8)
-  views = show_augment.augmented_views(images, aug, jax.random.key(0), 2, norm)
+  views = augment_views.augmented_views(images, aug, jax.random.key(0), 2, norm)
   hole = np.all(np.abs(views - 200 / 255) > 1e-4, axis=-1)
   assert hole.sum(axis=(2, 3)).tolist() == [[64], [64]]
   np.testing.assert_allclose(views[hole], np.tile(mean, (128, 1)), atol=1e-5)
@@ -56,7 +56,7 @@ def test_render_writes_a_grid_png_of_the_requested_size(tmp_path):
   config.augment.zoom_range = 0.2
   config.augment.horizontal_flip = True
   out = tmp_path / 'grid.png'
-  show_augment.render(config, str(out), num_images=3, num_views=4)
+  augment_views.render(config, str(out), num_images=3, num_views=4)
   image = Image.open(out)
   # figsize 1.3 in per cell at 100 dpi: 5 columns x 3 rows.
   assert image.size == (650, 390)
@@ -94,4 +94,4 @@ def test_cli_writes_the_png_and_names_it(tmp_path, name):
 
 def test_out_in_a_missing_folder_is_one_line_before_drawing():
   with pytest.raises(UserError, match='the folder /no/such does not exist'):
-    show_augment.png_path('/no/such/a.png')
+    augment_views.png_path('/no/such/a.png')

@@ -18,7 +18,7 @@ from cifar_jax.data import augment
 from cifar_jax.data import input_pipeline
 from cifar_jax.errors import NonFiniteLossError
 from cifar_jax.errors import UserError
-from cifar_jax import evaluate
+from cifar_jax.runs import evaluation
 from cifar_jax import models
 from cifar_jax.reporting import progress
 from cifar_jax import train
@@ -266,7 +266,7 @@ def test_a_fractional_last_epoch_is_cut_short_evaluated_and_ranked(tmp_path):
   assert 'Epoch 2/1.5' in out.getvalue()
   # The cut-short epoch's end is an epoch end for --checkpoint best.
   best = max(range(2), key=lambda i: history[i]['val_accuracy'])
-  assert evaluate.evaluate(str(tmp_path), 'best')['accuracy'] == (
+  assert evaluation.evaluate(str(tmp_path), 'best')['accuracy'] == (
       pytest.approx(history[best]['val_accuracy'], abs=1e-6)
   )
   # And the run counts as finished.
@@ -374,7 +374,7 @@ def test_validation_split_carved_from_train(tmp_path):
       np.concatenate([p.labels for p in parts]), whole.labels
   )
   # val_accuracy is the trained model's accuracy on the held-out 112.
-  result = evaluate.evaluate(str(tmp_path), 'latest')
+  result = evaluation.evaluate(str(tmp_path), 'latest')
   assert result['confusion'].sum() == 112
   assert history[0]['val_accuracy'] == pytest.approx(
       result['accuracy'], abs=1e-6

@@ -2,6 +2,8 @@
 
 - `checks`: every key's rule, collected from the modules that use the
   values (each rule is defined once, beside its code), checked in one line;
+- `loading`: `configs/<name>.py` imported, with --config.key=value
+  overrides;
 - `renames`: keys that moved or were added, and old saved configs
   upgraded to today's keys.
 

@@ -18,7 +18,6 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
-import ml_collections
 
 from cifar_jax.cpu import conv3x3
 from cifar_jax.cpu import dropout

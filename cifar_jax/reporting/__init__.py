@@ -7,7 +7,8 @@
 - `plots`: training curves and confusion matrices;
 - `seed_notebook` (+ `seed_notebook.json`): the seed notebook's printed
   record, the one source of its numbers;
-- `ladder_report`: REPORT.md, the ladder beside the seed.
+- `ladder_report`: REPORT.md, the ladder beside the seed;
+- `augment_views`: training images beside augmented views of them.
 
 Imports: `models`, `data`, `cpu_info`, `errors`, `rules`.
 """

@@ -8,7 +8,9 @@
 - `preemption`: stopping at a step when SIGTERM or Ctrl-C arrives;
 - `rundir`: the workdir's lock, so two runs never share one;
 - `distributed`: joining several processes (`jax.distributed`);
-- `inference`: a trained run loaded back, for evaluate and predict.
+- `inference`: a trained run loaded back, for evaluate and predict;
+- `evaluation`: a run's accuracy, loss, per class and confusion matrix;
+- `prediction`: the top classes of image files.
 
 Imports: `training`, `config`, `reporting`, `models`, `data`, `cpu`,
 `errors`.
