@@ -65,10 +65,9 @@ def evaluate(
   result = metrics(
       inference.logits(run, data.images), data.labels, len(run.class_names)
   )
-  level = config.get('eval_tta', 0) if tta_level is None else tta_level
   print(
       f'{workdir}, checkpoint step {run.step}, {config.data.name} {split!r} '
-      f'({len(data)} images), test-time augmentation level {level} '
+      f'({len(data)} images), test-time augmentation level {run.tta} '
       f'({run.model.layers}):'
   )
   print(

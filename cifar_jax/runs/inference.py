@@ -1,11 +1,12 @@
 """Loading a trained run and computing its predictions (evaluate, predict).
 
-A run directory holds what is needed: `config.json` (to rebuild the model),
-`dataset_info.json` (steps per epoch) and `checkpoints/` (the weights, and
-the class names they were trained on).
+A run directory holds what is needed: `config.json` (to rebuild the model)
+and `checkpoints/` (the weights, the class names they were trained on and
+each one's score, by which `--checkpoint best` is chosen).
 """
 
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -17,16 +18,15 @@ import numpy as np
 
 from cifar_jax.config import renames
 from cifar_jax import cpu
-from cifar_jax.data import augment
 from cifar_jax.data import images as images_lib
 from cifar_jax.data import input_pipeline
 from cifar_jax.errors import DamagedCheckpoint
 from cifar_jax.errors import UserError
 from cifar_jax import models
-from cifar_jax.reporting import records
+from cifar_jax.runs import retention
 from cifar_jax.runs import weights
+from cifar_jax.training import steps
 
-DATASET_INFO = records.DATASET_INFO
 
 
 @dataclasses.dataclass
@@ -39,20 +39,23 @@ class TrainedRun:
   tta_level: int | None = None  # None: the run's `eval_tta`.
   compiler_options: dict[str, str] = dataclasses.field(default_factory=dict)
 
+  @property
+  def tta(self) -> int:
+    """The test-time augmentation level its logits use."""
+    if self.tta_level is None:
+      return self.config.get('eval_tta', 0)
+    return self.tta_level
+
   def __post_init__(self):
-    # Compiled once per run: inference mode, uint8 in, logits out, with
-    # the test-time augmentation the run evaluated with.
-    level = (
-        self.config.get('eval_tta', 0)
-        if self.tta_level is None
-        else self.tta_level
-    )
-    normalize = images_lib.Normalization.from_config(self.config.data)
+    # Compiled once per run: the loop's evaluation path (`steps.logits`).
     self.apply = jax.jit(
-        lambda v, x: augment.tta_logits(
-            lambda y: self.model.apply(v, y, train=False),
-            normalize(x),
-            level,
+        functools.partial(
+            steps.logits,
+            self.model.apply,
+            normalization=images_lib.Normalization.from_config(
+                self.config.data
+            ),
+            tta=self.tta,
         ),
         compiler_options=self.compiler_options,
     )
@@ -79,19 +82,12 @@ def select_step(workdir: str, which: str) -> int:
   if which == 'latest':
     return steps[-1]
   if which == 'best':
-    info = _read_json(workdir, DATASET_INFO)
-    per_epoch, last = info['steps_per_epoch'], info.get('total_steps')
-    history = _read_json(workdir, 'history.json')
-    # Epoch ends only (a cut-short last epoch ends at the run's last step).
-    ends = [s for s in steps if s % per_epoch == 0 or s == last]
-    scored = [
-        (history[-(-s // per_epoch) - 1]['val_accuracy'], s)
-        for s in ends
-        if 0 < -(-s // per_epoch) <= len(history)
-    ]
-    if not scored:
+    best = retention.best_step(
+        {s: retention.score(weights.meta(workdir, s)) for s in steps}
+    )
+    if best is None:
       raise UserError(f'No end-of-epoch checkpoint in {ckpt_dir} to rank.')
-    return max(scored)[1]
+    return best
   if which.isdigit() and int(which) in steps:
     return int(which)
   raise UserError(

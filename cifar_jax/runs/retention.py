@@ -19,18 +19,23 @@ class KeepBest:
   """An Orbax preservation policy: keep the step with the best score.
 
   `scores` (step -> val_accuracy of the epoch it ends, None mid-epoch) is
-  the caller's and is kept up to date by it. Ties go to the later step, as
-  `max` over (score, step) in `inference.select_step`.
+  the caller's and is kept up to date by it.
   """
 
   scores: dict[int, float | None]
 
   def should_preserve(self, checkpoints, *, context) -> list[bool]:
     del context
-    scored = [(self.scores[c.step], c.step) for c in checkpoints]
-    scored = [(v, s) for (v, s) in scored if v is not None]
-    best = max(scored)[1] if scored else None
+    best = best_step({c.step: self.scores[c.step] for c in checkpoints})
     return [c.step == best for c in checkpoints]
+
+
+def best_step(scores: dict[int, float | None]) -> int | None:
+  """The best checkpoint, the one definition of it (retention, and
+  `--checkpoint best`): the highest score (`score`), the later step on a
+  tie; None if no step has a score."""
+  scored = [(v, s) for s, v in scores.items() if v is not None]
+  return max(scored)[1] if scored else None
 
 
 def policy(keep: int, scores: dict[int, float | None]):

@@ -145,14 +145,24 @@ def trained_classes(
   """The classes, in label order, that checkpoint `step` (default: the
   newest) of a run directory, or one checkpoint, was trained on (None:
   unknown)."""
+  return classes.saved(*_meta_and_run(path, step))
+
+
+def meta(path: str, step: int | None = None) -> dict[str, Any]:
+  """What checkpoint `step` (default: the newest) says of itself: its
+  score, history, classes (`checkpointing.Checkpoints` writes it)."""
+  return _meta_and_run(path, step)[0]
+
+
+def _meta_and_run(path: str, step: int | None) -> tuple[dict[str, Any], str]:
   manager, step = _open_step(path, step)
   try:
-    meta = manager.restore(
+    found = manager.restore(
         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())
     )['meta']
   finally:
     manager.close()
-  return classes.saved(meta, os.path.dirname(manager.directory))
+  return found, os.path.dirname(manager.directory)
 
 
 def restore_params(

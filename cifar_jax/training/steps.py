@@ -8,7 +8,7 @@ Data and augmentation live on the device: the host only dispatches steps.
 
 import dataclasses
 import functools
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from clu import metrics
 import flax
@@ -301,6 +301,21 @@ def train_steps(
   return state, epoch_metrics
 
 
+def logits(
+    apply_fn: Callable[..., jax.Array],
+    variables: Any,
+    images: jax.Array,
+    normalization: images_lib.Normalization,
+    tta: int,
+) -> jax.Array:
+  """A batch's logits in inference mode, from uint8 images: the one path
+  of the loop's evaluation and of evaluate and predict (`runs.inference`),
+  with test-time augmentation level `tta` (`augment.tta_logits`)."""
+  return augment.tta_logits(
+      lambda x: apply_fn(variables, x, train=False), normalization(images), tta
+  )
+
+
 def eval_step(
     state: TrainState,
     epoch_metrics: Metrics,
@@ -320,14 +335,12 @@ def eval_step(
   indices, mask = batch
   labels = data[1][indices]
   variables = _variables(state, state.params)
-  logits = augment.tta_logits(
-      lambda x: state.apply_fn(variables, x, train=False),
-      normalization(data[0][indices]),
-      tta,
+  ranked = logits(
+      state.apply_fn, variables, data[0][indices], normalization, tta
   )[:, :num_classes]
-  per_example = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  per_example = optax.softmax_cross_entropy_with_integer_labels(ranked, labels)
   return epoch_metrics.merge(
       Metrics.single_from_model_output(
-          loss=per_example, logits=logits, labels=labels, mask=mask
+          loss=per_example, logits=ranked, labels=labels, mask=mask
       )
   )
