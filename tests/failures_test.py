@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import tracemalloc
 import zipfile
 
 import jax
@@ -29,6 +30,7 @@ from cifar_jax import cli
 from cifar_jax.config import loading
 from cifar_jax.config import checks
 from cifar_jax.data import input_pipeline
+from cifar_jax.data import synthetic_examples
 from cifar_jax.runs import evaluation
 from cifar_jax.runs import prediction
 from cifar_jax.reporting import records
@@ -874,6 +876,18 @@ def test_a_model_too_deep_for_the_images_is_refused_naming_the_stage(
   code, line = _cli(_train, config, tmp_path / 'run')
   assert code == 1 and line.startswith('error: bad config: ' + message), line
   assert not (tmp_path / 'run').exists()
+
+
+def test_synthetic_data_takes_little_memory_beyond_its_images():
+  """It was made in float64 whole (8x the uint8 result, three times over):
+  a billion examples was killed for memory, not refused."""
+  tracemalloc.start()
+  try:
+    images, labels = synthetic_examples.make(20_000, seed=0)
+    _, peak = tracemalloc.get_traced_memory()
+  finally:
+    tracemalloc.stop()
+  assert peak < images.nbytes + labels.nbytes + 128 * 2**20, peak
 
 
 def test_synthetic_data_too_large_for_memory_is_refused_naming_its_key(

@@ -28,6 +28,7 @@ import numpy as np
 
 from cifar_jax.data import image_folder
 from cifar_jax.data import images
+from cifar_jax.data import synthetic_examples
 from cifar_jax.data import tensorflow_cpu
 from cifar_jax.errors import UserError
 from cifar_jax import rules
@@ -217,11 +218,8 @@ def _fingerprint(root: str) -> str:
 
 
 def synthetic(split: str, config: ml_collections.ConfigDict) -> Dataset:
-  """A small learnable data set: noisy, shifted copies of 10 class patterns.
-
-  The class patterns are fixed (independent of the run's seed), so train and
-  eval share them; the examples of each split are drawn independently.
-  """
+  """The synthetic data set's split (`synthetic_examples`), of the size
+  its config key says."""
   keys = {'train': 'synthetic_train_size', 'test': 'synthetic_eval_size'}
   if split not in keys:
     raise UserError(
@@ -230,7 +228,7 @@ def synthetic(split: str, config: ml_collections.ConfigDict) -> Dataset:
     )
   size = config[keys[split]]
   try:
-    images, labels = _synthetic_examples(
+    images, labels = synthetic_examples.make(
         size, seed=0 if split == 'train' else 1
     )
   except MemoryError as e:
@@ -238,20 +236,6 @@ def synthetic(split: str, config: ml_collections.ConfigDict) -> Dataset:
         f'data.{keys[split]}={size} does not fit in memory ({e}); lower it.'
     ) from e
   return Dataset(images, labels, CIFAR10_CLASSES)
-
-
-def _synthetic_examples(size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-  patterns = np.random.default_rng(1234).uniform(0, 255, (10, 8, 8, 3))
-  patterns = patterns.repeat(4, axis=1).repeat(4, axis=2)  # 32x32 blocks.
-  rng = np.random.default_rng(seed)
-  labels = rng.integers(0, 10, size).astype(np.int32)
-  shifts = rng.integers(-2, 3, (size, 2))
-  images = patterns[labels]
-  images = np.stack(
-      [np.roll(im, tuple(s), axis=(0, 1)) for im, s in zip(images, shifts)]
-  )
-  images = images + rng.normal(0, 48, images.shape)
-  return np.clip(images, 0, 255).astype(np.uint8), labels
 
 
 # ---------------------------------------------------------------- TFDS

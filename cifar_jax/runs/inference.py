@@ -28,7 +28,6 @@ from cifar_jax.runs import weights
 from cifar_jax.training import steps
 
 
-
 @dataclasses.dataclass
 class TrainedRun:
   config: ml_collections.ConfigDict
