@@ -93,7 +93,7 @@ def _config(rung: str) -> ml_collections.ConfigDict:
   m.conv_dropout = (0.0,) * len(m.stage_features)
   m.stage_dropout = (0.0,) * len(m.stage_features)
   m.flatten_dropout = m.hidden_dropout = 0.0
-  m.conv3x3, m.pooling = 'xla', 'reduce_window'
+  config.cpu.conv3x3, config.cpu.pooling = 'xla', 'reduce_window'
   return config
 
 

@@ -260,10 +260,11 @@ def with_seed(exp: Experiment, seed: int) -> Experiment:
 
 def _seeded(seed: int, **fixed: Any) -> Experiment:
   # As uint32: the seed rule's whole range (a Python int past 2**31 - 1
-  # overflows jit's int32); the same keys as an int below it.
+  # overflows jit's int32); the same keys as the int, negative ones (the
+  # benchmarks' warm-up seeds) included.
   init_key, dropout_key, augment_key, order_key = _split_seed_fn(
       fixed['shardings'].replicated
-  )(np.uint32(seed))
+  )(np.uint32(seed % 2**32))
   return Experiment(
       **fixed,
       state=fixed['init_state'](init_key, fixed['init_params']),
