@@ -139,9 +139,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.optimizer.beta1 = 0.9
   config.optimizer.beta2 = 0.999
   config.optimizer.epsilon = 1e-7
-  # 'fast_sgd' only (optimizers.fast_sgd): Nesterov SGD with `momentum` and
+  # 'fast_sgd' only (training.fast_sgd): Nesterov SGD with `momentum` and
   # weight decay added to the gradient, both rates per 1024 examples as
-  # airbench gives them (learning_rate too: optimizers.fast_sgd_rates);
+  # airbench gives them (learning_rate too: fast_sgd.rates);
   # BatchNorm biases at bias_lr_scale x the learning rate; the whitening
   # bias trained for whiten_bias_epochs; a triangle schedule (x start -> x1
   # at fraction peak -> x end); and Lookahead of the params and BatchNorm

@@ -9,7 +9,7 @@ Every value is airbench94's (`airbench` 0.1.8, lib_airbench94.py and
 utils.py); tests/airbench_test.py trains both side by side, step for step.
 
 Learning rate and weight decay are airbench's: per 1024 examples of a
-summed loss, decoupled from the momentum (optimizers.fast_sgd_rates turns
+summed loss, decoupled from the momentum (fast_sgd.rates turns
 them into our mean loss's for the run's batch size).
 
 Run: python -m cifar_jax.main --config configs/fast94.py

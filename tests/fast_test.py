@@ -14,6 +14,7 @@ from cifar_jax.data import input_pipeline
 from cifar_jax.runs import evaluation
 from cifar_jax.models import initializers
 from cifar_jax import train
+from cifar_jax.training import fast_sgd
 from cifar_jax.training import optimizers
 from conftest import get_config
 from conftest import small_synthetic
@@ -81,7 +82,7 @@ def test_dirac_init_makes_convolutions_start_as_identity_maps():
 
 
 def test_triangle_schedule_warms_up_then_decays_linearly():
-  schedule = optimizers.triangle(100, start=0.2, peak=0.25, end=0.05)
+  schedule = fast_sgd.triangle(100, start=0.2, peak=0.25, end=0.05)
   values = np.array([float(schedule(t)) for t in (0, 10, 25, 50, 100)])
   np.testing.assert_allclose(
       values,
@@ -92,7 +93,7 @@ def test_triangle_schedule_warms_up_then_decays_linearly():
 
 def test_triangle_schedule_peaks_at_the_floor_of_its_fraction():
   # airbench94: 476 steps, peak 0.23 -> int(109.48) = step 109.
-  schedule = optimizers.triangle(476, start=0.2, peak=0.23, end=0.07)
+  schedule = fast_sgd.triangle(476, start=0.2, peak=0.23, end=0.07)
   assert float(schedule(109)) == pytest.approx(1.0, abs=1e-6)
   assert float(schedule(110)) < 1.0
   assert float(schedule(54.5)) == pytest.approx(0.6, abs=1e-6)
@@ -101,7 +102,7 @@ def test_triangle_schedule_peaks_at_the_floor_of_its_fraction():
 @pytest.mark.parametrize('total', [12, 10])
 def test_lookahead_syncs_every_few_steps_and_ends_on_the_slow_weights(total):
   every, max_decay = 5, 0.7
-  lookahead = optimizers.Lookahead(every, max_decay, total)
+  lookahead = fast_sgd.Lookahead(every, max_decay, total)
   slow = fast = {'w': jnp.array([1.0, -2.0])}
   expected_fast = expected_slow = np.array([1.0, -2.0])
   for t in range(1, total + 1):
@@ -130,7 +131,7 @@ def test_fast_sgd_trains_groups_at_their_rates_and_freezes_whitening():
           'bn1': {'bias': jnp.zeros(4)},
       },
   }
-  assert optimizers.param_groups(params) == {
+  assert fast_sgd.param_groups(params) == {
       'whiten': {'kernel': 'whiten_kernel', 'bias': 'whiten_bias'},
       'block1': {'conv1': {'kernel': 'weight'}, 'bn1': {'bias': 'norm_bias'}},
   }
@@ -199,8 +200,7 @@ def test_fast94_mean_loss_rates_equal_the_papers_summed_loss_sgd(group):
     p = optax.apply_updates(p, updates)
     ours.append(np.asarray(leaf(p)))
   schedule = [
-      float(optimizers.triangle(total, 0.2, 0.23, 0.07)(t))
-      for t in range(steps)
+      float(fast_sgd.triangle(total, 0.2, 0.23, 0.07)(t)) for t in range(steps)
   ]
   theirs = torch_sgd_reference(
       w0, [batch * g for g in mean_grads], lr, wd / lr, 0.85, schedule

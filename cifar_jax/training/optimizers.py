@@ -1,5 +1,7 @@
 """Optax chains that reproduce Keras 2.3's SGD, Adam and MaxNorm exactly
-(step for step against Keras 2.3.1 itself: tests/keras23_test.py).
+(step for step against Keras 2.3.1 itself: tests/keras23_test.py), and
+the one place an `optimizer` section becomes a transformation (the fast
+recipes' own is `fast_sgd`).
 
 Keras and Optax disagree on details that change results:
 - Keras SGD puts the learning rate inside the velocity (v = m*v - lr_t*g) and
@@ -16,7 +18,6 @@ Keras and Optax disagree on details that change results:
 """
 
 import dataclasses
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -25,6 +26,7 @@ import ml_collections
 import optax
 
 from cifar_jax import rules
+from cifar_jax.training import fast_sgd
 
 KERAS_EPSILON = 1e-7  # keras.backend.epsilon(), used by Adam and MaxNorm.
 
@@ -162,86 +164,6 @@ def max_norm_bounds(params: Any, config: ml_collections.ConfigDict) -> Any:
   return jax.tree_util.tree_map_with_path(bound, params)
 
 
-def triangle(
-    total_steps: int, start: float, peak: float, end: float
-) -> optax.Schedule:
-  """A learning-rate multiplier: start -> 1 at `peak` (fraction) -> end.
-
-  The fast recipes' schedule: a short linear warm-up, then a linear decay
-  to near zero by the last step. The peak is at step floor(peak * total),
-  as airbench's `int(peak * steps)`.
-  """
-  peak_step = math.floor(peak * total_steps)
-
-  def schedule(count):
-    count = jnp.asarray(count, jnp.float32)
-    return jnp.interp(
-        count,
-        jnp.array([0.0, peak_step, total_steps]),
-        jnp.array([start, 1.0, end]),
-    )
-
-  return schedule
-
-
-def param_groups(params: Any) -> Any:
-  """'norm_bias', 'whiten_kernel', 'whiten_bias' or 'weight', by name."""
-
-  def label(path, leaf):
-    del leaf
-    names = [getattr(p, 'key', str(p)) for p in path]
-    if names[0] == 'whiten':
-      return f'whiten_{names[-1]}'
-    if names[-1] == 'bias' and len(names) > 1 and names[-2].startswith('bn'):
-      return 'norm_bias'
-    return 'weight'
-
-  return jax.tree_util.tree_map_with_path(label, params)
-
-
-@dataclasses.dataclass(frozen=True)
-class Lookahead:
-  """airbench's Lookahead: an EMA of the model's variables, synced into it.
-
-  Lookahead (Zhang et al., 2019) with an exponential moving average as the
-  slow weights. Every `every` steps: slow = d * slow + (1 - d) * fast, then
-  fast = slow, with d = max_decay * (t / T)^3, so early training is left
-  alone. At the last step (T) the model becomes the slow weights (after a
-  regular sync if T is a multiple of `every`), so the run ends on them.
-
-  The variables are the parameters *and* the BatchNorm running statistics:
-  airbench averages its whole `state_dict`. So this acts on the train
-  state, after the optimizer's update (`steps.TrainState.after_update`),
-  not inside the Optax chain, which sees only parameters.
-  """
-
-  every: int
-  max_decay: float
-  total_steps: int
-
-  def sync(self, step: jax.Array, slow: Any, fast: Any) -> tuple[Any, Any]:
-    """(new slow, new fast) after update number `step` (1-based)."""
-    regular = step % self.every == 0
-    decay = self.max_decay * (step / self.total_steps) ** 3
-    slow = jax.tree.map(
-        lambda s, f: jnp.where(regular, decay * s + (1 - decay) * f, s),
-        slow,
-        fast,
-    )
-    synced = jnp.logical_or(regular, step >= self.total_steps)
-    fast = jax.tree.map(lambda s, f: jnp.where(synced, s, f), slow, fast)
-    return slow, fast
-
-
-def lookahead(
-    config: ml_collections.ConfigDict, total_steps: int
-) -> Lookahead | None:
-  """The `optimizer` section's Lookahead, or None where it is off."""
-  if config.get('name') != 'fast_sgd' or not config.lookahead_every:
-    return None
-  return Lookahead(config.lookahead_every, config.lookahead_decay, total_steps)
-
-
 @dataclasses.dataclass(frozen=True)
 class RunShape:
   """What an optimizer needs of the run beyond its own config section."""
@@ -249,78 +171,6 @@ class RunShape:
   total_steps: int = 0  # For the fast recipes' schedules.
   steps_per_epoch: int = 0  # For the whitening bias's epochs.
   batch_size: int = 0  # For the fast recipes' per-1024-example rates.
-
-
-def fast_sgd_rates(
-    config: ml_collections.ConfigDict, batch_size: int
-) -> tuple[float, float]:
-  """'fast_sgd's (learning rate, weight decay) for our mean loss.
-
-  airbench gives them per 1024 examples of a summed loss, for PyTorch's
-  SGD: lr_torch = lr / K and weight_decay_torch = (wd * B / K) / lr_torch,
-  with K = 1024 * (1 + 1 / (1 - momentum)) and B the batch size. A summed
-  loss has B times the mean loss's gradient, so the same updates come from
-  a mean loss with learning rate lr * B / K and weight decay wd / lr.
-  """
-  kilostep = 1024 * (1 + 1 / (1 - config.momentum))
-  return (
-      config.learning_rate * batch_size / kilostep,
-      config.weight_decay / config.learning_rate,
-  )
-
-
-@dataclasses.dataclass(frozen=True)
-class FastSchedule:
-  """'fast_sgd's learning rate: `base` (the mean loss's, from
-  `fast_sgd_rates`) times the triangle `multiplier`."""
-
-  base: float
-  multiplier: optax.Schedule
-
-  def __call__(self, count: jax.Array) -> jax.Array:
-    return self.base * self.multiplier(count)
-
-
-def fast_sgd(
-    config: ml_collections.ConfigDict,
-    groups: Any,
-    run: RunShape,
-    schedule: FastSchedule,
-) -> optax.GradientTransformation:
-  """The fast recipes' SGD: Nesterov, weight decay, grouped learning rates.
-
-  Weight decay is added to the gradient before the momentum (PyTorch's
-  SGD, as airbench). BatchNorm biases get `bias_lr_scale` times the
-  learning rate and 1/`bias_lr_scale` times the decay. The whitening
-  layer's kernel (set from the data) is never trained; its bias learns for
-  `whiten_bias_epochs` epochs, then is frozen. The rates are per 1024
-  examples (`fast_sgd_rates`). The recipes' Lookahead acts on the train
-  state, outside this chain (`Lookahead`).
-  """
-  freeze_at = config.whiten_bias_epochs * run.steps_per_epoch
-  _, weight_decay = fast_sgd_rates(config, run.batch_size)
-
-  def group(lr_scale, decay_scale, until=None):
-    def lr(count):
-      value = -schedule.base * lr_scale * schedule.multiplier(count)
-      return value if until is None else jnp.where(count < until, value, 0.0)
-
-    return optax.chain(
-        optax.add_decayed_weights(weight_decay * decay_scale),
-        optax.trace(decay=config.momentum, nesterov=True),
-        optax.scale_by_schedule(lr),
-    )
-
-  tx = optax.multi_transform(
-      {
-          'weight': group(1.0, 1.0),
-          'norm_bias': group(config.bias_lr_scale, 1 / config.bias_lr_scale),
-          'whiten_bias': group(1.0, 1.0, until=freeze_at),
-          'whiten_kernel': optax.set_to_zero(),
-      },
-      groups,
-  )
-  return tx
 
 
 def learning_rate_schedule(
@@ -331,9 +181,9 @@ def learning_rate_schedule(
   if config.name == 'sgd':
     return inverse_time_decay(config.learning_rate, config.decay)
   if config.name == 'fast_sgd':
-    return FastSchedule(
-        fast_sgd_rates(config, run.batch_size)[0],
-        triangle(
+    return fast_sgd.Schedule(
+        fast_sgd.rates(config, run.batch_size)[0],
+        fast_sgd.triangle(
             run.total_steps,
             config.schedule_start,
             config.schedule_peak,
@@ -397,7 +247,10 @@ def create_optimizer(
         config.learning_rate, config.beta1, config.beta2, config.epsilon
     )
   else:
-    tx = fast_sgd(config, param_groups(params), run, schedule)
+    groups = fast_sgd.param_groups(params)
+    tx = fast_sgd.sgd(
+        config, groups, run.steps_per_epoch, run.batch_size, schedule
+    )
   bounds = max_norm_bounds(params, config)
   if any(jax.tree.leaves(bounds)):
     tx = optax.chain(tx, keras_max_norm(bounds))
