@@ -1,29 +1,19 @@
 """3x3 convolutions on x86 CPUs, as FFI kernels: forward and gradients.
 
-XLA:CPU's 3x3 convolutions ran at about half the speed of oneDNN's
-(TensorFlow's), and were most of what kept a training step behind Keras'
-(docs/cpu_performance.md). `conv3x3.cc` computes a 3x3, stride-1
-convolution from the NHWC operands in vector registers on XLA's intra-op
-thread pool, and the kernel gradient likewise; the input gradient is the
-same convolution of the output gradient with the flipped kernel. Where the
-input channels are a multiple of 16 (every layer but the first), it sums by
-Winograd's F(2x2, 3x3), and the kernel gradient by F(3x3, 2x2): 16
-multiply-adds per 4 outputs where the direct sums take 36.
+XLA:CPU's 3x3 convolutions ran at about half the speed of oneDNN's and kept
+a training step behind Keras' (docs/cpu_performance.md). `conv3x3.cc`
+computes a 3x3, stride-1 NHWC convolution in vector registers on XLA's
+intra-op threads, and its kernel gradient; the input gradient is the same
+convolution of the output gradient with the flipped kernel. Where the input
+channels are a multiple of 16 it sums by Winograd's F(2x2, 3x3) (kernel
+gradient F(3x3, 2x2)): 16 multiply-adds per 4 outputs instead of 36.
 
-The source is built once per instruction set, 'avx512' (AVX-512F) and
-'avx2' (AVX2 with FMA): `method_for` takes the best one the CPU has, and
-never one above a cap that `--xla_cpu_max_isa` in XLA_FLAGS sets for XLA's
-own code.
-
-`conv_general_dilated` is `lax.conv_general_dilated` with these kernels (a
-custom VJP); results differ from XLA's only by float rounding
-(tests/conv3x3_test.py).
-
-The C++ source is compiled on first use, with the machine's C++ compiler
-(`$CXX`, else `c++`) against the installed jaxlib's FFI headers, and cached
-under `$XDG_CACHE_HOME/cifar_jax` (default `~/.cache/cifar_jax`) by a hash
-of the source, the compiler, the flags and jaxlib. Where that fails, a
-warning says why and XLA's own convolutions are used.
+Built per instruction set ('avx512', 'avx2' with FMA) on first use with
+`$CXX` (else `c++`) against jaxlib's FFI headers, cached by a hash of
+source, compiler, flags and jaxlib (`ffi_build`); `method_for` takes the
+best the CPU has under XLA_FLAGS' `--xla_cpu_max_isa`. If the build fails,
+a warning says why and XLA's own convolutions are used. Results differ from
+XLA's only by float rounding (tests/conv3x3_test.py).
 """
 
 from collections.abc import Mapping, Sequence
@@ -62,15 +52,8 @@ KERNELS = {
 }
 METHODS = ('xla', *KERNELS)
 # The values of XLA's `--xla_cpu_max_isa`, oldest first.
-_XLA_ISAS = (
-    'SSE4_2',
-    'AVX',
-    'AVX2',
-    'AVX512',
-    'AVX512_VNNI',
-    'AVX512_BF16',
-    'AMX',
-    'AMX_FP16',
+_XLA_ISAS = tuple(
+    'SSE4_2 AVX AVX2 AVX512 AVX512_VNNI AVX512_BF16 AMX AMX_FP16'.split()
 )
 SOURCE = pathlib.Path(__file__).with_name('conv3x3.cc')
 _DIMENSIONS = ('NHWC', 'HWIO', 'NHWC')
@@ -139,10 +122,7 @@ def method_for(setting: str, platform: str) -> str:
     logging.warning(
         'cpu.conv3x3=%r needs a CPU with %s; this run is on %s, so it '
         'uses %r (the same model; float rounding differs).',
-        setting,
-        kernel.needs,
-        where,
-        instead,
+        *(setting, kernel.needs, where, instead),
     )
     return instead
   return setting
@@ -264,15 +244,9 @@ def forward(
   if not kernels_registered(method):
     return _xla_conv(x, k, pads)
   (top, bottom), (left, right) = pads
-  shape = jax.ShapeDtypeStruct(
-      (
-          x.shape[0],
-          x.shape[1] + top + bottom - 2,
-          x.shape[2] + left + right - 2,
-          k.shape[3],
-      ),
-      x.dtype,
-  )
+  n, h, w, _ = x.shape
+  out = (n, h + top + bottom - 2, w + left + right - 2, k.shape[3])
+  shape = jax.ShapeDtypeStruct(out, x.dtype)
   call = jax.ffi.ffi_call(
       forward_target(method), shape, vmap_method='sequential'
   )
@@ -336,23 +310,14 @@ def kernel_grad(
 def kernels_registered(method: str) -> bool:
   """Builds, loads and registers `method`'s kernels once; False (and a warning) if not."""
   kernel = KERNELS[method]
+  build = functools.partial(ffi_build.build, SOURCE, ffi_build.cache_dir())
   try:
     library = ctypes.CDLL(
-        str(
-            ffi_build.build(
-                SOURCE,
-                ffi_build.cache_dir(),
-                ffi_build.compiler(),
-                kernel.compile_flags,
-            )
-        )
+        str(build(ffi_build.compiler(), kernel.compile_flags))
     )
     if not library.CifarJaxCpuSupported():
       raise ffi_build.BuildError(f'this CPU has no {kernel.needs}')
-  except (
-      ffi_build.BuildError,
-      OSError,
-  ) as e:  # OSError: a library that will not load.
+  except (ffi_build.BuildError, OSError) as e:  # OSError: will not load.
     logging.warning(
         'The %s 3x3 convolutions are unavailable (%s); convolutions use '
         "XLA's own, which are slower on this CPU.",
