@@ -28,7 +28,7 @@ import pytest
 
 from cifar_jax import cli
 from cifar_jax.config import loading
-from cifar_jax.config import checks
+from cifar_jax.training import checks
 from cifar_jax.data import input_pipeline
 from cifar_jax.data import synthetic_examples
 from cifar_jax.runs import evaluation
@@ -152,6 +152,7 @@ def test_a_second_run_on_a_held_workdir_is_refused_naming_the_holder(tmp_path):
   assert not list((tmp_path / 'checkpoints').glob('*'))
 
 
+@pytest.mark.slow
 def test_a_killed_runs_lock_never_blocks_the_next_run(tmp_path):
   holder = subprocess.Popen(
       [
@@ -175,6 +176,7 @@ def test_a_killed_runs_lock_never_blocks_the_next_run(tmp_path):
     pass
 
 
+@pytest.mark.slow
 def test_the_command_line_refuses_a_second_run_on_one_workdir(tmp_path):
   with rundir.hold(str(tmp_path)):
     r = run_main('--config', 'configs/test.py', '--workdir', tmp_path)
@@ -398,6 +400,7 @@ def test_the_shipped_configs_pass_the_checks():
     assert checks.problems(get_config(name)) == [], name
 
 
+@pytest.mark.slow
 def test_negative_batch_size_on_the_command_line_is_one_line(tmp_path):
   r = run_main(
       '--config',
@@ -413,6 +416,7 @@ def test_negative_batch_size_on_the_command_line_is_one_line(tmp_path):
   )
 
 
+@pytest.mark.slow
 def test_deep_adam_aug_without_the_run_it_continues_is_one_line(tmp_path):
   # Trained from scratch, deep_adam_aug would be drawn beside the seed's
   # continued curve as if it had continued deep_adam.
@@ -667,6 +671,7 @@ def test_a_full_disk_is_one_line_leaves_no_partial_checkpoint_and_resumes(
     subprocess.run(['umount', str(disk)], check=False)
 
 
+@pytest.mark.slow
 def test_a_read_only_workdir_is_one_line(tmp_path):
   source, target = tmp_path / 'source', tmp_path / 'run'
   source.mkdir()
@@ -935,6 +940,7 @@ def test_a_batch_whose_convolution_workspace_does_not_fit_is_refused():
     )
 
 
+@pytest.mark.slow
 def test_evaluate_on_a_read_only_run_prints_its_results_and_exits_0(
     two_epoch_run, tmp_path, capsys
 ):

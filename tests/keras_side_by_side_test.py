@@ -84,6 +84,7 @@ def test_the_same_command_on_a_finished_run_only_redraws_its_curves(tmp_path):
   assert (workdir / 'curves.png').stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_an_unknown_rung_or_a_missing_run_of_ours_is_one_line(tmp_path):
   r = _run('--rung', 'huge', '--workdir', str(tmp_path), *SYNTHETIC)
   assert r.returncode == 1 and 'Traceback' not in r.stderr
@@ -97,6 +98,7 @@ def test_an_unknown_rung_or_a_missing_run_of_ours_is_one_line(tmp_path):
   assert r.stderr.strip() == f'error: --ours {missing} has no history.json.'
 
 
+@pytest.mark.slow
 def test_deep_adam_aug_without_our_deep_adam_run_is_one_line(tmp_path):
   # Keras from scratch would be drawn as the seed's continued deep_adam_aug.
   r = _run('--rung', 'deep_adam_aug', '--workdir', str(tmp_path), *SYNTHETIC)

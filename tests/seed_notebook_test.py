@@ -3,6 +3,7 @@
 import os
 import pathlib
 import re
+import tomllib
 
 import pytest
 
@@ -243,9 +244,12 @@ def test_comparison_only_counts_epochs_both_have():
   assert c.mean_abs_diff == pytest.approx(10.0)
 
 
-def test_record_file_is_shipped_with_the_package():
+def test_the_record_sits_beside_its_module_is_package_data_and_has_each_rung():
   path = pathlib.Path(seed_notebook.__file__).with_name(seed_notebook.FILENAME)
   assert path.exists()
+  pyproject = tomllib.loads((REPO / 'pyproject.toml').read_text())
+  package_data = pyproject['tool']['setuptools']['package-data']
+  assert seed_notebook.FILENAME in package_data['cifar_jax.reporting']
   assert seed_notebook.rungs() == (
       'simple',
       'large',

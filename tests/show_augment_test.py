@@ -64,6 +64,7 @@ def test_render_writes_a_grid_png_of_the_requested_size(tmp_path):
   assert pixels.std() > 10  # Not a blank canvas.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ['a.png', 'a'])
 def test_cli_writes_the_png_and_names_it(tmp_path, name):
   out = tmp_path / name

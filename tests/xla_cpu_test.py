@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from cifar_jax.cpu import xla_cpu
 from conftest import REPO
@@ -47,6 +48,7 @@ def test_a_jaxlib_that_refuses_the_option_compiles_with_defaults(
   assert 'refuses the XLA:CPU options' in caplog.text
 
 
+@pytest.mark.slow
 def test_importing_cifar_jax_leaves_the_environment_alone():
   code = (
       'import os; import cifar_jax, cifar_jax.train; '
@@ -67,11 +69,10 @@ def test_importing_cifar_jax_leaves_the_environment_alone():
 
 
 _TRAIN_A_FEW_STEPS = r"""
-import hashlib, json, io, re, sys
+import hashlib, json, re, sys
 import jax
-from cifar_jax.reporting import progress
 from cifar_jax import train
-from cifar_jax.training import experiment, steps
+from cifar_jax.training import experiment
 from configs import test
 config = test.get_config()
 config.data.name = 'synthetic'
@@ -79,16 +80,15 @@ config.data.synthetic_train_size = 4 * config.batch_size
 config.data.synthetic_eval_size = config.eval_batch_size
 config.steps_per_epoch = 0
 exp = experiment.create_experiment(config)
+run = exp.start(0)
 hlo = exp.train_steps(1).lower(
-    exp.state, steps.empty_metrics(exp.replicated), exp.train,
-    exp.order.pass_order(0), 0, exp.keys
+    run.state, run.epoch_metrics, exp.train, run.order.pass_order(0), 0,
+    run.keys
 ).compile().as_text()
 ynn_convs = sum('__ynn_fusion' in line and 'conv_general_dilated' in line
                 for line in hlo.splitlines())
-state, _, _ = train.run_steps(exp, exp.state,
-                              steps.empty_metrics(exp.replicated), 0, 4,
-                              progress.ProgressBar(4, out=io.StringIO()))
-leaves = [x.tolist() for x in jax.tree.leaves(state.params)]
+train.run_steps(exp, run, 4)
+leaves = [x.tolist() for x in jax.tree.leaves(run.state.params)]
 # The program, without the numbers XLA appends to instruction names.
 program = hashlib.sha256(re.sub(r'\.\d+', '', hlo).encode()).hexdigest()
 print(json.dumps({'ynn_convs': ynn_convs, 'params': leaves,
@@ -114,6 +114,7 @@ def _train_a_few_steps(**env):
   return json.loads(out.splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_the_defaults_move_convolutions_off_ynnpack_and_keep_results():
   tuned = _train_a_few_steps()
   xla_default = _train_a_few_steps(**{xla_cpu.OPT_OUT: '1'})
