@@ -104,20 +104,16 @@ def cifar_jax_pass(config: ml_collections.ConfigDict) -> Callable[[], float]:
   """A function that trains one pass over the data, as `main`; its seconds."""
   exp = experiment.create_experiment(config)
   per_pass = exp.steps_per_epoch
-  plan.compile_ahead(exp)
-  state, passes = exp.state, 0
+  run = exp.start(config.seed)
+  plan.compile_ahead(exp, run)
 
   def one_pass():
-    nonlocal state, passes
-    metrics = steps.empty_metrics(exp.replicated)
+    run.epoch_metrics = steps.empty_metrics(exp.replicated)
     bar = progress.ProgressBar(per_pass, out=io.StringIO())
-    jax.block_until_ready((state, metrics))
+    jax.block_until_ready((run.state, run.epoch_metrics))
     start = time.perf_counter()
-    state, metrics, _ = train.run_steps(
-        exp, state, metrics, passes * per_pass, (passes + 1) * per_pass, bar
-    )
-    jax.block_until_ready((state, metrics))
-    passes += 1
+    train.run_steps(exp, run, run.step + per_pass, bar)
+    jax.block_until_ready((run.state, run.epoch_metrics))
     return time.perf_counter() - start
 
   return one_pass

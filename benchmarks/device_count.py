@@ -15,7 +15,6 @@ rounding differences between device counts: how fast that grows is a
 property of training, not of sharding.
 """
 
-import io
 import os
 import platform
 
@@ -32,7 +31,6 @@ import numpy as np  # pylint: disable=g-import-not-at-top
 
 from cifar_jax import cli  # pylint: disable=g-import-not-at-top
 from cifar_jax.config import loading  # pylint: disable=g-import-not-at-top
-from cifar_jax.reporting import progress  # pylint: disable=g-import-not-at-top
 from cifar_jax.reporting import records  # pylint: disable=g-import-not-at-top
 from cifar_jax import train  # pylint: disable=g-import-not-at-top
 from cifar_jax.training import experiment  # pylint: disable=g-import-not-at-top
@@ -69,7 +67,8 @@ def losses(
   exp = experiment.create_experiment(
       config, mesh.create_mesh(jax.devices()[:num_devices])
   )
-  state = exp.state
+  run = exp.start(config.seed)
+  state = run.state
   if nudge:
     leaves, treedef = jax.tree.flatten(state.params)
     keys = jax.random.split(jax.random.key(99), len(leaves))
@@ -82,25 +81,12 @@ def losses(
             ],
         )
     )
-  spe, rows = exp.steps_per_epoch, []
-  for epoch in range(epochs):
-    bar = progress.ProgressBar(spe, out=io.StringIO())
-    state, metrics, _ = train.run_steps(
-        exp,
-        state,
-        steps.empty_metrics(exp.replicated),
-        epoch * spe,
-        (epoch + 1) * spe,
-        bar,
-    )
-    evaluation = train.evaluate(
-        exp.eval_step,
-        state,
-        exp.eval,
-        config.eval_batch_size,
-        exp.shardings.batch,
-    )
-    rows.append((float(metrics.compute()['loss']), evaluation['loss']))
+  run.state, rows = state, []
+  for _ in range(epochs):
+    run.epoch_metrics = steps.empty_metrics(exp.replicated)
+    train.run_steps(exp, run, run.step + exp.steps_per_epoch)
+    evaluation = train.evaluate(exp, run.state)
+    rows.append((steps.computed(run.epoch_metrics)['loss'], evaluation['loss']))
   return np.array(rows)
 
 

@@ -16,7 +16,6 @@ import time
 from absl import app
 from absl import flags
 import jax
-import jax.numpy as jnp
 
 from cifar_jax import cli
 from cifar_jax.config import loading
@@ -24,7 +23,6 @@ from cifar_jax.reporting import progress
 from cifar_jax.reporting import records
 from cifar_jax import train
 from cifar_jax.training import experiment
-from cifar_jax.training import steps
 
 
 def _experiment(name: str, steps_per_dispatch: int, num_steps: int):
@@ -38,12 +36,11 @@ def _experiment(name: str, steps_per_dispatch: int, num_steps: int):
 
 def _time(exp, num_steps: int) -> float:
   bar = progress.ProgressBar(num_steps, out=io.StringIO())
-  state = jax.tree.map(jnp.copy, exp.state)  # The steps donate theirs.
-  metrics = steps.empty_metrics(exp.replicated)
-  jax.block_until_ready((state, metrics))
+  run = exp.start(0)
+  jax.block_until_ready((run.state, run.epoch_metrics))
   start = time.perf_counter()
-  state, metrics, _ = train.run_steps(exp, state, metrics, 0, num_steps, bar)
-  jax.block_until_ready((state, metrics))
+  train.run_steps(exp, run, num_steps, bar)
+  jax.block_until_ready((run.state, run.epoch_metrics))
   return (time.perf_counter() - start) / num_steps
 
 

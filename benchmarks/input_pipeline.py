@@ -67,21 +67,14 @@ def time_loads(data_dir: str, cache_dir: str) -> None:
 class LoopTimer:
   """The real epoch loop (`train.run_steps`, as `main` runs it)."""
 
-  def __init__(self, exp: experiment.Experiment, state):
-    self.exp, self.state, self.step = exp, state, 0
+  def __init__(self, exp: experiment.Experiment):
+    self.exp, self.run = exp, exp.start(0)
     self(3)  # Compiles.
 
   def __call__(self, steps: int) -> float:
     bar = progress.ProgressBar(steps, out=io.StringIO())
     start = time.perf_counter()
-    self.state, _, self.step = train.run_steps(
-        self.exp,
-        self.state,
-        steps.Metrics.empty(),
-        self.step,
-        self.step + steps,
-        bar,
-    )
+    train.run_steps(self.exp, self.run, self.run.step + steps, bar)
     return time.perf_counter() - start
 
 
@@ -92,20 +85,23 @@ class CompiledStepTimer:
   XLA:CPU runs this step about 12x slower inside a while loop.)
   """
 
-  def __init__(self, exp: experiment.Experiment, state):
-    self.exp, self.state, self.step = exp, state, 0
+  def __init__(self, exp: experiment.Experiment):
+    self.exp, self.run, self.step = exp, exp.start(0), 0
+    self.state = self.run.state
     self.metrics = steps.Metrics.empty()
     self.compiled = (
-        exp.train_steps(1).lower(state, self.metrics, *self._args()).compile()
+        exp.train_steps(1)
+        .lower(self.state, self.metrics, *self._args())
+        .compile()
     )
 
   def _args(self):
     exp = self.exp
     return (
         exp.train,
-        exp.order.pass_order(0),
-        self.step % exp.order.batches_per_pass,
-        exp.keys,
+        self.run.order.pass_order(0),
+        self.step % exp.batches_per_pass,
+        self.run.keys,
     )
 
   def __call__(self, steps: int) -> float:
@@ -123,12 +119,7 @@ class CompiledStepTimer:
 
 def timers(config) -> tuple[int, LoopTimer, CompiledStepTimer]:
   exp = experiment.create_experiment(config)
-  copy = jax.tree.map(lambda x: x.copy(), exp.state)  # Steps donate states.
-  return (
-      exp.steps_per_epoch,
-      LoopTimer(exp, exp.state),
-      CompiledStepTimer(exp, copy),
-  )
+  return exp.steps_per_epoch, LoopTimer(exp), CompiledStepTimer(exp)
 
 
 def interleaved(named_timers: dict, steps: int, chunks: int) -> dict:

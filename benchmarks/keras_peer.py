@@ -200,7 +200,8 @@ def load_ours(config: ml_collections.ConfigDict, model: Any) -> str:
     UserError: as `main` would (no such run, another optimizer, ...).
   """
   exp = experiment.create_experiment(config)
-  state = jax.device_get(resume.state_from_run(exp, config.init_from))
+  state = resume.state_from_run(exp, exp.start(0).state, config.init_from)
+  state = jax.device_get(state)
   layers = [l for l in model.layers if l.trainable_weights]
   variables = [v for l in layers for v in l.weights]
   arrays = in_keras_order(config.model, state.params, state.batch_stats)

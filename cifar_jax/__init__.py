@@ -6,20 +6,20 @@ below its own (tests/layers_test.py checks it):
 1. `errors`: the exceptions users see as one line; `rules`: the vocabulary
    of config rules, which each module defines beside its code;
    `cpu_info`: what /proc/cpuinfo says of the CPU.
-2. `data/` (files to augmented batches) and `cpu/` (the CPU speed-ups,
-   behind the one seam `cpu.for_platform`, which the models never import).
+2. `data/` (files to augmented batches), `cpu/` (the CPU speed-ups,
+   behind the one seam `cpu.for_platform`, which the models never import)
+   and `config/` (configs loaded from configs/, old ones upgraded).
 3. `models/`: the networks, plain Flax.
 4. `reporting/`: console, run records, plots, the seed's record.
-5. `training/`: train state, steps, optimizers, compiled programs.
-6. `config/`: rules of every config key, old configs upgraded, configs
-   loaded from configs/ with overrides.
-7. `runs/`: checkpoints, resuming, preemption, locks, trained runs, their
+5. `training/`: train state, steps, optimizers, compiled programs, the
+   rules of every config key.
+6. `runs/`: checkpoints, resuming, preemption, locks, trained runs, their
    evaluation and predictions.
-8. `train`: the epoch loop, `train.train_and_evaluate(config, workdir)`;
+7. `train`: the epoch loop, `train.train_and_evaluate(config, workdir)`;
    `cli`: the commands' flags and their one-line errors;
    `rung_processes`: ladder rungs trained side by side as processes.
-9. `rungs`: the seed's ladder trained and reported.
-10. The commands: `main`, `evaluate`, `predict`, `ladder`, `show_augment`
-   (`python -m cifar_jax.<command>`): their flags and a `main` that calls
+8. `rungs`: the seed's ladder trained and reported.
+9. The commands: `main`, `evaluate`, `predict`, `ladder`, `show_augment`
+  (`python -m cifar_jax.<command>`): their flags and a `main` that calls
    the library; the tests and the notebook import none of them.
 """

@@ -3,7 +3,7 @@
 A rule is a test and the words for what it allows. Each module that reads
 config values defines its keys' rules beside its code (a `RULES` dict, keys
 relative to its config section) and checks them itself where it is built
-from a config (`check`); `config.checks` collects every module's rules to
+from a config (`check`); `training.checks` collects every module's rules to
 check a whole config once, up front, in one line.
 """
 

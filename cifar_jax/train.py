@@ -6,16 +6,17 @@ epoch's end, a checkpoint, or a preemption), then at epoch ends an
 evaluation, a history row, a checkpoint and a Keras-style epoch line.
 """
 
+from collections.abc import Callable
 import io
 import sys
 import time
+from typing import NamedTuple
 
 from absl import logging
 import jax
 import ml_collections
 import numpy as np
 
-from cifar_jax.config import checks
 from cifar_jax.data import batching
 from cifar_jax.data import images as images_lib
 from cifar_jax.errors import NonFiniteLossError
@@ -28,9 +29,10 @@ from cifar_jax.runs import weights
 from cifar_jax.runs import preemption
 from cifar_jax.runs import resume
 from cifar_jax.runs import rundir
-from cifar_jax.training import experiment as experiment_lib
 from cifar_jax.training.experiment import create_experiment
 from cifar_jax.training.experiment import Experiment
+from cifar_jax.training.experiment import Run
+from cifar_jax.training import checks
 from cifar_jax.training import plan
 from cifar_jax.training import steps
 
@@ -44,7 +46,7 @@ def train_and_evaluate(
   `<workdir>/checkpoints`; a finished run only says so.
 
   Args:
-    config: a config as in configs/default.py.
+    config: a config as configs/default.py makes.
     workdir: the run directory; gets config.json, history.json and
       checkpoints/.
     out: where the Keras-style progress goes (process 0's only).
@@ -89,26 +91,18 @@ def _resume_and_train(
 ) -> tuple[steps.TrainState, list[dict[str, float]]]:
   """Nothing is written to `workdir` (summaries, config.json) before the
   checkpoints there are known to belong to this config."""
-  config, spe = exp.config, exp.steps_per_epoch
-  epochs = progress.epochs_text(config.num_epochs)
-  run, resumed = resume.start(exp, ckpt, resume.config_json(config))
+  run, resumed = resume.start(exp, ckpt, resume.config_json(exp.config))
+  epochs, per_epoch = f'{exp.config.num_epochs:g}', exp.steps_per_epoch
   if run.step >= exp.total_steps:
-    print(
-        f'Run in {workdir} already finished: {len(run.history)}/'
-        f'{epochs} epochs; nothing to do.',
-        file=out,
-    )
+    print(f'Run in {workdir} already finished: {len(run.history)}/{epochs} '
+          'epochs; nothing to do.', file=out)  # fmt: skip
     return run.state, run.history
   if resumed:
-    print(
-        f'Resuming from step {run.step} (epoch {run.step // spe + 1}/'
-        f'{epochs}, batch {run.step % spe}/{spe}) of checkpoint '
-        f'{ckpt.directory}/{run.step}.',
-        file=out,
-        flush=True,
-    )
+    print(f'Resuming from step {run.step} (epoch {run.step // per_epoch + 1}/'
+          f'{epochs}, batch {run.step % per_epoch}/{per_epoch}) of checkpoint '
+          f'{ckpt.directory}/{run.step}.', file=out, flush=True)  # fmt: skip
     logging.info('Resuming from step %d.', run.step)
-  reporter = records.Reporter(workdir, config, exp.total_steps)
+  reporter = records.Reporter(workdir, exp.config, exp.total_steps)
   try:
     _loop(exp, ckpt, reporter, run, out, watch)
   finally:
@@ -120,97 +114,69 @@ def _loop(
     exp: Experiment,
     ckpt: checkpointing.Checkpoints,
     reporter: records.Reporter,
-    run: resume.Progress,
+    run: Run,
     out,
     watch: preemption.PreemptionWatch,
 ) -> None:
-  """Trains `run` from its step to the end, checkpointing and records."""
-  config, spe, total_steps = exp.config, exp.steps_per_epoch, exp.total_steps
-  _print_start(exp, run, reporter, out)
-  every = config.checkpoint_every_steps
-  seconds = plan.compile_ahead(exp, run.step, every)
+  """Trains `run` from its step to the end, checkpointing and reporting."""
+  config, per_epoch = exp.config, exp.steps_per_epoch
+  _start_reports(exp, run, reporter, out)
+  seconds = plan.compile_ahead(exp, run, config.checkpoint_every_steps)
   watch.started()  # Stops here if a signal came while compiling.
   print(f'Compiled ahead of time in {seconds:.1f}s.', file=out, flush=True)
-  save = lambda val_accuracy=None: _save(ckpt, exp, run, val_accuracy)
-  while run.step < total_steps:
-    epoch = run.step // spe
-    epoch_end = min((epoch + 1) * spe, total_steps)
-    bar = progress.ProgressBar(
-        epoch_end - epoch * spe, out=out, initial=run.step - epoch * spe
-    )
+  hooks = Hooks(watch.requested, reporter.progress)
+  while run.step < exp.total_steps:
+    first = run.step // per_epoch * per_epoch
+    end = min(first + per_epoch, exp.total_steps)
+    bar = progress.ProgressBar(end - first, out=out, initial=run.step - first)
     started = time.monotonic() - run.epoch_seconds
-    for stop in plan.stop_steps(spe, total_steps, every, run.step, epoch_end):
-      run.state, run.epoch_metrics, run.step = run_steps(
-          exp, run.state, run.epoch_metrics, run.step, stop, bar,
-          watch.requested, reporter.progress,
-      )  # fmt: skip
+    for stop in plan.stop_steps(
+        per_epoch, exp.total_steps, config.checkpoint_every_steps, run.step, end
+    ):
+      run_steps(exp, run, stop, bar, hooks)  # fmt: skip
       run.epoch_seconds = time.monotonic() - started
       if run.step < stop:  # Asked to stop: save where we are, then exit.
         bar.close()
-        save()
+        _save(ckpt, exp, run)
         ckpt.wait()
         raise Preempted(
             f'Stopped by {watch.name} at step {run.step} (epoch '
-            f'{epoch + 1}/{progress.epochs_text(config.num_epochs)}); '
-            f'saved checkpoint '
-            f'{ckpt.directory}/{run.step}. Run the same command to resume.',
+            f'{first // per_epoch + 1}/{config.num_epochs:g}); saved '
+            f'checkpoint {ckpt.directory}/{run.step}. Run the same command '
+            'to resume.',
             128 + (watch.signum or 15),
         )
-      if stop < epoch_end:
-        save()
+      if stop < end:
+        _save(ckpt, exp, run)
     bar.close()
-    _end_epoch(exp, run, reporter, started, epoch_end - epoch * spe)
-    save(run.history[-1]['val_accuracy'])
-    print(_epoch_line(run.history[-1], config.num_epochs), file=out, flush=True)
+    train_seconds = time.monotonic() - started
+    row = {
+        'epoch': -(-run.step // per_epoch),  # A cut-short last epoch counts.
+        **steps.computed(run.epoch_metrics),
+        **{f'val_{k}': v for k, v in evaluate(exp, run.state).items()},
+        'seconds': time.monotonic() - started,
+    }
+    run.history.append(row)
+    run.epoch_metrics = steps.empty_metrics(exp.replicated)
+    run.epoch_seconds = 0.0
+    reporter.epoch(run.step, run.history, float(exp.learning_rate(run.step)),
+                   train_seconds, end - first,
+                   (end - first) * config.batch_size)  # fmt: skip
+    _save(ckpt, exp, run, row['val_accuracy'])
+    metrics = {
+        k: row[k] for k in ('loss', 'accuracy', 'val_loss', 'val_accuracy')
+    }
+    print(progress.epoch_line(row['epoch'], config.num_epochs, row['seconds'],
+                              metrics), file=out, flush=True)  # fmt: skip
   if run.history:
     accuracy = run.history[-1]['val_accuracy']
     print(f'Accuracy: {accuracy * 100:.2f}%', file=out, flush=True)
 
 
-def _end_epoch(
-    exp: Experiment,
-    run: resume.Progress,
-    reporter: records.Reporter,
-    started: float,
-    epoch_steps: int,
-) -> None:
-  """Evaluates, appends the epoch's history row, reports, resets metrics.
-
-  `epoch_steps` is the epoch's length (the last one may be cut short).
-  """
-  config, spe = exp.config, exp.steps_per_epoch
-  train_seconds = time.monotonic() - started
-  evaluation = evaluate(
-      exp.eval_step,
-      run.state,
-      exp.eval,
-      config.eval_batch_size,
-      exp.shardings.batch,
-  )
-  run.history.append(
-      {
-          'epoch': -(-run.step // spe),  # A cut-short last epoch counts.
-          **steps.computed(run.epoch_metrics),
-          **{f'val_{k}': v for k, v in evaluation.items()},
-          'seconds': time.monotonic() - started,
-      }
-  )
-  run.epoch_metrics = steps.empty_metrics(exp.replicated)
-  run.epoch_seconds = 0.0
-  reporter.epoch(
-      run.step,
-      run.history,
-      float(exp.learning_rate(run.step)),
-      train_seconds,
-      epoch_steps,
-      epoch_steps * config.batch_size,
-  )
-
-
 def _save(
     ckpt: checkpointing.Checkpoints,
     exp: Experiment,
-    run: resume.Progress,
+    run: Run,
     val_accuracy: float | None = None,
 ) -> None:
   """Checkpoints `run`; history is copied (the JSON is written later)."""
@@ -228,24 +194,14 @@ def _save(
   )
 
 
-def _print_start(
-    exp: Experiment,
-    run: resume.Progress,
-    reporter: records.Reporter,
-    out,
+def _start_reports(
+    exp: Experiment, run: Run, reporter: records.Reporter, out
 ) -> None:
-  """Starts the reports; prints the model summary and the data sizes."""
+  """Starts the records; prints the model summary and the data sizes."""
   num_train, num_eval = len(exp.train[1]), len(exp.eval[1])
-  reporter.start(
-      exp.config,
-      exp.class_names,
-      num_train,
-      num_eval,
-      exp.steps_per_epoch,
-      run.step,
-  )
-  state = run.state
-  variables = {'params': state.params, 'batch_stats': state.batch_stats}
+  reporter.start(exp.config, exp.class_names, num_train, num_eval,
+                 exp.steps_per_epoch, run.step)  # fmt: skip
+  variables = {'params': run.state.params, 'batch_stats': run.state.batch_stats}
   print(summary.keras_summary(exp.model, variables, images_lib.SHAPE), file=out)
   print(
       f'Train on {num_train} samples, validate on {num_eval} samples '
@@ -255,86 +211,60 @@ def _print_start(
   )
 
 
-def _epoch_line(row: dict[str, float], num_epochs: float) -> str:
-  keys = ('loss', 'accuracy', 'val_loss', 'val_accuracy')
-  return progress.epoch_line(
-      row['epoch'], num_epochs, row['seconds'], {k: row[k] for k in keys}
-  )
+class Hooks(NamedTuple):
+  """What `run_steps` asks before each dispatch (whether to stop: a
+  preemption stops at a step boundary) and tells after it (the step
+  reached: throughput reporting)."""
+
+  should_stop: Callable[[int], bool] = lambda step: False
+  after_step: Callable[[int], None] = lambda step: None
 
 
 def run_steps(
     exp: Experiment,
-    state: steps.TrainState,
-    epoch_metrics: steps.Metrics,
-    step: int,
+    run: Run,
     stop: int,
-    bar: progress.ProgressBar,
-    should_stop=lambda step: False,
-    after_step=lambda step: None,
-) -> tuple[steps.TrainState, steps.Metrics, int]:
-  """Runs training steps [step, stop), drawing `bar` (steps since epoch start).
+    bar: progress.ProgressBar | None = None,
+    hooks: Hooks = Hooks(),
+) -> None:
+  """Trains `run` in place from its step up to `stop` (within one epoch).
 
   The host only dispatches steps (`exp.steps_per_dispatch` at a time); it
-  reads the metrics (a device sync) only when the bar is due and at `stop`
-  (to check them), and draws the bar only when it is due.
-  `should_stop(step)` is asked before each step, so a preemption stops at a
-  step boundary; `after_step(step)` runs after each (throughput reporting).
-
-  Returns:
-    The state, the epoch's metrics so far, and the step reached.
+  reads the metrics (a device sync) only when `bar` is due, to draw it, and
+  at `stop`, to check that the loss is finite.
   """
-  # [step, stop) lies in one epoch; the bar counts from its first step,
-  # whatever checkpoints stopped the loop in between.
-  epoch_start = step // exp.steps_per_epoch * exp.steps_per_epoch
-  for first, n in plan.dispatches(exp, step, stop):
-    if should_stop(first):
+  epoch_start = run.step // exp.steps_per_epoch * exp.steps_per_epoch
+  for first, n in plan.dispatches(exp, run.step, stop):
+    if hooks.should_stop(first):
       break
-    pass_index, position = exp.order.locate(first)
-    state, epoch_metrics = exp.train_steps(n)(
-        state,
-        epoch_metrics,
-        exp.train,
-        exp.order.pass_order(pass_index),
-        position,
-        exp.keys,
-    )
-    step = first + n
-    after_step(step)
-    due = bar.due()
-    if due or step == stop:
-      values = steps.computed(epoch_metrics)
-      _check_finite(values, step)
+    pass_index, position = run.order.locate(first)
+    run.state, run.epoch_metrics = exp.train_steps(n)(
+        run.state, run.epoch_metrics, exp.train,
+        run.order.pass_order(pass_index), position, run.keys,
+    )  # fmt: skip
+    run.step = first + n
+    hooks.after_step(run.step)
+    due = bar is not None and bar.due()
+    if due or run.step == stop:
+      values = steps.computed(run.epoch_metrics)
+      if not np.isfinite(values['loss']):
+        raise NonFiniteLossError(
+            f'The training loss became {values["loss"]} by step {run.step}; '
+            'the run stops here. Try a lower optimizer.learning_rate.'
+        )
       if due:  # Not at every checkpoint: a line per save would flood logs.
-        bar.update(step - epoch_start, values)
-  return state, epoch_metrics, step
+        bar.update(run.step - epoch_start, values)
 
 
-def evaluate(
-    eval_step,
-    state: steps.TrainState,
-    data: tuple[jax.Array, jax.Array],
-    batch_size: int,
-    batch_sharding: jax.sharding.Sharding,
-) -> dict[str, float]:
-  """Loss and accuracy over every example of `data` exactly once."""
-  if isinstance(batch_sharding, jax.sharding.NamedSharding):
-    metrics_sharding = jax.sharding.NamedSharding(
-        batch_sharding.mesh, jax.sharding.PartitionSpec()
-    )
-  else:
-    metrics_sharding = batch_sharding
-  m = steps.empty_metrics(metrics_sharding)
-  for batch in batching.eval_batches(len(data[1]), batch_size):
-    m = eval_step(state, m, data, jax.device_put(batch, batch_sharding))
+def evaluate(exp: Experiment, state: steps.TrainState) -> dict[str, float]:
+  """Loss and accuracy of `state` over every eval example exactly once."""
+  sharding = exp.shardings.batch
+  m = steps.empty_metrics(exp.replicated)
+  for batch in batching.eval_batches(
+      len(exp.eval[1]), exp.config.eval_batch_size
+  ):
+    m = exp.eval_step(state, m, exp.eval, jax.device_put(batch, sharding))
   return steps.computed(m)
-
-
-def _check_finite(values: dict[str, float], step: int) -> None:
-  if not np.isfinite(values['loss']):
-    raise NonFiniteLossError(
-        f'The training loss became {values["loss"]} by step {step}; the run '
-        'stops here. Try a lower optimizer.learning_rate.'
-    )
 
 
 def timed_run(exp: Experiment, seed: int, out=None) -> tuple[float, float]:
@@ -343,28 +273,12 @@ def timed_run(exp: Experiment, seed: int, out=None) -> tuple[float, float]:
   The speed-record protocol's run (benchmarks/speedrun.py): the clock
   covers the training steps and the final evaluation, not the
   initialisation or compilation (compile ahead first); nothing is saved.
-
-  `out` gets a progress bar over the run's steps (default: none; drawing
-  it reads the loss, a device sync, at most every half second).
+  `out` gets a progress bar over the run's steps (default: none).
   """
-  run = experiment_lib.with_seed(exp, seed)
-  metrics = steps.empty_metrics(run.replicated)
-  jax.block_until_ready((run.state, metrics))  # Initialisation: not timed.
-  total = run.total_steps
+  run = exp.start(seed)
+  jax.block_until_ready((run.state, run.epoch_metrics))  # Not timed.
   start = time.perf_counter()
-  state, _, _ = run_steps(
-      run,
-      run.state,
-      metrics,
-      0,
-      total,
-      progress.ProgressBar(total, out=out or io.StringIO()),
-  )
-  result = evaluate(
-      run.eval_step,
-      state,
-      run.eval,
-      run.config.eval_batch_size,
-      run.shardings.batch,
-  )
+  bar = progress.ProgressBar(exp.total_steps, out=out) if out else None
+  run_steps(exp, run, exp.total_steps, bar)
+  result = evaluate(exp, run.state)
   return result['accuracy'], time.perf_counter() - start

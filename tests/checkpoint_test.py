@@ -25,6 +25,7 @@ from cifar_jax.runs import inference
 from cifar_jax.runs import resume
 from cifar_jax import train
 from cifar_jax.training import experiment
+from cifar_jax.training import fast_sgd
 from cifar_jax.training import optimizers
 from cifar_jax.training import steps
 from conftest import get_config
@@ -43,6 +44,12 @@ RUN = (
     '--config.augment.width_shift_range=0.1',
 )
 ENV = dict(os.environ, JAX_PLATFORMS='cpu')
+
+
+def _state_from(config, path):
+  """A fresh state of `config`, with `path`'s run's (`init_from`)."""
+  exp = experiment.create_experiment(config)
+  return resume.state_from_run(exp, exp.start(0).state, path)
 
 
 def _start(workdir, *extra):
@@ -242,9 +249,7 @@ def test_init_from_loads_params_of_another_run(tmp_path, uninterrupted):
   config = get_config('test')
   config.data.synthetic_train_size = 1024
   config.model.batch_norm = True
-  state = resume.state_from_run(
-      experiment.create_experiment(config), str(workdir)
-  )
+  state = _state_from(config, str(workdir))
   loaded = {'params': state.params, 'batch_stats': state.batch_stats}
   assert jax.tree.leaves(params['batch_stats'])
   for x, y in zip(jax.tree.leaves(params), jax.tree.leaves(loaded)):
@@ -284,8 +289,7 @@ def test_init_from_optimizer_continues_the_other_runs_adam_as_keras_does(
   config = _adam_config()
   config.init_from = str(tmp_path / 'a')
   config.init_from_optimizer = True
-  exp = experiment.create_experiment(config)
-  state = resume.state_from_run(exp, config.init_from)
+  state = _state_from(config, config.init_from)
   assert int(state.step) == 0  # The new run's own epochs and checkpoints.
   for x, y in zip(
       jax.tree.leaves((trained.params, trained.opt_state)),
@@ -315,9 +319,7 @@ def test_init_from_optimizer_continues_the_other_runs_adam_as_keras_does(
     )
   # Without it: the parameters only, and a new Adam.
   config.init_from_optimizer = False
-  fresh = resume.state_from_run(
-      experiment.create_experiment(config), config.init_from
-  )
+  fresh = _state_from(config, config.init_from)
   assert int(_adam_state(fresh.opt_state).count) == 0
   new_mu = jax.tree.leaves(_adam_state(fresh.opt_state).mu)
   assert not any(np.any(m) for m in new_mu)
@@ -341,18 +343,18 @@ def test_init_from_optimizer_refuses_a_decaying_learning_rate_in_one_line():
   config = get_config('test')  # SGD with decay.
   config.init_from_optimizer = True
   with pytest.raises(UserError, match='needs a constant learning rate'):
-    resume.state_from_run(experiment.create_experiment(config), 'elsewhere')
+    _state_from(config, 'elsewhere')
   config.optimizer.decay = 0.0
   with pytest.raises(UserError, match='not a run directory'):
-    resume.state_from_run(experiment.create_experiment(config), 'elsewhere')
+    _state_from(config, 'elsewhere')
 
 
 def test_a_failed_save_is_a_clear_error_and_keeps_earlier_checkpoints(
     tmp_path, monkeypatch
 ):
-  exp = experiment.create_experiment(get_config('test'))
+  state = experiment.create_experiment(get_config('test')).start(0).state
   ckpt = checkpointing.Checkpoints(str(tmp_path), keep=2)
-  ckpt.save(1, exp.state, steps.Metrics.empty(), {'history': []}, None)
+  ckpt.save(1, state, steps.Metrics.empty(), {'history': []}, None)
   ckpt.wait()
 
   def full_disk(*args, **kwargs):
@@ -360,13 +362,13 @@ def test_a_failed_save_is_a_clear_error_and_keeps_earlier_checkpoints(
 
   monkeypatch.setattr(ckpt._manager, 'save', full_disk)  # pylint: disable=protected-access
   with pytest.raises(UserError, match='no space left on the device'):
-    ckpt.save(2, exp.state, steps.Metrics.empty(), {'history': []}, None)
+    ckpt.save(2, state, steps.Metrics.empty(), {'history': []}, None)
   monkeypatch.undo()
   ckpt.close()
   again = checkpointing.Checkpoints(str(tmp_path), keep=2)
   assert again.steps() == [1]
   restored = again.restore_latest(
-      exp.state, steps.Metrics.empty(), lambda meta: None
+      state, steps.Metrics.empty(), lambda meta: None
   )
   assert restored.step == 1
   again.close()
@@ -446,17 +448,18 @@ def test_the_state_keeps_the_layout_earlier_checkpoints_were_written_in():
   ]  # fmt: skip
   config = get_config('test')
   config.model.batch_norm = True
-  exp = experiment.create_experiment(config)
-  assert type(exp.state) is steps.TrainState
+  state = experiment.create_experiment(config).start(0).state
+  assert type(state) is steps.TrainState
   assert {
       jax.tree_util.keystr(p).split('[')[0]
-      for p, _ in jax.tree_util.tree_leaves_with_path(exp.state)
+      for p, _ in jax.tree_util.tree_leaves_with_path(state)
   } == {'.step', '.params', '.opt_state', '.batch_stats'}
   fast = get_config('fast94')
   fast.data.name = 'synthetic'
   fast.batch_size, fast.whitening.images = 64, 64
   assert isinstance(
-      experiment.create_experiment(fast).state, steps.LookaheadTrainState
+      experiment.create_experiment(fast).start(0).state,
+      steps.LookaheadTrainState,
   )
 
 
@@ -467,16 +470,16 @@ def test_checkpoints_of_another_state_layout_are_refused_not_moved_aside(
   config.num_epochs = 1
   train.train_and_evaluate(config, str(tmp_path), out=io.StringIO())
   saved = weights.saved_steps(str(tmp_path))
-  exp = experiment.create_experiment(config)
+  state = experiment.create_experiment(config).start(0).state
   # The same model's state with one more field (what another version of
   # the code would ask for): whole checkpoints, of another layout.
   other = jax.jit(
       lambda: steps.LookaheadTrainState.create(
-          apply_fn=exp.state.apply_fn,
-          params=exp.state.params,
-          tx=exp.state.tx,
-          batch_stats=exp.state.batch_stats,
-          lookahead=optimizers.Lookahead(5, 0.5, 10),
+          apply_fn=state.apply_fn,
+          params=state.params,
+          tx=state.tx,
+          batch_stats=state.batch_stats,
+          lookahead=fast_sgd.Lookahead(5, 0.5, 10),
       )
   )()
   ckpt = checkpointing.Checkpoints(weights.checkpoint_dir(str(tmp_path)), 2)

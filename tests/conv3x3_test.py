@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cifar_jax.config import checks
+from cifar_jax.training import checks
 from cifar_jax import cpu
 from cifar_jax.cpu import conv3x3
 from cifar_jax import cpu_info

@@ -114,9 +114,10 @@ def _keras_run(
   phases = _phases(rung) if num_steps == STEPS else [(_config(rung), num_steps)]
   for config, count in phases:
     exp = experiment.create_experiment(config)
+    order = exp.start(config.seed).order
     data_images, data_labels = jax.device_get(exp.train)
     for step in range(count):
-      indices, mask = exp.order.batch(step)
+      indices, mask = order.batch(step)
       images.append(data_images[indices])
       labels.append(data_labels[indices])
       sizes.append(int(mask.sum()))
@@ -221,14 +222,15 @@ def _train_ours(rung: str, run: dict, monkeypatch) -> list[tuple]:
       state = state.replace(opt_state=opt_state, step=step)
     options = steps.StepOptions(
         batch_size=config.batch_size,
-        batches_per_pass=exp.order.batches_per_pass,
+        batches_per_pass=exp.batches_per_pass,
     )
     train_step = jax.jit(functools.partial(steps.train_step, options=options))
+    seeded = exp.start(config.seed)
     for position in range(count):  # The batches _keras_run handed Keras.
-      indices, mask = exp.order.batch(position)
+      indices, mask = seeded.order.batch(position)
       metrics = steps.empty_metrics()
       state, metrics = train_step(
-          state, metrics, exp.train, (indices, mask), exp.keys
+          state, metrics, exp.train, (indices, mask), seeded.keys
       )
       results.append(
           (steps.computed(metrics)['loss'], state.params, state.batch_stats)
@@ -333,7 +335,8 @@ def test_batch_norm_statistics_match_the_fused_kernel_in_float32(keras_run):
 
 
 def _sizes(exp: experiment.Experiment, num_steps: int) -> list[int]:
-  return [int(exp.order.batch(s)[1].sum()) for s in range(num_steps)]
+  order = exp.start(exp.config.seed).order
+  return [int(order.batch(s)[1].sum()) for s in range(num_steps)]
 
 
 @pytest.mark.slow
@@ -375,7 +378,7 @@ def test_epochs_take_the_batches_the_cells_fit_call_takes(rung, tmp_path):
   assert keras['iterations'] == [per_epoch * (e + 1) for e in range(epochs)]
   ours = _sizes(exp, epochs * per_epoch)
   assert len(keras['sizes']) == len(ours)
-  per_pass = exp.order.batches_per_pass
+  per_pass = exp.batches_per_pass
   if not generator:
     assert keras['sizes'] == ours
   for start in range(0, len(ours) - per_pass + 1, per_pass):  # Whole passes.

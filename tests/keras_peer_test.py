@@ -38,7 +38,9 @@ def test_our_state_in_keras_predicts_as_ours_and_takes_our_next_adam_step(
   loaded = keras_peer.load_ours(config, model)
   assert loaded.endswith('(update 16)')  # 512 images / 32.
   exp = experiment.create_experiment(config)
-  ours = jax.device_get(resume.state_from_run(exp, config.init_from))
+  ours = jax.device_get(
+      resume.state_from_run(exp, exp.start(0).state, config.init_from)
+  )
   # The same function of the image: weights, BatchNorm statistics and the
   # flatten order all in place.
   x = np.random.default_rng(0).random((8, 32, 32, 3), np.float32)

@@ -7,7 +7,6 @@ parameters and BatchNorm statistics, with a fresh optimizer, or with that
 run's optimizer state too (`init_from_optimizer`).
 """
 
-import dataclasses
 import json
 import os
 from typing import Any
@@ -23,6 +22,7 @@ from cifar_jax.runs import checkpointing
 from cifar_jax.runs import classes
 from cifar_jax.runs import weights
 from cifar_jax.training.experiment import Experiment
+from cifar_jax.training.experiment import Run
 from cifar_jax.training import optimizers
 from cifar_jax.training import steps
 
@@ -60,23 +60,11 @@ def config_differences(saved: dict, current: dict) -> list[str]:
   ]
 
 
-@dataclasses.dataclass
-class Progress:
-  """Where training is and what it has recorded: the loop's running state,
-  and what a checkpoint saves of it."""
-
-  state: steps.TrainState
-  epoch_metrics: steps.Metrics  # Of the epoch in progress.
-  step: int
-  history: list[dict[str, float]]  # One row per finished epoch.
-  epoch_seconds: float  # Already spent on the epoch in progress.
-
-
 def start(
     exp: Experiment, ckpt: checkpointing.Checkpoints, config_dict: dict
-) -> tuple[Progress, bool]:
-  """The newest good checkpoint of this config, or a fresh start; and
-  whether it resumed. The loop owns the `Progress` it gets.
+) -> tuple[Run, bool]:
+  """The run from the newest good checkpoint of this config, or a fresh one
+  of `config.seed`; and whether it resumed.
 
   Raises:
     UserError: the checkpoints come from another config, or were trained
@@ -98,24 +86,18 @@ def start(
           + '\nUse another --workdir, or the config they were made with.'
       )
 
+  run = exp.start(exp.config.seed)
   restored = ckpt.restore_latest(
-      _abstract(exp.state),
-      _abstract(steps.empty_metrics(exp.replicated)),
-      check_meta,
+      _abstract(run.state), _abstract(run.epoch_metrics), check_meta
   )
   if restored:
-    return (
-        Progress(
-            restored.state,
-            restored.metrics,
-            restored.step,
-            list(restored.meta['history']),
-            restored.meta['epoch_seconds'],
-        ),
-        True,
-    )
-  init_from = exp.config.init_from
-  if exp.config.init_from_optimizer and not init_from:
+    run.state, run.epoch_metrics, run.step = (
+        restored.state, restored.metrics, restored.step
+    )  # fmt: skip
+    run.history = list(restored.meta['history'])
+    run.epoch_seconds = restored.meta['epoch_seconds']
+    return run, True
+  if exp.config.init_from_optimizer and not exp.config.init_from:
     # A run that continues another's optimizer but starts from scratch
     # would be compared with the seed's continued curve as if it had not.
     raise UserError(
@@ -124,16 +106,9 @@ def start(
         'deep_adam, as the seed did), or --config.init_from_optimizer=false '
         'to start from scratch.'
     )
-  return (
-      Progress(
-          state_from_run(exp, init_from) if init_from else exp.state,
-          steps.empty_metrics(exp.replicated),
-          0,
-          [],
-          0.0,
-      ),
-      False,
-  )
+  if exp.config.init_from:
+    run.state = state_from_run(exp, run.state, exp.config.init_from)
+  return run, False
 
 
 def config_json(config: ml_collections.ConfigDict) -> dict:
@@ -148,9 +123,11 @@ def _abstract(tree: Any) -> Any:
   )
 
 
-def state_from_run(exp: Experiment, path: str) -> steps.TrainState:
-  """The initial state with params and BN statistics of another run; with
-  its optimizer state too when `init_from_optimizer`.
+def state_from_run(
+    exp: Experiment, state: steps.TrainState, path: str
+) -> steps.TrainState:
+  """`state` (an initial one) with another run's params and BN statistics,
+  and its optimizer state too when `init_from_optimizer`.
 
   The step starts at 0 either way: the run's epochs, data order and
   checkpoints are its own. A Keras model fit again without compile() keeps
@@ -174,12 +151,12 @@ def state_from_run(exp: Experiment, path: str) -> steps.TrainState:
       weights.trained_classes(path), exp.class_names, f'init_from={path} was'
   )
   if exp.config.init_from_optimizer:
-    theirs = weights.restore_state(path, _abstract(exp.state))
-    return exp.state.with_variables(theirs.params, theirs.batch_stats).replace(
+    theirs = weights.restore_state(path, _abstract(state))
+    return state.with_variables(theirs.params, theirs.batch_stats).replace(
         opt_state=theirs.opt_state
     )
   loaded = weights.restore_params(path, exp.replicated)
-  ours = {'params': exp.state.params, 'batch_stats': exp.state.batch_stats}
+  ours = {'params': state.params, 'batch_stats': state.batch_stats}
   theirs_shapes = jax.tree.map(np.shape, loaded)
   ours_shapes = jax.tree.map(np.shape, ours)
   if theirs_shapes != ours_shapes:
@@ -189,4 +166,4 @@ def state_from_run(exp: Experiment, path: str) -> steps.TrainState:
         f'{ours_shapes}'
     )
   loaded = jax.tree.map(lambda new, old: new.astype(old.dtype), loaded, ours)
-  return exp.state.with_variables(loaded['params'], loaded['batch_stats'])
+  return state.with_variables(loaded['params'], loaded['batch_stats'])

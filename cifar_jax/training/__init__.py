@@ -1,13 +1,16 @@
 """What a training step is made of, and the run's compiled programs.
 
 - `steps`: the train state, the jitted train and eval steps;
-- `optimizers`: Keras 2.3's SGD, Adam and MaxNorm, the fast recipes' SGD
-  and Lookahead, as Optax chains;
+- `optimizers`: Keras 2.3's SGD, Adam and MaxNorm as Optax chains, and
+  the one place a config's optimizer is built;
+- `fast_sgd`: the fast recipes' SGD, schedule and Lookahead;
 - `experiment`: a run's fixed parts (model, data on the device(s),
-  compiled programs) and a seed's initial state;
+  compiled programs) and a seed's `Run` of it;
+- `checks`: every config key's rule, collected from the modules that read
+  it, checked in one line;
 - `plan`: which steps each dispatch runs, and compiling them ahead of time;
 - `mesh`: the device mesh and shardings of data parallelism.
 
 The epoch loop that drives them is `cifar_jax.train`. Imports: `data`,
-`models`, `cpu`, `errors`, `rules`.
+`models`, `reporting`, `cpu`, `errors`, `rules`.
 """

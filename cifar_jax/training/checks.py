@@ -1,11 +1,10 @@
-"""A whole config's values checked once, up front, in one line.
+"""A whole config's values checked up front, in one line.
 
-A negative batch size used to hang, a zero one to crash deep inside the
-loop, and `num_epochs=0` to exit 0 having trained nothing. Each key's rule
-is defined beside the code that reads the value (a module's `RULES`, the
-vocabulary of `cifar_jax.rules`); this collects them, so every key of
-configs/default.py and of each model has one rule, and `check` reports
-every value that breaks one, before anything is loaded or written.
+Each key's rule is defined beside the code that reads it (a module's
+`RULES`, in the vocabulary of `cifar_jax.rules`; the loop's own are here);
+this collects them, so every key of configs/default.py and of each model
+has one rule, and `check` reports every value that breaks one before
+anything is loaded or written.
 """
 
 from collections.abc import Sequence
@@ -19,20 +18,29 @@ from cifar_jax.errors import UserError
 from cifar_jax import models
 from cifar_jax.reporting import records
 from cifar_jax import rules
-from cifar_jax.training import experiment
 from cifar_jax.training import optimizers
 
-# The keys of the loop itself (cifar_jax.train): checkpoints, where it starts.
+# The loop's keys: the top of a config (cifar_jax.train, `experiment`).
 LOOP_RULES = {
+    'batch_size': rules.integer(1, 2**31 - 1),  # Batch indices are int32.
+    'eval_batch_size': rules.integer(1, 2**31 - 1),
+    'num_epochs': rules.POSITIVE,
+    'drop_remainder': rules.BOOL,
+    'shuffle_batch_order': rules.BOOL,
+    'steps_per_epoch': rules.integer(0),
+    'steps_per_dispatch': rules.integer(0),
+    'seed': rules.integer(0, 2**32 - 1),
+    'label_smoothing': rules.FRACTION,
+    'eval_tta': rules.integer(0, 2),
     'checkpoint_every_steps': rules.integer(0),
     'keep_checkpoints': rules.integer(1),
     'init_from_optimizer': rules.BOOL,
 }
 # Section -> its rules, from the modules that read it.
 SECTIONS: dict[str, dict[str, rules.Rule]] = {
-    '': {**experiment.RULES, **records.RULES, **LOOP_RULES},
+    '': {**LOOP_RULES, **records.RULES},
     'data': input_pipeline.RULES,
-    'whitening': experiment.WHITENING_RULES,
+    'whitening': {'images': rules.integer(0), 'epsilon': rules.POSITIVE},
     'model': models.RULES,
     'optimizer': optimizers.RULES,
     'augment': augment.RULES,

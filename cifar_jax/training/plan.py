@@ -18,7 +18,7 @@ import jax
 from cifar_jax.data import batching
 from cifar_jax.errors import UserError
 from cifar_jax.training.experiment import Experiment
-from cifar_jax.training import steps
+from cifar_jax.training.experiment import Run
 
 
 def stop_steps(
@@ -53,11 +53,9 @@ def dispatches(
   """
   step = start
   while step < stop:
-    _, position = exp.order.locate(step)
+    position = step % exp.batches_per_pass
     n = min(
-        exp.steps_per_dispatch,
-        stop - step,
-        exp.order.batches_per_pass - position,
+        exp.steps_per_dispatch, stop - step, exp.batches_per_pass - position
     )
     yield step, n
     step += n
@@ -85,8 +83,9 @@ def dispatch_sizes(
   return sorted(sizes)
 
 
-def compile_ahead(exp: Experiment, start: int = 0, every: int = 0) -> float:
-  """Compiles every program a run calls (`dispatch_sizes`); returns seconds.
+def compile_ahead(exp: Experiment, run: Run, every: int = 0) -> float:
+  """Compiles every program `run` calls from its step (`dispatch_sizes`);
+  returns seconds.
 
   `lower(...).compile()` with the run's own shapes and shardings: JAX keeps
   the executables, and the run's calls reuse them.
@@ -94,13 +93,13 @@ def compile_ahead(exp: Experiment, start: int = 0, every: int = 0) -> float:
   begin = time.perf_counter()
   # Shapes, not arrays: a batch too large for memory is refused before
   # anything of its size is allocated.
-  state, metrics = exp.state, steps.empty_metrics(exp.replicated)
-  order = exp.order.pass_shapes()
+  state, metrics = run.state, run.epoch_metrics
+  order = run.order.pass_shapes()
   free = free_memory()
-  for n in dispatch_sizes(exp, start, every):
+  for n in dispatch_sizes(exp, run.step, every):
     compiled = (
         exp.train_steps(n)
-        .lower(state, metrics, exp.train, order, 0, exp.keys)
+        .lower(state, metrics, exp.train, order, 0, run.keys)
         .compile()
     )
     check_fits(compiled, free, 'batch_size', exp.config.batch_size)

@@ -21,6 +21,7 @@ import optax
 from cifar_jax.data import augment
 from cifar_jax.data import batching
 from cifar_jax.data import images as images_lib
+from cifar_jax.training import fast_sgd
 from cifar_jax.training import optimizers
 
 
@@ -47,7 +48,7 @@ class LookaheadTrainState(TrainState):
   """
 
   slow: Any
-  lookahead: optimizers.Lookahead = flax.struct.field(pytree_node=False)
+  lookahead: fast_sgd.Lookahead = flax.struct.field(pytree_node=False)
 
   @classmethod
   def create(cls, *, params, batch_stats, lookahead, **kwargs):
@@ -141,7 +142,7 @@ def state_initializer(
   tx = optimizers.create_optimizer(
       optimizer_config, abstract['params'], run, schedule
   )
-  lookahead = optimizers.lookahead(optimizer_config, run.total_steps)
+  lookahead = fast_sgd.lookahead(optimizer_config, run.total_steps)
 
   def init(rng, replace):
     variables = init_variables(rng)
