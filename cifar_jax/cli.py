@@ -7,7 +7,7 @@ import re
 import signal
 import sys
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from absl import flags
 from absl import logging
@@ -26,11 +26,8 @@ from cifar_jax.errors import UserError
 def define_config() -> flags.FlagHolder:
   """--config: a config file and its --config.key=value overrides."""
   return config_flags.DEFINE_config_file(
-      'config',
-      None,
-      'Path to a config file, e.g. configs/simple.py.',
-      lock_config=True,
-  )
+      'config', None, 'Path to a config file, e.g. configs/simple.py.',
+      lock_config=True)  # fmt: skip
 
 
 def _add_repository_of(path: str) -> None:
@@ -62,11 +59,8 @@ def define_config_overrides() -> flags.FlagHolder:
     sys.exit(2)
   try:
     return config_flags.DEFINE_config_dict(
-        'config',
-        default,
-        'Overrides for every config: --config.key=value.',
-        lock_config=True,
-    )
+        'config', default, 'Overrides for every config: --config.key=value.',
+        lock_config=True)  # fmt: skip
   except (AttributeError, KeyError, TypeError, ValueError) as e:
     print(f'error: {_config_error_line(e, None)}', file=sys.stderr)
     sys.exit(2)
@@ -85,11 +79,8 @@ def define_workdir(help_text: str) -> flags.FlagHolder:
 def define_checkpoint() -> flags.FlagHolder:
   """--checkpoint: which checkpoint of --workdir a tool reads."""
   return flags.DEFINE_string(
-      'checkpoint',
-      'latest',
-      "Which checkpoint of --workdir: 'best' (by val_accuracy), 'latest' or "
-      'a step.',
-  )
+      'checkpoint', 'latest', "Which checkpoint of --workdir: 'best' (by "
+      "val_accuracy), 'latest' or a step.")  # fmt: skip
 
 
 def default_workdir(config_path: str) -> str:
@@ -98,15 +89,9 @@ def default_workdir(config_path: str) -> str:
   return os.path.join('ckpt', name)
 
 
-class _NotFrom(std_logging.Filter):
-  """Drops the log records of source files whose path contains `part`."""
-
-  def __init__(self, part: str):
-    super().__init__()
-    self.part = part
-
-  def filter(self, record) -> bool:
-    return self.part not in record.pathname
+def _not_from(part: str) -> Callable[[std_logging.LogRecord], bool]:
+  """A log filter: drops the records of files whose path contains `part`."""
+  return lambda record: part not in record.pathname
 
 
 def _config_path(argv: list[str]) -> str | None:
@@ -132,10 +117,8 @@ def _check_config_file(path: str) -> str | None:
   try:
     compile(source, path, 'exec')
   except SyntaxError as e:
-    return (
-        f'config file {path}, line {e.lineno}: {e.msg}: '
-        f'{(e.text or "").strip()}'
-    )
+    text = (e.text or '').strip()
+    return f'config file {path}, line {e.lineno}: {e.msg}: {text}'
   return None
 
 
@@ -173,7 +156,7 @@ def parse_flags(argv: list[str]) -> list[str]:
   )
   # config_flags' own warning (get_config() returned None) would come with
   # absl's logging-before-flag-parsing notice; the error line says it.
-  quiet = _NotFrom(f'{os.sep}config_flags.py')
+  quiet = _not_from(f'{os.sep}config_flags.py')
   logging.get_absl_logger().addFilter(quiet)
   try:
     argv = flags.FLAGS(argv)
@@ -190,7 +173,7 @@ def parse_flags(argv: list[str]) -> list[str]:
       # Orbax logs its background threads' failures with tracebacks (a
       # full disk: hundreds of lines); checkpointing.Checkpoints raises
       # each as one error, so they are dropped (--verbosity=0 keeps them).
-      logging.get_absl_handler().addFilter(_NotFrom(f'{os.sep}orbax{os.sep}'))
+      logging.get_absl_handler().addFilter(_not_from(f'{os.sep}orbax{os.sep}'))
     return argv
   except flags.Error as e:
     print(f'error: {_flag_error_line(e, path)}', file=sys.stderr)
@@ -199,11 +182,8 @@ def parse_flags(argv: list[str]) -> list[str]:
   except Exception as e:  # pylint: disable=broad-except
     # The config file itself failed (an import or an error in get_config).
     cause = e.__cause__ or e
-    print(
-        f'error: cannot load config file {path}: '
-        f'{type(cause).__name__}: {cause}'.replace('\n', ' '),
-        file=sys.stderr,
-    )
+    line = f'cannot load config file {path}: {type(cause).__name__}: {cause}'
+    print(f'error: {line}'.replace('\n', ' '), file=sys.stderr)
   finally:
     logging.get_absl_logger().removeFilter(quiet)
   sys.exit(2)

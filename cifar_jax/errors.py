@@ -4,21 +4,16 @@
 """
 
 import errno
+import os
 
-# Why a write failed, by OSError's errno or by the text other libraries
-# (Orbax, TensorFlow) wrap it in.
+# Why a write failed, by OSError's errno or by its text (`os.strerror`),
+# which other libraries (Orbax, TensorFlow) wrap in their own errors.
 _WRITE_ERRNOS = {
     errno.ENOSPC: 'no space left on the device',
     errno.EDQUOT: 'disk quota exceeded',
     errno.EROFS: 'read-only file system',
     errno.EACCES: 'permission denied',
     errno.EPERM: 'permission denied',
-}
-_WRITE_MESSAGES = {
-    'No space left on device': 'no space left on the device',
-    'Disk quota exceeded': 'disk quota exceeded',
-    'Read-only file system': 'read-only file system',
-    'Permission denied': 'permission denied',
 }
 
 
@@ -53,8 +48,8 @@ def write_failure(e: BaseException | None) -> str | None:
   while e is not None:
     if isinstance(e, OSError) and e.errno in _WRITE_ERRNOS:
       return _WRITE_ERRNOS[e.errno]
-    for text, cause in _WRITE_MESSAGES.items():
-      if text in str(e):
+    for number, cause in _WRITE_ERRNOS.items():
+      if os.strerror(number) in str(e):
         return cause
     e = e.__cause__ or e.__context__
   return None

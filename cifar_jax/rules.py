@@ -29,10 +29,8 @@ def integer(low: int, high: int | None = None) -> Rule:
       if high is None
       else f'an integer from {low} to {high}'
   )
-  return (
-      lambda v: _is_int(v) and v >= low and (high is None or v <= high),
-      text,
-  )
+  ok = lambda v: _is_int(v) and v >= low and (high is None or v <= high)
+  return ok, text
 
 
 def real(
@@ -52,13 +50,9 @@ def real(
     return above and below
 
   if high is None:
-    text = f'a number {">" if low_open else ">="} {low}'
-  else:
-    text = (
-        f'a number in {"(" if low_open else "["}{low}, {high}'
-        f'{")" if high_open else "]"}'
-    )
-  return ok, text
+    return ok, f'a number {">" if low_open else ">="} {low}'
+  left, right = '(' if low_open else '[', ')' if high_open else ']'
+  return ok, f'a number in {left}{low}, {high}{right}'
 
 
 def one_of(*values: Any) -> Rule:
@@ -77,11 +71,8 @@ def each(rule: Rule, *, empty: bool = False, length: int | None = None) -> Rule:
       return empty
     return length is None or len(v) == length
 
-  size = f'{length} items' if length else 'a non-empty tuple'
-  words = (
-      f'a tuple of {size}, each {text}' if length else f'{size}, each {text}'
-  )
-  return test, words + (', or ()' if empty else '')
+  size = f'a tuple of {length} items' if length else 'a non-empty tuple'
+  return test, f'{size}, each {text}' + (', or ()' if empty else '')
 
 
 TEXT = (lambda v: isinstance(v, str) and bool(v), 'a non-empty string')

@@ -41,10 +41,8 @@ class RungProcesses:
         for name in configs
         if (parent := seed_notebook.load(name).continues_from) in configs
     }
-    self.env = dict(os.environ)
-    self.env.setdefault(
-        'XLA_PYTHON_CLIENT_MEM_FRACTION', f'{0.9 / parallel:.3f}'
-    )
+    self.env = {'XLA_PYTHON_CLIENT_MEM_FRACTION': f'{0.9 / parallel:.3f}',
+                **os.environ}  # fmt: skip
     self.pending = list(configs)
     self.running = {}  # name -> (Popen, log file, start time)
     self.done, self.failed = set(), {}
@@ -85,8 +83,7 @@ class RungProcesses:
         histories[name] = json.load(f)
     return histories
 
-  def _stop(self, signum, frame):
-    del frame
+  def _stop(self, signum, unused_frame):
     raise Preempted(
         f'Stopped by {signal.Signals(signum).name}: the running '
         'rungs saved checkpoints. Run the same command to resume.',
@@ -130,25 +127,15 @@ class RungProcesses:
     config = self.configs[name]
     workdir = os.path.join(self.root, name)
     os.makedirs(workdir, exist_ok=True)
-    args = [
-        sys.executable,
-        '-m',
-        'cifar_jax.main',
-        '--config',
-        self.config_files[name],
-        '--workdir',
-        workdir,
-        f'--config.num_epochs={config.num_epochs:g}',
-        *[f'--config.{k}={v}' for k, v in self.overrides.items()],
-    ]
+    args = [sys.executable, '-m', 'cifar_jax.main', '--config',
+            self.config_files[name], '--workdir', workdir,
+            f'--config.num_epochs={config.num_epochs:g}']  # fmt: skip
+    args += [f'--config.{k}={v}' for k, v in self.overrides.items()]
     if config.init_from:  # Its parent's run (`_rung_configs`).
       args.append(f'--config.init_from={config.init_from}')
     log = open(os.path.join(workdir, 'log.txt'), 'a')
-    self.running[name] = (
-        subprocess.Popen(
-            args, stdout=log, stderr=subprocess.STDOUT, env=self.env
-        ),
-        log,
-        time.monotonic(),
+    proc = subprocess.Popen(
+        args, stdout=log, stderr=subprocess.STDOUT, env=self.env
     )
+    self.running[name] = (proc, log, time.monotonic())
     self._print(f'{name}: {config.num_epochs:g} epochs, started')

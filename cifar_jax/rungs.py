@@ -117,32 +117,20 @@ def run_ladder(
   else:
     histories = {}
     for name, config in configs.items():
-      print(
-          f'=== {name}: {config.num_epochs:g} epochs ===', file=out, flush=True
-      )
-      _, histories[name] = train.train_and_evaluate(
-          config, os.path.join(root, name), out=out
-      )
+      print(f'=== {name}: {config.num_epochs:g} epochs ===', file=out)
+      workdir = os.path.join(root, name)
+      _, histories[name] = train.train_and_evaluate(config, workdir, out=out)
   wall = None if report_only else time.monotonic() - start
   rows = _report_rows(root, configs, histories)
+  codes = [records.read_code(os.path.join(root, n)) for n in configs]
   machines = list(
-      dict.fromkeys(
-          m
-          for n in configs
-          for m in records.machines_text(
-              records.read_code(os.path.join(root, n))
-          )
-      )
+      dict.fromkeys(m for c in codes for m in records.machines_text(c))
   )
-  data = sorted(
-      {
-          c.data.name + (f' ({c.data.dir})' if c.data.dir else '')
-          for c in configs.values()
-      }
-  )
-  ladder_report.write_report(
-      rows, root, '; '.join(data), command, wall, machines
-  )
+  data = '; '.join(sorted({
+      c.data.name + (f' ({c.data.dir})' if c.data.dir else '')
+      for c in configs.values()
+  }))  # fmt: skip
+  ladder_report.write_report(rows, root, data, command, wall, machines)
   print('\n'.join(ladder_report.readme_table(rows)), file=out)
   took = '' if wall is None else f'{wall / 60:.1f} min wall-clock. '
   print(f'Ladder: {took}Wrote {os.path.join(root, "REPORT.md")}', file=out)
@@ -194,16 +182,12 @@ def _report_rows(
     configs: dict[str, ml_collections.ConfigDict],
     histories: dict[str, list[dict]],
 ) -> list[dict]:
+  commits = lambda n: records.commits_text(records.read_code(f'{root}/{n}'))
   return [
-      ladder_report.report_row(
-          n,
-          config,
-          histories[n],
-          records.commits_text(records.read_code(os.path.join(root, n))),
-          _saved_history(root, f'{n}_keras23', missing_ok=True),
-      )
+      ladder_report.report_row(n, config, histories[n], commits(n),
+                               _saved_history(root, f'{n}_keras23', True))
       for n, config in configs.items()
-  ]
+  ]  # fmt: skip
 
 
 def _saved_config(

@@ -40,25 +40,15 @@ from cifar_jax.training import steps
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, out=sys.stdout
 ) -> tuple[steps.TrainState, list[dict[str, float]]]:
-  """Trains `config` in `workdir`, evaluating after every epoch.
+  """Trains `config` in `workdir`, evaluating after every epoch; returns
+  the final state and the history (a dict per epoch: epoch, loss,
+  accuracy, val_loss, val_accuracy, seconds).
 
-  Resumes automatically from the newest good checkpoint in
-  `<workdir>/checkpoints`; a finished run only says so.
-
-  Args:
-    config: a config as configs/default.py makes.
-    workdir: the run directory; gets config.json, history.json and
-      checkpoints/.
-    out: where the Keras-style progress goes (process 0's only).
-
-  Returns:
-    The final state and the history: one dict per epoch (epoch, loss,
-    accuracy, val_loss, val_accuracy, seconds).
-
-  Raises:
-    UserError: a config, data or disk problem the user can fix.
-    NonFiniteLossError: training diverged.
-    Preempted: SIGTERM/SIGINT arrived; a checkpoint was saved first.
+  Resumes from the newest good checkpoint in `<workdir>/checkpoints`; a
+  finished run only says so. `out` gets the Keras-style progress (process
+  0's only). Raises UserError (a problem the user can fix),
+  NonFiniteLossError (divergence) or Preempted (SIGTERM/SIGINT, after a
+  checkpoint).
   """
   checks.check(config)
   workdir = rundir.prepare(workdir)

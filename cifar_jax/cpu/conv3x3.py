@@ -150,7 +150,7 @@ def conv_general_dilated(
     *,
     method: str,
 ) -> jax.Array:
-  """`lax.conv_general_dilated`, computed by the kernel `method` (a KERNELS key).
+  """`lax.conv_general_dilated`, computed by the kernel `method` (KERNELS).
 
   Only where the kernel applies: float32 NHWC/HWIO, a 3x3 window, stride
   1, no dilation or groups, output channels a multiple of 16. Any other
@@ -203,7 +203,7 @@ def _supported_padding(
 
 
 def _winograd_applies(channels: int) -> bool:
-  """Whether the input channels fill whole vectors, as the transforms load them."""
+  """Whether the input channels fill the transforms' whole vectors."""
   return channels % 16 == 0
 
 
@@ -308,7 +308,8 @@ def kernel_grad(
 
 @functools.cache
 def kernels_registered(method: str) -> bool:
-  """Builds, loads and registers `method`'s kernels once; False (and a warning) if not."""
+  """Builds, loads and registers `method`'s kernels once; False (and a
+  warning) if it cannot."""
   kernel = KERNELS[method]
   build = functools.partial(ffi_build.build, SOURCE, ffi_build.cache_dir())
   try:

@@ -60,9 +60,7 @@ def build(
   if shutil.which(cxx) is None:
     raise BuildError(f'no C++ compiler {cxx!r} (set $CXX)')
   try:
-    version = _run(
-        [cxx, '--version'], check=True, timeout=VERSION_TIMEOUT_S
-    ).stdout
+    version = _run([cxx, '--version'], VERSION_TIMEOUT_S, check=True).stdout
   except subprocess.TimeoutExpired as e:
     raise BuildError(
         f'{cxx} --version did not finish within {VERSION_TIMEOUT_S} s'
@@ -78,25 +76,17 @@ def build(
   if _intact(target, checksum):
     return target
   if target.exists():
-    logging.warning(
-        'The cached %s does not match its checksum (damaged, or written '
-        'by an older version); compiling it again.',
-        target,
-    )
+    logging.warning('The cached %s does not match its checksum (damaged, or '
+                    'written by an older version); compiling it again.',
+                    target)  # fmt: skip
   try:
     directory.mkdir(parents=True, exist_ok=True)
     fd, partial = tempfile.mkstemp(dir=directory, suffix='.so.partial')
     os.close(fd)
   except OSError as e:
     raise BuildError(f'cannot write to {directory}: {e}') from e
-  command = [
-      cxx,
-      *flags,
-      f'-I{jax.ffi.include_dir()}',
-      '-o',
-      partial,
-      str(source),
-  ]
+  include = f'-I{jax.ffi.include_dir()}'
+  command = [cxx, *flags, include, '-o', partial, str(source)]
   logging.info('Compiling %s (once per machine and jaxlib).', source.name)
   try:
     try:
@@ -109,10 +99,8 @@ def build(
     if result.returncode != 0:
       lines = (result.stderr or result.stdout).strip().splitlines()
       messages = [line for line in lines if 'error' in line] or lines
-      raise BuildError(
-          f'{" ".join(command)} failed: '
-          f'{messages[0].strip() if messages else "no output"}'
-      )
+      first = messages[0].strip() if messages else 'no output'
+      raise BuildError(f'{" ".join(command)} failed: {first}')
     digest = _sha256(pathlib.Path(partial))
     os.replace(partial, target)
     # The checksum last: a library without one is never trusted.
@@ -128,14 +116,9 @@ def build(
 
 def _run(command: Sequence[str], timeout: float, check: bool = False):
   """A command's output as text; bytes that are not UTF-8 are replaced."""
-  return subprocess.run(
-      command,
-      capture_output=True,
-      text=True,
-      errors='replace',
-      check=check,
-      timeout=timeout,
-  )
+  return subprocess.run(command, capture_output=True, text=True,
+                        errors='replace', check=check,
+                        timeout=timeout)  # fmt: skip
 
 
 def _sha256(path: pathlib.Path) -> str:

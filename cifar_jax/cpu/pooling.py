@@ -74,9 +74,8 @@ def _window_max_bwd(residuals, g):
   batch, height, width, channels = shape
   grads = jax.nn.one_hot(first, 4, dtype=g.dtype) * g[..., None]
   grads = grads.reshape(batch, height // 2, width // 2, channels, 2, 2)
-  grads = grads.transpose(0, 1, 4, 2, 5, 3).reshape(
-      batch, height // 2 * 2, width // 2 * 2, channels
-  )
+  even = (batch, height // 2 * 2, width // 2 * 2, channels)
+  grads = grads.transpose(0, 1, 4, 2, 5, 3).reshape(even)
   grads = jnp.pad(grads, ((0, 0), (0, height % 2), (0, width % 2), (0, 0)))
   return (grads,)
 

@@ -76,14 +76,8 @@ class AugmentConfig:
 
   @property
   def enabled(self) -> bool:
-    return bool(
-        self.horizontal_flip
-        or self.width_shift_range
-        or self.height_shift_range
-        or self.zoom_range
-        or self.crop_padding
-        or self.cutout_size
-    )
+    return any(getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in ('flip_mode', 'crop_padding_mode'))  # fmt: skip
 
 
 def interpolation_matrix(coords: jax.Array, size: int) -> jax.Array:
@@ -108,16 +102,9 @@ def keras_affine_matrices(
     height: int,
     width: int,
 ) -> tuple[jax.Array, jax.Array]:
-  """(R, C) of Keras' `apply_affine_transform(x, tx=, ty=, zx=, zy=)`.
-
-  Args:
-    tx, ty: (batch,) height and width shifts in pixels.
-    zx, zy: (batch,) zoom of rows and of columns.
-    height, width: image size.
-
-  Returns:
-    R (batch, h, h) and C (batch, w, w).
-  """
+  """(R (batch, h, h), C (batch, w, w)) of Keras' `apply_affine_transform(x,
+  tx=, ty=, zx=, zy=)`: (batch,) shifts in pixels of height and width, and
+  zooms of rows and columns."""
 
   def axis(shift, zoom, size):
     centre = size / 2 + 0.5
@@ -135,17 +122,9 @@ def flip_matrices(flip: jax.Array, width: int) -> jax.Array:
 
 
 def crop_matrices(shift: jax.Array, size: int, mode: str) -> jax.Array:
-  """Integer translation of pad-and-crop: output i reads input i + shift.
-
-  Args:
-    shift: (batch,) integer shifts in [-padding, padding].
-    size: image height or width.
-    mode: 'reflect' (np.pad's reflect: the edge is not repeated) or
-      'constant' (zeros).
-
-  Returns:
-    (batch, size, size) 0/1 matrices.
-  """
+  """(batch, size, size) 0/1 matrices of pad-and-crop: output i reads input
+  i + shift (`shift`: (batch,) in [-padding, padding]), padded by `mode`:
+  'reflect' (np.pad's: the edge is not repeated) or 'constant' (zeros)."""
   src = jnp.arange(size)[None, :] + shift[:, None]
   inside = (src >= 0) & (src < size)
   if mode == 'reflect':
@@ -184,11 +163,8 @@ def sample_keras_params(
 ) -> dict[str, jax.Array]:
   """ImageDataGenerator's random parameters for `batch` images."""
   k_tx, k_ty, k_zoom, k_flip = jax.random.split(key, 4)
-  hs, ws, z = (
-      config.height_shift_range,
-      config.width_shift_range,
-      config.zoom_range,
-  )
+  hs, ws = config.height_shift_range, config.width_shift_range
+  z = config.zoom_range
   zoom = jax.random.uniform(k_zoom, (2, batch), minval=1 - z, maxval=1 + z)
   return {
       'tx': jax.random.uniform(k_tx, (batch,), minval=-hs, maxval=hs) * height,
@@ -261,21 +237,10 @@ def augment_batch(
     config: AugmentConfig,
     flips: jax.Array | None = None,
 ) -> jax.Array:
-  """Augments a (batch, h, w, c) batch, each image independently.
-
-  Order: Keras' shift/zoom warp, then its flip, then pad-and-crop, then
-  cutout. Only the enabled transforms cost anything.
-
-  Args:
-    key: the batch's key (the train step folds the step into its key).
-    images: uint8 or float images.
-    config: which transforms, with which ranges.
-    flips: (batch,) bool, replaces the random flip decisions (for
-      `flip_mode='alternating'`, see `alternating_flips`).
-
-  Returns:
-    float32 images in the input's value range (0..255 stays 0..255).
-  """
+  """A (batch, h, w, c) batch augmented image by image, as float32 in the
+  input's value range: Keras' shift/zoom warp, its flip, pad-and-crop, then
+  cutout; only the enabled ones cost anything. `flips` ((batch,) bool)
+  replaces the random flips (`alternating_flips`)."""
   images = images.astype(jnp.float32)
   if not config.enabled:
     return images

@@ -16,22 +16,14 @@ import numpy as np
 class TrainOrder:
   """Which examples make up training batch `step`: a function of (key, step).
 
-  The training stream is a sequence of passes over the data, each a fresh
-  permutation drawn from fold_in(key, pass), cut into ceil(N / B) batches
-  with the last one partial (padded, mask 0), as Keras' `fit` and
-  `fit_generator` drew them; or, with `drop_remainder`, into floor(N / B)
-  whole batches, the rest of the permutation unused (PyTorch's
-  `drop_last`, as airbench's loader). With `shuffle_batch_order` the
-  batches of a pass are visited in a shuffled order, so the partial batch
-  falls anywhere in it (Keras' `fit_generator`, whose enqueuer shuffles the
-  batches of an ImageDataGenerator's flow). Epochs are windows of
-  `steps_per_epoch` batches over that stream, so an epoch shorter than a
-  pass continues where the previous one stopped (as the seed's generators
-  did), and a resumed run sees exactly the batches it would have seen.
-
-  The permutation is computed on the device(s), once per pass; the train
-  step slices its batch out of it (`batch_at`), so no data crosses from the
-  host during training.
+  Passes over the data, each a permutation from fold_in(key, pass), cut
+  into ceil(N / B) batches, the last one padded (mask 0), as Keras' `fit`
+  and `fit_generator` drew them; with `drop_remainder`, floor(N / B) whole
+  ones (PyTorch's `drop_last`, as airbench's loader). `shuffle_batch_order`
+  visits a pass's batches shuffled (`fit_generator`'s enqueuer). Epochs are
+  windows of `steps_per_epoch` batches over that stream, so a resumed run
+  sees the batches it would have seen. Computed on the device(s) once per
+  pass; the step slices its batch out (`batch_at`): no host data.
   """
 
   def __init__(
@@ -99,15 +91,10 @@ def _pass_order_fn(
     sharding: jax.sharding.Sharding | None,
 ):
   """`_pass_order` jitted once per shape, shared by every seed's order."""
-  return jax.jit(
-      functools.partial(
-          _pass_order,
-          num_examples=num_examples,
-          length=length,
-          shuffled_batch=shuffled_batch,
-      ),
-      out_shardings=sharding,
-  )
+  fn = functools.partial(_pass_order, num_examples=num_examples,
+                         length=length,
+                         shuffled_batch=shuffled_batch)  # fmt: skip
+  return jax.jit(fn, out_shardings=sharding)
 
 
 def _pass_order(
@@ -126,11 +113,8 @@ def _pass_order(
     indices = perm[:length].astype(jnp.int32)
     mask = jnp.ones(length, jnp.float32)
   else:
-    indices = (
-        jnp.zeros(length, jnp.int32)
-        .at[:num_examples]
-        .set(perm.astype(jnp.int32))
-    )
+    perm = perm.astype(jnp.int32)
+    indices = jnp.zeros(length, jnp.int32).at[:num_examples].set(perm)
     mask = (jnp.arange(length) < num_examples).astype(jnp.float32)
   if shuffled_batch:
     order = jax.random.permutation(
@@ -152,13 +136,11 @@ def batch_at(
 
 def eval_batch_shapes(batch_size: int, sharding: jax.sharding.Sharding) -> Any:
   """An `eval_batches` batch's shapes and dtypes on the device(s)."""
+  dtypes = (a.dtype for a in _pad(np.zeros(0, np.int64), 0))
   return tuple(
-      jax.ShapeDtypeStruct(
-          (batch_size,),
-          jax.dtypes.canonicalize_dtype(a.dtype),
-          sharding=sharding,
-      )
-      for a in _pad(np.zeros(0, np.int64), 0)
+      jax.ShapeDtypeStruct((batch_size,), jax.dtypes.canonicalize_dtype(d),
+                           sharding=sharding)  # fmt: skip
+      for d in dtypes
   )
 
 

@@ -135,17 +135,15 @@ def load(
     train_split: str,
     known_order: tuple[str, ...] = (),
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-  """`<root>/<split>/<class>/*.jpg|png`, root a folder or a .zip of one.
+  """(uint8 images, int32 labels, class names in label order) of
+  `<root>/<split>/<class>/*.jpg|png`, root a folder or a .zip of one.
 
-  Returns uint8 images, int32 labels and the class names in label order.
-
-  Decoded with Pillow, so no TensorFlow is needed (GPU images rarely have
-  it). Images of any size or mode become 32x32 RGB. The classes are the
-  class folders of `train_split`, for every split, so a class missing from
-  the test split shifts no label; in CIFAR-10's order when they are
-  `known_order`'s names (CIFAR-10's). A split with a class the training split lacks is
-  refused. The order of examples is the sorted paths under a fixed shuffle
-  (FOLDER_ORDER_SEED), so slices are stable and not grouped by class.
+  Images of any size or mode become 32x32 RGB. The classes are the class
+  folders of `train_split`, for every split, so a class missing from the
+  test split shifts no label (in `known_order` when they are its names);
+  a split with a class the training split lacks is refused. The order is
+  the sorted paths under a fixed shuffle (FOLDER_ORDER_SEED): slices are
+  stable and not grouped by class.
   """
   check_root(root)
   splits, folders, read = _image_files(root, train_split)
@@ -175,10 +173,8 @@ def load(
         f'{unknown} that the training split {train_split!r} '
         f'lacks; its classes are {list(names)}.'
     )
-  files = [
-      files[i]
-      for i in np.random.default_rng(FOLDER_ORDER_SEED).permutation(len(files))
-  ]
+  order = np.random.default_rng(FOLDER_ORDER_SEED).permutation(len(files))
+  files = [files[i] for i in order]
   labels = np.array([names.index(c) for _, c in files], np.int32)
   files = [f for f, _ in files]
 
@@ -189,12 +185,8 @@ def load(
       raise UserError(f'Cannot read {name} in {root}: {e}') from e
 
   # Pillow decodes without holding the GIL: threads use every core.
-  with concurrent.futures.ThreadPoolExecutor(
-      min(32, os.cpu_count() or 1)
-  ) as pool:
-    images = (
-        np.stack(list(pool.map(decode, files)))
-        if files
-        else np.empty((0,) + images_lib.SHAPE, np.uint8)
-    )
-  return images, labels, names
+  if not files:
+    return np.empty((0,) + images_lib.SHAPE, np.uint8), labels, names
+  threads = min(32, os.cpu_count() or 1)
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    return np.stack(list(pool.map(decode, files))), labels, names

@@ -1,13 +1,9 @@
 """Loads CIFAR-10 (TFDS, an image folder, or synthetic) into memory.
 
-CIFAR-10 is small (150 MB as uint8), so each split is decoded once into
-uint8 numpy arrays and kept in memory; training draws batches from them by
-index. TensorFlow is imported only for TFDS data sets
-(`tensorflow_cpu`, hidden from any GPU).
-
-Decoded splits are cached on disk (`data.cache_dir`), so the second start does not
-decode 60,000 JPEGs again. Batches are drawn from the arrays by
-`batching`.
+CIFAR-10 is small (150 MB as uint8): each split is decoded once into uint8
+arrays, kept in memory and cached on disk (`data.cache_dir`), so the next
+start does not decode 60,000 JPEGs again. TensorFlow is imported only for
+TFDS data sets (`tensorflow_cpu`, hidden from any GPU).
 """
 
 from collections.abc import Callable
@@ -33,17 +29,8 @@ from cifar_jax.data import tensorflow_cpu
 from cifar_jax.errors import UserError
 from cifar_jax import rules
 
-CIFAR10_CLASSES = (
-    'airplane',
-    'automobile',
-    'bird',
-    'cat',
-    'deer',
-    'dog',
-    'frog',
-    'horse',
-    'ship',
-    'truck',
+CIFAR10_CLASSES = tuple(
+    'airplane automobile bird cat deer dog frog horse ship truck'.split()
 )
 # Part of the cache key: bump when decoding or ordering changes.
 CACHE_FORMAT = 3
@@ -79,13 +66,9 @@ class Dataset:
 
 
 def load_split(config: ml_collections.ConfigDict, split: str) -> Dataset:
-  """Loads `split` of the data set; TFDS slicing ('train[:45000]') works.
-
-  `config` is the config's `data` section.
-
-  The whole base split is decoded once and cached on disk (see `_cached`);
-  slices are cut from it, in the split's stored order, as TFDS slices it.
-  """
+  """`split` of the `data` section's data set, TFDS slicing included
+  ('train[:45000]'): cut from the whole base split (decoded once, cached:
+  `_cached`) in its stored order, as TFDS slices it."""
   start = time.time()
   base = split.split('[')[0]
   if config.name == 'synthetic':
@@ -103,13 +86,8 @@ def load_split(config: ml_collections.ConfigDict, split: str) -> Dataset:
     )
   lo, hi = _slice_bounds(split, {base: len(full)})
   ds = Dataset(full.images[lo:hi], full.labels[lo:hi], full.class_names)
-  logging.info(
-      'Loaded %s %r: %d images in %.1fs.',
-      config.name,
-      split,
-      len(ds),
-      time.time() - start,
-  )
+  logging.info('Loaded %s %r: %d images in %.1fs.', config.name, split,
+               len(ds), time.time() - start)  # fmt: skip
   return ds
 
 
@@ -128,7 +106,7 @@ def _cached(
   speed-up.
   """
   data_dir = (
-      os.path.abspath(os.path.expanduser(config.dir)) if (config.dir) else None
+      os.path.abspath(os.path.expanduser(config.dir)) if config.dir else None
   )
   if not config.cache_dir:
     return load(split, data_dir)
@@ -146,12 +124,8 @@ def _cached(
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f'{path}.{os.getpid()}.tmp'
     with open(tmp, 'wb') as f:
-      np.savez(
-          f,
-          images=ds.images,
-          labels=ds.labels,
-          class_names=np.array(ds.class_names),
-      )
+      names = np.array(ds.class_names)
+      np.savez(f, images=ds.images, labels=ds.labels, class_names=names)
     os.replace(tmp, path)  # Atomic: a crash never leaves half a cache.
     logging.info('Cached decoded %s %r in %s.', config.name, split, path)
   except OSError as e:
@@ -177,16 +151,9 @@ def _cache_path(
         'TFDS_DATA_DIR', os.path.expanduser('~/tensorflow_datasets')
     )
     watched = [os.path.join(watched, config.name)]
-  key = json.dumps(
-      [
-          CACHE_FORMAT,
-          config.name,
-          data_dir,
-          split,
-          train_split,
-          [_fingerprint(w) for w in watched],
-      ]
-  )
+  fingerprints = [_fingerprint(w) for w in watched]
+  key = json.dumps([CACHE_FORMAT, config.name, data_dir, split, train_split,
+                    fingerprints])  # fmt: skip
   digest = hashlib.sha256(key.encode()).hexdigest()[:16]
   name = f'{config.name}-{split}-{digest}.npz'
   return os.path.join(os.path.expanduser(config.cache_dir), name)
@@ -336,9 +303,7 @@ def _slice_bounds(split: str, sizes: dict[str, int]) -> tuple[int, int]:
   except (ValueError, AssertionError, KeyError) as e:
     raise UserError(f'Bad split {split!r}: {e}') from e
   if len(instructions) != 1:
-    raise UserError(
-        f'Split {split!r}: only one slice of one split is ' 'supported here.'
-    )
+    raise UserError(f'Split {split!r}: only one slice of one split works.')
   instruction = instructions[0]
   size = sizes[instruction.splitname]
   return instruction.from_ or 0, size if instruction.to is None else (

@@ -51,22 +51,15 @@ def masked_moments(
 
 
 class BatchNorm(nn.Module):
-  """BatchNorm over the last axis; Flax's running averages and parameters.
+  """BatchNorm over the last axis: `flax.linen.BatchNorm`'s attributes,
+  running averages and parameters (statistics in float32 at least).
 
-  Attributes:
-    use_running_average: normalise with the running statistics (evaluation)
-      instead of the batch's (training, which also updates them).
-    momentum: running = momentum * running + (1 - momentum) * batch.
-    epsilon: added to the variance.
-    dtype: of the output; statistics are float32 at least.
-    use_scale, use_bias: learn a per-feature scale (init 1) / bias (init 0).
-    running_var_rescale: what the running variance averages, n being the
-      values per feature: 'none', the batch variance (Flax); 'bessel', it
-      times n / (n - 1) (PyTorch's BatchNorm2d, as airbench); 'keras2', it
-      times n / (n - 1) * n / (n - 1 - epsilon) (Keras 2.3 on TensorFlow 1,
-      whose fused batch-norm op returns the n / (n - 1) variance, which
-      `BatchNormalization` rescales once more: tests/keras23_test.py).
-      Normalising always uses the plain batch variance.
+  `running_var_rescale`: what the running variance averages, n being the
+  values per feature: 'none', the batch variance (Flax); 'bessel', times
+  n / (n - 1) (PyTorch's, as airbench); 'keras2', times n / (n - 1) *
+  n / (n - 1 - epsilon) (Keras 2.3 on TensorFlow 1, whose fused op returns
+  the n / (n - 1) variance and `BatchNormalization` rescales it again:
+  tests/keras23_test.py). Normalising uses the plain batch variance.
   """
 
   use_running_average: bool = False
@@ -82,24 +75,19 @@ class BatchNorm(nn.Module):
       self, x: jax.Array, *, mask: jax.Array | None = None
   ) -> jax.Array:
     features = (x.shape[-1],)
-    running_mean = self.variable(
-        'batch_stats', 'mean', jnp.zeros, features, jnp.float32
+    stat = lambda name, init: self.variable(
+        'batch_stats', name, init, features, jnp.float32
     )
-    running_var = self.variable(
-        'batch_stats', 'var', jnp.ones, features, jnp.float32
-    )
+    running_mean, running_var = stat('mean', jnp.zeros), stat('var', jnp.ones)
     if self.use_running_average:
       mean, var = running_mean.value, running_var.value
     else:
       mean, var = masked_moments(x, mask)
       if not self.is_initializing():
         sample_var = var * self._rescale(_count(x, mask))
-        running_mean.value = (
-            self.momentum * running_mean.value + (1 - self.momentum) * mean
-        )
-        running_var.value = (
-            self.momentum * running_var.value + (1 - self.momentum) * sample_var
-        )
+        m = self.momentum
+        running_mean.value = m * running_mean.value + (1 - m) * mean
+        running_var.value = m * running_var.value + (1 - m) * sample_var
     # Flax's `_normalize`, op for op (statistics and parameters shaped
     # (1, ..., 1, features) first), so that values and gradients round alike.
     axes = tuple(range(x.ndim - 1))

@@ -97,17 +97,9 @@ class Flatten(nn.Module):
 
 
 class ConvStage(nn.Module):
-  """conv - [BN] - [dropout] - conv - [BN] - max-pool - [dropout].
-
-  Attributes:
-    features: filters of both 3x3 convolutions.
-    second_padding: 'SAME' or 'VALID' for the second conv (the first is SAME).
-    inner_dropout: dropout rate between the two convs (0 = no layer).
-    outer_dropout: dropout rate after the pool (0 = no layer).
-    batch_norm: BatchNorm after each conv's ReLU.
-    layers: how the machine computes the 3x3 convs, max-pools and dropout
-      (`layers.Layers`; Flax's own by default).
-  """
+  """conv - [BN] - [dropout] - conv - [BN] - max-pool - [dropout]: two 3x3
+  convs of `features` filters (the second's padding `second_padding`),
+  dropout between them and after the pool (0: no layer)."""
 
   features: int
   second_padding: str = 'SAME'
@@ -122,13 +114,9 @@ class ConvStage(nn.Module):
       self, x: jax.Array, train: bool, mask: jax.Array | None = None
   ) -> jax.Array:
     def conv_bn(x, padding, index):
-      x = Conv3x3(
-          self.features,
-          padding=padding,
-          dtype=self.dtype,
-          conv_general_dilated=self.layers.conv,
-          name=f'conv{index}',
-      )(x)
+      x = Conv3x3(self.features, padding=padding, dtype=self.dtype,
+                  conv_general_dilated=self.layers.conv,
+                  name=f'conv{index}')(x)  # fmt: skip
       x = nn.relu(x)
       if self.batch_norm:
         # The mask keeps padded examples of a partial batch out of the
@@ -150,27 +138,14 @@ class ConvStage(nn.Module):
 
 
 class ConvNet(nn.Module):
-  """The seed's family of CNNs: `ConvStage`s, flatten, dense layers, logits.
+  """The seed's family of CNNs: `ConvStage`s, flatten, dense layers, logits
+  (the attributes are the `model` keys of configs/default.py).
 
-  The model returns logits; the softmax of the seed's last layer is folded
-  into the loss (what Keras 2.3 itself did for a softmax output layer).
-
-  Attributes:
-    stage_features: filters of each stage.
-    second_conv_padding: padding of each stage's second conv.
-    conv_dropout: each stage's dropout between its convs.
-    stage_dropout: each stage's dropout after its pool.
-    batch_norm: BatchNorm after every conv.
-    hidden_features: widths of the dense ReLU layers.
-    flatten_dropout: dropout right after Flatten (0 = no layer).
-    hidden_dropout: dropout after every dense ReLU layer (0 = no layer).
-    num_classes: width of the output layer.
-    layers: how the machine computes the 3x3 convs, max-pools and dropout
-      (`layers.Layers`; Flax's own by default).
-
-  Keras' MaxNorm kernel constraints are the optimizer's
-  (`optimizers.max_norm_bounds`): Optax sees only arrays, and they are
-  projected after each update, as Keras does.
+  It returns logits: the seed's softmax is folded into the loss, as Keras
+  2.3 did for a softmax output. Keras' MaxNorm constraints are the
+  optimizer's (`optimizers.max_norm_bounds`): projected after each update,
+  as Keras does. `layers`: how the machine computes the 3x3 convs,
+  max-pools and dropout (`layers.Layers`; Flax's own by default).
   """
 
   stage_features: Sequence[int]
@@ -196,28 +171,17 @@ class ConvNet(nn.Module):
   def __call__(
       self, x: jax.Array, train: bool = False, mask: jax.Array | None = None
   ) -> jax.Array:
-    """Maps (batch, 32, 32, 3) images in [0, 1] to (batch, classes) logits.
-
-    Args:
-      x: float images.
-      train: dropout on and BatchNorm on batch statistics.
-      mask: (batch,) 1 for real examples, 0 for padding of a partial batch;
-        only BatchNorm needs it (everything else is per example).
-    """
+    """(batch, classes) logits of (batch, 32, 32, 3) float images; `mask`
+    ((batch,) 1 for real examples, 0 for a partial batch's padding) keeps
+    the padding out of BatchNorm's statistics."""
     x = x.astype(self.dtype)
     if mask is not None:
       mask = mask.reshape((-1, 1, 1, 1)).astype(bool)
     for i, features in enumerate(self.stage_features):
-      x = ConvStage(
-          features,
-          self.second_conv_padding[i],
-          self.conv_dropout[i],
-          self.stage_dropout[i],
-          self.batch_norm,
-          dtype=self.dtype,
-          layers=self.layers,
-          name=f'stage{i + 1}',
-      )(x, train, mask)
+      x = ConvStage(features, self.second_conv_padding[i],
+                    self.conv_dropout[i], self.stage_dropout[i],
+                    self.batch_norm, dtype=self.dtype, layers=self.layers,
+                    name=f'stage{i + 1}')(x, train, mask)  # fmt: skip
     drop = functools.partial(self.layers.Dropout, deterministic=not train)
     x = Flatten(name='flatten')(x)
     if self.flatten_dropout:

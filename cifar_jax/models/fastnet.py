@@ -87,24 +87,13 @@ class FastBlock(nn.Module):
   ) -> jax.Array:
     gelu = GELUS[self.gelu]
     norm = functools.partial(
-        batch_norm.BatchNorm,
-        use_running_average=not train,
-        use_scale=False,
-        momentum=self.bn_momentum,
-        epsilon=self.bn_epsilon,
-        dtype=self.dtype,
-        running_var_rescale='bessel',
-    )
+        batch_norm.BatchNorm, use_running_average=not train, use_scale=False,
+        momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
+        running_var_rescale='bessel')  # fmt: skip
     conv = functools.partial(
-        nn.Conv,
-        self.features,
-        (3, 3),
-        padding='SAME',
-        use_bias=False,
-        kernel_init=initializers.dirac_init(),
-        dtype=self.dtype,
-        conv_general_dilated=self.layers.conv,
-    )
+        nn.Conv, self.features, (3, 3), padding='SAME', use_bias=False,
+        kernel_init=initializers.dirac_init(), dtype=self.dtype,
+        conv_general_dilated=self.layers.conv)  # fmt: skip
     x = conv(name='conv1')(x)
     x = self.layers.max_pool(x)
     x = shortcut = gelu(norm(name='bn1')(x, mask=mask))
@@ -116,25 +105,12 @@ class FastBlock(nn.Module):
 class FastNet(nn.Module):
   """The airbench family (arXiv 2404.00498): whitening conv, 3 blocks, linear.
 
-  The first layer is a 2x2 convolution (no padding) whose filters are set
-  from the training data, not learned from scratch: the eigenvectors of the
-  2x2-patch covariance, scaled to whiten, and their negatives
+  The first layer is a `whiten_patch`-square convolution (no padding)
+  whose filters are set from the training data, not learned from scratch
   (`initializers.whitening`). Then `FastBlock`s, a max over the remaining
-  positions, and a bias-free linear layer whose output is scaled down.
-
-  Attributes:
-    widths: features of each FastBlock.
-    block_depth: convolutions per FastBlock.
-    residual: add each block's first activation to its output.
-    whiten_patch: side of the whitening convolution's patches.
-    bn_momentum, bn_epsilon: BatchNorm (Flax's convention: running = m *
-      running + (1 - m) * batch; PyTorch's momentum is 1 - m).
-    logit_scale: multiplies the logits (airbench: 1/9).
-    gelu: a `GELUS` entry: 'exact' (PyTorch's `nn.GELU()`, airbench's) or
-      'tanh' (Flax's default approximation).
-    num_classes: outputs.
-    layers: how the machine computes the 3x3 convs, max-pools and dropout
-      (`layers.Layers`; Flax's own by default).
+  positions, and a bias-free linear layer scaled by `logit_scale`. The
+  attributes are the `model` keys of configs/fast94.py; `bn_momentum` is
+  Flax's (PyTorch's is 1 - m); `layers` as in `ConvNet`.
   """
 
   widths: Sequence[int] = (64, 256, 256)
@@ -168,34 +144,18 @@ class FastNet(nn.Module):
     x = x.astype(self.dtype)
     if mask is not None:
       mask = mask.reshape((-1, 1, 1, 1)).astype(bool)
-    x = nn.Conv(
-        self.whiten_features,
-        (self.whiten_patch,) * 2,
-        padding='VALID',
-        dtype=self.dtype,
-        name='whiten',
-    )(x)
+    x = nn.Conv(self.whiten_features, (self.whiten_patch,) * 2,
+                padding='VALID', dtype=self.dtype,
+                name='whiten')(x)  # fmt: skip
     x = GELUS[self.gelu](x)
     for i, width in enumerate(self.widths):
-      x = FastBlock(
-          width,
-          self.bn_momentum,
-          self.bn_epsilon,
-          self.block_depth,
-          self.dtype,
-          self.residual,
-          self.gelu,
-          self.layers,
-          name=f'block{i + 1}',
-      )(x, train, mask)
+      block = FastBlock(width, self.bn_momentum, self.bn_epsilon,
+                        self.block_depth, self.dtype, self.residual,
+                        self.gelu, self.layers,
+                        name=f'block{i + 1}')  # fmt: skip
+      x = block(x, train, mask)
     x = jnp.max(x, axis=(1, 2))
-    x = nn.Dense(
-        self.num_classes,
-        use_bias=False,
-        kernel_init=nn.initializers.variance_scaling(
-            1 / 3, 'fan_in', 'uniform'
-        ),
-        dtype=self.dtype,
-        name='head',
-    )(x)
+    init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
+    x = nn.Dense(self.num_classes, use_bias=False, kernel_init=init,
+                 dtype=self.dtype, name='head')(x)  # fmt: skip
     return (x * self.logit_scale).astype(jnp.float32)

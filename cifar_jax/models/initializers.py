@@ -36,14 +36,9 @@ def whitening(
   by sqrt(eigenvalue + epsilon), largest eigenvalue first, then the same
   filters negated; the bias starts at zero.
 
-  Args:
-    images: float images (n, h, w, c), as the model sees them.
-    size: patch side.
-    epsilon: added to the eigenvalues, so near-constant directions are not
-      blown up (on the scale of the model's inputs).
-
-  Returns:
-    kernel (size, size, c, 2 * size * size * c) = [W, -W], and a zero bias.
+  `images`: (n, h, w, c) floats as the model sees them; `epsilon` keeps
+  near-constant directions from blowing up. The kernel is (size, size, c,
+  2 * size * size * c) = [W, -W].
   """
   x = patches(np.asarray(images, np.float64), size)
   eigenvalues, eigenvectors = np.linalg.eigh(x.T @ x / len(x))

@@ -33,12 +33,8 @@ def augmented_views(
   mean colour under the fast recipes), then maps them back for display.
   """
   x = normalization(jnp.asarray(images))
-  views = [
-      normalization.invert(
-          augment.augment_batch(jax.random.fold_in(key, v), x, aug)
-      )
-      for v in range(num_views)
-  ]
+  keys = [jax.random.fold_in(key, v) for v in range(num_views)]
+  views = [normalization.invert(augment.augment_batch(k, x, aug)) for k in keys]
   return np.clip(np.stack(views), 0, 1)
 
 
@@ -48,23 +44,17 @@ def figure(
   """The grid: a row per training image, the original first, then its views."""
   aug = augment.AugmentConfig.from_config(config.augment)
   data = input_pipeline.load_split(config.data, config.data.train_split)
-  pick = np.random.default_rng(config.seed).choice(
-      len(data), num_images, replace=False
-  )
+  rng = np.random.default_rng(config.seed)
+  pick = rng.choice(len(data), num_images, replace=False)
   images = data.images[pick]
-  views = augmented_views(
-      images,
-      aug,
-      jax.random.key(config.seed),
-      num_views,
-      images_lib.Normalization.from_config(config.data),
-  )
+  normalization = images_lib.Normalization.from_config(config.data)
+  key = jax.random.key(config.seed)
+  views = augmented_views(images, aug, key, num_views, normalization)
   fig = plots.Figure(figsize=(1.3 * (num_views + 1), 1.3 * num_images))
   axes = fig.subplots(num_images, num_views + 1, squeeze=False)
   for i in range(num_images):
-    row = [images_lib.to_unit_range(images[i], np.float64)] + [
-        views[v, i] for v in range(num_views)
-    ]
+    original = images_lib.to_unit_range(images[i], np.float64)
+    row = [original] + [views[v, i] for v in range(num_views)]
     for j, image in enumerate(row):
       ax = axes[i, j]
       ax.imshow(image, interpolation='nearest')
@@ -76,9 +66,8 @@ def figure(
   settings = {k: v for k, v in config.augment.items() if v}
   if not config.augment.crop_padding:
     settings.pop('crop_padding_mode')
-  fig.suptitle(
-      f'augment: {settings or "none (all transforms off)"}', fontsize=9
-  )
+  fig.suptitle(f'augment: {settings or "none (all transforms off)"}',
+               fontsize=9)  # fmt: skip
   fig.tight_layout()
   return fig
 

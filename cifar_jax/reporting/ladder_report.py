@@ -24,10 +24,8 @@ from cifar_jax.reporting import summary
 
 def _params(config: ml_collections.ConfigDict) -> int:
   model = models.create_model(config.model)
-  shapes = jax.eval_shape(
-      model.init, jax.random.key(0), jax.numpy.zeros((1, 32, 32, 3))
-  )
-  return summary.count_params(shapes)
+  x = jax.numpy.zeros((1, 32, 32, 3))
+  return summary.count_params(jax.eval_shape(model.init, jax.random.key(0), x))
 
 
 LAST = 10  # Epochs whose mean and sd sum a run's end up.
@@ -84,10 +82,8 @@ def _keras23(r: dict) -> str:
   epochs = (
       f' ({len(history)} epochs)' if len(history) < r['seed_epochs'] else ''
   )
-  return (
-      f'{100 * history[-1]["val_accuracy"]:.2f}%; '
-      f'{_last(last_epochs(history))}{epochs}'
-  )
+  final = 100 * history[-1]['val_accuracy']
+  return f'{final:.2f}%; {_last(last_epochs(history))}{epochs}'
 
 
 def _points(value: float | None, signed: bool = False) -> str:
@@ -145,18 +141,14 @@ def readme_table(rows: list[dict]) -> list[str]:
 def _epoch_table(r: dict) -> list[str]:
   """Ours beside the seed's, for every epoch both printed."""
   label, rows = seed_notebook.reference(r['rung'], r['history'][-1]['epoch'])
-  seed = {
-      row['epoch']: row['val_accuracy']
-      for row in rows
-      if row['val_accuracy'] is not None
-  }
+  seed = seed_notebook.accuracy_by_epoch(rows)
   lines = [f'| epoch | ours | {label} | difference |', '|---|---|---|---|']
   for h in r['history']:
     if h['epoch'] in seed:
       ours, theirs = 100 * h['val_accuracy'], 100 * seed[h['epoch']]
+      difference = ours - theirs
       lines.append(
-          f'| {h["epoch"]} | {ours:.2f}% | {theirs:.2f}% | '
-          f'{ours - theirs:+.2f} |'
+          f'| {h["epoch"]} | {ours:.2f}% | {theirs:.2f}% | {difference:+.2f} |'
       )
   if len(lines) == 2:
     return [f'No epoch of this run is among those the {label} printed.']
@@ -182,12 +174,9 @@ def write_report(
   lines = _summary(rows, data, command, wall_seconds, machines)
   for r in rows:
     name = r['rung']
-    plots.curves(
-        r['history'],
-        os.path.join(root, name, 'curves.png'),
-        name,
-        seed_notebook.reference(name, r['history'][-1]['epoch']),
-    )
+    reference = seed_notebook.reference(name, r['history'][-1]['epoch'])
+    path = os.path.join(root, name, 'curves.png')
+    plots.curves(r['history'], path, name, reference)
     lines += [
         f'## {name}',
         '',
@@ -252,8 +241,9 @@ def _summary(
       f'over the last {LAST} epochs. Keras 2.3.1, same data: the '
       "notebook's own cell in the seed's Keras on the same images "
       '(benchmarks/keras23_side_by_side.py), where it has run. s/epoch is '
-      'the median epoch, with the fastest in brackets. Commit: the code each run was trained with '
-      "(its code.json; '+dirty': with uncommitted changes).",
+      'the median epoch, with the fastest in brackets. Commit: the code '
+      "each run was trained with (its code.json; '+dirty': with uncommitted "
+      'changes).',
       '',
   ]
   return lines

@@ -66,24 +66,12 @@ def curves_figure(
         ('', 'training', 'C0'),
         ('val_', 'test', 'C1'),
     ):
-      ax.plot(
-          epochs,
-          [h[prefix + key] for h in history],
-          'o-',
-          color=color,
-          label=split,
-      )
+      ours = [h[prefix + key] for h in history]
+      ax.plot(epochs, ours, 'o-', color=color, label=split)
       for (label, rows), style in compared:
         xs, values = _with_gaps(rows, prefix + key)
-        ax.plot(
-            xs,
-            values,
-            style,
-            color=color,
-            alpha=0.7,
-            markersize=3,
-            label=f'{split}, {label}',
-        )
+        ax.plot(xs, values, style, color=color, alpha=0.7, markersize=3,
+                label=f'{split}, {label}')  # fmt: skip
     ax.set_title(f'Model {name} per epoch')
     ax.set_xlabel('epoch')
     ax.set_ylabel(name.lower())
@@ -126,9 +114,8 @@ def curves(
     others: Sequence[tuple[str, Sequence[dict]]] = (),
 ) -> None:
   """Writes `curves_figure` as a PNG."""
-  curves_figure(history, title, reference, others).savefig(
-      path, dpi=100, format='png'
-  )
+  figure = curves_figure(history, title, reference, others)
+  figure.savefig(path, dpi=100, format='png')
 
 
 def confusion_matrix(
@@ -155,15 +142,9 @@ def confusion_matrix_figure(
   threshold = counts.max() / 2
   for i in range(n):
     for j in range(n):
-      ax.text(
-          j,
-          i,
-          str(counts[i, j]),
-          ha='center',
-          va='center',
-          fontsize=8,
-          color='white' if counts[i, j] > threshold else 'black',
-      )
+      color = 'white' if counts[i, j] > threshold else 'black'
+      ax.text(j, i, str(counts[i, j]), ha='center', va='center', fontsize=8,
+              color=color)  # fmt: skip
   ax.set_title(title or 'Confusion matrix')
   fig.tight_layout()
   return fig
@@ -219,12 +200,8 @@ def predictions_figure(
     picture.axis('off')
     best = np.argsort(-probabilities[k])[:top]
     if labels is not None:
-      right = best[0] == labels[k]
-      picture.set_title(
-          class_names[labels[k]],
-          fontsize=9,
-          color='green' if right else 'red',
-      )
+      color = 'green' if best[0] == labels[k] else 'red'
+      picture.set_title(class_names[labels[k]], fontsize=9, color=color)
     bars.barh(range(top), probabilities[k][best][::-1], color='C0')
     bars.set_yticks(range(top), [class_names[i] for i in best][::-1])
     bars.set_xlim(0, 1)

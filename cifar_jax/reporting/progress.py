@@ -65,9 +65,8 @@ class ProgressBar:
     eta = per_step * (self.total - done)
     filled = int(self.width * done / self.total)
     arrow = '>' if done < self.total else '='
-    bar = ('=' * max(filled - 1, 0) + arrow * (filled > 0)).ljust(
-        self.width, '.'
-    )
+    bar = '=' * max(filled - 1, 0) + arrow * (filled > 0)
+    bar = bar.ljust(self.width, '.')
     digits = len(str(self.total))
     line = (
         f'{done:>{digits}}/{self.total} [{bar}] - ETA: {eta:.0f}s - '

@@ -42,17 +42,16 @@ def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
 
 # The x86 vector extensions that decide CPU speed, as /proc/cpuinfo's flags
 # name them: XLA:CPU and TensorFlow's oneDNN use them unequally.
-_VECTOR_EXTENSIONS = (
-    ('AVX2', 'avx2'),
-    ('AVX-512', 'avx512f'),
-    ('AVX512_BF16', 'avx512_bf16'),
-    ('AMX', 'amx_tile'),
-)
+_VECTOR_EXTENSIONS = {'AVX2': 'avx2', 'AVX-512': 'avx512f',
+                      'AVX512_BF16': 'avx512_bf16',
+                      'AMX': 'amx_tile'}  # fmt: skip
 
 
 def vector_extensions(cpu_flags: Set[str]) -> list[str]:
   """The names of the vector extensions among a CPU's flags."""
-  return [name for name, flag in _VECTOR_EXTENSIONS if flag in cpu_flags]
+  return [
+      name for name, flag in _VECTOR_EXTENSIONS.items() if flag in cpu_flags
+  ]
 
 
 def machine_description() -> str:
@@ -91,13 +90,8 @@ def code_version(checkout: str = _CHECKOUT) -> dict[str, Any]:
 
   def git(*args: str) -> str | None:
     try:
-      r = subprocess.run(
-          ['git', '-C', root, *args],
-          capture_output=True,
-          text=True,
-          timeout=10,
-          check=False,
-      )
+      r = subprocess.run(['git', '-C', root, *args], capture_output=True,
+                         text=True, timeout=10, check=False)  # fmt: skip
     except (OSError, subprocess.SubprocessError):
       return None
     return r.stdout.strip() if r.returncode == 0 else None
@@ -105,9 +99,7 @@ def code_version(checkout: str = _CHECKOUT) -> dict[str, Any]:
   top = git('rev-parse', '--show-toplevel')
   at_top = top is not None and os.path.realpath(top) == root
   commit = git('rev-parse', 'HEAD') if at_top else None
-  status = (
-      git('status', '--porcelain', '--untracked-files=no') if commit else None
-  )
+  status = commit and git('status', '--porcelain', '--untracked-files=no')
   return {
       'commit': commit,
       'dirty': None if status is None else bool(status),
@@ -203,9 +195,8 @@ class _LogWriter:
     logging.info('Hyperparameters: %s', hparams)
 
   def write_scalars(self, step: int, scalars: dict[str, float]) -> None:
-    logging.info(
-        '[%d] %s', step, ', '.join(f'{k}={v:.6g}' for k, v in scalars.items())
-    )
+    values = ', '.join(f'{k}={v:.6g}' for k, v in scalars.items())
+    logging.info('[%d] %s', step, values)
 
   def flush(self) -> None:
     pass
@@ -231,11 +222,8 @@ class Reporter:
       from clu import metric_writers  # pylint: disable=g-import-not-at-top
       from clu import periodic_actions  # pylint: disable=g-import-not-at-top
     except ImportError as e:
-      logging.warning(
-          'No TensorBoard summaries (%s); history.json and '
-          'curves.png are written as usual.',
-          e,
-      )
+      logging.warning('No TensorBoard summaries (%s); history.json and '
+                      'curves.png are written as usual.', e)  # fmt: skip
       self.writer = _LogWriter()
       self.progress = lambda step: None
       return
@@ -243,12 +231,8 @@ class Reporter:
         workdir, just_logging=not self.is_writer, asynchronous=True
     )
     hparams = flatten(json.loads(config.to_json_best_effort()))
-    self.writer.write_hparams(
-        {
-            k: v if isinstance(v, (bool, int, float, str)) else str(v)
-            for k, v in hparams.items()
-        }
-    )
+    scalar = lambda v: v if isinstance(v, (bool, int, float, str)) else str(v)
+    self.writer.write_hparams({k: scalar(v) for k, v in hparams.items()})
     self.progress = periodic_actions.ReportProgress(
         num_train_steps=total_steps, writer=self.writer, every_secs=60
     )
@@ -262,8 +246,8 @@ class Reporter:
       steps_per_epoch: int,
       step: int,
   ) -> None:
-    """Writes config.json and dataset_info.json (what evaluate, predict
-    and a resume read back), and the code it runs (code.json) from `step`."""
+    """Writes config.json, dataset_info.json (what evaluate, predict and a
+    resume read back) and code.json (the code it runs from `step`)."""
     if not self.is_writer:
       return
     record_code(self.workdir, step)
@@ -271,16 +255,11 @@ class Reporter:
         os.path.join(self.workdir, 'config.json'),
         lambda tmp: _write_text(tmp, config.to_json_best_effort(indent=2)),
     )
-    write_json(
-        os.path.join(self.workdir, DATASET_INFO),
-        {
-            'class_names': list(class_names),
-            'train_examples': train_examples,
-            'eval_examples': eval_examples,
-            'steps_per_epoch': steps_per_epoch,
-            'total_steps': self.total_steps,
-        },
-    )
+    write_json(os.path.join(self.workdir, DATASET_INFO), {
+        'class_names': list(class_names), 'train_examples': train_examples,
+        'eval_examples': eval_examples, 'steps_per_epoch': steps_per_epoch,
+        'total_steps': self.total_steps,
+    })  # fmt: skip
 
   def epoch(
       self,
@@ -291,28 +270,17 @@ class Reporter:
       num_steps: int,
       num_images: int,
   ) -> None:
-    """Records the epoch that `history[-1]` describes, ending at `step`.
-
-    Args:
-      step: the global step at the end of the epoch.
-      history: all epochs so far.
-      learning_rate: the optimizer's learning rate at `step`.
-      train_seconds: time spent training (not evaluating) in the epoch.
-      num_steps, num_images: steps and images trained in that time.
-    """
+    """Records the epoch `history[-1]` (all epochs so far), ending at
+    `step`: its `num_steps` and `num_images` trained in `train_seconds`
+    (evaluation left out), and the learning rate at `step`."""
     row = history[-1]
-    self._summaries(
-        step,
-        {
-            'train_loss': row['loss'],
-            'train_accuracy': row['accuracy'],
-            'eval_loss': row['val_loss'],
-            'eval_accuracy': row['val_accuracy'],
-            'learning_rate': learning_rate,
-            'steps_per_second': num_steps / train_seconds,
-            'images_per_second': num_images / train_seconds,
-        },
-    )
+    self._summaries(step, {
+        'train_loss': row['loss'], 'train_accuracy': row['accuracy'],
+        'eval_loss': row['val_loss'], 'eval_accuracy': row['val_accuracy'],
+        'learning_rate': learning_rate,
+        'steps_per_second': num_steps / train_seconds,
+        'images_per_second': num_images / train_seconds,
+    })  # fmt: skip
     if self.is_writer:
       write_json(os.path.join(self.workdir, 'history.json'), history)
       reference = seed_notebook.reference(

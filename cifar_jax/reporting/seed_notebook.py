@@ -50,16 +50,8 @@ def rungs() -> tuple[str, ...]:
 def load(rung: str) -> SeedRun:
   entry = _record()['rungs'][rung]
   columns = _record()['columns']
-  return SeedRun(
-      rung=rung,
-      num_epochs=entry['num_epochs'],
-      final_accuracy=entry['final_accuracy'],
-      final_text=entry['final_text'],
-      reference=entry['reference'],
-      continues_from=entry['continues_from'],
-      note=entry['note'],
-      epochs=tuple(dict(zip(columns, row)) for row in entry['epochs']),
-  )
+  epochs = tuple(dict(zip(columns, row)) for row in entry['epochs'])
+  return SeedRun(rung=rung, **{**entry, 'epochs': epochs})
 
 
 def summary(rung: str) -> str:
@@ -70,10 +62,8 @@ def summary(rung: str) -> str:
   result = run.final_text
   if run.final_accuracy is not None:
     result += ' test accuracy'
-  return (
-      f'Seed notebook (Keras 2.3, laptop CPU): {result} after '
-      f'{run.num_epochs} epochs{speed}.'
-  )
+  epochs = f'{run.num_epochs} epochs{speed}'
+  return f'Seed notebook (Keras 2.3, laptop CPU): {result} after {epochs}.'
 
 
 def reference(rung: str, up_to_epoch: int) -> tuple[str, list[dict]] | None:
@@ -91,6 +81,15 @@ def reference(rung: str, up_to_epoch: int) -> tuple[str, list[dict]] | None:
     label = f'{run.reference} in the {label}'
     run = load(run.reference)
   return label, [r for r in run.epochs if r['epoch'] <= up_to_epoch]
+
+
+def accuracy_by_epoch(rows: Sequence[dict]) -> dict[int, float]:
+  """{epoch: val_accuracy} of the rows that printed one."""
+  return {
+      r['epoch']: r['val_accuracy']
+      for r in rows
+      if r['val_accuracy'] is not None
+  }
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,11 +118,7 @@ def compare(rung: str, history: Sequence[dict]) -> Comparison:
   if seed_final is not None and history[-1]['epoch'] == run.num_epochs:
     gap = final - seed_final
   _, rows = reference(rung, up_to_epoch=history[-1]['epoch'])
-  seed_by_epoch = {
-      r['epoch']: r['val_accuracy']
-      for r in rows
-      if r['val_accuracy'] is not None
-  }
+  seed_by_epoch = accuracy_by_epoch(rows)
   diffs = [
       abs(h['val_accuracy'] - seed_by_epoch[h['epoch']]) * 100
       for h in history

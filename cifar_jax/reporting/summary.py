@@ -16,14 +16,8 @@ from cifar_jax.models import batch_norm
 from cifar_jax.models import convnet
 
 # Layers that get a row, as Keras would list them; containers do not.
-_LAYER_TYPES = (
-    nn.Conv,
-    nn.Dense,
-    nn.Dropout,
-    batch_norm.BatchNorm,
-    convnet.MaxPool,
-    convnet.Flatten,
-)
+_LAYER_TYPES = (nn.Conv, nn.Dense, nn.Dropout, batch_norm.BatchNorm,
+                convnet.MaxPool, convnet.Flatten)  # fmt: skip
 
 
 def count_params(tree: Any) -> int:
@@ -53,14 +47,8 @@ def _flatten_calls(tree: dict, prefix=()) -> list[tuple[tuple[str, ...], Any]]:
 def keras_summary(
     model: nn.Module, variables: Any, input_shape: tuple[int, ...]
 ) -> str:
-  """Returns the summary table of `model` applied to `input_shape` inputs.
-
-  Args:
-    model: the module.
-    variables: its variables ({'params': ..., optionally 'batch_stats': ...});
-      arrays or shape structs.
-    input_shape: one example's shape, e.g. (32, 32, 3).
-  """
+  """The summary table of `model` with `variables` (arrays or shapes) on
+  inputs of one example's `input_shape`, e.g. (32, 32, 3)."""
   # Module path -> class name, in call order (filled while tracing; the
   # intermediates tree itself comes back with its keys sorted).
   layer_types = {}
@@ -73,13 +61,9 @@ def keras_summary(
 
   def run(variables):
     x = jnp.zeros((1,) + tuple(input_shape), jnp.float32)
-    _, state = model.apply(
-        variables,
-        x,
-        train=False,
-        capture_intermediates=only_layers,
-        mutable=['intermediates'],
-    )
+    _, state = model.apply(variables, x, train=False,
+                           capture_intermediates=only_layers,
+                           mutable=['intermediates'])  # fmt: skip
     return state['intermediates']
 
   outputs = dict(_flatten_calls(jax.eval_shape(run, variables)))
@@ -88,9 +72,7 @@ def keras_summary(
   rows = []
   for path, module_type in layer_types.items():
     out = outputs[path]
-    n = count_params(_subtree(params, path)) + count_params(
-        _subtree(stats, path)
-    )
+    n = sum(count_params(_subtree(t, path)) for t in (params, stats))
     shape = '(None, ' + ', '.join(str(d) for d in out.shape[1:]) + ')'
     rows.append((f"{'/'.join(path)} ({module_type})", shape, f'{n:,}'))
   return _table(type(model).__name__, rows, params, stats)

@@ -1,21 +1,13 @@
 """Orbax checkpoints of a run: save, find the newest good one, restore.
 
-A thin wrapper over `orbax.checkpoint.CheckpointManager` (the stable V0 API),
-so a move to Orbax's V1 API touches this module, `retention` and `weights`
-only. Each checkpoint holds
-three items:
-- `state`: the TrainState pytree (step, params, optimizer state, BatchNorm
-  statistics); the data position is the step itself, since the data order is
-  a function of (seed, step);
-- `epoch_metrics`: the running metrics of the epoch in progress;
-- `meta` (JSON): the config, the class names (in label order), the history
-  so far, seconds spent in the current epoch, and a fingerprint of the
-  state to detect garbage.
-
-Orbax writes each checkpoint to a temporary directory and renames it when it
-is complete, so a kill mid-save never leaves a checkpoint that looks whole.
-Which checkpoints are kept is `retention`'s; reading a run's weights from
-outside the run is `weights`'s.
+A thin wrapper over `orbax.checkpoint.CheckpointManager` (the stable V0
+API: a move to V1 touches this module, `retention` and `weights` only).
+Each checkpoint holds `state` (the TrainState; the data position is its
+step, the order being a function of (seed, step)), `epoch_metrics` (of the
+epoch in progress) and `meta` (JSON: the config, class names, history,
+seconds spent in the epoch, a fingerprint of the state to detect garbage).
+Orbax renames a checkpoint into place when it is complete, so a kill
+mid-save never leaves one that looks whole.
 """
 
 import collections
@@ -96,7 +88,7 @@ class Checkpoints:
       )
     except OSError as e:
       raise UserError(
-          f'Cannot use checkpoint directory {self.directory}: ' f'{e}'
+          f'Cannot use checkpoint directory {self.directory}: {e}'
       ) from e
     self._read_scores()
 
@@ -225,25 +217,18 @@ class Checkpoints:
   ) -> Restored | None:
     """The newest checkpoint that restores cleanly, or None.
 
-    A checkpoint that cannot be read, or whose state does not match its
-    fingerprint, is moved aside (renamed `corrupt-<step>-<time>`, never
-    deleted) with a warning, and the previous one is tried: a damaged
-    checkpoint neither stops the run nor is used. With none left but
-    damaged ones, it refuses, now and on every later call.
-
-    Args:
-      target_state, target_metrics: trees of arrays or ShapeDtypeStructs
-        (with shardings) giving structure, dtypes and placement.
-      check_meta: called with a checkpoint's meta before its arrays are
-        read; raises UserError when the checkpoint belongs to another
-        config (that is not damage: nothing is moved).
+    A checkpoint that cannot be read, or does not match its fingerprint,
+    is moved aside (`corrupt-<step>-<time>`, never deleted) with a warning
+    and the previous one tried; with only damaged ones, it refuses, now and
+    later. The targets (arrays or ShapeDtypeStructs) give structure, dtypes
+    and placement; `check_meta(meta)` runs before the arrays are read and
+    raises UserError for another config's checkpoint (not damage).
     """
-    moved = []
     for step in sorted(self.steps(), reverse=True):
       restored = self._restore(step, target_state, target_metrics, check_meta)
       if isinstance(restored, Restored):
         return restored
-      moved.append(self._quarantine(step, restored))
+      self._quarantine(step, restored)
     # Starting again would overwrite the run's history: not without the
     # user's move, however often the same command is run.
     moved = sorted(glob.glob(os.path.join(self.directory, 'corrupt-*')))
@@ -291,19 +276,14 @@ class Checkpoints:
       )
     return Restored(step, state, items['epoch_metrics'], meta)
 
-  def _quarantine(self, step: int, why: str) -> str:
-    """Moves checkpoint `step` aside (never deletes it); its new path."""
+  def _quarantine(self, step: int, why: str) -> None:
+    """Moves checkpoint `step` aside; never deletes it."""
     path = os.path.join(self.directory, str(step))
     aside = os.path.join(
         self.directory, f'corrupt-{step}-{time.strftime("%Y%m%d-%H%M%S")}'
     )
-    logging.warning(
-        'Checkpoint %s is damaged: %s. Moving it to %s and '
-        'trying the previous one.',
-        path,
-        why,
-        aside,
-    )
+    logging.warning('Checkpoint %s is damaged: %s. Moving it to %s and '
+                    'trying the previous one.', path, why, aside)  # fmt: skip
     if jax.process_index() == 0:  # The directory is shared by all processes.
       print(
           f'warning: checkpoint {path} is damaged ({why}); moved to '
@@ -315,4 +295,3 @@ class Checkpoints:
       multihost_utils.sync_global_devices(f'quarantine {step}')
     self._manager.reload()
     self._scores.pop(step, None)
-    return aside

@@ -36,10 +36,8 @@ def cluster_detected(environ=os.environ) -> str | None:
     return 'SLURM'
   if 'OMPI_MCA_orte_hnp_uri' in environ and count('OMPI_COMM_WORLD_SIZE') > 1:
     return 'Open MPI'
-  hosts = (
-      environ.get('TPU_WORKER_HOSTNAMES')
-      or environ.get('TPU_PROCESS_ADDRESSES')
-      or ''
+  hosts = environ.get('TPU_WORKER_HOSTNAMES') or environ.get(
+      'TPU_PROCESS_ADDRESSES', ''
   )
   if len(hosts.split(',')) > 1:
     return 'multi-host TPU'
@@ -52,17 +50,11 @@ def initialize(
     num_processes: int | None = None,
     process_id: int | None = None,
 ) -> None:
-  """Starts JAX's distributed system when this is a multi-process run.
-
-  Args:
-    mode: 'off' never starts it; 'on' always does (JAX finds the cluster's
-      parameters on Cloud TPU, SLURM and Open MPI); 'auto' does when the
-      three explicit arguments are given or `cluster_detected()`.
-    coordinator_address: 'host:port' of process 0, with `num_processes` and
-      `process_id`, for clusters JAX cannot detect (or for tests on one box).
-
-  Raises:
-    UserError: bad arguments, or the processes could not find each other.
+  """Starts JAX's distributed system when this is a multi-process run:
+  `mode` 'on' always (JAX finds the cluster on Cloud TPU, SLURM and Open
+  MPI), 'off' never, 'auto' with the three explicit arguments (process 0's
+  'host:port', for clusters JAX cannot detect) or `cluster_detected()`.
+  Raises UserError for bad arguments or processes that cannot meet.
   """
   if mode not in MODES:
     raise UserError(f'--distributed={mode}: expected one of {MODES}.')
@@ -77,18 +69,12 @@ def initialize(
   detected = cluster_detected()
   if mode == 'auto' and coordinator_address is None and detected is None:
     return
-  logging.info(
-      'Starting jax.distributed (%s).',
-      'explicit flags' if coordinator_address else detected or 'auto-detection',
-  )
+  how = 'explicit flags' if coordinator_address else detected or 'auto'
+  logging.info('Starting jax.distributed (%s).', how)
   try:
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
   except (RuntimeError, ValueError) as e:
     raise UserError(f'jax.distributed.initialize failed: {e}') from e
-  logging.info(
-      'Process %d of %d; %d local of %d devices.',
-      jax.process_index(),
-      jax.process_count(),
-      jax.local_device_count(),
-      jax.device_count(),
-  )
+  logging.info('Process %d of %d; %d local of %d devices.',
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())  # fmt: skip

@@ -47,17 +47,14 @@ class TrainedRun:
 
   def __post_init__(self):
     # Compiled once per run: the loop's evaluation path (`steps.logits`).
-    self.apply = jax.jit(
-        functools.partial(
-            steps.logits,
-            self.model.apply,
-            normalization=images_lib.Normalization.from_config(
-                self.config.data
-            ),
-            tta=self.tta,
-        ),
-        compiler_options=self.compiler_options,
+    normalization = images_lib.Normalization.from_config(self.config.data)
+    logits = functools.partial(
+        steps.logits,
+        self.model.apply,
+        normalization=normalization,
+        tta=self.tta,
     )
+    self.apply = jax.jit(logits, compiler_options=self.compiler_options)
 
 
 def _read_json(workdir: str, name: str) -> Any:
@@ -130,18 +127,10 @@ def load_run(
   step, variables = _readable_checkpoint(workdir, checkpoint)
   if not variables['batch_stats']:
     variables = {'params': variables['params']}
-  names = (
-      weights.trained_classes(workdir, step) or input_pipeline.CIFAR10_CLASSES
-  )
-  return TrainedRun(
-      config,
-      model,
-      variables,
-      step,
-      names,
-      tta_level,
-      dict(platform.compiler_options),
-  )
+  names = weights.trained_classes(workdir, step)
+  names = names or input_pipeline.CIFAR10_CLASSES
+  options = dict(platform.compiler_options)
+  return TrainedRun(config, model, variables, step, names, tta_level, options)
 
 
 def logits(
@@ -158,11 +147,8 @@ def logits(
     batch = images[start : start + batch_size]
     padded = np.zeros((batch_size,) + batch.shape[1:], batch.dtype)
     padded[: len(batch)] = batch  # One compiled shape for every batch.
-    out.append(
-        np.asarray(run.apply(run.variables, padded))[
-            : len(batch), : len(run.class_names)
-        ]
-    )
+    batch_logits = np.asarray(run.apply(run.variables, padded))
+    out.append(batch_logits[: len(batch), : len(run.class_names)])
   return np.concatenate(out) if out else np.zeros((0, len(run.class_names)))
 
 

@@ -19,7 +19,7 @@ from cifar_jax.runs import inference
 
 
 def to_input(path: str) -> np.ndarray:
-  """(32, 32, 3) uint8 from any image file Pillow reads, as training reads it."""
+  """(32, 32, 3) uint8 of any image file Pillow reads, as training does."""
   with open(path, 'rb') as f:
     return images.decode(f.read())
 
@@ -31,16 +31,11 @@ def expand(paths: list[str], err=sys.stderr) -> tuple[list[str], int]:
   files, empty = [], 0
   for path in paths:
     if os.path.isdir(path):
-      found = [
-          os.path.join(path, n)
-          for n in image_folder.files_under(path)
-          if images.is_image(n)
-      ]
+      names = image_folder.files_under(path)
+      found = [os.path.join(path, n) for n in names if images.is_image(n)]
       if not found:
-        print(
-            f'error: {path}: no images in it ({", ".join(images.SUFFIXES)})',
-            file=err,
-        )
+        suffixes = ', '.join(images.SUFFIXES)
+        print(f'error: {path}: no images in it ({suffixes})', file=err)
         empty += 1
       files += found
     else:
@@ -71,9 +66,8 @@ def predict(
     probs = inference.probabilities(run, np.stack(pixels))
     for path, p in zip(files, probs):
       best = np.argsort(-p)[:top]
-      print(
-          f'{path}: '
-          + ', '.join(f'{run.class_names[i]} {100 * p[i]:.1f}%' for i in best),
-          file=out,
+      guesses = ', '.join(
+          f'{run.class_names[i]} {100 * p[i]:.1f}%' for i in best
       )
+      print(f'{path}: {guesses}', file=out)
   return failures

@@ -130,13 +130,10 @@ def state_from_run(
   and its optimizer state too when `init_from_optimizer`.
 
   The step starts at 0 either way: the run's epochs, data order and
-  checkpoints are its own. A Keras model fit again without compile() keeps
-  its optimizer's slots and iteration count; the seed's deep_adam_aug did.
-  The learning rate must then be constant: a decaying one would follow the
-  carried count while the loop logged the rate at its own step.
-
-  Raises:
-    UserError: it cannot be done (see above, and `weights.restore_state`).
+  checkpoints are its own. (A Keras model fit again without compile()
+  keeps its optimizer's slots and count, as the seed's deep_adam_aug did;
+  the learning rate must then be constant, or it would follow the carried
+  count while the loop logs its own.) Raises UserError if it cannot be.
   """
   if exp.config.init_from_optimizer and not (
       optimizers.has_constant_learning_rate(exp.config.optimizer)

@@ -34,7 +34,7 @@ def prepare(workdir: str) -> str:
     os.makedirs(path, exist_ok=True)
   except OSError as e:
     raise UserError(
-        f'Cannot create the run directory {path}: ' f'{e.strerror or e}.'
+        f'Cannot create the run directory {path}: {e.strerror or e}.'
     ) from e
   if not os.access(path, os.W_OK) or _read_only_mount(path):
     raise UserError(
@@ -76,12 +76,9 @@ def hold(workdir: str, take: bool = True) -> Iterator[None]:
           'wait for it to end, or use another --workdir.'
       ) from None
     except OSError as e:  # A file system without locks (some FUSE mounts).
-      logging.warning(
-          'Cannot lock %s (%s): nothing stops a second run from '
-          'using this directory at the same time.',
-          path,
-          e,
-      )
+      logging.warning('Cannot lock %s (%s): nothing stops a second run '
+                      'from using this directory at once.', path,
+                      e)  # fmt: skip
     holder = json.dumps({'host': socket.gethostname(), 'pid': os.getpid()})
     os.ftruncate(fd, 0)
     os.pwrite(fd, holder.encode(), 0)

@@ -28,10 +28,9 @@ STRUCTURE_MISMATCH = 'tree structures do not match'
 
 def fingerprint(tree: Any) -> float:
   """Sum of squares of every float leaf: cheap to keep, catches garbage."""
-  leaves = [
-      x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.floating)
-  ]
-  return float(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+  leaves = jax.tree.leaves(tree)
+  floats = [x for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)]
+  return float(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in floats))
 
 
 def first_line(e: Exception) -> str:
@@ -46,11 +45,8 @@ def checkpoint_dir(workdir: str) -> str:
 
 
 def saved_steps(workdir: str) -> list[int]:
-  """The steps of a run's finished checkpoints, ascending.
-
-  Unfinished (`<step>.orbax-checkpoint-tmp-*`) and damaged ones moved aside
-  (`corrupt-*`) are not steps.
-  """
+  """The steps of a run's finished checkpoints, ascending (not those
+  unfinished, `<step>.orbax-checkpoint-tmp-*`, or moved aside, `corrupt-*`)."""
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     return []
@@ -63,25 +59,19 @@ def _open(path: str) -> tuple[ocp.CheckpointManager, int | None]:
   path = os.path.abspath(path)
   if os.path.isdir(checkpoint_dir(path)):
     path = checkpoint_dir(path)
-  step = None
+  directory, step = path, None
   if os.path.isdir(os.path.join(path, 'state')):  # One checkpoint.
     directory, step = os.path.dirname(path), int(os.path.basename(path))
-  else:
-    directory = path
   if not os.path.isdir(directory):
     raise UserError(
         f'init_from: {path} is not a run directory or a checkpoint.'
     )
-  manager = ocp.CheckpointManager(
-      directory,
-      item_handlers={
-          'state': ocp.StandardCheckpointHandler(),
-          'epoch_metrics': ocp.StandardCheckpointHandler(),
-          'meta': ocp.JsonCheckpointHandler(),
-      },
-      options=ocp.CheckpointManagerOptions(read_only=True, create=False),
-  )
-  return manager, step
+  handlers = {'state': ocp.StandardCheckpointHandler(),
+              'epoch_metrics': ocp.StandardCheckpointHandler(),
+              'meta': ocp.JsonCheckpointHandler()}  # fmt: skip
+  options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+  return ocp.CheckpointManager(directory, item_handlers=handlers,
+                               options=options), step  # fmt: skip
 
 
 def _open_step(
@@ -106,15 +96,11 @@ def _restore_state(
   manager, step = _open_step(path, step)
   where = os.path.join(manager.directory, str(step))
   try:
-    items = manager.restore(
-        step,
-        args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(
-                target(manager.item_metadata(step)['state'])
-            ),
-            meta=ocp.args.JsonRestore(),
-        ),
+    state = target(manager.item_metadata(step)['state'])
+    args = ocp.args.Composite(
+        state=ocp.args.StandardRestore(state), meta=ocp.args.JsonRestore()
     )
+    items = manager.restore(step, args=args)
   except Exception as e:  # pylint: disable=broad-except
     # The manager stays open: closing it under TensorStore's reads still in
     # flight makes its threads print "Event loop is closed" tracebacks.
@@ -125,11 +111,10 @@ def _restore_state(
     ) from e
   manager.close()
   state, saved = items['state'], items['meta'].get('fingerprint')
-  found = fingerprint(
-      (state['params'], state.get('batch_stats', {}))
-      if isinstance(state, dict)
-      else (state.params, state.batch_stats)
-  )
+  if isinstance(state, dict):
+    found = fingerprint((state['params'], state.get('batch_stats', {})))
+  else:
+    found = fingerprint((state.params, state.batch_stats))
   if saved is not None and not np.isclose(found, saved, rtol=1e-5):
     raise DamagedCheckpoint(
         f'checkpoint {where} is damaged: its arrays do not match their '
@@ -170,25 +155,20 @@ def restore_params(
     sharding: jax.sharding.Sharding | None = None,
     step: int | None = None,
 ) -> dict[str, Any]:
-  """{'params', 'batch_stats'} of a run directory's checkpoint `step`
-  (default: the newest), or of one checkpoint directory
-  (`<run>/checkpoints/<step>`).
+  """{'params', 'batch_stats'} of checkpoint `step` (default: the newest)
+  of a run directory, or of one checkpoint (`<run>/checkpoints/<step>`).
 
-  For `init_from`, evaluation and prediction. The arrays are placed on
-  `sharding` (default: this process's first device), whatever devices wrote
-  them: Orbax refuses to guess a placement on another topology.
+  Placed on `sharding` (default: this process's first device), whatever
+  devices wrote them: Orbax refuses to guess a placement on another
+  topology.
   """
-  sharding = sharding or jax.sharding.SingleDeviceSharding(
-      jax.local_devices()[0]
+  device = jax.local_devices()[0]
+  sharding = sharding or jax.sharding.SingleDeviceSharding(device)
+  as_target = lambda saved: jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+      saved,
   )
-  state = _restore_state(
-      path,
-      lambda saved: jax.tree.map(
-          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-          saved,
-      ),
-      step,
-  )
+  state = _restore_state(path, as_target, step)
   return {
       'params': state['params'],
       'batch_stats': state.get('batch_stats', {}),

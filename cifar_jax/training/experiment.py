@@ -112,58 +112,38 @@ def create_experiment(
       len(train_ds), config.batch_size, config.drop_remainder
   )
   steps_per_epoch = _steps_per_epoch(config, per_pass, len(train_ds))
-  run = optimizers.RunShape(
-      total_steps(config.num_epochs, steps_per_epoch),
-      steps_per_epoch,
-      config.batch_size,
-  )
+  num_steps = total_steps(config.num_epochs, steps_per_epoch)
+  run = optimizers.RunShape(num_steps, steps_per_epoch, config.batch_size)
   schedule = optimizers.learning_rate_schedule(config.optimizer, run)
   start = time.perf_counter()
-  init_params = _data_dependent_params(
-      config,
-      normalization(train_ds.images[: config.whitening.images], np.float64),
-  )
+  first = normalization(train_ds.images[: config.whitening.images], np.float64)
+  init_params = _data_dependent_params(config, first)
   init_seconds = time.perf_counter() - start
   # Both splits live on the device(s) for the whole run, as uint8.
   train_arrays, eval_arrays = jax.device_put(
       ((train_ds.images, train_ds.labels), (eval_ds.images, eval_ds.labels)),
       shardings.replicated,
   )
+  options = steps.StepOptions(
+      config.batch_size, per_pass, augment_config, normalization,
+      config.label_smoothing, shardings.batch)  # fmt: skip
   train_steps, eval_step = _programs(
-      config,
-      shardings,
-      platform.compiler_options,
-      steps.StepOptions(
-          batch_size=config.batch_size,
-          batches_per_pass=per_pass,
-          augmentation=augment_config,
-          normalization=normalization,
-          label_smoothing=config.label_smoothing,
-          batch_sharding=shardings.batch,
-      ),
-      len(train_ds.class_names),
-  )
+      config, shardings, platform.compiler_options, options,
+      len(train_ds.class_names))  # fmt: skip
   initializer = steps.state_initializer(
       model, config.optimizer, shardings.replicated, run, schedule
   )
-  return Experiment(
-      config=config,
-      model=model,
-      shardings=shardings,
-      train=train_arrays,
-      eval=eval_arrays,
-      class_names=train_ds.class_names,
-      steps_per_epoch=steps_per_epoch,
-      batches_per_pass=per_pass,
-      steps_per_dispatch=platform.steps_per_dispatch(
-          config.steps_per_dispatch, steps_per_epoch
-      ),
-      learning_rate=schedule,
-      train_steps=train_steps,
-      eval_step=eval_step,
-      initial_state=lambda key: initializer(key, init_params),
-      init_seconds=init_seconds,
+  per_dispatch = platform.steps_per_dispatch(
+      config.steps_per_dispatch, steps_per_epoch
   )
+  return Experiment(
+      config=config, model=model, shardings=shardings, train=train_arrays,
+      eval=eval_arrays, class_names=train_ds.class_names,
+      steps_per_epoch=steps_per_epoch, batches_per_pass=per_pass,
+      steps_per_dispatch=per_dispatch, learning_rate=schedule,
+      train_steps=train_steps, eval_step=eval_step,
+      initial_state=lambda key: initializer(key, init_params),
+      init_seconds=init_seconds)  # fmt: skip
 
 
 def _steps_per_epoch(
@@ -248,16 +228,10 @@ def _programs(
           out_shardings=(replicated, replicated),
       )
   )
-  eval_step = jit(
-      functools.partial(
-          steps.eval_step,
-          tta=config.eval_tta,
-          num_classes=num_classes,
-          normalization=options.normalization,
-      ),
-      donate_argnums=(1,),
-      out_shardings=replicated,
-  )
+  evaluate = functools.partial(steps.eval_step, tta=config.eval_tta,
+                               num_classes=num_classes,
+                               normalization=options.normalization)  # fmt: skip
+  eval_step = jit(evaluate, donate_argnums=(1,), out_shardings=replicated)
   return train_steps, eval_step
 
 

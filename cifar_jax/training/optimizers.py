@@ -116,17 +116,10 @@ def max_norm_project(w: jax.Array, max_value: float, axis=0) -> jax.Array:
 
 
 def keras_max_norm(max_values: Any, axis=0) -> optax.GradientTransformation:
-  """Projects constrained kernels after the update, as Keras constraints do.
-
-  Args:
-    max_values: a tree like the params with a float per leaf: the MaxNorm
-      bound, or 0.0 for an unconstrained leaf (`max_norm_bounds`).
-    axis: Keras' `axis` argument (default 0, as the seed used, even for conv
-      kernels, where it bounds each length-3 column along the kernel height).
-
-  Returns:
-    A transformation to put last in a chain; it needs `params`.
-  """
+  """Projects constrained kernels after the update, as Keras constraints
+  do: last in a chain (it needs `params`). `max_values`: a float per param
+  leaf, 0.0 unconstrained (`max_norm_bounds`); `axis`: Keras' (0, as the
+  seed used, bounds each length-3 column of a conv kernel's height)."""
 
   def update_fn(updates, state, params=None):
     if params is None:
@@ -229,15 +222,9 @@ def create_optimizer(
     run: RunShape = RunShape(),
     schedule: optax.Schedule | None = None,
 ) -> optax.GradientTransformation:
-  """The optimizer named by `config.name`, followed by the MaxNorm projection.
-
-  Args:
-    config: the `optimizer` section of a config.
-    params: the model's parameters (or their shapes): the MaxNorm bounds
-      and the fast recipes' parameter groups follow their names.
-    run: the run's length and batch size, for 'fast_sgd'.
-    schedule: `learning_rate_schedule(config, run)`, if made already.
-  """
+  """The `optimizer` section's optimizer, then the MaxNorm projection;
+  `params` (or their shapes) name the bounds and the fast recipes' groups,
+  `run` is for 'fast_sgd', `schedule` the learning rate if made already."""
   rules.check(config, RULES, 'optimizer.')
   schedule = schedule or learning_rate_schedule(config, run)
   if config.name == 'sgd':

@@ -32,13 +32,9 @@ def stop_steps(
   epoch ends, checkpoint steps, the end. Asked an epoch at a time, so that
   nothing grows with the number of epochs."""
   hi = total_steps if hi is None else min(hi, total_steps)
-  found = set(
-      range(
-          (lo // steps_per_epoch + 1) * steps_per_epoch, hi + 1, steps_per_epoch
-      )
-  )
-  if every:
-    found |= set(range((lo // every + 1) * every, hi + 1, every))
+  found = set()
+  for period in (steps_per_epoch, every) if every else (steps_per_epoch,):
+    found |= set(range((lo // period + 1) * period, hi + 1, period))
   if lo < total_steps <= hi:
     found.add(total_steps)
   return sorted(found)
@@ -53,10 +49,8 @@ def dispatches(
   """
   step = start
   while step < stop:
-    position = step % exp.batches_per_pass
-    n = min(
-        exp.steps_per_dispatch, stop - step, exp.batches_per_pass - position
-    )
+    left_in_pass = exp.batches_per_pass - step % exp.batches_per_pass
+    n = min(exp.steps_per_dispatch, stop - step, left_in_pass)
     yield step, n
     step += n
 

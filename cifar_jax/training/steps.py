@@ -52,33 +52,21 @@ class LookaheadTrainState(TrainState):
 
   @classmethod
   def create(cls, *, params, batch_stats, lookahead, **kwargs):
-    return super().create(
-        params=params,
-        batch_stats=batch_stats,
-        lookahead=lookahead,
-        slow=_copy(params, batch_stats),
-        **kwargs,
-    )
+    slow = _copy(params, batch_stats)
+    return super().create(params=params, batch_stats=batch_stats,
+                          lookahead=lookahead, slow=slow, **kwargs)  # fmt: skip
 
   def with_variables(self, params: Any, batch_stats: Any) -> TrainState:
     """This state with other params and statistics (Lookahead restarts)."""
-    return self.replace(
-        params=params,
-        batch_stats=batch_stats,
-        slow=_copy(params, batch_stats),
-    )
+    slow = _copy(params, batch_stats)
+    return self.replace(params=params, batch_stats=batch_stats, slow=slow)
 
   def after_update(self, grads: Any, batch_stats: Any) -> TrainState:
     """The optimizer's update, the new statistics, then Lookahead's sync."""
     state = self.apply_gradients(grads=grads)
-    slow, fast = self.lookahead.sync(
-        state.step,
-        self.slow,
-        {'params': state.params, 'batch_stats': batch_stats},
-    )
-    return state.replace(
-        params=fast['params'], batch_stats=fast['batch_stats'], slow=slow
-    )
+    fast = {'params': state.params, 'batch_stats': batch_stats}
+    slow, fast = self.lookahead.sync(state.step, self.slow, fast)
+    return state.replace(slow=slow, **fast)
 
 
 def _copy(params: Any, batch_stats: Any) -> dict[str, Any]:
@@ -120,19 +108,14 @@ def state_initializer(
     run: optimizers.RunShape = optimizers.RunShape(),
     schedule: optax.Schedule | None = None,
 ):
-  """A jitted `(rng, replace) -> TrainState` that inits params and optimizer.
+  """A jitted `(rng, replace) -> TrainState`: params and optimizer state.
 
-  The optimizer is built once, here: it is a static part of the state's
-  tree structure, so every state made by this function has the same
-  structure, and the compiled steps serve all of them (one compilation for
-  many seeds). The state is made by one jitted program that writes it
-  straight to `sharding`: on several processes, moving arrays made on one
-  device to a global sharding is not supported.
-
-  `replace` holds top-level parameter subtrees to use instead of the random
-  ones (the data-dependent whitening layer); `run` is what the optimizer
-  needs of the run (its length and batch size), and `schedule` its
-  learning rate (`optimizers.learning_rate_schedule`), if made already.
+  The optimizer is built once, here: a static part of the state's tree, so
+  every state this makes has one structure and the compiled steps serve
+  them all (one compilation for many seeds). One jitted program writes the
+  state straight to `sharding` (moving arrays made on one device to a
+  global sharding is not supported across processes). `replace`: top-level
+  parameter subtrees used instead of the random ones (the whitening layer).
   """
 
   def init_variables(rng):
@@ -146,12 +129,9 @@ def state_initializer(
 
   def init(rng, replace):
     variables = init_variables(rng)
-    kwargs = dict(
-        apply_fn=model.apply,
-        params={**variables['params'], **replace},
-        tx=tx,
-        batch_stats=variables.get('batch_stats', {}),
-    )
+    params = {**variables['params'], **replace}
+    kwargs = dict(apply_fn=model.apply, params=params, tx=tx,
+                  batch_stats=variables.get('batch_stats', {}))  # fmt: skip
     if lookahead is None:
       return TrainState.create(**kwargs)
     return LookaheadTrainState.create(lookahead=lookahead, **kwargs)
@@ -204,12 +184,8 @@ def _augmented_images(
     flips = augment.alternating_flips(
         keys.augment, indices, step // options.batches_per_pass
     )
-  return augment.augment_batch(
-      jax.random.fold_in(keys.augment, step),
-      batch,
-      options.augmentation,
-      flips,
-  )
+  key = jax.random.fold_in(keys.augment, step)
+  return augment.augment_batch(key, batch, options.augmentation, flips)
 
 
 def train_step(
@@ -220,15 +196,12 @@ def train_step(
     keys: Keys,
     options: StepOptions,
 ) -> tuple[TrainState, Metrics]:
-  """One update on `batch` (indices into `data`, and their mask).
+  """One update on `batch` (indices into `data`, and their mask): the new
+  state, and `epoch_metrics` merged with the batch's.
 
-  The batch is gathered from `data` (uint8 images and labels, on the
-  device) and augmented here, inside the compiled step. Padded examples
-  (mask 0) of a pass's last batch are left out of the loss, so the gradient
-  is Keras' on its smaller last batch.
-
-  Returns:
-    The new state and `epoch_metrics` merged with this batch's metrics.
+  The batch is gathered from `data` (uint8, on the device) and augmented
+  inside the compiled step. Padded examples (mask 0) of a pass's last batch
+  are left out of the loss: the gradient is Keras' on its smaller batch.
   """
   indices, mask = batch
   if options.batch_sharding is not None:
@@ -241,13 +214,8 @@ def train_step(
 
   def loss_fn(params):
     logits, updates = state.apply_fn(
-        _variables(state, params),
-        images,
-        train=True,
-        mask=mask,
-        rngs={'dropout': rng},
-        mutable=['batch_stats'],
-    )
+        _variables(state, params), images, train=True, mask=mask,
+        rngs={'dropout': rng}, mutable=['batch_stats'])  # fmt: skip
     per_example = optax.softmax_cross_entropy_with_integer_labels(
         logits, labels
     )
@@ -289,10 +257,7 @@ def train_steps(
     batch = tuple(
         batching.batch_at(a, position + i, options.batch_size) for a in order
     )
-    return (
-        train_step(*carry, data, batch, keys, options),
-        None,
-    )
+    return train_step(*carry, data, batch, keys, options), None
 
   if num_steps == 1:
     return step((state, epoch_metrics), 0)[0]
