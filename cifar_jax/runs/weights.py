@@ -163,7 +163,7 @@ def restore_params(
   topology.
   """
   device = jax.local_devices()[0]
-  sharding = sharding or jax.sharding.SingleDeviceSharding(device)
+  sharding = sharding or jax.sharding.make_single_device_sharding(device)
   as_target = lambda saved: jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
       saved,
