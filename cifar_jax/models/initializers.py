@@ -1,12 +1,9 @@
 """Initialisation of the fast recipes: the whitening convolution, Dirac kernels.
 
-airbench (arXiv 2404.00498) starts its network with a 2x2 convolution that
-whitens the input patches: its filters are the eigenvectors of the patch
-covariance of some training images, divided by the square roots of their
-eigenvalues, followed by the same filters negated (so a ReLU-like activation
-after it loses nothing). Training then starts from decorrelated features
-instead of spending epochs learning them. The convolutions after it start
-as identity maps (`dirac_init`).
+airbench (arXiv 2404.00498) starts its network with a convolution that
+whitens the input patches (`whitening`), so training starts from
+decorrelated features instead of spending epochs learning them; the
+convolutions after it start as identity maps (`dirac_init`).
 """
 
 import flax.linen as nn
@@ -17,11 +14,9 @@ import numpy as np
 def patches(images: np.ndarray, size: int) -> np.ndarray:
   """Every size x size patch ('valid'), flattened in (h, w, c) order."""
   c = images.shape[-1]
-  views = np.lib.stride_tricks.sliding_window_view(
-      images, (size, size), axis=(1, 2)
-  )
+  windows = np.lib.stride_tricks.sliding_window_view
   # (n, h-size+1, w-size+1, c, size, size) -> (..., size, size, c).
-  views = np.moveaxis(views, 3, -1)
+  views = np.moveaxis(windows(images, (size, size), axis=(1, 2)), 3, -1)
   return views.reshape(-1, size * size * c)
 
 
@@ -31,10 +26,10 @@ def whitening(
   """(kernel, bias) of a conv that whitens `images`' size x size patches.
 
   As airbench's `init_whitening_conv`: the eigenvectors of the patches'
-  second moment X^T X / n (not centred: the images are already
-  standardised per channel, so the patches are nearly so), each divided
-  by sqrt(eigenvalue + epsilon), largest eigenvalue first, then the same
-  filters negated; the bias starts at zero.
+  second moment X^T X / n (not centred: the images are standardised per
+  channel already), each over sqrt(eigenvalue + epsilon), largest first,
+  then the same filters negated (a ReLU-like activation after them then
+  loses nothing); the bias starts at zero.
 
   `images`: (n, h, w, c) floats as the model sees them; `epsilon` keeps
   near-constant directions from blowing up. The kernel is (size, size, c,
@@ -65,11 +60,8 @@ def dirac_init(
     kernel = base(key, shape, dtype)
     kh, kw, cin, cout = shape
     n = min(cin, cout)
-    identity = (
-        jnp.zeros((kh, kw, n, n), dtype)
-        .at[kh // 2, kw // 2]
-        .set(jnp.eye(n, dtype=dtype))
-    )
+    identity = jnp.zeros((kh, kw, n, n), dtype)
+    identity = identity.at[kh // 2, kw // 2].set(jnp.eye(n, dtype=dtype))
     return kernel.at[:, :, :n, :n].set(identity)
 
   return init

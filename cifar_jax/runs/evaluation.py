@@ -26,9 +26,8 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 def metrics(logits: np.ndarray, labels: np.ndarray, num_classes: int) -> dict:
   """Accuracy, mean cross-entropy, per-class accuracy, confusion counts."""
   predictions = logits.argmax(-1)
-  loss = -_log_softmax(logits.astype(np.float64))[
-      np.arange(len(labels)), labels
-  ]
+  log_p = _log_softmax(logits.astype(np.float64))
+  loss = -log_p[np.arange(len(labels)), labels]
   counts = plots.confusion_matrix(labels, predictions, num_classes)
   with np.errstate(invalid='ignore'):
     per_class = np.diag(counts) / counts.sum(1)
@@ -57,39 +56,28 @@ def evaluate(
     config.data.dir = data_dir
   split = split or config.data.eval_split
   data = input_pipeline.load_split(config.data, split)
-  classes.check(
-      run.class_names,
-      data.class_names,
-      f'{workdir} (checkpoint step {run.step}) was',
-  )
-  result = metrics(
-      inference.logits(run, data.images), data.labels, len(run.class_names)
-  )
+  what = f'{workdir} (checkpoint step {run.step}) was'
+  classes.check(run.class_names, data.class_names, what)
+  logits = inference.logits(run, data.images)
+  result = metrics(logits, data.labels, len(run.class_names))
   print(
       f'{workdir}, checkpoint step {run.step}, {config.data.name} {split!r} '
       f'({len(data)} images), test-time augmentation level {run.tta} '
       f'({run.model.layers}):'
   )
-  print(
-      f'Accuracy: {100 * result["accuracy"]:.2f}% - loss: '
-      f'{result["loss"]:.4f}'
-  )
+  accuracy = f'{100 * result["accuracy"]:.2f}%'
+  print(f'Accuracy: {accuracy} - loss: {result["loss"]:.4f}')
   print('Per class:')
-  for name, acc, count in zip(
-      run.class_names, result['per_class'], result['confusion'].sum(1)
-  ):
-    print(
-        f'  {name:>12}: '
-        + (f'{100 * acc:6.2f}% of {count}' if count else f'no {split!r} images')
-    )
+  counts = result['confusion'].sum(1)
+  for name, acc, count in zip(run.class_names, result['per_class'], counts):
+    share = f'{100 * acc:6.2f}% of {count}' if count else f'no {split!r} images'
+    print(f'  {name:>12}: {share}')
   path = os.path.join(workdir, 'confusion_matrix.png')
+  title = (f'{os.path.basename(os.path.normpath(workdir))}, step '
+           f'{run.step}, {split}: {accuracy}')  # fmt: skip
   try:
     plots.confusion_matrix_png(
-        result['confusion'],
-        run.class_names,
-        path,
-        f'{os.path.basename(os.path.normpath(workdir))}, step {run.step}, '
-        f'{split}: {100 * result["accuracy"]:.2f}%',
+        result['confusion'], run.class_names, path, title
     )
   except OSError as e:
     # The results above are the point; the picture is a convenience.

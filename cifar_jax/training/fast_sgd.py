@@ -28,12 +28,9 @@ def triangle(
   peak_step = math.floor(peak * total_steps)
 
   def schedule(count):
-    count = jnp.asarray(count, jnp.float32)
-    return jnp.interp(
-        count,
-        jnp.array([0.0, peak_step, total_steps]),
-        jnp.array([start, 1.0, end]),
-    )
+    steps = jnp.array([0.0, peak_step, total_steps])
+    values = jnp.array([start, 1.0, end])
+    return jnp.interp(jnp.asarray(count, jnp.float32), steps, values)
 
   return schedule
 
@@ -77,11 +74,8 @@ class Lookahead:
     """(new slow, new fast) after update number `step` (1-based)."""
     regular = step % self.every == 0
     decay = self.max_decay * (step / self.total_steps) ** 3
-    slow = jax.tree.map(
-        lambda s, f: jnp.where(regular, decay * s + (1 - decay) * f, s),
-        slow,
-        fast,
-    )
+    average = lambda s, f: jnp.where(regular, decay * s + (1 - decay) * f, s)
+    slow = jax.tree.map(average, slow, fast)
     synced = jnp.logical_or(regular, step >= self.total_steps)
     fast = jax.tree.map(lambda s, f: jnp.where(synced, s, f), slow, fast)
     return slow, fast
@@ -108,10 +102,8 @@ def rates(
   a mean loss with learning rate lr * B / K and weight decay wd / lr.
   """
   kilostep = 1024 * (1 + 1 / (1 - config.momentum))
-  return (
-      config.learning_rate * batch_size / kilostep,
-      config.weight_decay / config.learning_rate,
-  )
+  lr = config.learning_rate
+  return lr * batch_size / kilostep, config.weight_decay / lr
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,15 +125,12 @@ def sgd(
     batch_size: int,
     schedule: Schedule,
 ) -> optax.GradientTransformation:
-  """The fast recipes' SGD: Nesterov, weight decay, grouped learning rates.
-
-  Weight decay is added to the gradient before the momentum (PyTorch's
-  SGD, as airbench). BatchNorm biases get `bias_lr_scale` times the
-  learning rate and 1/`bias_lr_scale` times the decay. The whitening
-  layer's kernel (set from the data) is never trained; its bias learns for
-  `whiten_bias_epochs` epochs, then is frozen. The rates are per 1024
-  examples (`rates`). The recipes' Lookahead acts on the train
-  state, outside this chain (`Lookahead`).
+  """The fast recipes' SGD: Nesterov, weight decay added to the gradient
+  before the momentum (PyTorch's SGD, as airbench), grouped rates:
+  BatchNorm biases at `bias_lr_scale` times the rate and its inverse times
+  the decay; the whitening kernel (set from the data) never trained, its
+  bias only for `whiten_bias_epochs` epochs. (Lookahead acts on the train
+  state, outside this chain.)
   """
   freeze_at = config.whiten_bias_epochs * steps_per_epoch
   _, weight_decay = rates(config, batch_size)

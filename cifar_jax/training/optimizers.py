@@ -174,14 +174,12 @@ def learning_rate_schedule(
   if config.name == 'sgd':
     return inverse_time_decay(config.learning_rate, config.decay)
   if config.name == 'fast_sgd':
+    c = config
+    triangle = fast_sgd.triangle(
+        run.total_steps, c.schedule_start, c.schedule_peak, c.schedule_end
+    )
     return fast_sgd.Schedule(
-        fast_sgd.rates(config, run.batch_size)[0],
-        fast_sgd.triangle(
-            run.total_steps,
-            config.schedule_start,
-            config.schedule_peak,
-            config.schedule_end,
-        ),
+        fast_sgd.rates(config, run.batch_size)[0], triangle
     )
   return optax.constant_schedule(config.learning_rate)  # Adam's.
 
@@ -230,14 +228,12 @@ def create_optimizer(
   if config.name == 'sgd':
     tx = keras_sgd(schedule, config.momentum)
   elif config.name == 'adam':
-    tx = keras_adam(
-        config.learning_rate, config.beta1, config.beta2, config.epsilon
-    )
+    c = config
+    tx = keras_adam(c.learning_rate, c.beta1, c.beta2, c.epsilon)
   else:
     groups = fast_sgd.param_groups(params)
-    tx = fast_sgd.sgd(
-        config, groups, run.steps_per_epoch, run.batch_size, schedule
-    )
+    tx = fast_sgd.sgd(config, groups, run.steps_per_epoch, run.batch_size,
+                      schedule)  # fmt: skip
   bounds = max_norm_bounds(params, config)
   if any(jax.tree.leaves(bounds)):
     tx = optax.chain(tx, keras_max_norm(bounds))
