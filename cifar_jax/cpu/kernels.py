@@ -34,14 +34,10 @@ RULES = {
 
 @dataclasses.dataclass(frozen=True)
 class Kernels:
-  """How a model's 3x3 convolutions, 2x2 max-pools and dropout compute.
-
-  Attributes:
-    conv3x3: a `conv3x3.METHODS` entry ('xla': Flax's `nn.Conv` as it is).
-    pooling: a `pooling.METHODS` entry ('reduce_window': `nn.max_pool`).
-    dropout_hash_once: dropout's masks hashed once (XLA:CPU), the same bits
-      as `nn.Dropout`'s; False: `nn.Dropout` itself.
-  """
+  """How a model's 3x3 convolutions, 2x2 max-pools and dropout compute:
+  `conv3x3.METHODS` ('xla': `nn.Conv` as it is), `pooling.METHODS`
+  ('reduce_window': `nn.max_pool`), dropout's masks hashed once (the same
+  bits as `nn.Dropout`'s; False: `nn.Dropout` itself)."""
 
   conv3x3: str = 'xla'
   pooling: str = 'reduce_window'
@@ -69,13 +65,9 @@ class Kernels:
 
 @dataclasses.dataclass(frozen=True)
 class Platform:
-  """How a run computes on its platform, chosen once (`for_platform`).
-
-  Attributes:
-    name: JAX's platform ('cpu', 'gpu', 'tpu').
-    kernels: the models' layers (`models.create_model(..., layers=)`).
-    compiler_options: for every program the run compiles (`jax.jit`).
-  """
+  """How a run computes on JAX's platform `name`, chosen once
+  (`for_platform`): the models' layers, and the compiler options of every
+  program the run compiles."""
 
   name: str
   kernels: Kernels

@@ -96,15 +96,10 @@ def _cached(
     split: str,
     load: Callable[[str, str | None], Dataset],
 ) -> Dataset:
-  """`load(split, data_dir)`, through a .npz cache in `config.cache_dir`.
-
-  The key covers the data set, the resolved data_dir, the training split
-  (whose folders name the classes) and a fingerprint of every file that
-  makes the arrays (each one's path, hence its class, size and mtime), so
-  a folder that changed in any way, images moved between classes
-  included, is decoded again. An unusable cache directory only costs the
-  speed-up.
-  """
+  """`load(split, data_dir)`, through a .npz cache in `config.cache_dir`,
+  keyed by the data set, data_dir, the training split (whose folders name
+  the classes) and every file's path, size and mtime: a folder changed in
+  any way is decoded again. An unusable cache only costs the speed-up."""
   data_dir = (
       os.path.abspath(os.path.expanduser(config.dir)) if config.dir else None
   )

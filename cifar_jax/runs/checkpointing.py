@@ -164,14 +164,10 @@ class Checkpoints:
     self._guard(self._manager.wait_until_finished)
 
   def close(self, quietly: bool = False) -> None:
-    """Finishes the last save.
-
-    `quietly`: an error is already on its way out, so any failure here is
-    only logged, never raised in its place (the first one is the cause).
-    A second Ctrl-C can land inside Orbax's save while it starts its
-    writer thread; closing then fails too ('cannot join thread before it
-    is started'), and the user must still see their Ctrl-C.
-    """
+    """Finishes the last save. `quietly`: an error is on its way out, so a
+    failure here is logged, never raised in its place (a second Ctrl-C
+    inside Orbax's save makes closing fail too, 'cannot join thread before
+    it is started', and the user must still see their Ctrl-C)."""
     try:
       self._guard(self._manager.close)
     except Exception as e:  # pylint: disable=broad-exception-caught
