@@ -50,6 +50,8 @@ def train_and_evaluate(
   NonFiniteLossError (divergence) or Preempted (SIGTERM/SIGINT, after a
   checkpoint).
   """
+  # Refused before the workdir is made; `create_experiment` checks again,
+  # for the callers that build an experiment without the loop.
   checks.check(config)
   workdir = rundir.prepare(workdir)
   if jax.process_index() > 0:  # One progress report per run, not per host.
