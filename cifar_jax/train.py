@@ -25,7 +25,6 @@ from cifar_jax.reporting import progress
 from cifar_jax.reporting import records
 from cifar_jax.reporting import summary
 from cifar_jax.runs import checkpointing
-from cifar_jax.runs import weights
 from cifar_jax.runs import preemption
 from cifar_jax.runs import resume
 from cifar_jax.runs import rundir
@@ -63,7 +62,7 @@ def train_and_evaluate(
     exp = create_experiment(config)
     watch.stop_if_requested()
     ckpt = checkpointing.Checkpoints(
-        weights.checkpoint_dir(workdir), config.keep_checkpoints
+        checkpointing.checkpoint_dir(workdir), config.keep_checkpoints
     )
     try:
       result = _resume_and_train(exp, ckpt, workdir, out, watch)

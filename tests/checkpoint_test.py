@@ -20,7 +20,6 @@ import pytest
 
 from cifar_jax.errors import UserError
 from cifar_jax.runs import checkpointing
-from cifar_jax.runs import weights
 from cifar_jax.runs import inference
 from cifar_jax.runs import resume
 from cifar_jax import train
@@ -95,7 +94,7 @@ def _result(workdir):
   history = json.loads((workdir / 'history.json').read_text())
   for row in history:
     del row['seconds']  # Wall-clock time cannot repeat.
-  return history, weights.restore_params(str(workdir))
+  return history, checkpointing.read_run(str(workdir)).state
 
 
 def _assert_same(a, b):
@@ -236,10 +235,10 @@ def test_the_best_checkpoint_survives_resumes_as_in_an_uninterrupted_run(
     _, pieces = run(tmp_path / 'pieces', epochs)
   without_time = lambda h: [{**r, 'seconds': 0} for r in h]
   assert without_time(pieces) == without_time(history)
-  kept = weights.saved_steps(str(tmp_path / 'whole'))
+  kept = checkpointing.saved_steps(str(tmp_path / 'whole'))
   best = inference.select_step(str(tmp_path / 'whole'), 'best')
   assert best not in kept[-2:]  # The case where the best must be kept aside.
-  assert weights.saved_steps(str(tmp_path / 'pieces')) == kept
+  assert checkpointing.saved_steps(str(tmp_path / 'pieces')) == kept
   assert inference.select_step(str(tmp_path / 'pieces'), 'best') == best
 
 
@@ -367,9 +366,7 @@ def test_a_failed_save_is_a_clear_error_and_keeps_earlier_checkpoints(
   ckpt.close()
   again = checkpointing.Checkpoints(str(tmp_path), keep=2)
   assert again.steps() == [1]
-  restored = again.restore_latest(
-      state, steps.Metrics.empty(), lambda meta: None
-  )
+  restored = again.restore(state, steps.Metrics.empty())
   assert restored.step == 1
   again.close()
 
@@ -469,7 +466,7 @@ def test_checkpoints_of_another_state_layout_are_refused_not_moved_aside(
   config = get_config('test')
   config.num_epochs = 1
   train.train_and_evaluate(config, str(tmp_path), out=io.StringIO())
-  saved = weights.saved_steps(str(tmp_path))
+  saved = checkpointing.saved_steps(str(tmp_path))
   state = experiment.create_experiment(config).start(0).state
   # The same model's state with one more field (what another version of
   # the code would ask for): whole checkpoints, of another layout.
@@ -482,15 +479,16 @@ def test_checkpoints_of_another_state_layout_are_refused_not_moved_aside(
           lookahead=fast_sgd.Lookahead(5, 0.5, 10),
       )
   )()
-  ckpt = checkpointing.Checkpoints(weights.checkpoint_dir(str(tmp_path)), 2)
+  ckpt = checkpointing.Checkpoints(
+      checkpointing.checkpoint_dir(str(tmp_path)), 2
+  )
   try:
     with pytest.raises(UserError, match='laid out differently'):
-      ckpt.restore_latest(
+      ckpt.restore(
           resume._abstract(other),  # pylint: disable=protected-access
           resume._abstract(steps.empty_metrics()),  # pylint: disable=protected-access
-          lambda meta: None,
       )
   finally:
     ckpt.close()
-  assert weights.saved_steps(str(tmp_path)) == saved
+  assert checkpointing.saved_steps(str(tmp_path)) == saved
   assert not list((tmp_path / 'checkpoints').glob('corrupt-*'))

@@ -1,8 +1,8 @@
 """Run directories: checkpoints, resuming, preemption, locks, processes.
 
-- `checkpointing`: Orbax checkpoints (save, the newest good one);
+- `checkpointing`: Orbax checkpoints (save, the newest good one; another
+  run's, read-only);
 - `retention`: which checkpoints are kept (the newest few and the best);
-- `weights`: a run's checkpoints read from outside it (steps, weights);
 - `classes`: a run's class names, checked against the data it meets;
 - `resume`: where a run starts (its checkpoint, another run's weights, 0);
 - `preemption`: stopping at a step when SIGTERM or Ctrl-C arrives;

@@ -15,12 +15,14 @@ from cifar_jax.errors import UserError
 from cifar_jax.reporting import records
 
 
-def saved(meta: dict[str, Any], run_dir: str) -> tuple[str, ...] | None:
-  """The classes a checkpoint was trained on: its meta's, or (checkpoints
-  written before the meta held them) its run's `dataset_info.json`'s."""
+def saved(meta: dict[str, Any], directory: str) -> tuple[str, ...] | None:
+  """The classes a checkpoint of `directory` (a run's `checkpoints/`) was
+  trained on: its meta's, or (checkpoints written before the meta held
+  them) its run's `dataset_info.json`'s."""
   if 'class_names' in meta:
     return tuple(meta['class_names'])
   try:
+    run_dir = os.path.dirname(directory)
     with open(os.path.join(run_dir, records.DATASET_INFO)) as f:
       return tuple(json.load(f)['class_names'])
   except (OSError, ValueError, KeyError):

@@ -9,7 +9,6 @@ import dataclasses
 import functools
 import json
 import os
-import sys
 from typing import Any
 
 import jax
@@ -20,11 +19,10 @@ from cifar_jax.config import renames
 from cifar_jax import cpu
 from cifar_jax.data import images as images_lib
 from cifar_jax.data import input_pipeline
-from cifar_jax.errors import DamagedCheckpoint
 from cifar_jax.errors import UserError
 from cifar_jax import models
-from cifar_jax.runs import retention
-from cifar_jax.runs import weights
+from cifar_jax.runs import checkpointing
+from cifar_jax.runs import classes
 from cifar_jax.training import steps
 
 
@@ -69,45 +67,29 @@ def _read_json(workdir: str, name: str) -> Any:
     ) from e
 
 
-def select_step(workdir: str, which: str) -> int:
-  """The checkpoint step for 'latest', 'best' (by val_accuracy) or 'STEP'."""
-  ckpt_dir = weights.checkpoint_dir(workdir)
-  steps = weights.saved_steps(workdir)
+def select_step(workdir: str, which: str) -> int | None:
+  """The checkpoint step for 'best' (by val_accuracy) or 'STEP'; None for
+  'latest' (the newest that is not damaged, as a resume would take)."""
+  ckpts = checkpointing.Checkpoints(
+      checkpointing.checkpoint_dir(workdir), read_only=True
+  )
+  steps, best = sorted(ckpts.steps()), ckpts.best()
+  ckpts.close()
   if not steps:
-    raise UserError(f'No checkpoints in {ckpt_dir}.')
+    raise UserError(f'No checkpoints in {ckpts.directory}.')
   if which == 'latest':
-    return steps[-1]
+    return None
   if which == 'best':
-    best = retention.best_step(
-        {s: retention.score(weights.meta(workdir, s)) for s in steps}
-    )
     if best is None:
-      raise UserError(f'No end-of-epoch checkpoint in {ckpt_dir} to rank.')
+      raise UserError(
+          f'No end-of-epoch checkpoint in {ckpts.directory} to rank.'
+      )
     return best
   if which.isdigit() and int(which) in steps:
     return int(which)
   raise UserError(
       f"--checkpoint must be 'best', 'latest' or one of the "
       f'saved steps {steps}, not {which!r}.'
-  )
-
-
-def _readable_checkpoint(workdir: str, which: str) -> tuple[int, dict]:
-  """The step and weights of checkpoint `which` (`select_step`); for
-  'latest', the newest that is not damaged, as a resume would take."""
-  step = select_step(workdir, which)
-  if which != 'latest':
-    return step, weights.restore_params(workdir, step=step)
-  damaged = []
-  for step in reversed(weights.saved_steps(workdir)):
-    try:
-      return step, weights.restore_params(workdir, step=step)
-    except DamagedCheckpoint as e:
-      print(f'warning: {e}; trying the previous one.', file=sys.stderr)
-      damaged.append(str(step))
-  raise DamagedCheckpoint(
-      f'Every checkpoint in {weights.checkpoint_dir(workdir)} is damaged '
-      f'(steps {", ".join(damaged)}).'
   )
 
 
@@ -124,13 +106,17 @@ def load_run(
   )
   platform = cpu.for_platform(config.cpu)
   model = models.create_model(config.model, platform.kernels)
-  step, variables = _readable_checkpoint(workdir, checkpoint)
+  step = select_step(workdir, checkpoint)
+  restored = checkpointing.read_run(workdir, step=step, newest_readable=True)
+  variables = restored.state
   if not variables['batch_stats']:
     variables = {'params': variables['params']}
-  names = weights.trained_classes(workdir, step)
+  names = classes.saved(restored.meta, checkpointing.checkpoint_dir(workdir))
   names = names or input_pipeline.CIFAR10_CLASSES
   options = dict(platform.compiler_options)
-  return TrainedRun(config, model, variables, step, names, tta_level, options)
+  return TrainedRun(
+      config, model, variables, restored.step, names, tta_level, options
+  )
 
 
 def logits(

@@ -8,7 +8,6 @@ run's optimizer state too (`init_from_optimizer`).
 """
 
 import json
-import os
 from typing import Any
 
 import jax
@@ -20,7 +19,6 @@ from cifar_jax.errors import UserError
 from cifar_jax.reporting import records
 from cifar_jax.runs import checkpointing
 from cifar_jax.runs import classes
-from cifar_jax.runs import weights
 from cifar_jax.training.experiment import Experiment
 from cifar_jax.training.experiment import Run
 from cifar_jax.training import optimizers
@@ -71,9 +69,9 @@ def start(
       on other classes.
   """
 
-  def check_meta(meta):
+  def check_meta(meta, directory):
     classes.check(
-        classes.saved(meta, os.path.dirname(ckpt.directory)),
+        classes.saved(meta, directory),
         exp.class_names,
         f'The checkpoints in {ckpt.directory} were',
     )
@@ -87,7 +85,7 @@ def start(
       )
 
   run = exp.start(exp.config.seed)
-  restored = ckpt.restore_latest(
+  restored = ckpt.restore(
       _abstract(run.state), _abstract(run.epoch_metrics), check_meta
   )
   if restored:
@@ -144,15 +142,28 @@ def state_from_run(
         ' with its schedule; set init_from_optimizer=false to take only '
         'the parameters.'
     )
-  classes.check(
-      weights.trained_classes(path), exp.class_names, f'init_from={path} was'
-  )
+
+  def check_meta(meta, directory):
+    saved = classes.saved(meta, directory)
+    classes.check(saved, exp.class_names, f'init_from={path} was')
+
   if exp.config.init_from_optimizer:
-    theirs = weights.restore_state(path, _abstract(state))
-    return state.with_variables(theirs.params, theirs.batch_stats).replace(
-        opt_state=theirs.opt_state
-    )
-  loaded = weights.restore_params(path, exp.replicated)
+    try:
+      theirs = checkpointing.read_run(path, _abstract(state), None, check_meta)
+    except Exception as e:  # pylint: disable=broad-except
+      if checkpointing.STRUCTURE_MISMATCH not in str(e):
+        raise
+      raise UserError(
+          f'init_from_optimizer: the optimizer state in {path} is not laid '
+          "out as this run's (another optimizer, or other parameters); "
+          'without init_from_optimizer only the parameters are taken.'
+      ) from e
+    return state.with_variables(
+        theirs.state.params, theirs.state.batch_stats
+    ).replace(opt_state=theirs.state.opt_state)
+  loaded = checkpointing.read_run(
+      path, check_meta=check_meta, sharding=exp.replicated
+  ).state
   ours = {'params': state.params, 'batch_stats': state.batch_stats}
   theirs_shapes = jax.tree.map(np.shape, loaded)
   ours_shapes = jax.tree.map(np.shape, ours)
