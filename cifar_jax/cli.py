@@ -1,11 +1,14 @@
 """Shared pieces of the command-line tools (main, show_augment, ...)."""
 
+import ast
 import contextlib
+import glob
 import logging as std_logging
 import os
 import re
 import signal
 import sys
+import textwrap
 import threading
 from typing import Any, Callable
 
@@ -113,7 +116,11 @@ def _check_config_file(path: str) -> str | None:
     with open(path) as f:
       source = f.read()
   except OSError as e:
-    return f'cannot read config file {path}: {e.strerror or e}'
+    names = ', '.join(_configs())
+    return (
+        f'cannot read config file {path}: {e.strerror or e} (the configs '
+        f'in {_configs_dir()}: {names})'
+    )
   try:
     compile(source, path, 'exec')
   except SyntaxError as e:
@@ -128,11 +135,67 @@ def _config_error_line(e: Exception, path: str | None) -> str:
   if isinstance(cause, KeyError) and cause.args:  # Wrapped by ConfigDict.
     cause = cause.args[0]
   message = str(cause).replace('\n', ' ')
+  unknown = re.fullmatch(r"'(\w+)'(?: Did you mean \"(\w+)\".*)?", message)
+  if unknown:
+    key, guess = unknown.groups()
+    maybe = f"; did you mean '{guess}'?" if guess else '.'
+    return f"bad --config override: this config has no key '{key}'{maybe}"
   if "has no attribute 'get_config'" in message:
     return f'config file {path} defines no get_config().'
   if 'get_config()' in message:
     return f'{message}.'
   return f'bad --config override: {message}'
+
+
+# absl's help flags: absl's --help exits 1 and lists only the flags the
+# main module defines itself, not those defined here (--config, --workdir).
+_HELP = ('--help', '-help', '-h', '-?', '--helpshort', '--nohelp')
+# The offline data options, for every command that takes a config.
+_OFFLINE = """Data without internet (a folder or .zip of <split>/<class>/<image>):
+  --config.data.name=image_folder --config.data.dir=cifar10-jpeg.zip
+  (decoded once, cached in --config.data.cache_dir, default ~/.cache)"""
+
+
+def help_text(doc: str) -> str:
+  """A command's help: its docstring's summary and usage, its own flags,
+  for commands with a config the configs there are and the offline data
+  options, then the rest of its docstring."""
+  own = [
+      f for module, found in flags.FLAGS.flags_by_module_dict().items()
+      if module.startswith('cifar_jax') or module == sys.argv[0]
+      for f in found
+  ]  # fmt: skip
+  paragraphs = doc.strip().split('\n\n')
+  lines = ['\n\n'.join(paragraphs[:2]), '', 'Flags:']
+  for f in sorted(own, key=lambda f: f.name != 'config'):
+    value = f.default
+    value = ','.join(value) if isinstance(value, list) else value
+    shown = isinstance(value, (str, int, float)) and value != ''
+    default = f' (default: {value!r})' if shown else ''
+    lines += textwrap.wrap(f'--{f.name}: {f.help}{default}', 76,
+                           initial_indent='  ', subsequent_indent='    ')  # fmt: skip
+  if 'config' in flags.FLAGS:
+    lines += ['', f'Configs (--config configs/<name>.py; in {_configs_dir()}):']
+    for name, path in _configs().items():
+      with open(path) as f:
+        summary = (ast.get_docstring(ast.parse(f.read())) or '').split('\n')[0]
+      lines.append(f'  {name:22s}{summary}')
+    lines += ['', _OFFLINE]
+  lines += [''] + ['\n\n'.join(paragraphs[2:])] * (len(paragraphs) > 2)
+  return '\n'.join(lines + ['', "All flags, absl's too: --helpfull."])
+
+
+def _configs() -> dict[str, str]:
+  """Each config's name and file (configs/<name>.py)."""
+  found = sorted(glob.glob(os.path.join(_configs_dir(), '[!_]*.py')))
+  return {os.path.splitext(os.path.basename(p))[0]: p for p in found}
+
+
+def _configs_dir() -> str:
+  """configs/ here, else the one of the checkout this package runs from."""
+  if os.path.isdir('configs'):
+    return 'configs'
+  return os.path.join(os.path.dirname(os.path.dirname(__file__)), 'configs')
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -141,11 +204,22 @@ def parse_flags(argv: list[str]) -> list[str]:
   ml_collections raises AttributeError/ValueError/TypeError for an unknown
   key or a value of the wrong type, and OSError or whatever the file raises
   for a config file that does not load; absl would show them as tracebacks.
+  --help prints `help_text` and exits 0.
   """
+  if any(arg in _HELP for arg in argv[1:]):
+    print(help_text(sys.modules['__main__'].__doc__ or ''))
+    sys.exit(0)
   path = _config_path(argv[1:])
   problem = renames.renamed_flag(argv[1:]) or (
       path and _check_config_file(path)
   )
+  override = next((a for a in argv[1:] if a.startswith('--config.')), None)
+  needs_file = 'config' in flags.FLAGS and flags.FLAGS['config'].default is None
+  if override and needs_file and not path and not problem:
+    problem = (
+        f"{override} overrides a config file's key: name the file too, "
+        f'--config configs/<name>.py ({", ".join(_configs())}).'
+    )
   if path and not problem:
     _add_repository_of(path)
   if problem:

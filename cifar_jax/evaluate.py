@@ -15,7 +15,6 @@ from absl import app
 from absl import flags
 
 from cifar_jax import cli
-from cifar_jax.runs import evaluation
 
 _WORKDIR = cli.define_workdir('The run directory to evaluate.')
 _CHECKPOINT = cli.define_checkpoint()
@@ -36,6 +35,8 @@ _TTA_LEVEL = flags.DEFINE_integer(
 def main(argv):
   del argv
   with cli.exit_on_errors():
+    from cifar_jax.runs import evaluation  # pylint: disable=g-import-not-at-top  # After --help.
+
     evaluation.evaluate(
         _WORKDIR.value,
         _CHECKPOINT.value,

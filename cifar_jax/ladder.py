@@ -35,10 +35,10 @@ from absl import app
 from absl import flags
 
 from cifar_jax import cli
-from cifar_jax import rungs
+from cifar_jax.reporting import seed_notebook
 
 CONFIGS = flags.DEFINE_list(
-    'configs', list(rungs.RUNGS), 'Rungs to train, in order.'
+    'configs', list(seed_notebook.rungs()), 'Rungs to train, in order.'
 )
 EPOCHS_SCALE = flags.DEFINE_float(
     'epochs_scale',
@@ -68,6 +68,8 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   with cli.exit_on_errors():
+    from cifar_jax import rungs  # pylint: disable=g-import-not-at-top  # After --help.
+
     rungs.run_ladder(
         [n.strip() for n in CONFIGS.value if n.strip()],
         EPOCHS_SCALE.value,

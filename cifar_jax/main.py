@@ -1,21 +1,21 @@
-"""Command line: `python -m cifar_jax.main --config configs/simple.py`.
+"""Trains a model on CIFAR-10, resuming its run directory if it has one.
 
-Kept short on purpose: it parses flags, picks the run directory and calls
-`train.train_and_evaluate(config, workdir)`, after joining the other
-processes of a multi-host run (`distributed.initialize`). Any config key
-can be overridden, e.g. `--config.num_epochs=3`; an unknown key is refused
-by the flag parser.
+  python -m cifar_jax.main --config configs/simple.py [--workdir DIR]
+      [--config.key=value ...]
+
+Any config key can be overridden, e.g. `--config.num_epochs=3`. Running the
+same command again resumes from the newest checkpoint. (This module only
+parses flags and calls `train.train_and_evaluate(config, workdir)`, after
+joining the other processes of a multi-host run.)
 """
 
 from absl import app
 from absl import flags
 from absl import logging
-import jax
 from ml_collections import config_flags
 
 from cifar_jax import cli
 from cifar_jax.runs import distributed
-from cifar_jax import train
 
 CONFIG = cli.define_config()
 WORKDIR = cli.define_workdir('Run directory; default ckpt/<config file name>.')
@@ -46,6 +46,10 @@ def main(argv):
   config_path = config_flags.get_config_filename(flags.FLAGS['config'])
   workdir = WORKDIR.value or cli.default_workdir(config_path)
   with cli.exit_on_errors():
+    # JAX is imported only now: --help and a refused flag never wait for it.
+    import jax  # pylint: disable=g-import-not-at-top
+    from cifar_jax import train  # pylint: disable=g-import-not-at-top
+
     distributed.initialize(
         DISTRIBUTED.value,
         COORDINATOR.value,

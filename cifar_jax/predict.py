@@ -1,6 +1,6 @@
 """Classifies your own images with a trained run: top-3 classes each.
 
-  python -m cifar_jax.predict --workdir ckpt/large [--checkpoint best] \
+  python -m cifar_jax.predict --workdir ckpt/large [--checkpoint best]
       cat.jpg photos/ ...
 
 Any image Pillow reads works: it is converted to RGB (alpha dropped,
@@ -17,7 +17,6 @@ from absl import app
 from absl import flags
 
 from cifar_jax import cli
-from cifar_jax.runs import prediction
 
 _WORKDIR = cli.define_workdir('The run directory whose model classifies.')
 _CHECKPOINT = cli.define_checkpoint()
@@ -27,6 +26,8 @@ def main(argv):
   if len(argv) < 2:
     raise app.UsageError('Name at least one image file or folder.')
   with cli.exit_on_errors():
+    from cifar_jax.runs import prediction  # pylint: disable=g-import-not-at-top  # After --help.
+
     failures = prediction.predict(_WORKDIR.value, argv[1:], _CHECKPOINT.value)
   sys.exit(1 if failures else 0)
 

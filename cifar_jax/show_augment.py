@@ -1,7 +1,7 @@
 """Draws original training images beside augmented views of them.
 
-  python -m cifar_jax.show_augment --config configs/deep_adam_aug.py \
-      --config.data.name=image_folder --config.data.dir=DIR --out augment.png
+  python -m cifar_jax.show_augment --config configs/deep_adam_aug.py
+      [--config.data.name=image_folder --config.data.dir=DIR] [--out F.png]
 
 The picture: `reporting.augment_views`.
 """
@@ -12,7 +12,6 @@ from absl import flags
 from cifar_jax import cli
 from cifar_jax.errors import UserError
 from cifar_jax.errors import write_failure
-from cifar_jax.reporting import augment_views
 
 _CONFIG = cli.define_config()
 _OUT = flags.DEFINE_string('out', 'augment.png', 'PNG file to write.')
@@ -23,6 +22,8 @@ _VIEWS = flags.DEFINE_integer('num_views', 6, 'Augmented views per image.')
 def main(argv):
   del argv
   with cli.exit_on_errors():
+    from cifar_jax.reporting import augment_views  # pylint: disable=g-import-not-at-top  # After --help.
+
     path = augment_views.png_path(_OUT.value)
     try:
       augment_views.render(_CONFIG.value, path, _IMAGES.value, _VIEWS.value)

@@ -43,6 +43,7 @@ def test_single_process_run_does_not_start_the_distributed_system():
   assert jax.process_count() == 1
 
 
+@pytest.mark.slow
 def test_cli_half_given_cluster_flags_fail_in_one_line(tmp_path):
   r = run_main(
       '--config',

@@ -458,7 +458,11 @@ def test_deep_adam_aug_without_the_run_it_continues_is_one_line(tmp_path):
 @pytest.mark.parametrize(
     'source, expected',
     [
-        (None, 'cannot read config file {path}: No such file or directory'),
+        (
+            None,
+            'cannot read config file {path}: No such file or directory (the '
+            'configs in configs: bn_aug_sgd, deep_adam, ',
+        ),
         ('def get_config(:\n', 'config file {path}, line 1: invalid syntax'),
     ],
 )

@@ -157,7 +157,10 @@ def test_the_ladders_overrides_are_typed_by_the_flag_parser_and_bad_ones_refused
   assert typed.returncode == 1 and 'Traceback' not in typed.stderr
   assert typed.stderr.strip().startswith("error: Unknown rungs ['huge']")
   for override, line in [
-      ('--config.bogus=1', "error: bad --config override: 'bogus'"),
+      (
+          '--config.bogus=1',
+          "error: bad --config override: this config has no key 'bogus'.",
+      ),
       ('--config.dataset=x', 'error: --config.dataset is now --config.data'),
   ]:
     refused = subprocess.run(

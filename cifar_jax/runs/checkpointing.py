@@ -123,8 +123,7 @@ class Checkpoints:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=retention.policy(keep, self._scores),
         enable_async_checkpointing=asynchronous,
-        create=not read_only,
-        read_only=read_only,
+        create=not read_only,  # Orbax's read_only mode only adds warnings.
     )
     handlers = {'state': ocp.StandardCheckpointHandler(),
                 'epoch_metrics': ocp.StandardCheckpointHandler(),

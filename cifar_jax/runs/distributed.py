@@ -8,7 +8,6 @@ them. This must happen before JAX touches a device, so `main` calls it first.
 import os
 
 from absl import logging
-import jax
 
 from cifar_jax.errors import UserError
 
@@ -70,6 +69,9 @@ def initialize(
   if mode == 'auto' and coordinator_address is None and detected is None:
     return
   how = 'explicit flags' if coordinator_address else detected or 'auto'
+  # Imported here: `main` imports this module before it parses the flags.
+  import jax  # pylint: disable=g-import-not-at-top
+
   logging.info('Starting jax.distributed (%s).', how)
   try:
     jax.distributed.initialize(coordinator_address, num_processes, process_id)
