@@ -82,6 +82,9 @@ def _resume_and_train(
 ) -> tuple[steps.TrainState, list[dict[str, float]]]:
   """Nothing is written to `workdir` (summaries, config.json) before the
   checkpoints there are known to belong to this config."""
+  if ckpt.steps():  # Seconds for a large state: not a silent wait.
+    print(f'Restoring the newest checkpoint in {ckpt.directory}...',
+          file=out, flush=True)  # fmt: skip
   run, resumed = resume.start(exp, ckpt, resume.config_json(exp.config))
   epochs, per_epoch = f'{exp.config.num_epochs:g}', exp.steps_per_epoch
   if run.step >= exp.total_steps:
@@ -112,6 +115,7 @@ def _loop(
   """Trains `run` from its step to the end, checkpointing and reporting."""
   config, per_epoch = exp.config, exp.steps_per_epoch
   _start_reports(exp, run, reporter, out)
+  print('Compiling the steps ahead of time...', file=out, flush=True)
   seconds = plan.compile_ahead(exp, run, config.checkpoint_every_steps)
   watch.started()  # Stops here if a signal came while compiling.
   print(f'Compiled ahead of time in {seconds:.1f}s.', file=out, flush=True)
@@ -119,7 +123,7 @@ def _loop(
   while run.step < exp.total_steps:
     first = run.step // per_epoch * per_epoch
     end = min(first + per_epoch, exp.total_steps)
-    bar = progress.ProgressBar(end - first, out=out, initial=run.step - first)
+    bar = progress.ProgressBar(end - first, out=out)
     started = time.monotonic() - run.epoch_seconds
     for stop in plan.stop_steps(
         per_epoch, exp.total_steps, config.checkpoint_every_steps, run.step, end
@@ -225,6 +229,7 @@ def run_steps(
   at `stop`, to check that the loss is finite.
   """
   epoch_start = run.step // exp.steps_per_epoch * exp.steps_per_epoch
+  start = run.step
   for first, n in plan.dispatches(exp, run.step, stop):
     if hooks.should_stop(first):
       break
@@ -234,6 +239,9 @@ def run_steps(
         run.order.pass_order(pass_index), position, run.keys,
     )  # fmt: skip
     run.step = first + n
+    if bar is not None and first == start:  # The ETA starts after it.
+      jax.block_until_ready(run.state)
+      bar.mark(run.step - epoch_start)
     hooks.after_step(run.step)
     due = bar is not None and bar.due()
     if due or run.step == stop:

@@ -1,9 +1,11 @@
 """What a report says about the machine it was measured on."""
 
+import io
 import os
 
 import pytest
 
+from cifar_jax.reporting import progress
 from cifar_jax.reporting import records
 
 
@@ -41,3 +43,20 @@ def test_the_machine_line_names_this_cpus_extensions():
     )
   for name in records.vector_extensions(flags):
     assert name in line
+
+
+def test_the_eta_leaves_out_what_came_before_the_mark(monkeypatch):
+  """A minute of restoring and compiling, then steps of 0.1 s: the ETA is
+  the steps' (before the mark it is unknown, '?'), not the minute's."""
+  now = [0.0]
+  monkeypatch.setattr(progress.time, 'monotonic', lambda: now[0])
+  out = io.StringIO()
+  bar = progress.ProgressBar(101, out=out)
+  now[0] = 60.0  # The first step, with its one-off costs.
+  bar.update(1, {'loss': 1.0})
+  bar.mark(1)
+  now[0] = 61.0  # Ten more steps.
+  bar.update(11, {'loss': 1.0})
+  first, second = out.getvalue().splitlines()
+  assert ' - ETA: ?s - ?ms/step - loss: 1.0000' in first
+  assert ' - ETA: 9s - 100ms/step - ' in second

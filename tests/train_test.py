@@ -510,3 +510,22 @@ def test_a_batch_is_checked_against_memory_before_it_is_allocated(
   finally:
     tracemalloc.stop()
   assert peak < 50 * 2**20, peak
+
+
+def test_restoring_and_compiling_are_said_before_they_start(tmp_path):
+  config = get_config('test')
+  config.update(num_epochs=1, steps_per_epoch=4)
+  train.train_and_evaluate(config, str(tmp_path), out=io.StringIO())
+  config.num_epochs = 2
+  out = io.StringIO()
+  train.train_and_evaluate(config, str(tmp_path), out=out)
+  lines = out.getvalue().splitlines()
+  said = [
+      lines.index(
+          f'Restoring the newest checkpoint in {tmp_path}/checkpoints...'
+      ),
+      next(i for i, l in enumerate(lines) if l.startswith('Resuming from')),
+      lines.index('Compiling the steps ahead of time...'),
+      next(i for i, l in enumerate(lines) if l.startswith('Compiled ahead')),
+  ]
+  assert said == sorted(said)

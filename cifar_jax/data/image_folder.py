@@ -7,6 +7,7 @@ JPEG copy is such a zip, with one top-level folder around the splits.
 from collections.abc import Callable
 import concurrent.futures
 import os
+import time
 import zipfile
 import zlib
 
@@ -188,5 +189,12 @@ def load(
   if not files:
     return np.empty((0,) + images_lib.SHAPE, np.uint8), labels, names
   threads = min(32, os.cpu_count() or 1)
+  decoded, said = [], time.monotonic()
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-    return np.stack(list(pool.map(decode, files))), labels, names
+    for image in pool.map(decode, files):  # A minute for CIFAR-10: say so.
+      decoded.append(image)
+      if time.monotonic() - said > 5 or len(decoded) == len(files) > 10_000:
+        print(f'Decoded {len(decoded):,}/{len(files):,} images of split '
+              f'{split!r} in {root}.', flush=True)  # fmt: skip
+        said = time.monotonic()
+  return np.stack(decoded), labels, names

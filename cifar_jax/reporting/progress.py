@@ -42,16 +42,22 @@ class ProgressBar:
       interval: float = 0.5,
       log_interval: float = 30.0,
       width: int = 30,
-      initial: int = 0,
   ):
     self.total = total
-    self.initial = initial  # Steps already done (a resumed epoch).
     self.out = out
     self.tty = out.isatty()
     self.interval = interval if self.tty else log_interval
     self.width = width
-    self.start = self._last = time.monotonic()
+    self._last = time.monotonic()
+    self._base: tuple[float, int] | None = None  # See `mark`.
     self._drawn = False
+
+  def mark(self, done: int) -> None:
+    """Times steps from here, `done` of `total` steps done: the first
+    step's one-off costs (a restored state's first use, a first run of a
+    compiled program) would otherwise count as a step in the ETA."""
+    if self._base is None:
+      self._base = (time.monotonic(), done)
 
   def due(self) -> bool:
     """Whether enough time has passed that the bar should be redrawn."""
@@ -61,16 +67,19 @@ class ProgressBar:
     """Draws the bar after `done` of `total` steps."""
     now = time.monotonic()
     self._last = now
-    per_step = (now - self.start) / max(done - self.initial, 1)
-    eta = per_step * (self.total - done)
+    since, base = self._base or (now, done)
+    rate = (now - since) / (done - base) if done > base else None
+    speed = '?' if rate is None else f'{rate * 1000:.0f}'
+    eta = '?' if rate is None else f'{rate * (self.total - done):.0f}'
+
     filled = int(self.width * done / self.total)
     arrow = '>' if done < self.total else '='
     bar = '=' * max(filled - 1, 0) + arrow * (filled > 0)
     bar = bar.ljust(self.width, '.')
     digits = len(str(self.total))
     line = (
-        f'{done:>{digits}}/{self.total} [{bar}] - ETA: {eta:.0f}s - '
-        f'{per_step * 1000:.0f}ms/step - {format_metrics(metrics)}'
+        f'{done:>{digits}}/{self.total} [{bar}] - ETA: {eta}s - '
+        f'{speed}ms/step - {format_metrics(metrics)}'
     )
     if self.tty:
       self.out.write('\r' + line + '\x1b[K')
