@@ -30,7 +30,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cifar_jax import cli  # pylint: disable=g-import-not-at-top
-from cifar_jax.runs import checkpointing  # pylint: disable=g-import-not-at-top
+from cifar_jax.runs import reading  # pylint: disable=g-import-not-at-top
 
 KILLS = flags.DEFINE_integer('kills', 20, 'SIGKILLs of the soaked run.')
 SEED = flags.DEFINE_integer(
@@ -67,7 +67,7 @@ def outcome(workdir):
   history = json.loads(pathlib.Path(workdir, 'history.json').read_text())
   return (
       [{k: v for k, v in row.items() if k != 'seconds'} for row in history],
-      checkpointing.read_run(workdir).state,
+      reading.read_run(workdir).state,
   )
 
 

@@ -24,6 +24,7 @@ from cifar_jax.errors import DamagedCheckpoint
 from cifar_jax.errors import NonFiniteLossError
 from cifar_jax.errors import Preempted
 from cifar_jax.errors import UserError
+from cifar_jax.runs import orbax_noise
 
 
 def define_config() -> flags.FlagHolder:
@@ -225,8 +226,10 @@ def parse_flags(argv: list[str]) -> list[str]:
   if problem:
     print(f'error: {problem}', file=sys.stderr)
     sys.exit(2)
-  sys.excepthook, sys.unraisablehook = _without_late_tensorstore_callbacks(
-      sys.excepthook, sys.unraisablehook
+  sys.excepthook, sys.unraisablehook = (
+      orbax_noise.without_late_tensorstore_callbacks(
+          sys.excepthook, sys.unraisablehook
+      )
   )
   # config_flags' own warning (get_config() returned None) would come with
   # absl's logging-before-flag-parsing notice; the error line says it.
@@ -261,28 +264,6 @@ def parse_flags(argv: list[str]) -> list[str]:
   finally:
     logging.get_absl_logger().removeFilter(quiet)
   sys.exit(2)
-
-
-def _without_late_tensorstore_callbacks(excepthook, unraisablehook):
-  """The two hooks, silent for one known TensorStore defect: after a read
-  or write fails (a damaged checkpoint, a full disk), its threads still
-  complete the other operations in flight for the asyncio loop Orbax has
-  closed, and print each `RuntimeError: Event loop is closed` (through
-  one hook or the other). The failure itself is reported as one line;
-  these say nothing more."""
-
-  def late(kind, value) -> bool:
-    return kind is RuntimeError and str(value) == 'Event loop is closed'
-
-  def quiet_exception(kind, value, tb):
-    if not late(kind, value):
-      excepthook(kind, value, tb)
-
-  def quiet_unraisable(unraisable):
-    if not late(unraisable.exc_type, unraisable.exc_value):
-      unraisablehook(unraisable)
-
-  return quiet_exception, quiet_unraisable
 
 
 def _flag_error_line(e: flags.Error, path: str | None) -> str:

@@ -20,7 +20,9 @@ import pytest
 
 from cifar_jax.errors import UserError
 from cifar_jax.runs import checkpointing
+from cifar_jax.runs import reading
 from cifar_jax.runs import inference
+from cifar_jax.runs import orbax_noise
 from cifar_jax.runs import resume
 from cifar_jax import train
 from cifar_jax.training import experiment
@@ -43,6 +45,13 @@ RUN = (
     '--config.augment.width_shift_range=0.1',
 )
 ENV = dict(os.environ, JAX_PLATFORMS='cpu')
+
+
+def _saved_steps(workdir):
+  """The steps of a run's finished checkpoints (not unfinished or moved
+  aside ones), ascending."""
+  names = os.listdir(os.path.join(workdir, 'checkpoints'))
+  return sorted(int(p) for p in names if p.isdigit())
 
 
 def _state_from(config, path):
@@ -94,7 +103,7 @@ def _result(workdir):
   history = json.loads((workdir / 'history.json').read_text())
   for row in history:
     del row['seconds']  # Wall-clock time cannot repeat.
-  return history, checkpointing.read_run(str(workdir)).state
+  return history, reading.read_run(str(workdir)).state
 
 
 def _assert_same(a, b):
@@ -235,10 +244,10 @@ def test_the_best_checkpoint_survives_resumes_as_in_an_uninterrupted_run(
     _, pieces = run(tmp_path / 'pieces', epochs)
   without_time = lambda h: [{**r, 'seconds': 0} for r in h]
   assert without_time(pieces) == without_time(history)
-  kept = checkpointing.saved_steps(str(tmp_path / 'whole'))
+  kept = _saved_steps(str(tmp_path / 'whole'))
   best = inference.select_step(str(tmp_path / 'whole'), 'best')
   assert best not in kept[-2:]  # The case where the best must be kept aside.
-  assert checkpointing.saved_steps(str(tmp_path / 'pieces')) == kept
+  assert _saved_steps(str(tmp_path / 'pieces')) == kept
   assert inference.select_step(str(tmp_path / 'pieces'), 'best') == best
 
 
@@ -414,7 +423,7 @@ def test_asyncios_reports_of_unawaited_write_failures_are_dropped(caplog):
     raise exc
 
   logger = logging.getLogger('asyncio')
-  dropper = checkpointing.UnretrievedWriteFailures()
+  dropper = orbax_noise.UnretrievedWriteFailures()
   logger.addFilter(dropper)
   try:
     with caplog.at_level(logging.ERROR, logger='asyncio'):
@@ -466,7 +475,7 @@ def test_checkpoints_of_another_state_layout_are_refused_not_moved_aside(
   config = get_config('test')
   config.num_epochs = 1
   train.train_and_evaluate(config, str(tmp_path), out=io.StringIO())
-  saved = checkpointing.saved_steps(str(tmp_path))
+  saved = _saved_steps(str(tmp_path))
   state = experiment.create_experiment(config).start(0).state
   # The same model's state with one more field (what another version of
   # the code would ask for): whole checkpoints, of another layout.
@@ -490,5 +499,5 @@ def test_checkpoints_of_another_state_layout_are_refused_not_moved_aside(
       )
   finally:
     ckpt.close()
-  assert checkpointing.saved_steps(str(tmp_path)) == saved
+  assert _saved_steps(str(tmp_path)) == saved
   assert not list((tmp_path / 'checkpoints').glob('corrupt-*'))

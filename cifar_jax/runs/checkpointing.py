@@ -2,7 +2,7 @@
 
 A thin wrapper over `orbax.checkpoint.CheckpointManager` (the stable V0
 API: a move to V1 touches this module and `retention` only), for the run
-that writes them and, read-only, for `init_from`, evaluate and predict.
+that writes them and, read-only, for another run's (`reading`).
 Each checkpoint holds `state` (the TrainState; the data position is its
 step, the order being a function of (seed, step)), `epoch_metrics` (of the
 epoch in progress) and `meta` (JSON: the config, class names, history,
@@ -14,7 +14,6 @@ mid-save never leaves one that looks whole.
 import collections
 import dataclasses
 import glob
-import logging as std_logging
 import os
 import shutil
 import sys
@@ -33,6 +32,7 @@ from cifar_jax.errors import CheckpointWriteFailure
 from cifar_jax.errors import DamagedCheckpoint
 from cifar_jax.errors import UserError
 from cifar_jax.errors import write_failure
+from cifar_jax.runs import orbax_noise
 from cifar_jax.runs import retention
 
 # The suffix of a checkpoint Orbax has not finished writing.
@@ -62,39 +62,6 @@ def first_line(e: Exception) -> str:
 def checkpoint_dir(workdir: str) -> str:
   """Where a run directory keeps its checkpoints, one `<step>/` each."""
   return os.path.join(workdir, 'checkpoints')
-
-
-def saved_steps(workdir: str) -> list[int]:
-  """The steps of a run's finished checkpoints, ascending (not those
-  unfinished, `<step>.orbax-checkpoint-tmp-*`, or moved aside, `corrupt-*`)."""
-  directory = checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(p) for p in os.listdir(directory) if p.isdigit())
-
-
-class UnretrievedWriteFailures(std_logging.Filter):
-  """Drops asyncio's report of a failed write that no one awaited.
-
-  When a disk fills, every fragment Orbax is writing fails; Orbax raises
-  the first, and asyncio later logs each of the others, with its traceback,
-  as 'Task exception was never retrieved'. The first is already the run's
-  one error line (`CheckpointWriteFailure`), so the rest are dropped; any
-  other unretrieved exception is still logged.
-  """
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    exc = record.exc_info[1] if record.exc_info else None
-    return not (
-        str(record.msg).startswith('Task exception was never retrieved')
-        and write_failure(exc) is not None
-    )
-
-
-def _drop_unretrieved_write_failures() -> None:
-  logger = std_logging.getLogger('asyncio')
-  if not any(isinstance(f, UnretrievedWriteFailures) for f in logger.filters):
-    logger.addFilter(UnretrievedWriteFailures())
 
 
 @dataclasses.dataclass
@@ -128,7 +95,7 @@ class Checkpoints:
     handlers = {'state': ocp.StandardCheckpointHandler(),
                 'epoch_metrics': ocp.StandardCheckpointHandler(),
                 'meta': ocp.JsonCheckpointHandler()}  # fmt: skip
-    _drop_unretrieved_write_failures()
+    orbax_noise.drop_unretrieved_write_failures()
     try:
       self._manager = ocp.CheckpointManager(
           self.directory, options=options, item_handlers=handlers
@@ -167,22 +134,15 @@ class Checkpoints:
     if step in self.steps():
       return
     self._check_space(state, metrics)
-    meta = dict(
-        meta,
-        step=step,
-        fingerprint=fingerprint(state),
-        val_accuracy=val_accuracy,
-    )
+    meta = dict(meta, step=step, fingerprint=fingerprint(state),
+                val_accuracy=val_accuracy)  # fmt: skip
     self._scores[step] = val_accuracy  # Before Orbax applies the policy.
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         epoch_metrics=ocp.args.StandardSave(metrics),
         meta=ocp.args.JsonSave(meta),
     )
-    scores = None if val_accuracy is None else {'val_accuracy': val_accuracy}
-    self._guard(
-        lambda: self._manager.save(step, args=args, metrics=scores, force=True)
-    )
+    self._guard(lambda: self._manager.save(step, args=args, force=True))
 
   def _check_space(self, state: Any, metrics: Any) -> None:
     """Refuses a save that cannot fit before Orbax starts writing it.
@@ -198,13 +158,9 @@ class Checkpoints:
     except OSError:
       return  # Unknown: the write itself will tell.
     if need > free:
-      self._remove_unfinished()
-      raise CheckpointWriteFailure(
-          f'Writing a checkpoint to {self.directory} failed (no space left '
-          f'on the device: it needs about {need / 2**20:.1f} MiB, '
-          f'{free / 2**20:.1f} MiB are free); the earlier checkpoints are '
-          'intact. Free space or fix the directory, then run the same '
-          'command to resume.'
+      raise self._failed(
+          f'no space left on the device: it needs about {need / 2**20:.1f} '
+          f'MiB, {free / 2**20:.1f} MiB are free'
       )
 
   def wait(self) -> None:
@@ -236,19 +192,19 @@ class Checkpoints:
       cause = write_failure(e)
       if cause is None:
         raise
-      self._remove_unfinished()
-      raise CheckpointWriteFailure(
-          f'Writing a checkpoint to {self.directory} failed ({cause}); the '
-          'earlier checkpoints are intact. Free space or fix the directory, '
-          'then run the same command to resume.'
-      ) from e
+      raise self._failed(cause) from e
 
-  def _remove_unfinished(self) -> None:
-    if jax.process_index() != 0:
-      return
-    for name in os.listdir(self.directory):
-      if name.endswith(_UNFINISHED):
-        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+  def _failed(self, cause: str) -> CheckpointWriteFailure:
+    """The error of a failed write, its unfinished checkpoint removed."""
+    if jax.process_index() == 0:
+      for name in os.listdir(self.directory):
+        if name.endswith(_UNFINISHED):
+          shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+    return CheckpointWriteFailure(
+        f'Writing a checkpoint to {self.directory} failed ({cause}); the '
+        'earlier checkpoints are intact. Free space or fix the directory, '
+        'then run the same command to resume.'
+    )
 
   def read_meta(self, step: int) -> dict[str, Any]:
     return self._manager.restore(
@@ -335,16 +291,12 @@ class Checkpoints:
           f'({first_line(e)}); they were left as they are. Use the '
           'version that wrote them, or another --workdir.'
       ) from e
-      return f'it cannot be read ({first_line(e)})'
-    state, saved = restored['state'], meta.get('fingerprint')
-    if saved is not None and not np.isclose(
-        fingerprint(state), saved, rtol=1e-5
-    ):
-      return (
-          'its arrays do not match their fingerprint '
-          f'({fingerprint(state)} != {saved})'
-      )
-    return Restored(step, state, restored.get('epoch_metrics'), meta)
+    found, saved = fingerprint(restored['state']), meta.get('fingerprint')
+    if saved is not None and not np.isclose(found, saved, rtol=1e-5):
+      return f'its arrays do not match their fingerprint ({found} != {saved})'
+    return Restored(
+        step, restored['state'], restored.get('epoch_metrics'), meta
+    )
 
   def _set_aside(self, step: int, path: str, why: str) -> None:
     """Warns of damaged checkpoint `step`; unless read-only, moves it aside
@@ -369,51 +321,3 @@ class Checkpoints:
       multihost_utils.sync_global_devices(f'quarantine {step}')
     self._manager.reload()
     self._scores.pop(step, None)
-
-
-def read_run(
-    path: str,
-    target: Any = None,
-    step: int | None = None,
-    check_meta: Callable[[dict, str], None] = lambda meta, directory: None,
-    newest_readable: bool = False,
-    sharding: jax.sharding.Sharding | None = None,
-) -> Restored:
-  """Another run's checkpoint, read-only, for `init_from`, evaluate and
-  predict: `step`, else the one `path` names (`<run>/checkpoints/<step>`),
-  else the newest (`newest_readable`: the newest that is not damaged, as a
-  resume would take).
-
-  Its state is read into `target`'s layout, by default the params and
-  statistics as saved ({'params', 'batch_stats'}), on `sharding` (default:
-  this process's first device) whatever devices wrote them: Orbax refuses
-  to guess a placement on another topology.
-  """
-  path = os.path.abspath(path)
-  if os.path.isdir(checkpoint_dir(path)):
-    path = checkpoint_dir(path)
-  if step is None and os.path.isdir(os.path.join(path, 'state')):
-    path, step = os.path.dirname(path), int(os.path.basename(path))
-  if not os.path.isdir(path):
-    raise UserError(f'{path} is not a run directory or a checkpoint.')
-  ckpts = Checkpoints(path, read_only=True)
-  if not ckpts.steps():
-    raise UserError(f'No checkpoints in {path}.')
-  if step is None and not newest_readable:
-    step = max(ckpts.steps())
-  device = jax.local_devices()[0]
-  sharding = sharding or jax.sharding.make_single_device_sharding(device)
-  as_saved = lambda saved: jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-      saved,
-  )
-  restored = ckpts.restore(
-      as_saved if target is None else target, None, check_meta, step
-  )
-  ckpts.close()
-  if target is None:
-    state = restored.state
-    restored.state = {'params': state['params'],
-                      'batch_stats': state.get('batch_stats', {})}  # fmt: skip
-  logging.info('Read step %d of %s.', restored.step, path)
-  return restored

@@ -22,6 +22,7 @@ from cifar_jax.data import input_pipeline
 from cifar_jax.errors import UserError
 from cifar_jax import models
 from cifar_jax.runs import checkpointing
+from cifar_jax.runs import reading
 from cifar_jax.runs import classes
 from cifar_jax.training import steps
 
@@ -107,7 +108,7 @@ def load_run(
   platform = cpu.for_platform(config.cpu)
   model = models.create_model(config.model, platform.kernels)
   step = select_step(workdir, checkpoint)
-  restored = checkpointing.read_run(workdir, step=step, newest_readable=True)
+  restored = reading.read_run(workdir, step=step, newest_readable=True)
   variables = restored.state
   if not variables['batch_stats']:
     variables = {'params': variables['params']}

@@ -18,6 +18,7 @@ from cifar_jax.config import renames
 from cifar_jax.errors import UserError
 from cifar_jax.reporting import records
 from cifar_jax.runs import checkpointing
+from cifar_jax.runs import reading
 from cifar_jax.runs import classes
 from cifar_jax.training.experiment import Experiment
 from cifar_jax.training.experiment import Run
@@ -149,7 +150,7 @@ def state_from_run(
 
   if exp.config.init_from_optimizer:
     try:
-      theirs = checkpointing.read_run(path, _abstract(state), None, check_meta)
+      theirs = reading.read_run(path, _abstract(state), None, check_meta)
     except Exception as e:  # pylint: disable=broad-except
       if checkpointing.STRUCTURE_MISMATCH not in str(e):
         raise
@@ -161,7 +162,7 @@ def state_from_run(
     return state.with_variables(
         theirs.state.params, theirs.state.batch_stats
     ).replace(opt_state=theirs.state.opt_state)
-  loaded = checkpointing.read_run(
+  loaded = reading.read_run(
       path, check_meta=check_meta, sharding=exp.replicated
   ).state
   ours = {'params': state.params, 'batch_stats': state.batch_stats}
