@@ -3,8 +3,8 @@
 The folders, from the bottom layer up; a module imports only from layers
 below its own (tests/layers_test.py checks it):
 
-1. `errors`: the exceptions users see as one line; `rules`: the vocabulary
-   of config rules, which each module defines beside its code;
+1. `errors`: the exceptions users see as one line; `rules`: every config
+   key's rule (free of JAX, so a bad config is refused at once);
    `cpu_info`: what /proc/cpuinfo says of the CPU.
 2. `data/` (files to augmented batches), `cpu/` (the CPU speed-ups,
    behind the one seam `cpu.for_platform`, which the models never import)
@@ -12,7 +12,7 @@ below its own (tests/layers_test.py checks it):
 3. `models/`: the networks, plain Flax.
 4. `reporting/`: console, run records, plots, the seed's record.
 5. `training/`: train state, steps, optimizers, compiled programs, the
-   rules of every config key.
+   whole config's check.
 6. `runs/`: checkpoints, resuming, preemption, locks, trained runs, their
    evaluation and predictions.
 7. `train`: the epoch loop, `train.train_and_evaluate(config, workdir)`;

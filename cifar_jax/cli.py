@@ -277,7 +277,7 @@ def _flag_error_line(e: flags.Error, path: str | None) -> str:
     return f'cannot load config file {path}{at}: {raised.strip()}'
   if '--config must have a value other than None' in str(e):
     return f'get_config() in {path} returned None, not a ConfigDict.'
-  return f'{e}\nPass --help for usage.'
+  return f'{e} (--help lists the flags).'
 
 
 @contextlib.contextmanager

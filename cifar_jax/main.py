@@ -16,6 +16,7 @@ from ml_collections import config_flags
 
 from cifar_jax import cli
 from cifar_jax.runs import distributed
+from cifar_jax.training import checks
 
 CONFIG = cli.define_config()
 WORKDIR = cli.define_workdir('Run directory; default ckpt/<config file name>.')
@@ -46,7 +47,8 @@ def main(argv):
   config_path = config_flags.get_config_filename(flags.FLAGS['config'])
   workdir = WORKDIR.value or cli.default_workdir(config_path)
   with cli.exit_on_errors():
-    # JAX is imported only now: --help and a refused flag never wait for it.
+    checks.check(CONFIG.value)
+    # JAX is imported only now: --help and a refused config never wait for it.
     import jax  # pylint: disable=g-import-not-at-top
     from cifar_jax import train  # pylint: disable=g-import-not-at-top
 

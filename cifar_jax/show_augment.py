@@ -12,6 +12,7 @@ from absl import flags
 from cifar_jax import cli
 from cifar_jax.errors import UserError
 from cifar_jax.errors import write_failure
+from cifar_jax.training import checks
 
 _CONFIG = cli.define_config()
 _OUT = flags.DEFINE_string('out', 'augment.png', 'PNG file to write.')
@@ -22,6 +23,7 @@ _VIEWS = flags.DEFINE_integer('num_views', 6, 'Augmented views per image.')
 def main(argv):
   del argv
   with cli.exit_on_errors():
+    checks.check(_CONFIG.value)  # Before JAX loads.
     from cifar_jax.reporting import augment_views  # pylint: disable=g-import-not-at-top  # After --help.
 
     path = augment_views.png_path(_OUT.value)

@@ -175,3 +175,42 @@ def test_help_exits_0_with_the_commands_own_flags_before_jax_loads(
   for name in ('simple', 'large', 'fast94'):
     assert (re.search(rf'^  {name} +\S', out, re.M) is not None) == with_config
   assert ('--config.data.name=image_folder' in out) == with_config
+
+
+# `python -m cifar_jax.<command> ARGS`, then whether JAX loaded.
+_COMMAND = """
+import runpy, sys
+sys.argv = ['{0}', *{1!r}]
+try:
+  runpy.run_module('cifar_jax.{0}', run_name='__main__')
+finally:
+  print('jax imported:', 'jax' in sys.modules)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    'command,args,code,line',
+    [
+        ('main', ['--config.data.name=cifar_10'], 1, "error: bad config: data.name='cifar_10' must be a data set name"),
+        ('main', ['--config.batch_size=0'], 1, 'error: bad config: batch_size=0 must be an integer from 1'),
+        ('main', ['--config.model.stage_features=(8,8,8,8,8,8)'], 1, 'error: bad config: model.'),
+        ('main', ['--config.num_epoch=3'], 2, "error: bad --config override: this config has no key 'num_epoch'"),
+        ('main', ['--config.num_epochs=many'], 2, 'error: flag --config.num_epochs=many'),
+        ('show_augment', ['--config.augment.flip_mode=sideways'], 1, "error: bad config: augment.flip_mode='sideways'"),
+    ],
+)  # fmt: skip
+def test_a_bad_config_is_refused_before_jax_loads_and_before_any_write(
+    tmp_path, command, args, code, line
+):
+  out = tmp_path / 'out'
+  args = ['--config', 'configs/simple.py', *args]
+  args += ['--workdir', str(out)] if command == 'main' else [f'--out={out}']
+  r = subprocess.run(
+      [sys.executable, '-c', _COMMAND.format(command, args)],
+      cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+  )  # fmt: skip
+  assert r.returncode == code and r.stderr.startswith(line), r.stderr
+  assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+  assert r.stdout.strip() == 'jax imported: False'
+  assert os.listdir(tmp_path) == []  # Not even the workdir.

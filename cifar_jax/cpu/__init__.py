@@ -10,10 +10,9 @@
 - `xla_cpu`: XLA:CPU compiler options.
 
 Nothing here changes what a model computes beyond float rounding. The rest
-of the package uses `cpu.for_platform` and `cpu.RULES` only. Imports:
-`cpu_info`, `rules`.
+of the package uses `cpu.for_platform` only. Imports:
+`cpu_info`.
 """
 
 from cifar_jax.cpu.kernels import for_platform
 from cifar_jax.cpu.kernels import Platform
-from cifar_jax.cpu.kernels import RULES

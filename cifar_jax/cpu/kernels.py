@@ -23,13 +23,6 @@ from cifar_jax.cpu import conv3x3
 from cifar_jax.cpu import dropout
 from cifar_jax.cpu import pooling
 from cifar_jax.cpu import xla_cpu
-from cifar_jax import rules
-
-# The `cpu` config section: which implementations, never which model.
-RULES = {
-    'conv3x3': rules.one_of('auto', *conv3x3.METHODS),
-    'pooling': rules.one_of('auto', *pooling.METHODS),
-}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -31,21 +31,6 @@ from cifar_jax import rules
 HIGHEST = jax.lax.Precision.HIGHEST  # Exact f32 matmuls on TPU/GPU too.
 
 
-FLIP_MODES = ('random', 'alternating')
-PADDING_MODES = ('reflect', 'constant')  # np.pad's.
-# The `augment` section's keys.
-RULES = {
-    'horizontal_flip': rules.BOOL,
-    'flip_mode': rules.one_of(*FLIP_MODES),
-    'width_shift_range': rules.FRACTION,
-    'height_shift_range': rules.FRACTION,
-    'zoom_range': rules.FRACTION,
-    'crop_padding': rules.integer(0, 31),
-    'crop_padding_mode': rules.one_of(*PADDING_MODES),
-    'cutout_size': rules.integer(0, 32),
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class AugmentConfig:
   """The `augment` section of a config, hashable so jit can close over it."""
@@ -71,7 +56,7 @@ class AugmentConfig:
           f'Unknown augment keys {sorted(unknown)}; known: '
           f'{sorted(fields)}.'
       )
-    rules.check(config, RULES, 'augment.')
+    rules.check(config, rules.AUGMENT, 'augment.')
     return cls(**config.to_dict())
 
   @property

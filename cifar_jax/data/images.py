@@ -59,13 +59,6 @@ def to_unit_range(pixels, dtype=jnp.float32):
   return pixels.astype(dtype) / 255.0
 
 
-# The `data` keys of `Normalization`: a value per channel, or none.
-NORMALIZATION_RULES = {
-    'mean': rules.each(rules.real(float('-inf')), empty=True, length=SHAPE[-1]),
-    'std': rules.each(rules.POSITIVE, empty=True, length=SHAPE[-1]),
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class Normalization:
   """uint8 pixels -> model inputs: x / 255, then (x - mean) / std per channel.
@@ -81,7 +74,7 @@ class Normalization:
 
   def __post_init__(self):
     values = {'mean': self.mean, 'std': self.std}
-    rules.check(values, NORMALIZATION_RULES, 'data.')
+    rules.check(values, rules.NORMALIZATION, 'data.')
     if len(self.mean) != len(self.std):
       raise ValueError('data.mean and data.std need a value per channel each')
 

@@ -23,34 +23,15 @@ import ml_collections
 import numpy as np
 
 from cifar_jax.data import image_folder
-from cifar_jax.data import images
 from cifar_jax.data import synthetic_examples
 from cifar_jax.data import tensorflow_cpu
 from cifar_jax.errors import UserError
-from cifar_jax import rules
 
 CIFAR10_CLASSES = tuple(
     'airplane automobile bird cat deer dog frog horse ship truck'.split()
 )
 # Part of the cache key: bump when decoding or ordering changes.
 CACHE_FORMAT = 3
-
-
-# The `data` section's keys; `dir` and `cache_dir` are checked where they
-# are read (a folder or zip, a cache directory).
-RULES = {
-    'name': (
-        rules.TEXT[0],
-        "a data set name ('cifar10', 'image_folder', 'synthetic' or another "
-        'TFDS name)',
-    ),
-    'train_split': (rules.TEXT[0], 'a split name'),
-    'eval_split': (rules.TEXT[0], 'a split name'),
-    'synthetic_train_size': rules.integer(1),
-    'synthetic_eval_size': rules.integer(1),
-    **images.NORMALIZATION_RULES,
-}
-FREE_FORM = ('dir', 'cache_dir')
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,49 +23,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cifar_jax.data import images
 from cifar_jax.models import batch_norm
 from cifar_jax.models.layers import FlaxLayers
 from cifar_jax.models.layers import Layers
 from cifar_jax import rules
-
-PADDINGS = ('SAME', 'VALID')
-# ConvNet's `model` keys.
-RULES = {
-    'stage_features': rules.each(rules.integer(1)),
-    'second_conv_padding': rules.each(rules.one_of(*PADDINGS)),
-    'conv_dropout': rules.each(rules.FRACTION),
-    'stage_dropout': rules.each(rules.FRACTION),
-    'batch_norm': rules.BOOL,
-    'hidden_features': rules.each(rules.integer(1), empty=True),
-    'flatten_dropout': rules.FRACTION,
-    'hidden_dropout': rules.FRACTION,
-}
-_PER_STAGE = ('second_conv_padding', 'conv_dropout', 'stage_dropout')
-
-
-def stage_problems(values: dict[str, Sequence]) -> list[str]:
-  """Per-stage keys (relative to `model`) whose length is not the stages',
-  or the first stage whose input is too small for its convs and pool."""
-  stages = len(values['stage_features'])
-  found = [
-      f'model.{key} has {len(values[key])} entries for {stages} stages '
-      '(model.stage_features)'
-      for key in _PER_STAGE
-      if len(values[key]) != stages
-  ]
-  side = images.SHAPE[0]
-  for stage, padding in enumerate(values['second_conv_padding'][:stages]):
-    after_convs = side - 2 if padding == 'VALID' else side
-    if after_convs < 2:
-      return found + [
-          f'model.stage_features has {stages} stages, but stage '
-          f'{stage + 1} gets {side}x{side} inputs, too small for its '
-          f'{padding} conv and 2x2 max-pool; use fewer stages'
-      ]
-    side = after_convs // 2
-  return found
-
 
 _glorot = nn.initializers.glorot_uniform()
 Conv3x3 = functools.partial(nn.Conv, kernel_size=(3, 3), kernel_init=_glorot)
@@ -161,8 +122,8 @@ class ConvNet(nn.Module):
   layers: Layers = FlaxLayers()
 
   def __post_init__(self):
-    values = {k: getattr(self, k) for k in RULES}
-    found = rules.problems(values, RULES, 'model.') or stage_problems(values)
+    values = {k: getattr(self, k) for k in rules.CONVNET}
+    found = rules.model_problems({'name': 'ConvNet', **values})
     if found:
       raise ValueError('; '.join(found))
     super().__post_init__()

@@ -13,7 +13,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from cifar_jax.data import images
 from cifar_jax.models import batch_norm
 from cifar_jax.models.layers import FlaxLayers
 from cifar_jax.models.layers import Layers
@@ -25,38 +24,6 @@ from cifar_jax import rules
 GELUS = {
     'exact': functools.partial(nn.gelu, approximate=False),
     'tanh': functools.partial(nn.gelu, approximate=True),
-}
-
-
-def shape_problems(values: dict[str, Any]) -> list[str]:
-  """The first block (or the whitening) whose input is too small."""
-  side = images.SHAPE[0] - values['whiten_patch'] + 1
-  if side < 1:
-    return [
-        f'model.whiten_patch={values["whiten_patch"]} is larger than the '
-        f'{images.SHAPE[0]}x{images.SHAPE[0]} images'
-    ]
-  for block in range(len(values['widths'])):
-    if side < 2:
-      return [
-          f'model.widths has {len(values["widths"])} blocks, but block '
-          f'{block + 1} gets {side}x{side} inputs, too small for its 2x2 '
-          'max-pool; use fewer blocks'
-      ]
-    side //= 2
-  return []
-
-
-# FastNet's `model` keys.
-RULES = {
-    'widths': rules.each(rules.integer(1)),
-    'block_depth': rules.integer(1),
-    'residual': rules.BOOL,
-    'whiten_patch': rules.integer(1),
-    'bn_momentum': rules.FRACTION,
-    'bn_epsilon': rules.POSITIVE,
-    'logit_scale': rules.POSITIVE,
-    'gelu': rules.one_of(*GELUS),
 }
 
 
@@ -126,8 +93,8 @@ class FastNet(nn.Module):
   layers: Layers = FlaxLayers()
 
   def __post_init__(self):
-    values = {k: getattr(self, k) for k in RULES}
-    found = rules.problems(values, RULES, 'model.') or shape_problems(values)
+    values = {k: getattr(self, k) for k in rules.FASTNET}
+    found = rules.model_problems({'name': 'FastNet', **values})
     if found:
       raise ValueError('; '.join(found))
     super().__post_init__()

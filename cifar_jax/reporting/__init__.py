@@ -10,5 +10,5 @@
 - `ladder_report`: REPORT.md, the ladder beside the seed;
 - `augment_views`: training images beside augmented views of them.
 
-Imports: `models`, `data`, `cpu_info`, `errors`, `rules`.
+Imports: `models`, `data`, `cpu_info`, `errors`.
 """

@@ -26,7 +26,6 @@ from cifar_jax.errors import UserError
 from cifar_jax.errors import write_failure
 from cifar_jax.reporting import plots
 from cifar_jax.reporting import seed_notebook
-from cifar_jax import rules
 
 
 def flatten(d: dict, prefix: str = '') -> dict[str, Any]:
@@ -64,9 +63,6 @@ def machine_description() -> str:
   extensions = ' '.join(vector_extensions(cpu_flags)) or 'no AVX2'
   return f'{model}, {os.cpu_count()} CPU cores ({extensions})'
 
-
-# The top-level key of what a run's curves are drawn beside.
-RULES = {'seed_rung': rules.one_of('', *seed_notebook.rungs())}
 
 # What a trained run's data set was: class names (in label order), sizes.
 DATASET_INFO = 'dataset_info.json'

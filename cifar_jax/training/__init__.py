@@ -6,8 +6,8 @@
 - `fast_sgd`: the fast recipes' SGD, schedule and Lookahead;
 - `experiment`: a run's fixed parts (model, data on the device(s),
   compiled programs) and a seed's `Run` of it;
-- `checks`: every config key's rule, collected from the modules that read
-  it, checked in one line;
+- `checks`: a whole config checked against `rules` in one line, before
+  JAX loads;
 - `plan`: which steps each dispatch runs, and compiling them ahead of time;
 - `mesh`: the device mesh and shardings of data parallelism.
 

@@ -191,29 +191,6 @@ def has_constant_learning_rate(config: ml_collections.ConfigDict) -> bool:
   return config.name == 'adam' or (config.name == 'sgd' and not config.decay)
 
 
-OPTIMIZERS = ('sgd', 'adam', 'fast_sgd')
-# The `optimizer` section's keys.
-RULES = {
-    'name': rules.one_of(*OPTIMIZERS),
-    'learning_rate': rules.POSITIVE,
-    'conv_max_norm': rules.NON_NEGATIVE,
-    'hidden_max_norm': rules.NON_NEGATIVE,
-    'momentum': rules.FRACTION,
-    'decay': rules.NON_NEGATIVE,
-    'beta1': rules.FRACTION,
-    'beta2': rules.FRACTION,
-    'epsilon': rules.POSITIVE,
-    'weight_decay': rules.NON_NEGATIVE,
-    'bias_lr_scale': rules.POSITIVE,
-    'whiten_bias_epochs': rules.integer(0),
-    'schedule_start': rules.NON_NEGATIVE,
-    'schedule_peak': rules.real(0, 1),
-    'schedule_end': rules.NON_NEGATIVE,
-    'lookahead_every': rules.integer(0),
-    'lookahead_decay': rules.real(0, 1),
-}
-
-
 def create_optimizer(
     config: ml_collections.ConfigDict,
     params: Any,
@@ -223,7 +200,7 @@ def create_optimizer(
   """The `optimizer` section's optimizer, then the MaxNorm projection;
   `params` (or their shapes) name the bounds and the fast recipes' groups,
   `run` is for 'fast_sgd', `schedule` the learning rate if made already."""
-  rules.check(config, RULES, 'optimizer.')
+  rules.check(config, rules.OPTIMIZER, 'optimizer.')
   schedule = schedule or learning_rate_schedule(config, run)
   if config.name == 'sgd':
     tx = keras_sgd(schedule, config.momentum)
