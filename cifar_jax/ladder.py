@@ -35,7 +35,9 @@ from absl import app
 from absl import flags
 
 from cifar_jax import cli
+from cifar_jax.config import loading
 from cifar_jax.reporting import seed_notebook
+from cifar_jax.training import checks
 
 CONFIGS = flags.DEFINE_list(
     'configs', list(seed_notebook.rungs()), 'Rungs to train, in order.'
@@ -67,11 +69,14 @@ OVERRIDES = cli.define_config_overrides()
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  names = [n.strip() for n in CONFIGS.value if n.strip()]
   with cli.exit_on_errors():
+    for name in set(names) & set(seed_notebook.rungs()):  # Before JAX loads.
+      checks.check(loading.load_config(name, cli.override_values()))
     from cifar_jax import rungs  # pylint: disable=g-import-not-at-top  # After --help.
 
     rungs.run_ladder(
-        [n.strip() for n in CONFIGS.value if n.strip()],
+        names,
         EPOCHS_SCALE.value,
         cli.override_values(),
         ROOT.value,

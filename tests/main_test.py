@@ -198,14 +198,17 @@ finally:
         ('main', ['--config.num_epoch=3'], 2, "error: bad --config override: this config has no key 'num_epoch'"),
         ('main', ['--config.num_epochs=many'], 2, 'error: flag --config.num_epochs=many'),
         ('show_augment', ['--config.augment.flip_mode=sideways'], 1, "error: bad config: augment.flip_mode='sideways'"),
+        ('ladder', ['--config.batch_size=0'], 1, 'error: bad config: batch_size=0 must be'),
     ],
 )  # fmt: skip
 def test_a_bad_config_is_refused_before_jax_loads_and_before_any_write(
     tmp_path, command, args, code, line
 ):
   out = tmp_path / 'out'
-  args = ['--config', 'configs/simple.py', *args]
-  args += ['--workdir', str(out)] if command == 'main' else [f'--out={out}']
+  where = {'main': '--workdir', 'show_augment': '--out', 'ladder': '--root'}
+  args = [*args, f'{where[command]}={out}']
+  if command != 'ladder':
+    args = ['--config', 'configs/simple.py', *args]
   r = subprocess.run(
       [sys.executable, '-c', _COMMAND.format(command, args)],
       cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
