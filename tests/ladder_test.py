@@ -268,7 +268,7 @@ def test_report_only_reports_runs_brought_into_the_root_without_training(
   rows = rungs.run_ladder(
       ['simple', 'large'],
       1.0,
-      {'data.name': 'synthetic'},
+      {'data.name': 'image_folder'},
       str(root),
       'test',
       out=out,
@@ -306,6 +306,16 @@ def test_report_only_reports_runs_brought_into_the_root_without_training(
       (r['rung'], r['commit'], r['compare']) for r in rows
   ]
   assert not (root / 'REPORT.md').exists()
+  # Runs off the seed's protocol are reported alone: no gap, no |diff|.
+  rungs.run_ladder(['simple'], 1.0, {'data.name': 'synthetic'}, str(root),
+                   'test', out=io.StringIO(), report_only=True)  # fmt: skip
+  report = (root / 'REPORT.md').read_text()
+  assert (
+      "| simple (not the seed's protocol: synthetic data) | 69.88% | 69.50% "
+      '| 70.00% (epoch 2) | 66.50 ± 5.63 | 60.00%; 55.00 ± 5.00 (3 epochs) '
+      '| – | – | – |'
+  ) in report
+  assert "Not set beside the seed's epochs: simple (not the seed's" in report
 
 
 def test_a_rung_that_continues_an_unfinished_or_missing_run_is_refused(

@@ -11,6 +11,7 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
+from cifar_jax.config import loading
 from cifar_jax.data import input_pipeline
 from cifar_jax.runs import evaluation
 from cifar_jax.runs import prediction
@@ -20,6 +21,7 @@ from cifar_jax.reporting import seed_notebook
 from cifar_jax.runs import inference
 from cifar_jax import train
 from conftest import get_config
+from conftest import write_image_folder
 
 
 @pytest.fixture(scope='module')
@@ -84,7 +86,7 @@ def test_without_tensorflow_a_run_still_writes_history_and_curves(
 def test_curves_png_is_the_seeds_two_panels(trained):
   workdir, _ = trained
   image = Image.open(workdir / 'curves.png')
-  assert image.format == 'PNG' and image.size == (1200, 450)
+  assert image.format == 'PNG' and image.size == (1200, 500)
   pixels = np.asarray(image.convert('RGB')).astype(int)
   # Both panels have the two coloured lines (matplotlib's blue and orange).
   for half in (pixels[:, :600], pixels[:, 600:]):
@@ -113,7 +115,7 @@ def test_curves_draw_the_seeds_dashed_beside_ours_with_its_gaps():
   np.testing.assert_array_equal(seed_test.get_xdata(), list(range(1, 10)))
   y = np.asarray(seed_test.get_ydata(), float)
   assert y[0] == 0.5604 and y[7] == 0.7744 and np.isnan(y[8])
-  legend = [t.get_text() for t in acc_axis.get_legend().get_texts()]
+  legend = [t.get_text() for t in fig.legends[0].get_texts()]
   assert 'training, seed notebook (Keras 2.3)' in legend
 
 
@@ -157,15 +159,41 @@ def test_a_rung_run_passes_the_seeds_curve_for_the_epochs_it_ran(
     draw(*args)
 
   monkeypatch.setattr(plots, 'curves', recording)
+  write_image_folder(tmp_path / 'data', input_pipeline.CIFAR10_CLASSES, 2)
   config = get_config('test')
-  config.num_epochs = 2
-  config.seed_rung = 'large'
-  train.train_and_evaluate(config, str(tmp_path), out=io.StringIO())
+  config.update(num_epochs=2, seed_rung='large')
+  config.data.update(name='image_folder', dir=str(tmp_path / 'data'))
+  train.train_and_evaluate(config, str(tmp_path / 'run'), out=io.StringIO())
   assert len(drawn) == 2  # After each epoch.
   label, rows = drawn[-1][3]
   assert label == 'large_100 in the seed notebook (Keras 2.3)'
   assert [r['val_accuracy'] for r in rows] == [0.4277, 0.5156]
   assert drawn[0][3][1] == rows[:1]
+  assert drawn[-1][2] == "run (2 of the seed's 25 epochs)"
+
+
+@pytest.mark.parametrize(
+    'overrides, why',
+    [
+        ({}, 'synthetic data'),
+        ({'data.name': 'image_folder', 'steps_per_epoch': 2}, '2 steps per epoch'),
+        ({'data.name': 'image_folder', 'data.eval_split': 'test[:10]'}, 'evaluated on test[:10]'),
+    ],
+)  # fmt: skip
+def test_a_run_off_the_seeds_protocol_says_so_and_is_drawn_alone(
+    tmp_path, monkeypatch, overrides, why
+):
+  drawn, draw = [], plots.curves
+  monkeypatch.setattr(plots, 'curves', lambda *a: drawn.append(a) or draw(*a))
+  write_image_folder(tmp_path / 'data', input_pipeline.CIFAR10_CLASSES, 2)
+  config = get_config('test')
+  config.update(num_epochs=1, seed_rung='simple')
+  config.data.dir = str(tmp_path / 'data')
+  loading.apply_overrides(config, overrides)
+  train.train_and_evaluate(config, str(tmp_path / 'run'), out=io.StringIO())
+  ((_, _, title, reference),) = drawn
+  assert title == f"run (not the seed's protocol: {why})"
+  assert reference is None
 
 
 def test_a_run_of_no_rung_draws_no_seed_curve(trained):

@@ -50,13 +50,15 @@ def report_row(
   names the code it was trained with (`records.commits_text`); `keras23`
   the history of the seed's own cell in Keras 2.3.1 on the same data."""
   seconds = [h['seconds'] for h in history]
+  differences = seed_notebook.protocol_differences(config, name)
   return {
       'commit': commit,
       'rung': name,
       'history': history,
       'last': last_epochs(history),
       'keras23': keras23 or None,
-      'compare': seed_notebook.compare(name, history),
+      'protocol': differences,
+      'compare': seed_notebook.compare(name, history, not differences),
       'params': _params(config),
       'epochs': len(history),
       'seed_epochs': seed_notebook.load(name).num_epochs,
@@ -92,6 +94,13 @@ def _points(value: float | None, signed: bool = False) -> str:
   return f'{value:+.2f}' if signed else f'{value:.2f}'
 
 
+def _name(r: dict) -> str:
+  """The rung, and what departs from the seed's protocol if anything."""
+  if not r['protocol']:
+    return r['rung']
+  return f"{r['rung']} (not the seed's protocol: {', '.join(r['protocol'])})"
+
+
 def _summary_line(r: dict) -> str:
   c = r['compare']
   diff = (
@@ -101,7 +110,7 @@ def _summary_line(r: dict) -> str:
   )
   within = {None: '–', True: 'yes', False: 'no'}[c.within]
   return (
-      f'| {r["rung"]} | {seed_notebook.load(r["rung"]).final_text} | '
+      f'| {_name(r)} | {seed_notebook.load(r["rung"]).final_text} | '
       f'{_pct(c.final)} | {_pct(c.best)} (epoch {c.best_epoch}) | '
       f'{_last(r["last"])} | {_keras23(r)} | '
       f'{_points(c.gap, signed=True)} | {diff} | {within} | '
@@ -130,7 +139,7 @@ def readme_table(rows: list[dict]) -> list[str]:
       of = f' of {seed.reference}' if seed.reference else ''
       diff = f'{c.mean_abs_diff:.2f} ({c.common_epochs} epochs{of})'
     lines.append(
-        f'| {r["rung"]} | {seed.final_text} | {_pct(c.final)} | '
+        f'| {_name(r)} | {seed.final_text} | {_pct(c.final)} | '
         f'{_pct(c.best)} | {_last(r["last"])} | {_keras23(r)} | '
         f'{_points(c.gap, signed=True)} | {diff} | '
         f'{r["epochs"]} | {r["fastest_epoch"]:.1f} | {r["commit"]} |'
@@ -140,6 +149,8 @@ def readme_table(rows: list[dict]) -> list[str]:
 
 def _epoch_table(r: dict) -> list[str]:
   """Ours beside the seed's, for every epoch both printed."""
+  if r['protocol']:
+    return [f"Not set beside the seed's epochs: {_name(r)}."]
   label, rows = seed_notebook.reference(r['rung'], r['history'][-1]['epoch'])
   seed = seed_notebook.accuracy_by_epoch(rows)
   lines = [f'| epoch | ours | {label} | difference |', '|---|---|---|---|']
@@ -174,9 +185,11 @@ def write_report(
   lines = _summary(rows, data, command, wall_seconds, machines)
   for r in rows:
     name = r['rung']
-    reference = seed_notebook.reference(name, r['history'][-1]['epoch'])
+    title, reference = seed_notebook.comparison(
+        name, name, r['protocol'], r['history'][-1]['epoch']
+    )
     path = os.path.join(root, name, 'curves.png')
-    plots.curves(r['history'], path, name, reference)
+    plots.curves(r['history'], path, title, reference)
     lines += [
         f'## {name}',
         '',
@@ -243,7 +256,8 @@ def _summary(
       '(benchmarks/keras23_side_by_side.py), where it has run. s/epoch is '
       'the median epoch, with the fastest in brackets. Commit: the code '
       "each run was trained with (its code.json; '+dirty': with uncommitted "
-      'changes).',
+      "changes). A rung off the seed's protocol (fewer steps per epoch, "
+      'another split, synthetic data) is not compared with the seed at all.',
       '',
   ]
   return lines

@@ -30,7 +30,7 @@ class Figure(matplotlib.figure.Figure):
     return buffer.getvalue()
 
 
-CURVES_SIZE = (12, 4.5)  # Inches; at 100 dpi the PNG is 1200 x 450.
+CURVES_SIZE = (12, 5)  # Inches; at 100 dpi the PNG is 1200 x 500.
 _COMPARED_STYLES = ('s--', '^:', 'v-.')
 
 
@@ -75,7 +75,6 @@ def curves_figure(
     ax.set_title(f'Model {name} per epoch')
     ax.set_xlabel('epoch')
     ax.set_ylabel(name.lower())
-    ax.legend(fontsize='small')
     ax.grid(alpha=0.3)
     if len(epochs) < 15:
       ax.set_xticks(epochs)
@@ -85,7 +84,12 @@ def curves_figure(
       )
   if title:
     fig.suptitle(title)
-  fig.tight_layout()
+  # One legend, below the panels: inside, it covered the curves.
+  handles, labels = acc.get_legend_handles_labels()
+  fig.legend(handles, labels, loc='lower center', fontsize='small',
+             ncol=min(len(labels), 4), frameon=False)  # fmt: skip
+  rows = -(-len(labels) // 4)
+  fig.tight_layout(rect=(0, 0.05 + 0.05 * rows, 1, 1))
   return fig
 
 

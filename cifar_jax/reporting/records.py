@@ -212,6 +212,9 @@ class Reporter:
     self.is_writer = jax.process_index() == 0
     self.title = os.path.basename(os.path.normpath(workdir))
     self.seed_rung = config.seed_rung
+    self.not_seeds = config.seed_rung and seed_notebook.protocol_differences(
+        config, config.seed_rung
+    )
     try:
       # clu's writers import TensorFlow: keep it off the GPUs first.
       tensorflow_cpu.import_tensorflow()
@@ -279,12 +282,12 @@ class Reporter:
     })  # fmt: skip
     if self.is_writer:
       write_json(os.path.join(self.workdir, 'history.json'), history)
-      reference = seed_notebook.reference(
-          self.seed_rung, up_to_epoch=history[-1]['epoch']
+      title, reference = seed_notebook.comparison(
+          self.seed_rung, self.title, self.not_seeds, history[-1]['epoch']
       )
       write_atomically(
           os.path.join(self.workdir, 'curves.png'),
-          lambda tmp: plots.curves(history, tmp, self.title, reference),
+          lambda tmp: plots.curves(history, tmp, title, reference),
       )
 
   def _summaries(self, step: int, scalars: dict[str, float]) -> None:

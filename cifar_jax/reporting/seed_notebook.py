@@ -13,7 +13,8 @@ import functools
 import json
 import os
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 FILENAME = 'seed_notebook.json'
 COLUMNS = ('epoch', 'seconds', 'loss', 'accuracy', 'val_loss', 'val_accuracy')
@@ -34,6 +35,7 @@ class SeedRun:
   continues_from: str | None  # The rung whose trained model it started from.
   note: str  # What the notebook shows and leaves out for this rung.
   epochs: tuple[dict, ...]  # COLUMNS -> value; None where cut off.
+  steps_per_epoch: int = 0  # fit_generator's, where it set one; 0: full passes.
 
 
 @functools.cache
@@ -83,6 +85,38 @@ def reference(rung: str, up_to_epoch: int) -> tuple[str, list[dict]] | None:
   return label, [r for r in run.epochs if r['epoch'] <= up_to_epoch]
 
 
+def protocol_differences(config: Mapping[str, Any], rung: str) -> list[str]:
+  """How a run's config departs from the seed's protocol for `rung` (its
+  steps per epoch over CIFAR-10's 50,000 training images, each epoch
+  evaluated on the 10,000 test images). With any, its epochs are not the
+  seed's: nothing of it may be set beside the seed's numbers."""
+  data, found = config['data'], []
+  if config.get('steps_per_epoch', 0) != load(rung).steps_per_epoch:
+    found.append(f'{config["steps_per_epoch"]} steps per epoch')
+  if data['name'] == 'synthetic':
+    found.append('synthetic data')
+  if data['train_split'] != 'train':
+    found.append(f'trained on {data["train_split"]}')
+  if data['eval_split'] != 'test':
+    found.append(f'evaluated on {data["eval_split"]}')
+  return found
+
+
+def comparison(
+    rung: str, title: str, differences: Sequence[str], epochs: int
+) -> tuple[str, tuple[str, list[dict]] | None]:
+  """A run's plot title and the seed's curve to draw beside it (`reference`):
+  none for a run off the seed's protocol, whose title says why; a run of
+  fewer epochs than the seed's (a scaled ladder) says that too."""
+  if not rung:
+    return title, None
+  if differences:
+    return f"{title} (not the seed's protocol: {', '.join(differences)})", None
+  if epochs < load(rung).num_epochs:
+    title += f" ({epochs} of the seed's {load(rung).num_epochs} epochs)"
+  return title, reference(rung, epochs)
+
+
 def accuracy_by_epoch(rows: Sequence[dict]) -> dict[int, float]:
   """{epoch: val_accuracy} of the rows that printed one."""
   return {
@@ -108,16 +142,19 @@ class Comparison:
   within: bool | None  # |gap| <= TOLERANCE_POINTS; None without a gap.
 
 
-def compare(rung: str, history: Sequence[dict]) -> Comparison:
-  """Compares `history` (history.json's rows) with the seed's `rung`."""
+def compare(
+    rung: str, history: Sequence[dict], comparable: bool = True
+) -> Comparison:
+  """Compares `history` (history.json's rows) with the seed's `rung`; only
+  ours, where the run is not `comparable` (`protocol_differences`)."""
   run = load(rung)
   best = max(history, key=lambda h: h['val_accuracy'])
   final = 100 * history[-1]['val_accuracy']
   seed_final = None if run.final_accuracy is None else 100 * run.final_accuracy
   gap = None
   if seed_final is not None and history[-1]['epoch'] == run.num_epochs:
-    gap = final - seed_final
-  _, rows = reference(rung, up_to_epoch=history[-1]['epoch'])
+    gap = final - seed_final if comparable else None
+  _, rows = reference(rung, up_to_epoch=history[-1]['epoch'] * comparable)
   seed_by_epoch = accuracy_by_epoch(rows)
   diffs = [
       abs(h['val_accuracy'] - seed_by_epoch[h['epoch']]) * 100
