@@ -2,6 +2,7 @@
 
 import os
 import re
+import runpy
 
 import pytest
 
@@ -84,15 +85,25 @@ def test_the_notebook_runs_top_to_bottom_at_tiny_size(tmp_path):
       patch.setenv(key, value)
     client.execute()  # Raises CellExecutionError on any failing cell.
   text = _text(notebook)
+  # Nothing in red: no warning on stderr from any cell (Orbax, absl, JAX).
+  red = [o['text'] for c in notebook.cells for o in c.get('outputs', [])
+         if o.get('name') == 'stderr']  # fmt: skip
+  assert not red, red
   if data:
     assert 'train: 50,000 images, test: 10,000 images' in text
   assert 'Accuracy:' in text  # evaluate's report.
   assert 'Resuming from step 8 (epoch 3/3' in text  # The resumed run.
   assert 'fast94: skipped on a CPU' in text
-  # The ladder's summary table, one row per rung.
+  # The ladder's summary table, one row per rung, each saying that 2 steps
+  # per epoch are not the seed's protocol.
   report = _outputs(notebook, 'text/markdown')[-1]['data']['text/markdown']
   for rung in ('simple', 'deep_adam_aug', 'bn_aug_sgd'):
-    assert f'| {rung} |' in report
+    assert f"| {rung} (not the seed's protocol: 2 steps per epoch, " in report
   # Pictures: the image grid, the curves, the confusion matrix, the
   # predictions and the augmentation grid.
   assert len(_outputs(notebook, 'image/png')) == 5
+
+
+def test_the_colab_badge_and_the_notebooks_clone_follow_pyproject(capsys):
+  script = runpy.run_path(str(REPO / 'notebooks' / 'set_repository.py'))
+  assert script['main'](check=True) == 0, capsys.readouterr().out
