@@ -136,15 +136,22 @@ def test_load_config_refuses_an_unknown_key_or_config_in_one_line():
     loading.load_config('nope')
 
 
-# What `python -m cifar_jax.<command> --help` runs, then whether JAX loaded.
-_HELP = """
+# `python -m cifar_jax.<command> ARGS`, then whether JAX loaded.
+_COMMAND = """
 import runpy, sys
-sys.argv = ['{0}', '--help']
+sys.argv = ['{0}', *{1!r}]
 try:
   runpy.run_module('cifar_jax.{0}', run_name='__main__')
 finally:
   print('jax imported:', 'jax' in sys.modules)
 """
+
+
+def _command(command: str, *args: str) -> subprocess.CompletedProcess:
+  return subprocess.run(
+      [sys.executable, '-c', _COMMAND.format(command, args)],
+      cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+  )  # fmt: skip
 
 
 @pytest.mark.slow
@@ -161,10 +168,7 @@ finally:
 def test_help_exits_0_with_the_commands_own_flags_before_jax_loads(
     command, flags
 ):
-  r = subprocess.run(
-      [sys.executable, '-c', _HELP.format(command)],
-      cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
-  )  # fmt: skip
+  r = _command(command, '--help')
   assert r.returncode == 0, r.stderr[-2000:]
   out = r.stdout
   assert out.rstrip().endswith('jax imported: False')
@@ -175,17 +179,6 @@ def test_help_exits_0_with_the_commands_own_flags_before_jax_loads(
   for name in ('simple', 'large', 'fast94'):
     assert (re.search(rf'^  {name} +\S', out, re.M) is not None) == with_config
   assert ('--config.data.name=image_folder' in out) == with_config
-
-
-# `python -m cifar_jax.<command> ARGS`, then whether JAX loaded.
-_COMMAND = """
-import runpy, sys
-sys.argv = ['{0}', *{1!r}]
-try:
-  runpy.run_module('cifar_jax.{0}', run_name='__main__')
-finally:
-  print('jax imported:', 'jax' in sys.modules)
-"""
 
 
 @pytest.mark.slow
@@ -209,10 +202,7 @@ def test_a_bad_config_is_refused_before_jax_loads_and_before_any_write(
   args = [*args, f'{where[command]}={out}']
   if command != 'ladder':
     args = ['--config', 'configs/simple.py', *args]
-  r = subprocess.run(
-      [sys.executable, '-c', _COMMAND.format(command, args)],
-      cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
-  )  # fmt: skip
+  r = _command(command, *args)
   assert r.returncode == code and r.stderr.startswith(line), r.stderr
   assert len(r.stderr.strip().splitlines()) == 1, r.stderr
   assert r.stdout.strip() == 'jax imported: False'
