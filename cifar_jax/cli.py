@@ -82,9 +82,13 @@ def define_workdir(help_text: str) -> flags.FlagHolder:
 
 def define_checkpoint() -> flags.FlagHolder:
   """--checkpoint: which checkpoint of --workdir a tool reads."""
-  return flags.DEFINE_string(
+  holder = flags.DEFINE_string(
       'checkpoint', 'latest', "Which checkpoint of --workdir: 'best' (by "
       "val_accuracy), 'latest' or a step.")  # fmt: skip
+  flags.register_validator(
+      'checkpoint', lambda v: v in ('best', 'latest') or v.isdigit(),
+      "must be 'best', 'latest' or a step")  # fmt: skip
+  return holder
 
 
 def default_workdir(config_path: str) -> str:

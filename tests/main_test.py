@@ -192,15 +192,17 @@ def test_help_exits_0_with_the_commands_own_flags_before_jax_loads(
         ('main', ['--config.num_epochs=many'], 2, 'error: flag --config.num_epochs=many'),
         ('show_augment', ['--config.augment.flip_mode=sideways'], 1, "error: bad config: augment.flip_mode='sideways'"),
         ('ladder', ['--config.batch_size=0'], 1, 'error: bad config: batch_size=0 must be'),
+        ('evaluate', ['--checkpoint=foo'], 2, "error: flag --checkpoint=foo: must be 'best', 'latest' or a step"),
     ],
 )  # fmt: skip
 def test_a_bad_config_is_refused_before_jax_loads_and_before_any_write(
     tmp_path, command, args, code, line
 ):
   out = tmp_path / 'out'
-  where = {'main': '--workdir', 'show_augment': '--out', 'ladder': '--root'}
+  where = {'main': '--workdir', 'show_augment': '--out', 'ladder': '--root',
+           'evaluate': '--workdir'}  # fmt: skip
   args = [*args, f'{where[command]}={out}']
-  if command != 'ladder':
+  if command in ('main', 'show_augment'):
     args = ['--config', 'configs/simple.py', *args]
   r = _command(command, *args)
   assert r.returncode == code and r.stderr.startswith(line), r.stderr
