@@ -12,6 +12,7 @@ import time
 import pytest
 
 from cifar_jax.errors import UserError
+from cifar_jax.reporting import seed_notebook
 from cifar_jax import rungs
 from conftest import REPO
 
@@ -39,20 +40,12 @@ def test_two_rungs_run_and_the_report_holds_both(tmp_path):
     assert (root / name / 'curves.png').exists()
     assert f'({name}/curves.png)' in report
   assert 'Data: synthetic' in report
-  # deep_adam ran epochs 1-2, which the seed printed: compared epoch by
-  # epoch; 2 of 100 epochs give no gap and no verdict yet.
-  history = json.loads((root / 'deep_adam' / 'history.json').read_text())
-  ours = [100 * h['val_accuracy'] for h in history]
-  for epoch, seed_acc in ((1, 56.04), (2, 59.66)):
-    assert (
-        f'| {epoch} | {ours[epoch - 1]:.2f}% | {seed_acc:.2f}% | '
-        f'{ours[epoch - 1] - seed_acc:+.2f} |'
-    ) in report
-  mean = (abs(ours[0] - 56.04) + abs(ours[1] - 59.66)) / 2
+  # Synthetic data in 2-step epochs is not the seed's protocol: nothing of
+  # these runs is set beside the seed's (no gap, |diff|, verdict or table).
   line = next(l for l in report.splitlines() if l.startswith('| deep_adam '))
-  assert f'| – | {mean:.2f} (2) | – |' in line
-  # deep_adam_aug's epochs 1-4: the seed printed only its last 17.
-  assert 'No epoch of this run is among those' in report
+  assert "(not the seed's protocol: 2 steps per epoch, synthetic data)" in line
+  assert '| – | – | – |' in line
+  assert "Not set beside the seed's epochs: deep_adam (not" in report
   # deep_adam_aug continued deep_adam's parameters, as in the seed.
   config = (root / 'deep_adam_aug' / 'config.json').read_text()
   assert str(root / 'deep_adam') in config
@@ -250,6 +243,7 @@ def test_report_only_reports_runs_brought_into_the_root_without_training(
   for name, commit, dirty in (
       ('simple', 'a' * 40, False),
       ('large', 'b' * 40, True),
+      ('deep_adam_aug', 'c' * 40, False),
   ):
     os.makedirs(root / name)
     (root / name / 'history.json').write_text(
@@ -266,7 +260,7 @@ def test_report_only_reports_runs_brought_into_the_root_without_training(
   )
   out = io.StringIO()
   rows = rungs.run_ladder(
-      ['simple', 'large'],
+      ['simple', 'large', 'deep_adam_aug'],
       1.0,
       {'data.name': 'image_folder'},
       str(root),
@@ -274,13 +268,27 @@ def test_report_only_reports_runs_brought_into_the_root_without_training(
       out=out,
       report_only=True,
   )
-  assert [r['epochs'] for r in rows] == [3, 3]
+  assert [r['epochs'] for r in rows] == [3, 3, 3]
   report = (root / 'REPORT.md').read_text()
+  # The seed's protocol (image_folder; the rungs' own epochs): simple's 3
+  # epochs set beside the seed's, one by one, and their mean |difference|.
+  seed = seed_notebook.accuracy_by_epoch(seed_notebook.load('simple').epochs)
+  diffs = []
+  for epoch, ours in ((1, 60.0), (2, 70.0), (3, 69.5)):
+    theirs = 100 * seed[epoch]
+    diffs.append(abs(ours - theirs))
+    assert (
+        f'| {epoch} | {ours:.2f}% | {theirs:.2f}% | {ours - theirs:+.2f} |'
+        in (report)
+    )
+  # deep_adam_aug's epochs 1-3: the seed printed only its last 17.
+  assert 'No epoch of this run is among those' in report
   simple = next(l for l in report.splitlines() if l.startswith('| simple '))
   # 3 of the seed's 25 epochs: a final and a best, no gap yet.
   assert '| 69.50% | 70.00% (epoch 2) |' in simple
   # The last 10 epochs' mean ± sd (here all 3), and Keras 2.3.1's.
   assert '| 66.50 ± 5.63 | 60.00%; 55.00 ± 5.00 (3 epochs) |' in simple
+  assert f'| – | {sum(diffs) / 3:.2f} (3) | – |' in simple  # No gap yet.
   assert simple.endswith('| 0.6 min | aaaaaaa |')  # 33 s in all.
   large = next(l for l in report.splitlines() if l.startswith('| large '))
   assert large.endswith('| bbbbbbb+dirty |')
@@ -303,7 +311,7 @@ def test_report_only_reports_runs_brought_into_the_root_without_training(
   (root / 'REPORT.md').unlink()
   saved = rungs.saved_rows(['simple', 'large'], str(root))
   assert [(r['rung'], r['commit'], r['compare']) for r in saved] == [
-      (r['rung'], r['commit'], r['compare']) for r in rows
+      (r['rung'], r['commit'], r['compare']) for r in rows[:2]
   ]
   assert not (root / 'REPORT.md').exists()
   # Runs off the seed's protocol are reported alone: no gap, no |diff|.
