@@ -154,7 +154,7 @@ def _config_error_line(e: Exception, path: str | None) -> str:
 
 # absl's help flags: absl's --help exits 1 and lists only the flags the
 # main module defines itself, not those defined here (--config, --workdir).
-_HELP = ('--help', '-help', '-h', '-?', '--helpshort', '--nohelp')
+_HELP = ('--help', '-help', '-h', '-?', '--helpshort')
 # The offline data options, for every command that takes a config.
 _OFFLINE = """Data without internet (a folder or .zip of <split>/<class>/<image>):
   --config.data.name=image_folder --config.data.dir=cifar10-jpeg.zip

@@ -8,6 +8,7 @@ the same rules (`check`), for the callers that skip the commands.
 """
 
 from collections.abc import Callable, Mapping
+import functools
 import math
 import re
 from typing import Any
@@ -146,13 +147,19 @@ def _data_set(name: Any) -> bool:
     return True
   if not isinstance(name, str) or not name:
     return False
-  try:  # A second, and only for a name not ours.
+  known = _tfds_names()
+  return known is None or re.split('[/:]', name)[0] in known
+
+
+@functools.cache
+def _tfds_names() -> frozenset[str] | None:
+  """The data sets TFDS knows (a second, once; only for a name not ours),
+  None without TFDS: the name is then refused where the data is read."""
+  try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError:
-    return True  # Refused where the data is read.
-  return re.split('[/:]', name)[0] in tfds.list_builders(
-      with_community_datasets=False
-  )
+    return None
+  return frozenset(tfds.list_builders(with_community_datasets=False))
 
 
 DATA = {

@@ -229,7 +229,6 @@ def run_steps(
   at `stop`, to check that the loss is finite.
   """
   epoch_start = run.step // exp.steps_per_epoch * exp.steps_per_epoch
-  start = run.step
   for first, n in plan.dispatches(exp, run.step, stop):
     if hooks.should_stop(first):
       break
@@ -239,8 +238,8 @@ def run_steps(
         run.order.pass_order(pass_index), position, run.keys,
     )  # fmt: skip
     run.step = first + n
-    if bar is not None and first == start:  # The ETA starts after it.
-      jax.block_until_ready(run.state)
+    if bar is not None and not bar.marked:  # The ETA starts after this step.
+      jax.block_until_ready(run.state)  # Once per bar, not per dispatch.
       bar.mark(run.step - epoch_start)
     hooks.after_step(run.step)
     due = bar is not None and bar.due()

@@ -17,17 +17,13 @@ def format_metrics(metrics: dict[str, float]) -> str:
   return ' - '.join(f'{k}: {v:.4f}' for k, v in metrics.items())
 
 
-def epochs_text(num_epochs: float) -> str:
-  """'25' for 25.0, '9.9' for 9.9: a config's epochs as people write them."""
-  return f'{num_epochs:g}'
-
-
 def epoch_line(
     epoch: int, num_epochs: float, seconds: float, metrics: dict[str, float]
 ) -> str:
-  """'Epoch 3/25 - 12s - loss: 1.1908 - ...' (epoch counted from 1)."""
+  """'Epoch 3/25 - 12s - loss: 1.1908 - ...' (epoch counted from 1; 9.9
+  epochs read 9.9, 25.0 read 25)."""
   return (
-      f'Epoch {epoch}/{epochs_text(num_epochs)} - {seconds:.0f}s - '
+      f'Epoch {epoch}/{num_epochs:g} - {seconds:.0f}s - '
       f'{format_metrics(metrics)}'
   )
 
@@ -52,12 +48,15 @@ class ProgressBar:
     self._base: tuple[float, int] | None = None  # See `mark`.
     self._drawn = False
 
+  @property
+  def marked(self) -> bool:
+    return self._base is not None
+
   def mark(self, done: int) -> None:
     """Times steps from here, `done` of `total` steps done: the first
     step's one-off costs (a restored state's first use, a first run of a
     compiled program) would otherwise count as a step in the ETA."""
-    if self._base is None:
-      self._base = (time.monotonic(), done)
+    self._base = (time.monotonic(), done)
 
   def due(self) -> bool:
     """Whether enough time has passed that the bar should be redrawn."""

@@ -212,8 +212,10 @@ class Reporter:
     self.is_writer = jax.process_index() == 0
     self.title = os.path.basename(os.path.normpath(workdir))
     self.seed_rung = config.seed_rung
-    self.not_seeds = config.seed_rung and seed_notebook.protocol_differences(
-        config, config.seed_rung
+    self.not_seeds = (
+        seed_notebook.protocol_differences(config, config.seed_rung)
+        if config.seed_rung
+        else []
     )
     try:
       # clu's writers import TensorFlow: keep it off the GPUs first.
