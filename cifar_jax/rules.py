@@ -113,7 +113,9 @@ MODELS = ('ConvNet', 'FastNet')  # models/
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 PADDINGS = ('SAME', 'VALID')  # Flax's conv paddings.
 GELUS = ('exact', 'tanh')  # models/fastnet.py
-OPTIMIZERS = ('sgd', 'adam', 'fast_sgd')  # training/optimizers.py
+ACTIVATIONS = ('gelu', 'silu')  # models/fastnet.py
+HEAD_INITS = ('uniform', 'unit_std')  # models/fastnet.py
+OPTIMIZERS = ('sgd', 'adam', 'fast_sgd', 'muon')  # training/optimizers.py
 CONV3X3 = ('xla', 'avx512', 'avx2')  # cpu/conv3x3.py
 POOLING = ('reduce_window', 'window_max')  # cpu/pooling.py
 
@@ -129,6 +131,8 @@ LOOP = {
     'seed': integer(0, 2**32 - 1),
     'label_smoothing': FRACTION,
     'eval_tta': integer(0, 2),
+    'eval_tta_weights': one_of('airbench', 'uniform'),
+    'eval_tta_share': real(0, 1, low_open=True),
     'checkpoint_every_steps': integer(0),
     'keep_checkpoints': integer(1),
     'init_from_optimizer': BOOL,
@@ -175,7 +179,11 @@ DATA = {
     **NORMALIZATION,
 }
 DATA_FREE_FORM = ('dir', 'cache_dir')
-WHITENING = {'images': integer(0), 'epsilon': POSITIVE}
+WHITENING = {
+    'images': integer(0),
+    'epsilon': POSITIVE,
+    'decomposition': one_of('eigh', 'svd'),
+}
 AUGMENT = {
     'horizontal_flip': BOOL,
     'flip_mode': one_of(*FLIP_MODES),
@@ -185,6 +193,8 @@ AUGMENT = {
     'crop_padding': integer(0, 31),
     'crop_padding_mode': one_of(*PADDING_MODES),
     'cutout_size': integer(0, 32),
+    'brightness': NON_NEGATIVE,
+    'contrast': FRACTION,
 }
 # `model`: every model's keys, then each model's own.
 MODEL = {
@@ -211,6 +221,8 @@ FASTNET = {
     'bn_epsilon': POSITIVE,
     'logit_scale': POSITIVE,
     'gelu': one_of(*GELUS),
+    'activation': one_of(*ACTIVATIONS),
+    'head_init': one_of(*HEAD_INITS),
 }
 _PER_STAGE = ('second_conv_padding', 'conv_dropout', 'stage_dropout')
 
@@ -283,12 +295,23 @@ OPTIMIZER = {
     'epsilon': POSITIVE,
     'weight_decay': NON_NEGATIVE,
     'bias_lr_scale': POSITIVE,
-    'whiten_bias_epochs': integer(0),
+    'whiten_bias_epochs': NON_NEGATIVE,
     'schedule_start': NON_NEGATIVE,
     'schedule_peak': real(0, 1),
     'schedule_end': NON_NEGATIVE,
     'lookahead_every': integer(0),
     'lookahead_decay': real(0, 1),
+    'muon_momentum': FRACTION,
+    'bias_learning_rate': POSITIVE,
+    'head_learning_rate': POSITIVE,
+    'muon_weight_decay': NON_NEGATIVE,
+    'ns_coefficients': each(real(float('-inf')), length=3),
+    'ns_steps': integer(1),
+    'ns_epsilon': POSITIVE,
+    'ns_magnitude': each(POSITIVE, empty=True, length=2),
+    'normalize_every': integer(1),
+    'normalize_every_growth': NON_NEGATIVE,
+    'normalize_epsilon': NON_NEGATIVE,
 }
 # `cpu`: which implementations compute the model, never which model.
 CPU = {'conv3x3': one_of('auto', *CONV3X3), 'pooling': one_of('auto', *POOLING)}

@@ -85,11 +85,20 @@ def get_config() -> ml_collections.ConfigDict:
   # Test-time augmentation of every evaluation: 0 none, 1 mirror, 2 mirror
   # and one-pixel translations (augment.tta_logits).
   config.eval_tta = 0
+  # Level 2's six views weighted as airbench ('airbench': half the plain
+  # pair, a quarter each translated pair) or equally ('uniform'); and the
+  # share of each eval batch, least confident in the plain pass first, that
+  # gets them (1.0 = all; hiverge's record: 0.25 of its whole test set).
+  config.eval_tta_weights = 'airbench'
+  config.eval_tta_share = 1.0
   # Data-dependent init of a model's 'whiten' layer (models.FastNet): the
   # patch covariance of the first `images` training images (0 = off).
   config.whitening = ml_collections.ConfigDict()
   config.whitening.images = 0
   config.whitening.epsilon = 5e-4
+  # How the eigenvectors are found: 'eigh' (airbench) or 'svd' (hiverge's
+  # record): the same filters up to sign, by other rounding.
+  config.whitening.decomposition = 'eigh'
 
   # Model (models.create_model): models.ConvNet, a stack of ConvStages and
   # dense layers.
@@ -120,7 +129,9 @@ def get_config() -> ml_collections.ConfigDict:
   # (convs per block), residual (a shortcut around a block's later convs),
   # whiten_patch (side of the whitening conv), bn_momentum and bn_epsilon
   # (BatchNorm, Flax's convention: running = m * running + (1 - m) * batch),
-  # logit_scale (multiplies the logits) and gelu ('exact' or 'tanh').
+  # logit_scale (multiplies the logits), gelu ('exact' or 'tanh'),
+  # activation (the blocks': 'gelu' or 'silu') and head_init ('uniform', or
+  # 'unit_std': that kernel over its standard deviation).
 
   # Optimizer (optimizers.create_optimizer): 'sgd' (Keras SGD: momentum,
   # lr / (1 + decay * updates)) or 'adam' (Keras Adam; epsilon added to
@@ -149,12 +160,38 @@ def get_config() -> ml_collections.ConfigDict:
   # rising to lookahead_decay.
   config.optimizer.weight_decay = 0.0
   config.optimizer.bias_lr_scale = 1.0
-  config.optimizer.whiten_bias_epochs = 0
+  config.optimizer.whiten_bias_epochs = 0.0
   config.optimizer.schedule_start = 0.0
   config.optimizer.schedule_peak = 0.5
   config.optimizer.schedule_end = 0.0
   config.optimizer.lookahead_every = 0
   config.optimizer.lookahead_decay = 0.0
+  # 'muon' only (training.muon; configs/fast94_muon.py): Muon on the conv
+  # filters at learning_rate with Nesterov muon_momentum; Nesterov SGD with
+  # `momentum` on the BatchNorm and whitening biases at bias_learning_rate
+  # and on the head at head_learning_rate; every rate decays linearly to 0
+  # (the whitening bias's over whiten_bias_epochs). The rates and
+  # weight_decay are for a loss summed over the batch, as the references
+  # give them: weight_decay per example, added to the gradient as PyTorch's
+  # SGD (weight_decay / rate, for each rate); muon_weight_decay per example,
+  # the filters' decoupled decay. Newton-Schulz: ns_steps iterations of the
+  # quintic ns_coefficients on the update over its norm (+ ns_epsilon),
+  # first scaled to a magnitude going linearly from ns_magnitude[0] to [1]
+  # (() = not). Each kernel is rescaled to norm sqrt(filters) (+
+  # normalize_epsilon) before an update once normalize_every + floor(growth
+  # x progress) updates have passed since the last time, with
+  # normalize_every_growth the growth.
+  config.optimizer.muon_momentum = 0.6
+  config.optimizer.bias_learning_rate = 0.053
+  config.optimizer.head_learning_rate = 0.67
+  config.optimizer.muon_weight_decay = 0.0
+  config.optimizer.ns_coefficients = (3.4445, -4.7750, 2.0315)
+  config.optimizer.ns_steps = 3
+  config.optimizer.ns_epsilon = 1e-7
+  config.optimizer.ns_magnitude = ()
+  config.optimizer.normalize_every = 1
+  config.optimizer.normalize_every_growth = 0.0
+  config.optimizer.normalize_epsilon = 0.0
 
   # Augmentation, as Keras' ImageDataGenerator (0 / False = off).
   config.augment = ml_collections.ConfigDict()
@@ -173,6 +210,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.crop_padding = 0
   config.augment.crop_padding_mode = 'reflect'
   config.augment.cutout_size = 0
+  # Per image, on the normalised inputs: add U(-brightness, brightness),
+  # then multiply by U(1 - contrast, 1 + contrast) (0 = off).
+  config.augment.brightness = 0.0
+  config.augment.contrast = 0.0
 
   # How the machine computes the model (cifar_jax.cpu.for_platform), never
   # which model: a run may change these when it resumes on another machine.

@@ -58,6 +58,8 @@ def get_config():
   config.model.logit_scale = 1 / 9
   # PyTorch's nn.GELU(), as airbench ('tanh': Flax's default approximation).
   config.model.gelu = 'exact'
+  config.model.activation = 'gelu'  # The blocks' ('silu': fast94_hive).
+  config.model.head_init = 'uniform'  # PyTorch's Linear init.
   config.model.num_classes = 10
 
   config.optimizer.name = 'fast_sgd'

@@ -228,10 +228,14 @@ def test_tta_levels_average_mirrors_and_translations():
   apply = lambda x: x.reshape(len(x), -1) @ weights  # Linear: sums exact.
   mirror = lambda x: 0.5 * (apply(x) + apply(x[:, :, ::-1]))
   np.testing.assert_allclose(
-      augment.tta_logits(apply, images, 0), apply(images), rtol=1e-5
+      augment.tta_logits(apply, images, augment.TTA(0)),
+      apply(images),
+      rtol=1e-5,
   )
   np.testing.assert_allclose(
-      augment.tta_logits(apply, images, 1), mirror(images), rtol=1e-5
+      augment.tta_logits(apply, images, augment.TTA(1)),
+      mirror(images),
+      rtol=1e-5,
   )
   padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='reflect')
   expected = (
@@ -240,8 +244,34 @@ def test_tta_levels_average_mirrors_and_translations():
       + 0.25 * mirror(padded[:, 2:, 2:])
   )
   np.testing.assert_allclose(
-      augment.tta_logits(apply, images, 2), expected, rtol=1e-5, atol=1e-5
+      augment.tta_logits(apply, images, augment.TTA(2)), expected, rtol=1e-5,
+      atol=1e-5,
+  )  # fmt: skip
+  # hiverge's: the six views equally.
+  uniform = (
+      mirror(images) + mirror(padded[:, :8, :8]) + mirror(padded[:, 2:, 2:])
+  ) / 3
+  np.testing.assert_allclose(
+      augment.tta_logits(apply, images, augment.TTA(2, 'uniform')), uniform,
+      rtol=1e-5, atol=1e-5,
+  )  # fmt: skip
+
+
+def test_selective_tta_augments_only_the_least_confident_share():
+  images = jax.random.uniform(jax.random.key(0), (8, 8, 8, 3))
+  weights = jax.random.normal(jax.random.key(1), (8 * 8 * 3, 4))
+  apply = lambda x: x.reshape(len(x), -1) @ weights
+  plain = np.asarray(apply(images))
+  full = np.asarray(augment.tta_logits(apply, images, augment.TTA(2)))
+  part = np.asarray(
+      augment.tta_logits(apply, images, augment.TTA(2, share=0.25))
   )
+  confidence = np.max(jax.nn.softmax(plain), axis=1)
+  unsure = np.argsort(confidence)[:2]  # int(8 x 0.25) least confident.
+  expected = plain.copy()
+  expected[unsure] = full[unsure]
+  np.testing.assert_allclose(part, expected, rtol=1e-6, atol=1e-6)
+  assert not np.allclose(full, plain)  # The views do change these logits.
 
 
 @pytest.mark.slow

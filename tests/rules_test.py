@@ -17,6 +17,8 @@ def test_each_named_choice_of_the_rules_is_one_the_code_has():
   assert rules.MODELS == tuple(models.MODELS)
   assert rules.COMPUTE_DTYPES == tuple(models.COMPUTE_DTYPES)
   assert rules.GELUS == tuple(fastnet.GELUS)
+  assert rules.ACTIVATIONS == tuple(fastnet.ACTIVATIONS)
+  assert rules.HEAD_INITS == tuple(fastnet.HEAD_INITS)
   assert rules.CONV3X3 == conv3x3.METHODS
   assert rules.POOLING == pooling.METHODS
   assert (rules.IMAGE_SIDE, rules.IMAGE_SIDE, 3) == images.SHAPE

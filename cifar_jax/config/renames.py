@@ -43,11 +43,33 @@ ADDED = {
     'data.std': [],
     'init_from_optimizer': False,
     'shuffle_batch_order': False,
+    'eval_tta_weights': 'airbench',
+    'eval_tta_share': 1.0,
+    'whitening.decomposition': 'eigh',
+    'augment.brightness': 0.0,
+    'augment.contrast': 0.0,
+    'optimizer.muon_momentum': 0.6,
+    'optimizer.bias_learning_rate': 0.053,
+    'optimizer.head_learning_rate': 0.67,
+    'optimizer.muon_weight_decay': 0.0,
+    'optimizer.ns_coefficients': [3.4445, -4.7750, 2.0315],
+    'optimizer.ns_steps': 3,
+    'optimizer.ns_epsilon': 1e-7,
+    'optimizer.ns_magnitude': [],
+    'optimizer.normalize_every': 1,
+    'optimizer.normalize_every_growth': 0.0,
+    'optimizer.normalize_epsilon': 0.0,
 }
 
 
 # The same for keys of one model only. FastNet computed Flax's tanh GELU.
-ADDED_FOR_MODEL = {'FastNet': {'model.gelu': 'tanh'}}
+ADDED_FOR_MODEL = {
+    'FastNet': {
+        'model.gelu': 'tanh',
+        'model.activation': 'gelu',
+        'model.head_init': 'uniform',
+    }
+}
 
 
 def _added(config: dict) -> dict[str, Any]:

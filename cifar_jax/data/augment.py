@@ -46,6 +46,10 @@ class AugmentConfig:
   crop_padding: int = 0
   crop_padding_mode: str = 'reflect'
   cutout_size: int = 0
+  # Per image: x + U(-b, b), then x * U(1 - c, 1 + c) (hiverge's record),
+  # on the model's inputs (after normalisation).
+  brightness: float = 0.0
+  contrast: float = 0.0
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'AugmentConfig':
@@ -222,11 +226,12 @@ def augment_batch(
     config: AugmentConfig,
     flips: jax.Array | None = None,
 ) -> jax.Array:
-  """A (batch, h, w, c) batch augmented image by image, as float32 in the
-  input's value range: Keras' shift/zoom warp, its flip, pad-and-crop, then
-  cutout; only the enabled ones cost anything. `flips` ((batch,) bool)
-  replaces the random flips (`alternating_flips`)."""
-  images = images.astype(jnp.float32)
+  """A (batch, h, w, c) batch augmented image by image, as float32 (or
+  float64) in the input's value range: Keras' shift/zoom warp, its flip,
+  pad-and-crop, brightness and contrast, then cutout; only the enabled ones
+  cost anything. `flips` ((batch,) bool) replaces the random flips
+  (`alternating_flips`)."""
+  images = images.astype(jnp.promote_types(images.dtype, jnp.float32))
   if not config.enabled:
     return images
   batch, height, width, _ = images.shape
@@ -241,6 +246,14 @@ def augment_batch(
         eye(height) if rows is None else rows,
         eye(width) if cols is None else cols,
     )
+  if config.brightness or config.contrast:
+    k_shift, k_scale = jax.random.split(jax.random.fold_in(key, 3))
+    uniform = lambda k, r: jax.random.uniform(
+        k, (batch, 1, 1, 1), minval=-r, maxval=r
+    )
+    images = (images + uniform(k_shift, config.brightness)) * (
+        1 + uniform(k_scale, config.contrast)
+    )
   if config.cutout_size:
     images = images * cutout_mask(
         k_cutout, batch, height, width, config.cutout_size
@@ -248,24 +261,55 @@ def augment_batch(
   return images
 
 
-def tta_logits(apply: Any, images: jax.Array, level: int) -> jax.Array:
+@dataclasses.dataclass(frozen=True)
+class TTA:
+  """Test-time augmentation: the `eval_tta*` keys of a config."""
+
+  level: int = 0
+  # Level 2's six views: weighted as airbench ('airbench') or equally
+  # (hiverge's record: 'uniform').
+  weights: str = 'airbench'
+  # The share of each batch, least confident first (the plain pass's top
+  # softmax probability), that gets level 2's views (1.0 = all).
+  share: float = 1.0
+
+  @classmethod
+  def from_config(
+      cls, config: ml_collections.ConfigDict, level: int | None = None
+  ) -> 'TTA':
+    """The config's, its level replaced by `level` unless None."""
+    level = config.eval_tta if level is None else level
+    return cls(level, config.eval_tta_weights, config.eval_tta_share)
+
+
+def tta_logits(apply: Any, images: jax.Array, tta: TTA) -> jax.Array:
   """Logits with test-time augmentation, as the fast recipes evaluate.
 
   level 0: the images; 1: the mean with their mirror images; 2: half that,
   plus a quarter each of the same for the images translated by one pixel
-  up-left and down-right (reflect padding).
+  up-left and down-right (reflect padding), or with weights 'uniform' the
+  mean of those six views. At level 2 a `share` below 1 augments only that
+  share of the batch, the least confident, and keeps the plain logits of
+  the rest (hiverge's record).
   """
+  if tta.level == 2 and tta.share < 1:
+    plain = apply(images)
+    confidence = jnp.max(jax.nn.softmax(plain), axis=-1)
+    _, unsure = jax.lax.top_k(-confidence, int(len(images) * tta.share))
+    whole = dataclasses.replace(tta, share=1.0)
+    return plain.at[unsure].set(tta_logits(apply, images[unsure], whole))
 
   def mirrored(x):
-    if level == 0:
+    if tta.level == 0:
       return apply(x)
     return 0.5 * (apply(x) + apply(x[:, :, ::-1]))
 
   logits = mirrored(images)
-  if level >= 2:
+  if tta.level >= 2:
     padded = jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='reflect')
     h, w = images.shape[1:3]
-    logits = 0.5 * logits + 0.25 * (
-        mirrored(padded[:, :h, :w]) + mirrored(padded[:, 2:, 2:])
-    )
+    moved = mirrored(padded[:, :h, :w]) + mirrored(padded[:, 2:, 2:])
+    if tta.weights == 'uniform':
+      return (logits + moved) / 3
+    logits = 0.5 * logits + 0.25 * moved
   return logits

@@ -85,7 +85,9 @@ class Normalization:
     as_tuple = lambda v: tuple(float(x) for x in (v or ()))
     return cls(as_tuple(data.get('mean')), as_tuple(data.get('std')))
 
-  def __call__(self, pixels, dtype=jnp.float32):
+  def __call__(self, pixels, dtype=None):
+    """In `dtype`, by default float32 (float64 for float64 inputs)."""
+    dtype = dtype or jnp.promote_types(pixels.dtype, jnp.float32)
     x = to_unit_range(pixels, dtype)
     if not self.mean:
       return x

@@ -27,6 +27,22 @@ GELUS = {
 }
 
 
+def unit_std(base: nn.initializers.Initializer) -> nn.initializers.Initializer:
+  """`base`, divided by its sample standard deviation (the Muon recipes'
+  head: PyTorch's `w *= 1 / w.std()`, whose std is the unbiased one)."""
+  return lambda key, shape, dtype=jnp.float32: (
+      lambda w: w / jnp.std(w, ddof=1)
+  )(base(key, shape, dtype))
+
+
+# The head's initial kernel by name: PyTorch's Linear default, or that
+# over its standard deviation.
+_LINEAR = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
+HEAD_INITS = {'uniform': _LINEAR, 'unit_std': unit_std(_LINEAR)}
+# The blocks' activation by name ('gelu': the `gelu` key's).
+ACTIVATIONS = {'gelu': None, 'silu': nn.silu}
+
+
 class FastBlock(nn.Module):
   """conv - max-pool - BN - GELU, then (conv - BN - GELU) x (depth - 1).
 
@@ -34,6 +50,7 @@ class FastBlock(nn.Module):
   connection around the convolutions after the first, which lets the
   deeper block train as fast as the shallow one).
 
+  `activation` 'silu' puts SiLU in GELU's place (hiverge's record).
   BatchNorm has no learned scale (BN follows a conv, so a scale would only
   duplicate the kernel's norm), a fast momentum, and PyTorch's running
   variance (unbiased), as airbench's.
@@ -46,13 +63,14 @@ class FastBlock(nn.Module):
   dtype: Any = jnp.float32
   residual: bool = False
   gelu: str = 'exact'
+  activation: str = 'gelu'
   layers: Layers = FlaxLayers()
 
   @nn.compact
   def __call__(
       self, x: jax.Array, train: bool, mask: jax.Array | None = None
   ) -> jax.Array:
-    gelu = GELUS[self.gelu]
+    gelu = ACTIVATIONS[self.activation] or GELUS[self.gelu]
     norm = functools.partial(
         batch_norm.BatchNorm, use_running_average=not train, use_scale=False,
         momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
@@ -77,7 +95,9 @@ class FastNet(nn.Module):
   (`initializers.whitening`). Then `FastBlock`s, a max over the remaining
   positions, and a bias-free linear layer scaled by `logit_scale`. The
   attributes are the `model` keys of configs/fast94.py; `bn_momentum` is
-  Flax's (PyTorch's is 1 - m); `layers` as in `ConvNet`.
+  Flax's (PyTorch's is 1 - m); `activation` is the blocks' (the one after
+  the whitening stays GELU); `head_init` 'unit_std' rescales the head's
+  initial kernel to standard deviation 1; `layers` as in `ConvNet`.
   """
 
   widths: Sequence[int] = (64, 256, 256)
@@ -88,6 +108,8 @@ class FastNet(nn.Module):
   bn_epsilon: float = 1e-12
   logit_scale: float = 1 / 9
   gelu: str = 'exact'
+  activation: str = 'gelu'
+  head_init: str = 'uniform'
   num_classes: int = 10
   dtype: Any = jnp.float32
   layers: Layers = FlaxLayers()
@@ -118,11 +140,11 @@ class FastNet(nn.Module):
     for i, width in enumerate(self.widths):
       block = FastBlock(width, self.bn_momentum, self.bn_epsilon,
                         self.block_depth, self.dtype, self.residual,
-                        self.gelu, self.layers,
+                        self.gelu, self.activation, self.layers,
                         name=f'block{i + 1}')  # fmt: skip
       x = block(x, train, mask)
     x = jnp.max(x, axis=(1, 2))
-    init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
+    init = HEAD_INITS[self.head_init]
     x = nn.Dense(self.num_classes, use_bias=False, kernel_init=init,
                  dtype=self.dtype, name='head')(x)  # fmt: skip
-    return (x * self.logit_scale).astype(jnp.float32)
+    return (x * self.logit_scale).astype(jnp.promote_types(self.dtype, 'f4'))

@@ -21,7 +21,7 @@ def patches(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def whitening(
-    images: np.ndarray, size: int, epsilon: float
+    images: np.ndarray, size: int, epsilon: float, decomposition: str = 'eigh'
 ) -> tuple[np.ndarray, np.ndarray]:
   """(kernel, bias) of a conv that whitens `images`' size x size patches.
 
@@ -32,17 +32,23 @@ def whitening(
   loses nothing); the bias starts at zero.
 
   `images`: (n, h, w, c) floats as the model sees them; `epsilon` keeps
-  near-constant directions from blowing up. The kernel is (size, size, c,
+  near-constant directions from blowing up; `decomposition` 'svd' finds
+  the eigenvectors as hiverge's record does. The kernel is (size, size, c,
   2 * size * size * c) = [W, -W].
   """
   x = patches(np.asarray(images, np.float64), size)
-  eigenvalues, eigenvectors = np.linalg.eigh(x.T @ x / len(x))
-  order = np.argsort(eigenvalues)[::-1]
-  w = eigenvectors[:, order] / np.sqrt(eigenvalues[order] + epsilon)
+  moments = x.T @ x / len(x)
+  if decomposition == 'svd':  # The same vectors (up to sign), largest first.
+    eigenvectors, eigenvalues, _ = np.linalg.svd(moments)
+  else:
+    eigenvalues, eigenvectors = np.linalg.eigh(moments)
+    order = np.argsort(eigenvalues)[::-1]
+    eigenvalues, eigenvectors = eigenvalues[order], eigenvectors[:, order]
+  w = eigenvectors / np.sqrt(eigenvalues + epsilon)
   w = np.concatenate([w, -w], axis=1)
   c = images.shape[-1]
   kernel = w.reshape(size, size, c, -1)
-  return kernel.astype(np.float32), np.zeros(w.shape[1], np.float32)
+  return kernel, np.zeros(w.shape[1])  # float64: the params take their dtype.
 
 
 def dirac_init(

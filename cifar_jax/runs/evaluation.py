@@ -62,7 +62,7 @@ def evaluate(
   result = metrics(logits, data.labels, len(run.class_names))
   print(
       f'{workdir}, checkpoint step {run.step}, {config.data.name} {split!r} '
-      f'({len(data)} images), test-time augmentation level {run.tta} '
+      f'({len(data)} images), test-time augmentation level {run.tta.level} '
       f'({run.model.layers}):'
   )
   accuracy = f'{100 * result["accuracy"]:.2f}%'

@@ -17,6 +17,7 @@ import numpy as np
 
 from cifar_jax.config import renames
 from cifar_jax import cpu
+from cifar_jax.data import augment
 from cifar_jax.data import images as images_lib
 from cifar_jax.data import input_pipeline
 from cifar_jax.errors import UserError
@@ -38,11 +39,9 @@ class TrainedRun:
   compiler_options: dict[str, str] = dataclasses.field(default_factory=dict)
 
   @property
-  def tta(self) -> int:
-    """The test-time augmentation level its logits use."""
-    if self.tta_level is None:
-      return self.config.get('eval_tta', 0)
-    return self.tta_level
+  def tta(self) -> augment.TTA:
+    """The test-time augmentation its logits use."""
+    return augment.TTA.from_config(self.config, self.tta_level)
 
   def __post_init__(self):
     # Compiled once per run: the loop's evaluation path (`steps.logits`).

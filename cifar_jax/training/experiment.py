@@ -228,7 +228,7 @@ def _programs(
           out_shardings=(replicated, replicated),
       )
   )
-  evaluate = functools.partial(steps.eval_step, tta=config.eval_tta,
+  evaluate = functools.partial(steps.eval_step, tta=augment.TTA.from_config(config),
                                num_classes=num_classes,
                                normalization=options.normalization)  # fmt: skip
   eval_step = jit(evaluate, donate_argnums=(1,), out_shardings=replicated)
@@ -252,6 +252,9 @@ def _data_dependent_params(
   if not config.whitening.images:
     return {}
   kernel, bias = initializers.whitening(
-      images, config.model.whiten_patch, config.whitening.epsilon
+      images,
+      config.model.whiten_patch,
+      config.whitening.epsilon,
+      config.whitening.decomposition,
   )
   return {'whiten': {'kernel': kernel, 'bias': bias}}

@@ -73,7 +73,8 @@ class Lookahead:
   def sync(self, step: jax.Array, slow: Any, fast: Any) -> tuple[Any, Any]:
     """(new slow, new fast) after update number `step` (1-based)."""
     regular = step % self.every == 0
-    decay = self.max_decay * (step / self.total_steps) ** 3
+    progress = jnp.asarray(step, jnp.result_type(float)) / self.total_steps
+    decay = self.max_decay * progress**3  # In float64 under x64 (tests).
     average = lambda s, f: jnp.where(regular, decay * s + (1 - decay) * f, s)
     slow = jax.tree.map(average, slow, fast)
     synced = jnp.logical_or(regular, step >= self.total_steps)

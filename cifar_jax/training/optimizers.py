@@ -1,7 +1,7 @@
 """Optax chains that reproduce Keras 2.3's SGD, Adam and MaxNorm exactly
 (step for step against Keras 2.3.1 itself: tests/keras23_test.py), and
 the one place an `optimizer` section becomes a transformation (the fast
-recipes' own is `fast_sgd`).
+recipes' own are `fast_sgd` and `muon`).
 
 Keras and Optax disagree on details that change results:
 - Keras SGD puts the learning rate inside the velocity (v = m*v - lr_t*g) and
@@ -27,6 +27,7 @@ import optax
 
 from cifar_jax import rules
 from cifar_jax.training import fast_sgd
+from cifar_jax.training import muon
 
 KERAS_EPSILON = 1e-7  # keras.backend.epsilon(), used by Adam and MaxNorm.
 
@@ -181,6 +182,8 @@ def learning_rate_schedule(
     return fast_sgd.Schedule(
         fast_sgd.rates(config, run.batch_size)[0], triangle
     )
+  if config.name == 'muon':  # The filters' rate; the other groups' decay alike.
+    return muon.linear_decay(config.learning_rate, run.total_steps)
   return optax.constant_schedule(config.learning_rate)  # Adam's.
 
 
@@ -207,6 +210,9 @@ def create_optimizer(
   elif config.name == 'adam':
     c = config
     tx = keras_adam(c.learning_rate, c.beta1, c.beta2, c.epsilon)
+  elif config.name == 'muon':
+    tx = muon.optimizer(config, params, run.total_steps, run.steps_per_epoch,
+                        run.batch_size)  # fmt: skip
   else:
     groups = fast_sgd.param_groups(params)
     tx = fast_sgd.sgd(config, groups, run.steps_per_epoch, run.batch_size,

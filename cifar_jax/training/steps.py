@@ -272,11 +272,11 @@ def logits(
     variables: Any,
     images: jax.Array,
     normalization: images_lib.Normalization,
-    tta: int,
+    tta: augment.TTA,
 ) -> jax.Array:
   """A batch's logits in inference mode, from uint8 images: the one path
   of the loop's evaluation and of evaluate and predict (`runs.inference`),
-  with test-time augmentation level `tta` (`augment.tta_logits`)."""
+  with test-time augmentation `tta`."""
   return augment.tta_logits(
       lambda x: apply_fn(variables, x, train=False), normalization(images), tta
   )
@@ -288,13 +288,13 @@ def eval_step(
     data: tuple[jax.Array, jax.Array],
     batch: tuple[jax.Array, jax.Array],
     *,
-    tta: int = 0,
+    tta: augment.TTA = augment.TTA(),
     num_classes: int | None = None,
     normalization: images_lib.Normalization = images_lib.Normalization(),
 ) -> Metrics:
   """Adds the metrics of `batch` (inference mode) to `epoch_metrics`.
 
-  `tta` is the test-time augmentation level of `augment.tta_logits`. Only
+  `tta`: the test-time augmentation (`augment.tta_logits`). Only
   the first `num_classes` outputs (the data set's classes) are ranked: a
   model with more outputs never trained the others.
   """
