@@ -1,17 +1,21 @@
-"""airbench (`pip install airbench`, PyTorch), on a CPU in float32 too.
+"""airbench (`pip install airbench`, PyTorch), on a CPU in float32 or float64.
 
 airbench94/95/96 are written for one CUDA GPU and float16. To run the
-package's own code unchanged on a CPU, `on_cpu()` changes exactly three
-things while it is active, and nothing else:
+package's own code unchanged on a CPU, `on_cpu(dtype)` changes exactly
+these things while it is active, and nothing else:
 
-1. `torch.nn.Module.half()` and `.cuda()` return the module as it is, so
-   `make_net94/95/96` leave the network in float32 on the CPU (BatchNorm
-   was float32 there already).
+1. `torch.nn.Module.half()` and `.cuda()` return the module as it is, and
+   PyTorch's default dtype is `dtype`, so `make_net94/95/96` make the
+   network in `dtype` on the CPU.
 2. `airbench.utils.CifarLoader` loads its data file onto the CPU (its
-   `gpu=0` default means CUDA device 0) and keeps the images in float32
-   (its `images.half() / 255` becomes `images.float() / 255`).
+   `gpu=0` default means CUDA device 0) and keeps the images in `dtype`
+   (its `images.half() / 255` becomes `images.to(dtype) / 255`).
 3. `torch.cuda.Event` and `torch.cuda.synchronize` become a host clock
    (airbench times its runs with CUDA events).
+4. With float64 (the tests): `torch.half` and `torch.float` name float64
+   and `Tensor.float()` returns float64, so what airbench casts to 32 bits
+   (the whitening's patches) stays float64 and its Lookahead, which
+   averages the variables of those dtypes, averages float64 ones.
 
 The data is airbench's own format, `<root>/cifar10/{train,test}.pt` (uint8
 images (N, 32, 32, 3), labels, class names), written by `write_data` from
@@ -19,8 +23,9 @@ the arrays cifar_jax reads, so both sides train on the same images in the
 same order. airbench reads `cifar10/` relative to the working directory.
 
 `train_recorded` trains with airbench's `utils.train` and records, at every
-training forward pass, the network's variables before it and the logits
-it returns: tests/airbench_test.py replays those steps in cifar_jax.
+training step, the batch its loader yielded, the network's variables
+before it and the logits it returns: tests/airbench_test.py replays those
+steps in cifar_jax.
 """
 
 import contextlib
@@ -36,6 +41,8 @@ import numpy as np
 import torch
 
 from airbench import utils as airbench_utils
+from benchmarks import reference_cpu
+from benchmarks.reference_cpu import HostEvent
 
 # Our config -> airbench's module, its make_net and train functions.
 RECIPES = {
@@ -50,23 +57,9 @@ def recipe(name: str) -> Any:
   return importlib.import_module(f'airbench.{RECIPES[name][0]}')
 
 
-class _HostEvent:
-  """`torch.cuda.Event(enable_timing=True)` on the host clock."""
-
-  def __init__(self, enable_timing: bool = False):
-    del enable_timing
-    self.time = 0.0
-
-  def record(self) -> None:
-    self.time = time.perf_counter()
-
-  def elapsed_time(self, end: '_HostEvent') -> float:
-    return 1e3 * (end.time - self.time)  # Milliseconds, as CUDA's.
-
-
 @contextlib.contextmanager
-def on_cpu() -> Iterator[None]:
-  """airbench's code on the CPU in float32 (the three changes above)."""
+def on_cpu(dtype: torch.dtype = torch.float32) -> Iterator[None]:
+  """airbench's code on the CPU in `dtype` (the changes above)."""
   loader_init = airbench_utils.CifarLoader.__init__
 
   def cpu_loader_init(self, path, *args, gpu='cpu', **kwargs):
@@ -77,33 +70,28 @@ def on_cpu() -> Iterator[None]:
         os.path.join(path, 'train.pt' if train else 'test.pt'),
         map_location='cpu',
     )
-    self.images = (
-        (data['images'].float() / 255)
-        .permute(0, 3, 1, 2)
-        .to(memory_format=torch.channels_last)
-    )
+    self.images = (data['images'].to(dtype) / 255).permute(0, 3, 1, 2)
 
-  saved = {
-      (torch.nn.Module, 'half'): torch.nn.Module.half,
-      (torch.nn.Module, 'cuda'): torch.nn.Module.cuda,
-      (airbench_utils.CifarLoader, '__init__'): loader_init,
-      (torch.cuda, 'Event'): torch.cuda.Event,
-      (torch.cuda, 'synchronize'): torch.cuda.synchronize,
-  }
   replacements = {
       (torch.nn.Module, 'half'): lambda self: self,
       (torch.nn.Module, 'cuda'): lambda self, device=None: self,
       (airbench_utils.CifarLoader, '__init__'): cpu_loader_init,
-      (torch.cuda, 'Event'): _HostEvent,
+      (torch.cuda, 'Event'): HostEvent,
       (torch.cuda, 'synchronize'): lambda device=None: None,
   }
+  if dtype == torch.float64:
+    replacements.update({
+        (torch, 'half'): torch.float64,
+        (torch, 'float'): torch.float64,
+        (torch.Tensor, 'float'): lambda self, **k: self.to(torch.float64),
+    })  # fmt: skip
+  default_dtype = torch.get_default_dtype()
+  torch.set_default_dtype(dtype)
   try:
-    for (owner, name), value in replacements.items():
-      setattr(owner, name, value)
-    yield
+    with reference_cpu.patched(replacements):
+      yield
   finally:
-    for (owner, name), value in saved.items():
-      setattr(owner, name, value)
+    torch.set_default_dtype(default_dtype)
 
 
 @contextlib.contextmanager
@@ -145,6 +133,10 @@ class Recording:
       default_factory=list
   )
   logits: list[np.ndarray] = dataclasses.field(default_factory=list)
+  # (N, C, H, W) inputs and labels of each step, as the loader yielded them.
+  batches: list[tuple[np.ndarray, np.ndarray]] = dataclasses.field(
+      default_factory=list
+  )
   # The variables as `make_net` made them, before the whitening init (its
   # Lookahead copies them then).
   created: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
@@ -193,6 +185,15 @@ def train_recorded(
     net.register_forward_hook(after)
     return net
 
+  class RecordedLoader(type(loader)):
+
+    def __iter__(self):
+      for inputs, labels in super().__iter__():
+        batch = (inputs.double().numpy().copy(), labels.numpy().copy())
+        record.batches.append(batch)
+        yield inputs, labels
+
+  loader.__class__ = RecordedLoader
   opt = hyp['opt']
   record.model = airbench_utils.train(
       loader,

@@ -1,4 +1,4 @@
-"""fast94/95/96 and airbench94/95/96 (PyTorch), run for run on the same data.
+"""The fast recipes and their references (PyTorch), run for run on the same data.
 
     pip install -e '.[airbench]'
     JAX_PLATFORMS=cpu python benchmarks/airbench_side_by_side.py \\
@@ -9,7 +9,9 @@ For each seed, one full run of our config (`configs/<recipe>.py`, timed
 as `benchmarks/speedrun.py` times it: training and the final evaluation
 with test-time augmentation, after compiling ahead of time) and one of
 airbench's own code from the `airbench` package (timed as airbench times
-itself), alternately, in the same sitting. Both sides see the images
+itself), alternately, in the same sitting; for fast94_muon and fast94_hive
+the reference is the record's script itself (benchmarks/reference_cpu.py;
+on a CPU only), kept as the 'airbench' side of the results. Both sides see the images
 cifar_jax loads for the config, in the same order: airbench gets them as
 its own data files (`<workdir>/cifar10/*.pt`). airbench's code and
 hyperparameters are its own (its seed: `torch.manual_seed(seed)`). On a
@@ -42,6 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # pylint: disable=g-import-not-at-top
 import airbench_cpu
+import reference_cpu
 from cifar_jax import cli
 from cifar_jax.config import loading
 from cifar_jax.errors import UserError
@@ -53,7 +56,10 @@ from cifar_jax.training import plan
 # pylint: enable=g-import-not-at-top
 
 RECIPE = flags.DEFINE_enum(
-    'recipe', 'fast94', list(airbench_cpu.RECIPES), 'Our config to compare.'
+    'recipe',
+    'fast94',
+    [*airbench_cpu.RECIPES, *reference_cpu.SCRIPTS],
+    'Our config to compare.',
 )
 SEEDS = flags.DEFINE_list('seeds', ['0', '1'], 'Seeds, one run each side.')
 SIDES = flags.DEFINE_list(
@@ -125,10 +131,7 @@ def main(argv):
         results = json.load(f)
     exp = experiment.create_experiment(config)
     airbench_cpu.write_data(
-        WORKDIR.value,
-        (np.asarray(exp.train[0]), np.asarray(exp.train[1])),
-        (np.asarray(exp.eval[0]), np.asarray(exp.eval[1])),
-        exp.class_names,
+        WORKDIR.value, _arrays(exp.train), _arrays(exp.eval), exp.class_names
     )
     results.update(
         recipe=RECIPE.value,
@@ -152,6 +155,11 @@ def main(argv):
         print(f'{side}, seed {seed}: training', flush=True)
         if side == 'ours':
           accuracy, seconds = train.timed_run(exp, int(seed), sys.stdout)
+        elif RECIPE.value in reference_cpu.SCRIPTS:
+          accuracy, seconds = reference_cpu.train_and_time(
+              RECIPE.value, int(seed), _arrays(exp.train), _arrays(exp.eval),
+              _Progress(),
+          )  # fmt: skip
         else:
           accuracy, seconds = _airbench_run(int(seed))
         results.setdefault(side, {})[seed] = {
@@ -176,6 +184,10 @@ def experiment_config():
   return config
 
 
+def _arrays(data) -> tuple[np.ndarray, np.ndarray]:
+  return np.asarray(data[0]), np.asarray(data[1])
+
+
 def _airbench_run(seed: int) -> tuple[float, float]:
   cwd = os.getcwd()
   os.chdir(WORKDIR.value)  # airbench reads ./cifar10/.
@@ -194,11 +206,12 @@ class _Progress:
   def __init__(self, every: float = 60.0):
     self.every, self.last, self.steps = every, time.monotonic(), 0
 
-  def __call__(self, total: int) -> None:
+  def __call__(self, total: int = 0) -> None:
     self.steps += 1
     if time.monotonic() - self.last >= self.every or self.steps == total:
       self.last = time.monotonic()
-      print(f'  airbench: step {self.steps}/{total}', flush=True)
+      of = f'/{total}' if total else ''
+      print(f'  reference: step {self.steps}{of}', flush=True)
 
 
 if __name__ == '__main__':
