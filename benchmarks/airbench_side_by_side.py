@@ -10,8 +10,8 @@ as `benchmarks/speedrun.py` times it: training and the final evaluation
 with test-time augmentation, after compiling ahead of time) and one of
 airbench's own code from the `airbench` package (timed as airbench times
 itself), alternately, in the same sitting; for fast94_muon and fast94_hive
-the reference is the record's script itself (benchmarks/reference_cpu.py;
-on a CPU only), kept as the 'airbench' side of the results. Both sides see the images
+the reference is the record's script itself (benchmarks/reference_cpu.py),
+kept as the 'airbench' side of the results. Both sides see the images
 cifar_jax loads for the config, in the same order: airbench gets them as
 its own data files (`<workdir>/cifar10/*.pt`). airbench's code and
 hyperparameters are its own (its seed: `torch.manual_seed(seed)`). On a

@@ -1,4 +1,4 @@
-"""The newer CIFAR-10 records (../shared/reference/) run unchanged on a CPU.
+"""The newer CIFAR-10 records (../shared/reference/), run unchanged on a CPU.
 
 airbench94_muon.py and hiverge_cifar10_speedrun.py are scripts for one
 CUDA GPU in float16. `load(name)` imports one as it is, and `on_cpu(...)`
@@ -18,13 +18,15 @@ changes only what a CPU needs, while it is active:
 
 The directory is $CIFAR_JAX_REFERENCE, else `../shared/reference` beside
 the repository. `narrow` makes their network with narrower blocks (their
-own `ConvGroup`s), for tests.
+own `ConvGroup`s), for tests. `train_and_time` times one whole run, on a
+CPU as above or on a GPU as the script runs there.
 """
 
 import contextlib
 import dataclasses
 import importlib.util
 import os
+import sys
 import time
 from typing import Any, Iterator
 
@@ -99,12 +101,19 @@ def _as_float64(dtype: torch.dtype) -> dict[tuple[Any, str], Any]:
   }
 
 
-def load(name: str, dtype: torch.dtype = torch.float32) -> Any:
-  """The reference script of config `name`, imported (a fresh module)."""
+def load(
+    name: str, dtype: torch.dtype = torch.float32, compiled: bool = False
+) -> Any:
+  """The reference script of config `name`, imported (a fresh module);
+  `compiled`: with `torch.compile` as it is (a GPU's)."""
   path = os.path.join(directory(), SCRIPTS[name])
   spec = importlib.util.spec_from_file_location(f'reference_{name}', path)
   module = importlib.util.module_from_spec(spec)
-  with patched({(torch, 'compile'): _no_compile, **_as_float64(dtype)}):
+  # The scripts read their own source (sys.argv[0]) as they import.
+  changes = {(sys, 'argv'): [path]}
+  if not compiled:
+    changes[(torch, 'compile')] = _no_compile
+  with patched({**changes, **_as_float64(dtype)}):
     spec.loader.exec_module(module)
   return module
 
@@ -123,7 +132,7 @@ class Recording:
   logits: list[np.ndarray] = dataclasses.field(default_factory=list)
 
 
-def _loader_class(module, data, dtype, record, train_batch_size):
+def _loader_class(module, data, dtype, record, train_batch_size, device='cpu'):
   base = module.CifarLoader
 
   class Loader(base):
@@ -133,14 +142,16 @@ def _loader_class(module, data, dtype, record, train_batch_size):
       del path
       images, labels = data[train]
       self.images = torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2)
-      self.images = self.images.to(dtype) / 255
-      self.labels = torch.from_numpy(np.asarray(labels, np.int64))
+      self.images = self.images.to(device, dtype) / 255
+      self.labels = torch.from_numpy(np.asarray(labels, np.int64)).to(device)
       self.normalize = module.T.Normalize(module.CIFAR_MEAN, module.CIFAR_STD)
       self.proc_images, self.epoch, self.aug = {}, 0, aug or {}
       if train and train_batch_size:
         batch_size = train_batch_size
       self.batch_size, self.drop_last, self.shuffle = batch_size, train, train
-      self._indices = torch.empty(len(self.images), dtype=torch.long)
+      self._indices = torch.empty(
+          len(self.images), dtype=torch.long, device=device
+      )
 
     def __iter__(self):
       for inputs, labels in base.__iter__(self):
@@ -234,20 +245,45 @@ def tta_logits(module: Any, model: nn.Module, level: int) -> np.ndarray:
   return module.infer(model, loader, level).double().numpy()
 
 
+class _CudaEvent(torch.cuda.Event if torch.cuda.is_available() else object):
+  """`torch.cuda.Event`, adding up every interval read into HostEvent.total."""
+
+  def elapsed_time(self, end) -> float:
+    milliseconds = super().elapsed_time(end)
+    HostEvent.total += milliseconds / 1e3
+    return milliseconds
+
+
 def train_and_time(
     name: str, seed: int, train, test, progress=lambda: None
 ) -> tuple[float, float]:
   """(TTA accuracy, seconds) of one full run of the reference of config
-  `name` on a CPU in float32, timed as the script times itself (whitening,
-  training, the final TTA evaluation: not its per-epoch evaluations).
-  `progress()` is called at every training step."""
-  module = load(name)
-  with on_cpu(module, train, test):
-    torch.manual_seed(seed)
-    model = module.CifarNet().to(torch.float32)
+  `name`, timed as the script times itself (whitening, training, the final
+  TTA evaluation: not its per-epoch evaluations). On a CPU in float32
+  (`on_cpu`); on a GPU as the script runs there (float16, compiled, after
+  its warm-up run), only its loader reading these arrays. `progress()` is
+  called at every training step."""
+  gpu = torch.cuda.is_available()
+  module = load(name, compiled=gpu)
+  if gpu:
+    data = {True: train, False: test}
+    loader = _loader_class(module, data, torch.half, None, 0, 'cuda')
+    context = patched({
+        (module, 'CifarLoader'): loader, (torch.cuda, 'Event'): _CudaEvent
+    })  # fmt: skip
+  else:
+    context = on_cpu(module, train, test)
+  with context:
+    if gpu:
+      model = module.CifarNet().cuda().to(memory_format=torch.channels_last)
+      model.compile(mode='max-autotune')
+      module.main('warmup', model)
+    else:
+      model = module.CifarNet().to(torch.float32)
     model.register_forward_pre_hook(
         lambda net, args: progress() if net.training else None
     )
+    torch.manual_seed(seed)
     HostEvent.total = 0.0
     result = module.main(seed, model)
   accuracy = result[1] if isinstance(result, tuple) else result
