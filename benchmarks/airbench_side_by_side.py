@@ -40,11 +40,12 @@ from absl import flags
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The repository's root: `benchmarks` (and this checkout's cifar_jax).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # pylint: disable=g-import-not-at-top
-import airbench_cpu
-import reference_cpu
+from benchmarks import airbench_cpu
+from benchmarks import reference_cpu
 from cifar_jax import cli
 from cifar_jax.config import loading
 from cifar_jax.errors import UserError
