@@ -141,7 +141,7 @@ def _loader_class(module, data, dtype, record, train_batch_size, device='cpu'):
     def __init__(self, path, train=True, batch_size=500, aug=None):
       del path
       images, labels = data[train]
-      self.images = torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2)
+      self.images = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2)
       self.images = self.images.to(device, dtype) / 255
       self.labels = torch.from_numpy(np.asarray(labels, np.int64)).to(device)
       self.normalize = module.T.Normalize(module.CIFAR_MEAN, module.CIFAR_STD)
