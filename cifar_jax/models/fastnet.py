@@ -30,9 +30,12 @@ GELUS = {
 def unit_std(base: nn.initializers.Initializer) -> nn.initializers.Initializer:
   """`base`, divided by its sample standard deviation (the Muon recipes'
   head: PyTorch's `w *= 1 / w.std()`, whose std is the unbiased one)."""
-  return lambda key, shape, dtype=jnp.float32: (
-      lambda w: w / jnp.std(w, ddof=1)
-  )(base(key, shape, dtype))
+
+  def init(key, shape, dtype=jnp.float32):
+    w = base(key, shape, dtype)
+    return w / jnp.std(w, ddof=1)
+
+  return init
 
 
 # The head's initial kernel by name: PyTorch's Linear default, or that

@@ -228,7 +228,8 @@ def _programs(
           out_shardings=(replicated, replicated),
       )
   )
-  evaluate = functools.partial(steps.eval_step, tta=augment.TTA.from_config(config),
+  evaluate = functools.partial(steps.eval_step,
+                               tta=augment.TTA.from_config(config),
                                num_classes=num_classes,
                                normalization=options.normalization)  # fmt: skip
   eval_step = jit(evaluate, donate_argnums=(1,), out_shardings=replicated)

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from cifar_jax.training import fast_sgd
+
 
 def newton_schulz(
     g: jax.Array,
@@ -105,16 +107,13 @@ def muon_step(
 
 
 def param_groups(params: Any) -> Any:
-  """'filter' (conv kernels), 'head', 'norm_bias', 'whiten_bias' or
-  'whiten_kernel' (set from the data, never trained), by name."""
-
-  def label(path, leaf):
-    names = [getattr(p, 'key', str(p)) for p in path]
-    if names[0] in ('whiten', 'head'):
-      return names[0] if names[0] == 'head' else f'whiten_{names[-1]}'
-    return 'filter' if len(leaf.shape) == 4 else 'norm_bias'
-
-  return jax.tree_util.tree_map_with_path(label, params)
+  """fast_sgd's groups, its 'weight' split into 'filter' (conv kernels) and
+  'head'."""
+  return jax.tree.map(
+      lambda group, p: group if group != 'weight'
+      else 'filter' if len(p.shape) == 4 else 'head',
+      fast_sgd.param_groups(params), params,
+  )  # fmt: skip
 
 
 def _real(count: jax.Array) -> jax.Array:
